@@ -1,0 +1,55 @@
+"""Every timeout and limit, named once (the values cancel scopes use)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+
+
+class Timeouts(msgspec.Struct, frozen=True, kw_only=True):
+    connect: float = 10.0
+    """Opening a websocket and completing the Hello/Welcome handshake."""
+    heartbeat_interval: float = 5.0
+    """How often a pilot says it is alive (and lists what it runs)."""
+    lease_timeout: float = 30.0
+    """A pilot silent this long is declared lost; its running tasks are retried."""
+    restart_grace: float = 1.0
+    """After a controller start, how long pilots get to reclaim their tasks."""
+    kill_grace: float = 5.0
+    """SIGTERM -> SIGKILL delay when a task is cancelled or times out."""
+    close: float = 5.0
+    """Graceful shutdown of a connection or a store."""
+    request: float = 60.0
+    """Default wait for a reply to one client request."""
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    max_frame_bytes: int = 8 * 1024 * 1024
+    max_tasks_per_submit: int = 10_000
+    max_params_bytes: int = 64 * 1024
+    max_query_limit: int = 100_000
+    outgoing_queue: int = 100_000
+    """Frames queued to one slow peer before it is disconnected."""
+    write_queue: int = 1_000
+    """Write operations waiting for the store before readers stop reading."""
+    tail_bytes: int = 4096
+    """How much of a task's stdout/stderr tail comes back in its result."""
+
+
+class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    db: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8765
+    timeouts: Timeouts = Timeouts()
+    limits: Limits = Limits()
+
+
+def home() -> Path:
+    """Tidewater's per-user directory (``$TIDEWATER_HOME`` or ``~/.tidewater``)."""
+    return Path(os.environ.get("TIDEWATER_HOME") or Path.home() / ".tidewater")
+
+
+def default_db() -> str:
+    return str(home() / "tidewater.db")

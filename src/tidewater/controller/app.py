@@ -1,0 +1,334 @@
+"""The controller's network face: an aiohttp app with one websocket endpoint.
+
+``GET /ws`` speaks the protocol of :mod:`tidewater.proto` (role chosen by
+the first frame, ``Hello``); ``GET /health`` and ``GET /metrics`` answer in
+JSON and Prometheus text. aiohttp's errors stay in this module.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import anyio
+import msgspec
+from aiohttp import WSMsgType, web
+from anyio.abc import TaskStatus
+
+from .. import proto as P
+from ..config import ControllerConfig
+from ..errors import InvalidRequest
+from .core import Controller, PilotRec, Principal
+
+log = logging.getLogger("tidewater.controller.app")
+
+_peer_ids = itertools.count(1)
+_any_decoder = msgspec.msgpack.Decoder()
+
+
+class WsPeer:
+    """Outgoing side of one websocket: a queue drained by one sender task.
+
+    ``send`` never blocks. A peer that lets more than ``limit`` frames pile
+    up is disconnected rather than buffered without bound.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, limit: int) -> None:
+        self.id = next(_peer_ids)
+        self._ws = ws
+        self._limit = limit
+        self._queue: deque[bytes] = deque()
+        self._wake = anyio.Event()
+        self._closing: tuple[int, str] | None = None
+
+    def send(self, msg: P.Msg) -> None:
+        if self._closing is not None:
+            return
+        self._queue.append(P.encode(msg))
+        if len(self._queue) > self._limit:
+            self._queue.clear()
+            self.close(1008, f"peer too slow: more than {self._limit} frames unread")
+        self._wake.set()
+
+    def close(self, code: int, reason: str) -> None:
+        if self._closing is None:
+            self._closing = (code, reason)
+            self._wake.set()
+
+    async def sender(self, scope: anyio.CancelScope) -> None:
+        ws = self._ws
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                while self._queue:
+                    await ws.send_bytes(self._queue.popleft())
+                if self._closing is not None:
+                    code, reason = self._closing
+                    with anyio.move_on_after(2, shield=True):
+                        await ws.close(code=code, message=reason.encode()[:120])
+                    return
+        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+            log.debug("send failed on peer %d: %s", self.id, exc)
+        finally:
+            scope.cancel()
+
+
+def _req_id_of(data: bytes) -> int:
+    """Best-effort req_id of a frame that failed validation (0 if none)."""
+    try:
+        obj = _any_decoder.decode(data)
+    except msgspec.DecodeError:
+        return 0
+    if isinstance(obj, dict):
+        rid = obj.get("req_id")
+        if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < 2**63:
+            return rid
+    return 0
+
+
+class ControllerApp:
+    def __init__(self, controller: Controller) -> None:
+        self.c = controller
+        self.app = web.Application(client_max_size=controller.limits.max_frame_bytes)
+        self.app.router.add_get("/ws", self.ws_handler)
+        self.app.router.add_get("/health", self.health)
+        self.app.router.add_get("/metrics", self.metrics)
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "server_id": self.c.server_id,
+                                  "proto_version": P.PROTO_VERSION})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        lines = []
+        for name, value in self.c.metrics().items():
+            kind = "counter" if name.endswith("_total") else "gauge"
+            lines.append(f"# TYPE {name} {kind}")
+            lines.append(f"{name} {value:g}")
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+    async def ws_handler(self, request: web.Request) -> web.StreamResponse:
+        limits = self.c.limits
+        ws = web.WebSocketResponse(max_msg_size=limits.max_frame_bytes, compress=False,
+                                   autoping=True)
+        await ws.prepare(request)
+        hello: P.Hello | None = None
+        with anyio.move_on_after(self.c.t.connect):
+            first = await ws.receive()
+            if first.type == WSMsgType.BINARY:
+                try:
+                    hello = P.hello_decoder.decode(first.data)
+                except msgspec.MsgspecError as exc:
+                    await self._reject(ws, f"the first frame must be a Hello: {exc}", "bad_frame")
+                    return ws
+        if hello is None:
+            await self._reject(ws, "expected a binary Hello frame first", "bad_frame")
+            return ws
+        if hello.proto_version != P.PROTO_VERSION:
+            await self._reject(
+                ws,
+                f"protocol version {hello.proto_version} is not supported; this controller "
+                f"speaks version {P.PROTO_VERSION} (upgrade the older side)",
+                "version",
+            )
+            return ws
+        try:
+            who = await self.c.authenticate(hello)
+        except InvalidRequest as exc:
+            await self._reject(ws, exc.message, exc.code)
+            return ws
+        if hello.role == "client" and who.site_id is not None:
+            await self._reject(ws, "a site token cannot be used by a client; use a user token",
+                               "auth")
+            return ws
+        peer = WsPeer(ws, limits.outgoing_queue)
+        remote = request.remote or "?"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(peer.sender, tg.cancel_scope)
+            try:
+                if hello.role == "client":
+                    peer.send(self._welcome(who))
+                    log.info("client %s (%s) connected from %s", who.user, hello.name, remote)
+                    await self._client_loop(ws, who, peer)
+                else:
+                    await self._pilot_session(ws, who, peer, hello)
+            finally:
+                if hello.role == "client":
+                    self.c.client_gone(who, peer)
+                tg.cancel_scope.cancel()
+        return ws
+
+    def _welcome(self, who: Principal, site: str = "") -> P.Welcome:
+        return P.Welcome(
+            proto_version=P.PROTO_VERSION, server_id=self.c.server_id, user=who.user,
+            site=site, heartbeat_interval=self.c.t.heartbeat_interval,
+            lease_timeout=self.c.t.lease_timeout,
+            max_frame_bytes=self.c.limits.max_frame_bytes,
+            max_tasks_per_submit=self.c.limits.max_tasks_per_submit,
+        )
+
+    async def _reject(self, ws: web.WebSocketResponse, reason: str, code: str) -> None:
+        log.info("connection rejected: %s", reason)
+        with anyio.move_on_after(2, shield=True):
+            try:
+                await ws.send_bytes(P.encode(P.Reject(reason=reason, code=code)))
+                await ws.close(code=4003 if code == "auth" else 4002, message=reason.encode()[:120])
+            except (ConnectionError, RuntimeError):
+                pass
+
+    async def _frames(
+        self, ws: web.WebSocketResponse, peer: WsPeer
+    ) -> AsyncIterator[bytes]:
+        async for m in ws:
+            if m.type == WSMsgType.BINARY:
+                yield m.data
+            elif m.type == WSMsgType.TEXT:
+                peer.send(P.Error(req_id=0, code="bad_frame",
+                                  message="text frames are refused: send msgpack in binary frames"))
+            elif m.type == WSMsgType.ERROR:
+                log.info("websocket error from peer %d: %s", peer.id, ws.exception())
+                return
+
+    async def _client_loop(self, ws: web.WebSocketResponse, who: Principal, peer: WsPeer) -> None:
+        c = self.c
+        async for data in self._frames(ws, peer):
+            try:
+                msg = P.client_decoder.decode(data)
+            except msgspec.MsgspecError as exc:
+                peer.send(P.Error(req_id=_req_id_of(data), code="bad_frame",
+                                  message=f"malformed frame: {exc}"))
+                continue
+            req_id = getattr(msg, "req_id", 0)
+            try:
+                match msg:
+                    case P.Submit():
+                        await c.submit(who, peer, msg)
+                    case P.Wait():
+                        await c.wait(who, peer, msg)
+                    case P.Query():
+                        await c.query(who, peer, msg)
+                    case P.Watch():
+                        await c.watch(who, peer, msg)
+                    case P.Unwatch():
+                        c.unwatch(who, peer, msg)
+                    case P.Cancel():
+                        await c.cancel(who, peer, msg)
+                    case P.AddSite():
+                        await c.add_site(who, peer, msg)
+                    case P.ListSites():
+                        c.list_sites(who, peer, msg)
+                    case P.AddApp():
+                        await c.add_app(who, peer, msg)
+                    case P.ListApps():
+                        c.list_apps(who, peer, msg)
+                    case P.Ping():
+                        peer.send(P.Ping(time=msg.time))
+                    case P.Hello():
+                        raise InvalidRequest("already greeted: Hello is only the first frame")
+            except InvalidRequest as exc:
+                peer.send(P.Error(req_id=req_id, code=exc.code, message=exc.message))
+            except Exception:
+                log.exception("internal error handling %s", type(msg).__name__)
+                peer.send(P.Error(req_id=req_id, code="internal",
+                                  message="internal controller error; see the controller log"))
+
+    async def _pilot_session(
+        self, ws: web.WebSocketResponse, who: Principal, peer: WsPeer, hello: P.Hello
+    ) -> None:
+        c = self.c
+        try:
+            rec: PilotRec = c.pilot_hello(who, peer, hello)
+        except InvalidRequest as exc:
+            peer.send(P.Reject(reason=exc.message, code=exc.code))
+            peer.close(4002, exc.message)
+            await peer_wait_closed(ws)
+            return
+        peer.send(self._welcome(who, c.sites[rec.site_id].name))
+        bye = False
+        try:
+            async for data in self._frames(ws, peer):
+                try:
+                    msg = P.pilot_decoder.decode(data)
+                except msgspec.MsgspecError as exc:
+                    peer.send(P.Error(req_id=0, code="bad_frame", message=f"malformed frame: {exc}"))
+                    continue
+                match msg:
+                    case P.Reports():
+                        await c.reports(rec, msg)
+                    case P.Credit():
+                        c.credit(rec, msg)
+                    case P.Heartbeat():
+                        c.heartbeat(rec, msg)
+                    case P.Ping():
+                        peer.send(P.Ping(time=msg.time))
+                    case P.Bye():
+                        bye = True
+                        break
+                    case P.Hello():
+                        peer.send(P.Error(req_id=0, code="bad_request",
+                                          message="already greeted: Hello is only the first frame"))
+        finally:
+            c.pilot_gone(rec, peer, bye=bye)
+
+
+async def peer_wait_closed(ws: web.WebSocketResponse) -> None:
+    with anyio.move_on_after(2):
+        async for _ in ws:
+            pass
+
+
+class Server:
+    """A controller and its HTTP listener. ``await tg.start(server.run)`` -> url."""
+
+    def __init__(self, config: ControllerConfig) -> None:
+        self.config = config
+        self.controller = Controller(config)
+        self.port = config.port
+        self.url = ""
+
+    async def run(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.controller.run)
+            web_app = ControllerApp(self.controller)
+            runner = web.AppRunner(web_app.app, handle_signals=False, access_log=None,
+                                   shutdown_timeout=self.config.timeouts.close)
+            await runner.setup()
+            try:
+                site = web.TCPSite(runner, self.config.host, self.config.port,
+                                   reuse_address=True)
+                await site.start()
+                addr: Any = runner.addresses[0]
+                self.port = int(addr[1])
+                host = self.config.host
+                shown = f"[{host}]" if ":" in host else host
+                self.url = f"ws://{shown}:{self.port}"
+                log.info("controller listening on %s (store %s)", self.url,
+                         self.config.db or ":memory:")
+                task_status.started(self.url)
+                await anyio.sleep_forever()
+            finally:
+                with anyio.move_on_after(self.config.timeouts.close, shield=True):
+                    await runner.cleanup()
+                tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def serve(config: ControllerConfig) -> AsyncIterator[Server]:
+    """Run a controller in the background of the calling task; yields the Server."""
+    server = Server(config)
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.run)
+        try:
+            yield server
+        finally:
+            tg.cancel_scope.cancel()
+
+
+def metrics_json(controller: Controller) -> str:
+    return json.dumps(controller.metrics())

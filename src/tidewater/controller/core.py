@@ -1,0 +1,1000 @@
+"""The controller's brain: live tasks, pilots, watchers, and what each message does.
+
+One :class:`Controller` per process. Every state change follows one rule:
+update memory at once (so the next message sees it), queue the rows to the
+store, and do everything another process can observe -- acknowledgements,
+replies, pushed events, work sent to pilots -- in the ``on_commit``
+callback, after the store has committed.
+
+Only tasks that are not final live in memory; final ones are read back from
+the store. The transport (aiohttp websockets) is in :mod:`.app`; this module
+sees connections only through :class:`Peer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+import msgspec
+from anyio.abc import TaskStatus
+
+from .. import apps as appmod
+from .. import proto as P
+from .. import states
+from ..config import ControllerConfig
+from ..errors import AppError, InvalidRequest, LimitExceeded, NotFound, ParamError
+from ..states import TaskState as S
+from . import auth
+from .dispatch import Dispatcher, PilotSlot, Queued
+from .leases import Leases
+from .store import sqlite as st
+from .store.sqlite import SqliteStore, Stmt
+
+log = logging.getLogger("tidewater.controller")
+
+_json_enc = msgspec.json.Encoder()
+_json_dec = msgspec.json.Decoder()
+
+
+def _j(value: Any) -> str:
+    return _json_enc.encode(value).decode()
+
+
+class Peer(Protocol):
+    """A connected websocket as the core sees it."""
+
+    id: int
+
+    def send(self, msg: P.Msg) -> None: ...
+
+    def close(self, code: int, reason: str) -> None: ...
+
+
+@dataclass
+class Principal:
+    user_id: int
+    user: str
+    site_id: int | None = None  # set when authenticated by a site token
+
+
+@dataclass
+class SiteRec:
+    id: int
+    owner_id: int
+    name: str
+    created_at: float
+
+
+@dataclass
+class AppRec:
+    site_id: int
+    name: str
+    command: str
+    params: list[P.ParamSpec]
+    description: str
+
+
+@dataclass(slots=True)
+class LiveTask:
+    id: int
+    owner_id: int
+    site_id: int
+    app: str
+    state: S
+    params: dict[str, Any]
+    tags: dict[str, str]
+    priority: int
+    cores: int
+    gpus: int
+    timeout: float | None
+    max_retries: int
+    retries: int
+    attempt: int
+    pilot: str
+    argv: list[str]
+    shell: str
+    env: dict[str, str]
+    workdir: str
+    exit_code: int | None
+    error: str
+    stdout_tail: str
+    stderr_tail: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    def update_row(self) -> tuple[Any, ...]:
+        return (
+            self.state.value, self.retries, self.attempt, self.pilot, self.exit_code,
+            self.error, self.stdout_tail, self.stderr_tail, self.started_at,
+            self.finished_at, self.id,
+        )
+
+    def insert_row(self) -> tuple[Any, ...]:
+        return (
+            self.id, self.owner_id, self.site_id, self.app, self.state.value, _j(self.params),
+            _j(self.tags), self.priority, self.cores, self.gpus, self.timeout,
+            self.max_retries, self.retries, self.attempt, self.pilot, _j(self.argv),
+            self.shell, _j(self.env), self.workdir, self.exit_code, self.error,
+            self.stdout_tail, self.stderr_tail, self.created_at, self.started_at,
+            self.finished_at,
+        )
+
+
+@dataclass
+class PilotRec:
+    id: int
+    pilot_id: str
+    site_id: int
+    owner_id: int
+    hostname: str
+    cores: int
+    gpus: int
+    peer: Peer | None = None
+    assigned: set[int] = field(default_factory=set)
+
+
+@dataclass
+class WatchSub:
+    peer: Peer
+    watch_id: int
+    filter: P.TaskFilter
+
+
+class Controller:
+    """Owns the store, the dispatcher and the lease clock.
+
+    Use as ``await tg.start(controller.run)``; handlers are then called by
+    the transport for each decoded message.
+    """
+
+    def __init__(self, config: ControllerConfig) -> None:
+        self.config = config
+        self.t = config.timeouts
+        self.limits = config.limits
+        self.server_id = uuid.uuid4().hex
+        self.store = SqliteStore(
+            config.db or ":memory:", queue_size=config.limits.write_queue
+        )
+        self.live: dict[int, LiveTask] = {}
+        self.sites: dict[int, SiteRec] = {}
+        self.site_names: dict[tuple[int, str], int] = {}
+        self.apps: dict[tuple[int, str], AppRec] = {}
+        self.pilots: dict[str, PilotRec] = {}
+        self.dispatcher = Dispatcher()
+        self.leases = Leases(config.timeouts.lease_timeout)
+        self._watchers: dict[int, dict[tuple[int, int], WatchSub]] = {}
+        self._waiters: dict[int, list[tuple[Peer, int]]] = {}
+        self._next_task = 1
+        self._next_event = 1
+        self._next_site = 1
+        self._next_watch = 1
+        self._recent_keys: OrderedDict[tuple[int, str], list[int]] = OrderedDict()
+        # Notifications aggregated over one committed batch, flushed after it.
+        self._pending_events: dict[int, tuple[Peer, dict[int, list[P.TaskEvent]]]] = {}
+        self._pending_results: dict[tuple[int, int], tuple[Peer, list[P.TaskInfo]]] = {}
+        self._wake = anyio.Event()
+        self._lease_changed = anyio.Event()
+        self._dispatch_hold_until = 0.0
+        self._spill: list[st.WriteOp] = []
+        self.started_at = time.time()
+        self.counters: dict[str, int] = {
+            "tasks_submitted": 0, "tasks_finished": 0, "tasks_failed": 0,
+            "tasks_killed": 0, "tasks_retried": 0, "stale_reports": 0,
+        }
+
+    # ================================================================== life
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Open the store, recover live tasks, run the dispatcher and lease clock."""
+        async with self.store:
+            self.store.after_batch = self._flush
+            await self._recover()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._dispatch_loop)
+                tg.start_soon(self._lease_loop)
+                task_status.started()
+                await anyio.sleep_forever()
+
+    async def _recover(self) -> None:
+        s = self.store
+        row = await s.fetchone("SELECT max(id) FROM tasks")
+        self._next_task = (row[0] or 0) + 1 if row else 1
+        row = await s.fetchone("SELECT max(id) FROM events")
+        self._next_event = (row[0] or 0) + 1 if row else 1
+        for sid, owner, name, created in await s.fetchall(
+            "SELECT id, owner_id, name, created_at FROM sites"
+        ):
+            self.sites[sid] = SiteRec(sid, owner, name, created)
+            self.site_names[(owner, name)] = sid
+            self._next_site = max(self._next_site, sid + 1)
+        for site_id, name, command, params, desc in await s.fetchall(
+            "SELECT site_id, name, command, params, description FROM apps"
+        ):
+            specs = msgspec.json.decode(params, type=list[P.ParamSpec])
+            self.apps[(site_id, name)] = AppRec(site_id, name, command, specs, desc)
+        now = time.time()
+        rows = await s.fetchall(
+            f"SELECT {st.TASK_COLUMNS} FROM tasks INDEXED BY tasks_live "
+            f"WHERE state NOT IN {st._FINAL_SQL}"
+        )
+        for r in rows:
+            t = LiveTask(
+                id=r[0], owner_id=r[1], site_id=r[2], app=r[3], state=S(r[4]),
+                params=_json_dec.decode(r[5]), tags=_json_dec.decode(r[6]), priority=r[7],
+                cores=r[8], gpus=r[9], timeout=r[10], max_retries=r[11], retries=r[12],
+                attempt=r[13], pilot=r[14], argv=_json_dec.decode(r[15]), shell=r[16],
+                env=_json_dec.decode(r[17]), workdir=r[18], exit_code=r[19], error=r[20],
+                stdout_tail=r[21], stderr_tail=r[22], created_at=r[23], started_at=r[24],
+                finished_at=r[25],
+            )
+            self.live[t.id] = t
+            if t.state == S.RUNNING and t.pilot:
+                # Its pilot may still be running it: give it one lease to come back.
+                rec = self.pilots.get(t.pilot)
+                if rec is None:
+                    rec = PilotRec(0, t.pilot, t.site_id, t.owner_id, "", 0, 0)
+                    self.pilots[t.pilot] = rec
+                    self.leases.touch(t.pilot, now)
+                rec.assigned.add(t.id)
+            elif t.state in states.RUNNABLE:
+                t.pilot = ""
+                self._enqueue(t)
+        if rows:
+            self._dispatch_hold_until = time.monotonic() + self.t.restart_grace
+            log.info("recovered %d live tasks; %d pilots expected back", len(rows),
+                     len(self.pilots))
+
+    # ================================================================== auth
+
+    async def authenticate(self, hello: P.Hello) -> Principal:
+        """Map a Hello's token to its owner. Raises :class:`AuthError`-like InvalidRequest."""
+        kind = auth.kind_of(hello.token)
+        h = auth.token_hash(hello.token)
+        if kind == "user":
+            row = await self.store.fetchone("SELECT id, name FROM users WHERE token_hash = ?", (h,))
+            if row is not None:
+                return Principal(user_id=row[0], user=row[1])
+        elif kind == "site":
+            row = await self.store.fetchone(
+                "SELECT s.id, s.owner_id, u.name FROM sites s JOIN users u ON u.id = s.owner_id "
+                "WHERE s.token_hash = ?", (h,),
+            )
+            if row is not None:
+                return Principal(user_id=row[1], user=row[2], site_id=row[0])
+        raise InvalidRequest("invalid token", "auth")
+
+    # ================================================================== helpers
+
+    def _event_rows(
+        self, t: LiveTask, path: list[S], now: float, data: dict[str, Any] | None = None
+    ) -> tuple[list[tuple[Stmt, Any]], list[P.TaskEvent]]:
+        steps = states.check_path(t.state, path)
+        stmts: list[tuple[Stmt, Any]] = []
+        events: list[P.TaskEvent] = []
+        payload = data or {}
+        blob = _j(payload) if payload else None
+        for src, dst in steps:
+            eid = self._next_event
+            self._next_event += 1
+            stmts.append((st.INSERT_EVENT, (eid, t.id, src.value, dst.value, now, blob)))
+            events.append(P.TaskEvent(
+                id=eid, task_id=t.id, from_state=src.value, to_state=dst.value, time=now,
+                data=payload, tags=t.tags,
+            ))
+        t.state = path[-1]
+        return stmts, events
+
+    def _transition(
+        self, t: LiveTask, path: list[S], now: float, data: dict[str, Any] | None = None
+    ) -> tuple[list[tuple[Stmt, Any]], list[P.TaskEvent]]:
+        stmts, events = self._event_rows(t, path, now, data)
+        stmts.append((st.UPDATE_TASK, t.update_row()))
+        return stmts, events
+
+    def _enqueue(self, t: LiveTask) -> None:
+        self.dispatcher.push(Queued(t.id, t.site_id, t.priority, t.cores, t.gpus))
+        self._wake.set()
+
+    def _emit(self, t: LiveTask, events: list[P.TaskEvent]) -> None:
+        """Queue committed events for the owner's matching watchers (call after commit)."""
+        subs = self._watchers.get(t.owner_id)
+        if not subs:
+            return
+        site = self.sites[t.site_id].name
+        for sub in subs.values():
+            f = sub.filter
+            if f.ids and t.id not in f.ids:
+                continue
+            if f.site is not None and f.site != site:
+                continue
+            if f.app is not None and f.app != t.app:
+                continue
+            if f.tags and any(t.tags.get(k) != v for k, v in f.tags.items()):
+                continue
+            chosen = [e for e in events if not f.states or e.to_state in f.states]
+            if not chosen:
+                continue
+            entry = self._pending_events.setdefault(sub.peer.id, (sub.peer, {}))
+            entry[1].setdefault(sub.watch_id, []).extend(chosen)
+
+    def _finished(self, t: LiveTask) -> None:
+        """A final state is committed: forget the task, answer its waiters."""
+        self.live.pop(t.id, None)
+        waiters = self._waiters.pop(t.id, None)
+        if waiters:
+            info = self._info(t)
+            for peer, req_id in waiters:
+                entry = self._pending_results.setdefault((peer.id, req_id), (peer, []))
+                entry[1].append(info)
+        key = {S.JOB_FINISHED: "tasks_finished", S.FAILED: "tasks_failed"}.get(
+            t.state, "tasks_killed"
+        )
+        self.counters[key] += 1
+
+    def _flush(self) -> None:
+        for peer, by_watch in self._pending_events.values():
+            for watch_id, events in by_watch.items():
+                peer.send(P.Events(watch_id=watch_id, events=events))
+        self._pending_events.clear()
+        for (_pid, req_id), (peer, infos) in self._pending_results.items():
+            peer.send(P.Results(req_id=req_id, tasks=infos))
+        self._pending_results.clear()
+
+    def _info(self, t: LiveTask) -> P.TaskInfo:
+        return P.TaskInfo(
+            id=t.id, app=t.app, site=self.sites[t.site_id].name, state=t.state.value,
+            params=t.params, tags=t.tags, priority=t.priority, attempt=t.attempt,
+            retries=t.retries, max_retries=t.max_retries, exit_code=t.exit_code,
+            error=t.error, stdout_tail=t.stdout_tail, stderr_tail=t.stderr_tail,
+            created_at=t.created_at, started_at=t.started_at, finished_at=t.finished_at,
+            pilot=t.pilot, workdir=t.workdir,
+        )
+
+    def _row_info(self, r: tuple[Any, ...]) -> P.TaskInfo:
+        site = self.sites.get(r[2])
+        return P.TaskInfo(
+            id=r[0], app=r[3], site=site.name if site else "?", state=r[4],
+            params=_json_dec.decode(r[5]), tags=_json_dec.decode(r[6]), priority=r[7],
+            attempt=r[13], retries=r[12], max_retries=r[11], exit_code=r[19], error=r[20],
+            stdout_tail=r[21], stderr_tail=r[22], created_at=r[23], started_at=r[24],
+            finished_at=r[25], pilot=r[14], workdir=r[18],
+        )
+
+    def _site_of(self, who: Principal, name: str) -> SiteRec:
+        sid = self.site_names.get((who.user_id, name))
+        if sid is None or (who.site_id is not None and who.site_id != sid):
+            raise NotFound(f"no site named {name!r}; create it with `tidewater site add {name}`")
+        return self.sites[sid]
+
+    # ================================================================== client requests
+
+    async def add_site(self, who: Principal, peer: Peer, msg: P.AddSite) -> None:
+        appmod.check_name("site", msg.name)
+        if (who.user_id, msg.name) in self.site_names:
+            raise InvalidRequest(f"site {msg.name!r} already exists", "exists")
+        token = auth.mint("site")
+        sid = self._next_site
+        self._next_site += 1
+        rec = SiteRec(sid, who.user_id, msg.name, time.time())
+        self.sites[sid] = rec
+        self.site_names[(who.user_id, msg.name)] = sid
+        info = P.SiteInfo(name=rec.name, created_at=rec.created_at)
+        await self.store.write(
+            [(st.INSERT_SITE, (sid, who.user_id, msg.name, auth.token_hash(token), rec.created_at))],
+            lambda: peer.send(P.SiteAdded(req_id=msg.req_id, site=info, token=token)),
+        )
+
+    def list_sites(self, who: Principal, peer: Peer, msg: P.ListSites) -> None:
+        out = []
+        for rec in self.sites.values():
+            if rec.owner_id != who.user_id:
+                continue
+            pilots = [p for p in self.pilots.values() if p.site_id == rec.id and p.peer]
+            out.append(P.SiteInfo(
+                name=rec.name, created_at=rec.created_at, pilots=len(pilots),
+                cores=sum(p.cores for p in pilots), gpus=sum(p.gpus for p in pilots),
+            ))
+        peer.send(P.SiteList(req_id=msg.req_id, sites=out))
+
+    async def add_app(self, who: Principal, peer: Peer, msg: P.AddApp) -> None:
+        site = self._site_of(who, msg.site)
+        appmod.check_name("app", msg.name)
+        specs = appmod.declare_params(msg.command, msg.params)
+        if (site.id, msg.name) in self.apps and not msg.replace:
+            raise AppError(
+                f"app {msg.name!r} already exists on site {site.name!r} (pass replace to change it)"
+            )
+        rec = AppRec(site.id, msg.name, msg.command, specs, msg.description)
+        self.apps[(site.id, msg.name)] = rec
+        info = P.AppInfo(site=site.name, name=rec.name, command=rec.command, params=specs,
+                         description=rec.description)
+        await self.store.write(
+            [(st.UPSERT_APP, (site.id, msg.name, msg.command, _j(specs), msg.description,
+                              time.time()))],
+            lambda: peer.send(P.AppAdded(req_id=msg.req_id, app=info)),
+        )
+
+    def list_apps(self, who: Principal, peer: Peer, msg: P.ListApps) -> None:
+        out = []
+        for rec in self.apps.values():
+            site = self.sites[rec.site_id]
+            if site.owner_id != who.user_id or (msg.site is not None and msg.site != site.name):
+                continue
+            out.append(P.AppInfo(site=site.name, name=rec.name, command=rec.command,
+                                 params=rec.params, description=rec.description))
+        peer.send(P.AppList(req_id=msg.req_id, apps=out))
+
+    def _prepare(self, who: Principal, i: int, spec: P.TaskSpec, now: float) -> LiveTask:
+        where = f"task {i}" if i else "task"
+        try:
+            site = self._site_of(who, spec.site)
+            app = self.apps.get((site.id, spec.app))
+            if app is None:
+                names = sorted(a.name for a in self.apps.values() if a.site_id == site.id)
+                raise AppError(
+                    f"unknown app {spec.app!r} on site {site.name!r} "
+                    f"(registered: {', '.join(names) or 'none'})"
+                )
+            values = appmod.validate_params(app.name, app.params, spec.params)
+            argv, shell = appmod.render(app.command, values)
+            if spec.resources.cores < 1 or spec.resources.gpus < 0:
+                raise InvalidRequest("resources: cores must be >= 1 and gpus >= 0")
+            if spec.max_retries < 0 or spec.max_retries > 100:
+                raise InvalidRequest("max_retries must be between 0 and 100")
+            if spec.timeout is not None and not spec.timeout > 0:
+                raise InvalidRequest("timeout must be a positive number of seconds")
+            for k in spec.env:
+                if not appmod.ENV_RE.match(k):
+                    raise InvalidRequest(f"invalid environment variable name {k!r}")
+            for k, v in list(spec.env.items()) + list(spec.tags.items()):
+                if "\x00" in k or "\x00" in v:
+                    raise InvalidRequest("NUL bytes are not allowed in env or tags")
+            workdir = check_workdir(spec.workdir) if spec.workdir else ""
+        except InvalidRequest as exc:
+            raise type(exc)(f"{where}: {exc.message}", exc.code) from None
+        return LiveTask(
+            id=0, owner_id=who.user_id, site_id=site.id, app=app.name, state=S.CREATED,
+            params=values, tags=dict(spec.tags), priority=spec.priority,
+            cores=spec.resources.cores, gpus=spec.resources.gpus, timeout=spec.timeout,
+            max_retries=spec.max_retries, retries=0, attempt=0, pilot="", argv=argv,
+            shell=shell, env=dict(spec.env), workdir=workdir, exit_code=None, error="",
+            stdout_tail="", stderr_tail="", created_at=now, started_at=None, finished_at=None,
+        )
+
+    async def submit(self, who: Principal, peer: Peer, msg: P.Submit) -> None:
+        if not msg.tasks:
+            raise InvalidRequest("Submit carries no tasks")
+        if len(msg.tasks) > self.limits.max_tasks_per_submit:
+            raise LimitExceeded(
+                f"{len(msg.tasks)} tasks in one Submit; the limit is "
+                f"{self.limits.max_tasks_per_submit} (the client splits larger batches)"
+            )
+        if msg.key:
+            prior = await self._prior_submission(who.user_id, msg.key)
+            if prior is not None:
+                # Reply after everything queued so far is committed.
+                await self.store.write(
+                    [], lambda: peer.send(P.Submitted(req_id=msg.req_id, ids=prior))
+                )
+                return
+        now = time.time()
+        prepared = [self._prepare(who, i, spec, now) for i, spec in enumerate(msg.tasks)]
+        stmts: list[tuple[Stmt, Any]] = []
+        created: list[tuple[LiveTask, list[P.TaskEvent]]] = []
+        for t in prepared:
+            t.id = self._next_task
+            self._next_task += 1
+            ev_stmts, events = self._event_rows(t, states.submit_path(), now)
+            stmts.append((st.INSERT_TASK, t.insert_row()))
+            stmts.extend(ev_stmts)
+            for k, v in t.tags.items():
+                stmts.append((st.INSERT_TAG, (k, v, t.id)))
+            self.live[t.id] = t
+            created.append((t, events))
+        ids = [t.id for t, _ in created]
+        if msg.key:
+            stmts.append((st.INSERT_SUBMISSION, (who.user_id, msg.key, _j(ids), now)))
+            self._remember_key(who.user_id, msg.key, ids)
+        self.counters["tasks_submitted"] += len(ids)
+
+        def committed() -> None:
+            peer.send(P.Submitted(req_id=msg.req_id, ids=ids))
+            for t, events in created:
+                self._emit(t, events)
+                if t.state in states.RUNNABLE and not t.pilot and t.id in self.live:
+                    self._enqueue(t)
+
+        await self.store.write(stmts, committed)
+
+    def _remember_key(self, owner: int, key: str, ids: list[int]) -> None:
+        self._recent_keys[(owner, key)] = ids
+        while len(self._recent_keys) > 10_000:
+            self._recent_keys.popitem(last=False)
+
+    async def _prior_submission(self, owner: int, key: str) -> list[int] | None:
+        ids = self._recent_keys.get((owner, key))
+        if ids is not None:
+            return ids
+        row = await self.store.fetchone(
+            "SELECT ids FROM submissions WHERE owner_id = ? AND key = ?", (owner, key)
+        )
+        return list(_json_dec.decode(row[0])) if row else None
+
+    async def _owned_final(self, who: Principal, ids: list[int]) -> dict[int, P.TaskInfo]:
+        """Tasks of ``who`` among ``ids`` that are not live (read from the store)."""
+        if not ids:
+            return {}
+        out: dict[int, P.TaskInfo] = {}
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            for r in await self.store.fetchall(
+                f"SELECT {st.TASK_COLUMNS} FROM tasks WHERE owner_id = ? AND id IN ({marks})",
+                (who.user_id, *chunk),
+            ):
+                out[r[0]] = self._row_info(r)
+        return out
+
+    def _owned_live(self, who: Principal, task_id: int) -> LiveTask | None:
+        t = self.live.get(task_id)
+        if t is None or t.owner_id != who.user_id:
+            return None
+        if who.site_id is not None and t.site_id != who.site_id:
+            return None
+        return t
+
+    async def cancel(self, who: Principal, peer: Peer, msg: P.Cancel) -> None:
+        ids = list(dict.fromkeys(msg.ids))
+        live = {i: t for i in ids if (t := self._owned_live(who, i)) is not None}
+        rest = [i for i in ids if i not in live]
+        final = await self._owned_final(who, rest)
+        missing = [i for i in rest if i not in final]
+        if missing:
+            raise NotFound(f"no task with id {missing[0]}")
+        now = time.time()
+        stmts: list[tuple[Stmt, Any]] = []
+        changed: list[tuple[LiveTask, list[P.TaskEvent], str]] = []
+        for t in live.values():
+            if t.state in states.FINAL:
+                continue
+            pilot = t.pilot
+            t.error = "cancelled by user"
+            if pilot:
+                self._unassign(t)
+            self.dispatcher.discard(t.id)
+            s, events = self._transition(t, [S.KILLED], now, {"reason": "cancelled"})
+            stmts.extend(s)
+            changed.append((t, events, pilot))
+        done = [t.id for t, _, _ in changed]
+
+        def committed() -> None:
+            kills: dict[str, list[tuple[int, int]]] = {}
+            for t, events, pilot in changed:
+                self._emit(t, events)
+                self._finished(t)
+                if pilot:
+                    kills.setdefault(pilot, []).append((t.id, t.attempt))
+            for pilot_id, pairs in kills.items():
+                rec = self.pilots.get(pilot_id)
+                if rec is not None and rec.peer is not None:
+                    rec.peer.send(P.Kill(tasks=pairs, reason="cancelled by user"))
+            peer.send(P.Cancelled(req_id=msg.req_id, ids=done))
+
+        await self.store.write(stmts, committed)
+
+    async def wait(self, who: Principal, peer: Peer, msg: P.Wait) -> None:
+        ids = list(dict.fromkeys(msg.ids))
+        live = [t for i in ids if (t := self._owned_live(who, i)) is not None]
+        live_ids = {t.id for t in live}
+        rest = [i for i in ids if i not in live_ids]
+        final = await self._owned_final(who, rest)
+        missing = [i for i in rest if i not in final]
+        if missing:
+            raise NotFound(f"no task with id {missing[0]}")
+        for t in live:
+            if t.id in self.live:
+                self._waiters.setdefault(t.id, []).append((peer, msg.req_id))
+            else:
+                # Finished while we read the store: its row is committed now.
+                final.update(await self._owned_final(who, [t.id]))
+        if final:
+            peer.send(P.Results(req_id=msg.req_id, tasks=list(final.values())))
+
+    async def query(self, who: Principal, peer: Peer, msg: P.Query) -> None:
+        sql, args = self._filter_sql(who, msg.filter)
+        limit = max(1, min(msg.limit, self.limits.max_query_limit))
+        rows = await self.store.fetchall(
+            f"SELECT {st.TASK_COLUMNS} FROM tasks WHERE {sql} AND id > ? ORDER BY id LIMIT ?",
+            (*args, msg.after_id, limit),
+        )
+        peer.send(P.TaskList(req_id=msg.req_id, tasks=[self._row_info(r) for r in rows]))
+
+    def _filter_sql(self, who: Principal, f: P.TaskFilter) -> tuple[str, list[Any]]:
+        where = ["owner_id = ?"]
+        args: list[Any] = [who.user_id]
+        if who.site_id is not None:
+            where.append("site_id = ?")
+            args.append(who.site_id)
+        if f.states:
+            valid = {x.value for x in states.STORED}
+            bad = [s for s in f.states if s not in valid]
+            if bad:
+                raise InvalidRequest(
+                    f"unknown state {bad[0]!r} (states: {', '.join(x.value for x in S)})"
+                )
+            where.append(f"state IN ({','.join('?' * len(f.states))})")
+            args.extend(f.states)
+        if f.site is not None:
+            sid = self.site_names.get((who.user_id, f.site))
+            if sid is None:
+                raise NotFound(f"no site named {f.site!r}")
+            where.append("site_id = ?")
+            args.append(sid)
+        if f.app is not None:
+            where.append("app = ?")
+            args.append(f.app)
+        if f.ids:
+            where.append(f"id IN ({','.join('?' * len(f.ids))})")
+            args.extend(f.ids)
+        for k, v in f.tags.items():
+            where.append("id IN (SELECT task_id FROM task_tags WHERE key = ? AND value = ?)")
+            args.extend((k, v))
+        return " AND ".join(where), args
+
+    async def watch(self, who: Principal, peer: Peer, msg: P.Watch) -> None:
+        if msg.filter.site is not None:
+            self._site_of(who, msg.filter.site)
+        watch_id = self._next_watch
+        self._next_watch += 1
+        sub = WatchSub(peer, watch_id, msg.filter)
+        if msg.since_event:
+            # Replay committed history, then go live. The subscription is
+            # registered first, so nothing committed in between is missed;
+            # the client drops duplicates by event id.
+            self._watchers.setdefault(who.user_id, {})[(peer.id, watch_id)] = sub
+            peer.send(P.Watching(req_id=msg.req_id, watch_id=watch_id))
+            sql, args = self._filter_sql(who, msg.filter)
+            rows = await self.store.fetchall(
+                "SELECT e.id, e.task_id, e.from_state, e.to_state, e.time, e.data, t.tags "
+                f"FROM events e JOIN tasks t ON t.id = e.task_id WHERE e.id > ? AND t.id IN "
+                f"(SELECT id FROM tasks WHERE {sql}) ORDER BY e.id LIMIT 100000",
+                (msg.since_event, *args),
+            )
+            wanted = set(msg.filter.states)
+            events = [
+                P.TaskEvent(id=r[0], task_id=r[1], from_state=r[2], to_state=r[3], time=r[4],
+                            data=_json_dec.decode(r[5]) if r[5] else {},
+                            tags=_json_dec.decode(r[6]))
+                for r in rows if not wanted or r[3] in wanted
+            ]
+            if events:
+                peer.send(P.Events(watch_id=watch_id, events=events))
+            return
+        self._watchers.setdefault(who.user_id, {})[(peer.id, watch_id)] = sub
+        peer.send(P.Watching(req_id=msg.req_id, watch_id=watch_id))
+
+    def unwatch(self, who: Principal, peer: Peer, msg: P.Unwatch) -> None:
+        subs = self._watchers.get(who.user_id, {})
+        if subs.pop((peer.id, msg.watch_id), None) is None:
+            raise NotFound(f"no watch {msg.watch_id} on this connection")
+        peer.send(P.Done(req_id=msg.req_id))
+
+    def client_gone(self, who: Principal, peer: Peer) -> None:
+        subs = self._watchers.get(who.user_id)
+        if subs:
+            for key in [k for k in subs if k[0] == peer.id]:
+                del subs[key]
+        for tid in list(self._waiters):
+            rest = [w for w in self._waiters[tid] if w[0].id != peer.id]
+            if rest:
+                self._waiters[tid] = rest
+            else:
+                del self._waiters[tid]
+
+    # ================================================================== pilots
+
+    def pilot_hello(self, who: Principal, peer: Peer, hello: P.Hello) -> PilotRec:
+        """A pilot connected (or reconnected): reconcile what it holds."""
+        if who.site_id is not None:
+            if hello.site and hello.site != self.sites[who.site_id].name:
+                raise NotFound(f"this site token is not for site {hello.site!r}")
+            site = self.sites[who.site_id]
+        else:
+            site = self._site_of(who, hello.site)
+        if not hello.pilot_id or len(hello.pilot_id) > 128:
+            raise InvalidRequest("a pilot must send a pilot_id of 1-128 characters")
+        if hello.cores < 0 or hello.gpus < 0:
+            raise InvalidRequest("cores and gpus must not be negative")
+        old = self.pilots.get(hello.pilot_id)
+        if old is not None and (old.site_id != site.id or old.owner_id != who.user_id):
+            raise InvalidRequest("pilot_id is in use by another site")
+        if old is not None and old.peer is not None and old.peer is not peer:
+            old.peer.close(4000, "replaced by a new connection of the same pilot")
+        rec = old or PilotRec(0, hello.pilot_id, site.id, who.user_id, "", 0, 0)
+        rec.hostname, rec.cores, rec.gpus, rec.peer = hello.hostname, hello.cores, hello.gpus, peer
+        self.pilots[rec.pilot_id] = rec
+        self.leases.touch(rec.pilot_id, time.time())
+        self._lease_changed.set()
+
+        held = dict(hello.held)
+        kills: list[tuple[int, int]] = []
+        stmts: list[tuple[Stmt, Any]] = []
+        lost: list[tuple[LiveTask, list[P.TaskEvent]]] = []
+        now = time.time()
+        for task_id in list(rec.assigned):
+            t = self.live.get(task_id)
+            if t is None or t.pilot != rec.pilot_id:
+                rec.assigned.discard(task_id)
+                continue
+            if held.get(task_id) == t.attempt:
+                continue
+            # We gave it this task but the pilot does not have it.
+            if t.state == S.RUNNING:
+                s, events = self._fail_attempt(t, S.RUN_TIMEOUT, now, "the pilot lost the task")
+                stmts.extend(s)
+                lost.append((t, events))
+            else:
+                self._unassign(t)
+                self._enqueue(t)
+        for task_id, attempt in held.items():
+            t = self.live.get(task_id)
+            if t is not None and t.pilot == rec.pilot_id and t.attempt == attempt:
+                continue
+            if (
+                t is not None and not t.pilot and t.state in states.RUNNABLE
+                and attempt > t.attempt and t.site_id == site.id
+            ):
+                # Assigned before a controller restart and not yet started: adopt.
+                self.dispatcher.discard(t.id)
+                t.attempt, t.pilot = attempt, rec.pilot_id
+                rec.assigned.add(t.id)
+                continue
+            kills.append((task_id, attempt))
+        if kills:
+            peer.send(P.Kill(tasks=kills, reason="no longer assigned to this pilot"))
+        self.dispatcher.add_pilot(PilotSlot(
+            rec.pilot_id, site.id, hello.cores, hello.gpus,
+            max(hello.credit_cores, 0), max(hello.credit_gpus, 0),
+        ))
+        if stmts:
+            self._write_soon(stmts, lambda: self._after_failures(lost))
+        self._wake.set()
+        log.info("pilot %s on %s (%s) connected: %d cores, %d gpus, holds %d tasks",
+                 rec.pilot_id, site.name, hello.hostname, hello.cores, hello.gpus, len(held))
+        return rec
+
+    def _write_soon(self, stmts: list[tuple[Stmt, Any]], cb: Callable[[], None]) -> None:
+        """Queue a write from synchronous code (pilot loss, reconnects).
+
+        If the store's queue is full the op waits in ``_spill``, which the
+        dispatch actor feeds to the store in order; its size is bounded by
+        the number of tasks assigned to pilots.
+        """
+        if self._spill or not self.store.write_nowait(stmts, cb):
+            self._spill.append(st.WriteOp(stmts, cb))
+            self._wake.set()
+
+    def _unassign(self, t: LiveTask) -> None:
+        rec = self.pilots.get(t.pilot)
+        if rec is not None:
+            rec.assigned.discard(t.id)
+        t.pilot = ""
+
+    def _fail_attempt(
+        self, t: LiveTask, kind: S, now: float, why: str, *, exit_code: int | None = None
+    ) -> tuple[list[tuple[Stmt, Any]], list[P.TaskEvent]]:
+        """RUN_ERROR/RUN_TIMEOUT, then RESTART_READY or FAILED. Caller enqueues after commit."""
+        path = states.failure_path(kind, retries=t.retries, max_retries=t.max_retries)
+        t.error = why
+        t.exit_code = exit_code
+        t.finished_at = now
+        if path[-1] == S.RESTART_READY:
+            t.retries += 1
+            self.counters["tasks_retried"] += 1
+        self._unassign(t)
+        data: dict[str, Any] = {"attempt": t.attempt, "reason": why}
+        if exit_code is not None:
+            data["exit_code"] = exit_code
+        return self._transition(t, path, now, data)
+
+    def _after_failures(self, items: list[tuple[LiveTask, list[P.TaskEvent]]]) -> None:
+        for t, events in items:
+            self._emit(t, events)
+            if t.state in states.FINAL:
+                self._finished(t)
+            elif t.state in states.RUNNABLE and not t.pilot:
+                self._enqueue(t)
+
+    async def reports(self, rec: PilotRec, msg: P.Reports) -> None:
+        self.leases.touch(rec.pilot_id, time.time())
+        stmts: list[tuple[Stmt, Any]] = []
+        touched: list[tuple[LiveTask, list[P.TaskEvent]]] = []
+        for r in msg.reports:
+            t = self.live.get(r.task_id)
+            if (
+                t is None or t.state in states.FINAL or t.pilot != rec.pilot_id
+                or t.attempt != r.attempt
+            ):
+                self.counters["stale_reports"] += 1
+                log.debug("ignoring stale report %s from pilot %s", r, rec.pilot_id)
+                continue
+            now = r.time
+            s: list[tuple[Stmt, Any]] = []
+            events: list[P.TaskEvent] = []
+            if r.kind == "started":
+                if t.state in states.RUNNABLE:
+                    t.started_at = now
+                    s, events = self._transition(
+                        t, [S.RUNNING], now, {"attempt": t.attempt, "pilot": rec.pilot_id}
+                    )
+            elif r.kind == "done":
+                if t.state != S.RUNNING:
+                    continue
+                t.exit_code, t.finished_at = r.exit_code, now
+                t.stdout_tail, t.stderr_tail = r.stdout_tail, r.stderr_tail
+                rec.assigned.discard(t.id)
+                s, events = self._transition(t, states.finish_path(), now, {"exit_code": 0})
+            elif r.kind in ("error", "timeout"):
+                if t.state != S.RUNNING:
+                    continue
+                t.stdout_tail, t.stderr_tail = r.stdout_tail, r.stderr_tail
+                kind = S.RUN_ERROR if r.kind == "error" else S.RUN_TIMEOUT
+                why = r.message or (
+                    f"exit code {r.exit_code}" if r.kind == "error" else "timed out"
+                )
+                s, events = self._fail_attempt(t, kind, now, why, exit_code=r.exit_code)
+            else:  # killed or lost on the pilot without our asking
+                if t.state == S.RUNNING:
+                    s, events = self._fail_attempt(
+                        t, S.RUN_TIMEOUT, now, r.message or f"task {r.kind} on the pilot"
+                    )
+                else:
+                    self._unassign(t)
+                    touched.append((t, []))
+                    continue
+            stmts.extend(s)
+            touched.append((t, events))
+        seq = msg.seq
+        peer = rec.peer
+
+        def committed() -> None:
+            self._after_failures(touched)
+            if peer is not None:
+                peer.send(P.Ack(seq=seq))
+
+        await self.store.write(stmts, committed)
+
+    def credit(self, rec: PilotRec, msg: P.Credit) -> None:
+        self.dispatcher.grant(rec.pilot_id, msg.cores, msg.gpus)
+        self._wake.set()
+
+    def heartbeat(self, rec: PilotRec, msg: P.Heartbeat) -> None:
+        self.leases.touch(rec.pilot_id, time.time())
+
+    def pilot_gone(self, rec: PilotRec, peer: Peer, *, bye: bool) -> None:
+        """The connection ended. After Bye the pilot is done; otherwise its lease runs."""
+        if rec.peer is not peer:
+            return  # an older connection of a pilot that already reconnected
+        rec.peer = None
+        self.dispatcher.remove_pilot(rec.pilot_id)
+        if bye:
+            self.leases.drop(rec.pilot_id)
+            self._pilot_lost(rec, "the pilot exited")
+
+    def _pilot_lost(self, rec: PilotRec, why: str) -> None:
+        now = time.time()
+        stmts: list[tuple[Stmt, Any]] = []
+        touched: list[tuple[LiveTask, list[P.TaskEvent]]] = []
+        for task_id in list(rec.assigned):
+            t = self.live.get(task_id)
+            if t is None or t.pilot != rec.pilot_id or t.state in states.FINAL:
+                continue
+            if t.state == S.RUNNING:
+                s, events = self._fail_attempt(t, S.RUN_TIMEOUT, now, why)
+                stmts.extend(s)
+                touched.append((t, events))
+            else:
+                self._unassign(t)
+                touched.append((t, []))
+        rec.assigned.clear()
+        self.dispatcher.remove_pilot(rec.pilot_id)
+        self.pilots.pop(rec.pilot_id, None)
+        if rec.peer is not None:
+            rec.peer.close(4001, why)
+        if touched:
+            log.warning("pilot %s: %s; %d tasks requeued or failed", rec.pilot_id, why,
+                        len(touched))
+            self._write_soon(stmts, lambda: self._after_failures(touched))
+
+    # ================================================================== actors
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            while self._spill:
+                op = self._spill.pop(0)
+                await self.store.write(op.stmts, op.on_commit)
+            hold = self._dispatch_hold_until - time.monotonic()
+            if hold > 0:
+                await anyio.sleep(hold)
+            self._dispatch_once()
+
+    def _dispatch_once(self) -> None:
+        out: dict[str, list[P.Assignment]] = {}
+        for pilot_id, task_id in self.dispatcher.match():
+            t = self.live.get(task_id)
+            rec = self.pilots.get(pilot_id)
+            if (
+                t is None or rec is None or rec.peer is None or t.pilot
+                or t.state not in states.RUNNABLE
+            ):
+                self.dispatcher.grant(pilot_id, t.cores if t else 0, t.gpus if t else 0)
+                continue
+            t.attempt += 1
+            t.pilot = pilot_id
+            rec.assigned.add(t.id)
+            out.setdefault(pilot_id, []).append(P.Assignment(
+                task_id=t.id, attempt=t.attempt, argv=t.argv, shell=t.shell,
+                env=t.env, workdir=t.workdir or f"tasks/{t.id}", cores=t.cores,
+                gpus=t.gpus, timeout=t.timeout,
+            ))
+        for pilot_id, tasks in out.items():
+            rec = self.pilots[pilot_id]
+            assert rec.peer is not None
+            rec.peer.send(P.RunTasks(tasks=tasks))
+
+    async def _lease_loop(self) -> None:
+        while True:
+            deadline = self.leases.next_deadline()
+            with anyio.move_on_after(
+                max(0.05, deadline - time.time()) if deadline is not None else 3600
+            ):
+                await self._lease_changed.wait()
+                self._lease_changed = anyio.Event()
+                continue
+            for pilot_id in self.leases.expired(time.time()):
+                rec = self.pilots.get(pilot_id)
+                if rec is not None:
+                    self._pilot_lost(
+                        rec, f"pilot {pilot_id} lost: silent for {self.t.lease_timeout:g}s"
+                    )
+
+    # ================================================================== metrics
+
+    def metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {f"tidewater_{k}_total": v for k, v in self.counters.items()}
+        out["tidewater_live_tasks"] = len(self.live)
+        out["tidewater_queued_tasks"] = self.dispatcher.queued()
+        out["tidewater_pilots_connected"] = sum(1 for p in self.pilots.values() if p.peer)
+        out["tidewater_store_batches_total"] = self.store.batches
+        out["tidewater_store_ops_total"] = self.store.ops_committed
+        out["tidewater_uptime_seconds"] = time.time() - self.started_at
+        return out
+
+
+def check_workdir(path: str) -> str:
+    """A task work directory: relative, normalised, never leaving the site's root."""
+    if "\x00" in path or len(path) > 1024:
+        raise InvalidRequest(f"invalid workdir {path!r}")
+    if path.startswith(("/", "~")) or os.path.isabs(path):
+        raise InvalidRequest(f"workdir {path!r} must be relative to the site's work root")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts):
+        raise InvalidRequest(f"workdir {path!r} may not be empty or contain '..'")
+    return "/".join(parts)
+
+
+def _chunks(items: list[int], n: int) -> list[list[int]]:
+    return [items[i : i + n] for i in range(0, len(items), n)]
+
+
+__all__ = ["Controller", "Peer", "Principal", "check_workdir", "ParamError"]

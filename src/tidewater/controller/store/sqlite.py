@@ -1,0 +1,352 @@
+"""SQLite store: WAL, one writer task with group commit, a separate reader.
+
+Writers never touch the database themselves. They hand the writer a
+:class:`WriteOp` (statements plus an ``on_commit`` callback) through a
+bounded stream; when the stream is full, ``write`` waits, so a lagging disk
+slows the readers of sockets down instead of growing memory. The writer
+drains every op that is waiting, runs them in one transaction, commits, then
+calls each ``on_commit`` in order: acknowledgements and notifications are
+only ever sent for committed work.
+
+Inside a batch, statements are grouped per SQL text and run with
+``executemany`` in a fixed order (inserts of tasks before updates, updates
+before event rows). Updates write absolute values, so the result equals
+running the ops one by one, in far fewer round trips.
+
+aiosqlite errors are translated into :class:`~tidewater.errors.StoreError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ...errors import StoreError
+
+log = logging.getLogger("tidewater.store")
+
+SCHEMA_VERSION = 1
+
+_FINAL_SQL = "('JOB_FINISHED', 'FAILED', 'KILLED')"
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    f"""
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE sites (
+        id INTEGER PRIMARY KEY,
+        owner_id INTEGER NOT NULL REFERENCES users(id),
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        UNIQUE (owner_id, name)
+    );
+    CREATE TABLE apps (
+        id INTEGER PRIMARY KEY,
+        site_id INTEGER NOT NULL REFERENCES sites(id),
+        name TEXT NOT NULL,
+        command TEXT NOT NULL,
+        params TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        UNIQUE (site_id, name)
+    );
+    CREATE TABLE tasks (
+        id INTEGER PRIMARY KEY,
+        owner_id INTEGER NOT NULL,
+        site_id INTEGER NOT NULL,
+        app TEXT NOT NULL,
+        state TEXT NOT NULL,
+        params TEXT NOT NULL,
+        tags TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        cores INTEGER NOT NULL,
+        gpus INTEGER NOT NULL,
+        timeout REAL,
+        max_retries INTEGER NOT NULL,
+        retries INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        pilot TEXT NOT NULL,
+        argv TEXT NOT NULL,
+        shell TEXT NOT NULL,
+        env TEXT NOT NULL,
+        workdir TEXT NOT NULL,
+        exit_code INTEGER,
+        error TEXT NOT NULL,
+        stdout_tail TEXT NOT NULL,
+        stderr_tail TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL
+    );
+    CREATE INDEX tasks_owner_state ON tasks (owner_id, state, id);
+    CREATE INDEX tasks_live ON tasks (id) WHERE state NOT IN {_FINAL_SQL};
+    CREATE TABLE task_tags (
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        task_id INTEGER NOT NULL,
+        PRIMARY KEY (key, value, task_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        task_id INTEGER NOT NULL,
+        from_state TEXT NOT NULL,
+        to_state TEXT NOT NULL,
+        time REAL NOT NULL,
+        data TEXT
+    );
+    CREATE INDEX events_task ON events (task_id, id);
+    CREATE TABLE submissions (
+        owner_id INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        ids TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (owner_id, key)
+    ) WITHOUT ROWID;
+    """,
+]
+
+
+@dataclass(frozen=True)
+class Stmt:
+    """A write statement; ``rank`` orders its bucket inside a group commit."""
+
+    rank: int
+    sql: str
+
+
+TASK_COLUMNS = (
+    "id, owner_id, site_id, app, state, params, tags, priority, cores, gpus, timeout, "
+    "max_retries, retries, attempt, pilot, argv, shell, env, workdir, exit_code, error, "
+    "stdout_tail, stderr_tail, created_at, started_at, finished_at"
+)
+
+INSERT_USER = Stmt(0, "INSERT INTO users (id, name, token_hash, created_at) VALUES (?, ?, ?, ?)")
+INSERT_SITE = Stmt(
+    1, "INSERT INTO sites (id, owner_id, name, token_hash, created_at) VALUES (?, ?, ?, ?, ?)"
+)
+UPSERT_APP = Stmt(
+    2,
+    "INSERT INTO apps (site_id, name, command, params, description, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (site_id, name) DO UPDATE SET "
+    "command = excluded.command, params = excluded.params, description = excluded.description",
+)
+INSERT_TASK = Stmt(
+    10, f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 26)})"
+)
+UPDATE_TASK = Stmt(
+    20,
+    "UPDATE tasks SET state = ?, retries = ?, attempt = ?, pilot = ?, exit_code = ?, "
+    "error = ?, stdout_tail = ?, stderr_tail = ?, started_at = ?, finished_at = ? WHERE id = ?",
+)
+INSERT_EVENT = Stmt(
+    30, "INSERT INTO events (id, task_id, from_state, to_state, time, data) VALUES (?, ?, ?, ?, ?, ?)"
+)
+INSERT_TAG = Stmt(40, "INSERT OR IGNORE INTO task_tags (key, value, task_id) VALUES (?, ?, ?)")
+INSERT_SUBMISSION = Stmt(
+    50, "INSERT OR IGNORE INTO submissions (owner_id, key, ids, created_at) VALUES (?, ?, ?, ?)"
+)
+
+Params = Sequence[Any]
+
+
+@dataclass
+class WriteOp:
+    stmts: list[tuple[Stmt, Params]]
+    on_commit: Callable[[], None] | None = None
+    done: anyio.Event | None = field(default=None)
+
+
+class SqliteStore:
+    """The embedded store. An async context manager owning its writer task.
+
+    ``after_batch`` (if set) is called after the ``on_commit`` callbacks of
+    every committed batch: the place to flush notifications aggregated over
+    the batch.
+    """
+
+    def __init__(self, path: str | Path, *, queue_size: int = 1000, max_batch: int = 5000) -> None:
+        self.path = str(path)
+        self._queue_size = queue_size
+        self._max_batch = max_batch
+        self._wconn: aiosqlite.Connection | None = None
+        self._rconn: aiosqlite.Connection | None = None
+        self._send: MemoryObjectSendStream[WriteOp] | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self.after_batch: Callable[[], None] | None = None
+        self.batches = 0
+        self.ops_committed = 0
+
+    async def __aenter__(self) -> SqliteStore:
+        if self.path != ":memory:":
+            await anyio.Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._wconn = await self._open()
+            await migrate(self._wconn)
+            self._rconn = await self._open()
+        except (sqlite3.Error, OSError) as exc:
+            await self._close_conns()
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        send, recv = anyio.create_memory_object_stream[WriteOp](self._queue_size)
+        self._send = send
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        await self._tg.start(self._writer, recv)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._tg is not None and self._send is not None
+        # Closing the send side lets the writer drain what is queued, then end.
+        await self._send.aclose()
+        try:
+            await self._tg.__aexit__(None, None, None)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._close_conns()
+
+    async def _open(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=NORMAL",
+            "PRAGMA busy_timeout=10000",
+            "PRAGMA foreign_keys=ON",
+            "PRAGMA cache_size=-65536",
+        ):
+            await conn.execute(pragma)
+        return conn
+
+    async def _close_conns(self) -> None:
+        for conn in (self._rconn, self._wconn):
+            if conn is not None:
+                try:
+                    await conn.close()
+                except (sqlite3.Error, ValueError):
+                    pass
+        self._rconn = self._wconn = None
+
+    # ------------------------------------------------------------------ writes
+
+    async def write(
+        self, stmts: list[tuple[Stmt, Params]], on_commit: Callable[[], None] | None = None
+    ) -> None:
+        """Queue a write; return once it is queued (not committed).
+
+        ``on_commit`` runs after the commit, on the writer task. Waits while
+        the queue is full. Cancel-safe: a cancelled call queued nothing.
+        """
+        assert self._send is not None, "store is not open"
+        await self._send.send(WriteOp(stmts, on_commit))
+
+    def write_nowait(
+        self, stmts: list[tuple[Stmt, Params]], on_commit: Callable[[], None] | None = None
+    ) -> bool:
+        """Queue a write without waiting; False (nothing queued) if the queue is full."""
+        assert self._send is not None, "store is not open"
+        try:
+            self._send.send_nowait(WriteOp(stmts, on_commit))
+        except anyio.WouldBlock:
+            return False
+        return True
+
+    async def commit(self, stmts: list[tuple[Stmt, Params]]) -> None:
+        """Queue a write and wait until it is committed."""
+        assert self._send is not None, "store is not open"
+        op = WriteOp(stmts, None, anyio.Event())
+        await self._send.send(op)
+        assert op.done is not None
+        await op.done.wait()
+
+    async def _writer(
+        self,
+        recv: MemoryObjectReceiveStream[WriteOp],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        task_status.started()
+        async with recv:
+            async for first in recv:
+                batch = [first]
+                while len(batch) < self._max_batch:
+                    try:
+                        batch.append(recv.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                await self._commit_batch(batch)
+                self.batches += 1
+                self.ops_committed += len(batch)
+                for op in batch:
+                    if op.on_commit is not None:
+                        try:
+                            op.on_commit()
+                        except Exception:
+                            log.exception("on_commit callback failed")
+                    if op.done is not None:
+                        op.done.set()
+                if self.after_batch is not None:
+                    try:
+                        self.after_batch()
+                    except Exception:
+                        log.exception("after_batch callback failed")
+
+    async def _commit_batch(self, batch: Iterable[WriteOp]) -> None:
+        assert self._wconn is not None
+        buckets: dict[Stmt, list[Params]] = {}
+        for op in batch:
+            for stmt, params in op.stmts:
+                buckets.setdefault(stmt, []).append(params)
+        conn = self._wconn
+        try:
+            await conn.execute("BEGIN")
+            for stmt in sorted(buckets, key=lambda s: s.rank):
+                await conn.executemany(stmt.sql, buckets[stmt])
+            await conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # A failed commit means memory and disk disagree: stop the
+            # controller rather than acknowledge work that is not stored.
+            raise StoreError(f"commit to {self.path} failed: {exc}") from exc
+
+    # ------------------------------------------------------------------ reads
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        assert self._rconn is not None, "store is not open"
+        try:
+            async with self._rconn.execute(sql, params) as cur:
+                rows = await cur.fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"query failed: {exc}") from exc
+        return [tuple(r) for r in rows]
+
+    async def fetchone(self, sql: str, params: Params = ()) -> tuple[Any, ...] | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+
+async def migrate(conn: aiosqlite.Connection) -> None:
+    """Bring the schema to :data:`SCHEMA_VERSION`, one versioned step at a time."""
+    async with conn.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"store schema version {version} is newer than this Tidewater ({SCHEMA_VERSION}); "
+            "upgrade Tidewater"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        script = MIGRATIONS[target - 1]
+        await conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {target};\nCOMMIT;")
+        log.info("store migrated to schema version %d", target)

@@ -1,0 +1,115 @@
+"""Every exception Tidewater raises, in one tree::
+
+    TidewaterError
+    ├── ConfigError                 bad settings or command-line input
+    ├── IllegalTransition           a task state change not in the table
+    ├── InvalidRequest              a request the controller refuses (code, message)
+    │   ├── NotFound                no such object for this user
+    │   ├── AppError                unknown app, bad template, bad parameters
+    │   └── LimitExceeded           frame / batch / payload limits
+    ├── AuthError                   wrong or missing token, Reject at handshake
+    ├── ConnectionError_            the link to the controller
+    │   ├── ConnectionClosed        the peer closed it cleanly
+    │   └── ConnectionBroken        it broke (reset, timeout, refused)
+    ├── StoreError                  the database failed
+    └── TaskFailed                  ``Task.result(check=True)`` on a task that did not finish
+
+Errors raised by websockets, aiohttp and aiosqlite are translated at the
+module that uses them and never escape it.
+"""
+
+from __future__ import annotations
+
+
+class TidewaterError(Exception):
+    """Base of every Tidewater error."""
+
+
+class ConfigError(TidewaterError):
+    pass
+
+
+class IllegalTransition(TidewaterError):
+    def __init__(self, src: str, dst: str) -> None:
+        self.src = src
+        self.dst = dst
+        super().__init__(f"illegal task transition {src} -> {dst}")
+
+
+class InvalidRequest(TidewaterError):
+    """The controller refused a request; nothing was changed.
+
+    ``code`` is a stable machine-readable word (``not_found``, ``bad_app``,
+    ``bad_params``, ``limit``, ``bad_request``); ``message`` speaks to the user.
+    """
+
+    code = "bad_request"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        if code is not None:
+            self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+class NotFound(InvalidRequest):
+    code = "not_found"
+
+
+class AppError(InvalidRequest):
+    code = "bad_app"
+
+
+class ParamError(AppError):
+    code = "bad_params"
+
+
+class LimitExceeded(InvalidRequest):
+    code = "limit"
+
+
+class AuthError(TidewaterError):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"authentication refused: {reason}")
+
+
+class ConnectionError_(TidewaterError):  # noqa: N801 - avoid shadowing the builtin
+    pass
+
+
+class ConnectionClosed(ConnectionError_):
+    """The controller closed the connection on purpose."""
+
+
+class ConnectionBroken(ConnectionError_):
+    """The connection failed: refused, reset or timed out."""
+
+
+class StoreError(TidewaterError):
+    pass
+
+
+class TaskFailed(TidewaterError):
+    def __init__(self, task_id: int, state: str, exit_code: int | None, error: str) -> None:
+        self.task_id = task_id
+        self.state = state
+        self.exit_code = exit_code
+        self.error = error
+        detail = f" (exit code {exit_code})" if exit_code is not None else ""
+        why = f": {error}" if error else ""
+        super().__init__(f"task {task_id} ended {state}{detail}{why}")
+
+
+_BY_CODE: dict[str, type[InvalidRequest]] = {
+    "not_found": NotFound,
+    "bad_app": AppError,
+    "bad_params": ParamError,
+    "limit": LimitExceeded,
+}
+
+
+def from_code(code: str, message: str) -> InvalidRequest:
+    """Rebuild the exception the controller raised from its wire ``Error``."""
+    cls = _BY_CODE.get(code, InvalidRequest)
+    return cls(message, code)

@@ -1,0 +1,431 @@
+"""Every message that crosses a Tidewater websocket, and nothing else.
+
+Messages are frozen, tagged msgspec Structs (``tag_field="op"``), grouped in
+one union per direction. Frames are msgpack in binary websocket frames. This
+module does no I/O: drivers call :func:`encode` and the per-direction
+decoders built once at import.
+
+Schema evolution: a new field always has a default; a field is never retyped
+or renamed. Bump :data:`PROTO_VERSION` only for a change old peers cannot
+ignore.
+
+Conversation shape, for every role::
+
+    peer                                  controller
+      Hello(role, proto_version, token) ->
+                                        <- Welcome(...)  |  Reject(reason) + close
+      requests carrying req_id          ->
+                                        <- replies carrying the same req_id
+                                           (or Error(req_id, code, message))
+
+Pilots send their task reports in sequenced ``Report`` frames; the
+controller answers ``Ack(seq)`` only after the store has committed them.
+Unacknowledged reports are kept in the pilot's outbox and resent after a
+reconnect; the controller handles them idempotently per (task, attempt,
+kind).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+PROTO_VERSION = 1
+
+Role = Literal["client", "pilot"]
+
+
+class Msg(msgspec.Struct, frozen=True, kw_only=True, tag_field="op"):
+    """Base of every wire message."""
+
+
+# --------------------------------------------------------------------------
+# Shared value types (not messages on their own)
+
+
+class Struct(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of plain value types carried inside messages."""
+
+
+class ParamSpec(Struct):
+    """One declared parameter of an app's command template."""
+
+    name: str
+    type: Literal["str", "int", "float", "bool"] = "str"
+    required: bool = True
+    default: str | int | float | bool | None = None
+
+
+class AppInfo(Struct):
+    site: str
+    name: str
+    command: str
+    params: list[ParamSpec] = []
+    description: str = ""
+
+
+class SiteInfo(Struct):
+    name: str
+    created_at: float
+    pilots: int = 0
+    cores: int = 0
+    gpus: int = 0
+
+
+class Resources(Struct):
+    cores: int = 1
+    gpus: int = 0
+
+
+class TaskSpec(Struct):
+    """What a client asks to run."""
+
+    app: str
+    site: str
+    params: dict[str, str | int | float | bool] = {}
+    tags: dict[str, str] = {}
+    priority: int = 0
+    resources: Resources = Resources()
+    timeout: float | None = None
+    max_retries: int = 3
+    env: dict[str, str] = {}
+    workdir: str | None = None
+
+
+class TaskInfo(Struct):
+    """The controller's view of one task, as listed and watched."""
+
+    id: int
+    app: str
+    site: str
+    state: str
+    params: dict[str, str | int | float | bool] = {}
+    tags: dict[str, str] = {}
+    priority: int = 0
+    attempt: int = 0
+    retries: int = 0
+    max_retries: int = 0
+    exit_code: int | None = None
+    error: str = ""
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    pilot: str = ""
+    workdir: str = ""
+
+
+class TaskEvent(Struct):
+    """One committed state transition; ``id`` grows monotonically."""
+
+    id: int
+    task_id: int
+    from_state: str
+    to_state: str
+    time: float
+    data: dict[str, str | int | float | None] = {}
+    tags: dict[str, str] = {}
+
+
+class TaskFilter(Struct):
+    ids: list[int] = []
+    states: list[str] = []
+    tags: dict[str, str] = {}
+    site: str | None = None
+    app: str | None = None
+
+
+# --------------------------------------------------------------------------
+# Handshake (every role)
+
+
+class Hello(Msg, tag="hello"):
+    role: Role
+    proto_version: int
+    token: str
+    name: str = ""
+    # Pilot only ------------------------------------------------------------
+    site: str = ""
+    pilot_id: str = ""
+    hostname: str = ""
+    cores: int = 0
+    gpus: int = 0
+    # Credit the pilot grants at (re)connection: free resources plus prefetch.
+    credit_cores: int = 0
+    credit_gpus: int = 0
+    # (task_id, attempt) the pilot holds: queued, running, or finished with a
+    # report still in its outbox. Lets the controller reconcile after a
+    # reconnect or a controller restart.
+    held: list[tuple[int, int]] = []
+
+
+class Welcome(Msg, tag="welcome"):
+    proto_version: int
+    server_id: str
+    user: str = ""
+    site: str = ""
+    heartbeat_interval: float = 5.0
+    lease_timeout: float = 30.0
+    max_frame_bytes: int = 0
+    max_tasks_per_submit: int = 0
+
+
+class Reject(Msg, tag="reject"):
+    reason: str
+    code: str = "rejected"
+
+
+class Error(Msg, tag="error"):
+    """A request failed; nothing it asked for was changed."""
+
+    req_id: int
+    code: str
+    message: str
+
+
+class Ping(Msg, tag="ping"):
+    time: float = 0.0
+
+
+# --------------------------------------------------------------------------
+# Client -> controller
+
+
+class Submit(Msg, tag="submit"):
+    req_id: int
+    tasks: list[TaskSpec]
+    # Client-chosen idempotency key: a resent Submit with the same key returns
+    # the ids created the first time instead of creating tasks again.
+    key: str = ""
+
+
+class Query(Msg, tag="query"):
+    req_id: int
+    filter: TaskFilter = TaskFilter()
+    limit: int = 1000
+    after_id: int = 0
+
+
+class Watch(Msg, tag="watch"):
+    req_id: int
+    filter: TaskFilter = TaskFilter()
+    # Replay committed events with id greater than this before live ones
+    # (0: live only). A reconnecting client passes the last id it saw.
+    since_event: int = 0
+
+
+class Unwatch(Msg, tag="unwatch"):
+    req_id: int
+    watch_id: int
+
+
+class Wait(Msg, tag="wait"):
+    """Ask for each task's final result as soon as it reaches a final state."""
+
+    req_id: int
+    ids: list[int]
+
+
+class Cancel(Msg, tag="cancel"):
+    req_id: int
+    ids: list[int]
+
+
+class AddSite(Msg, tag="add_site"):
+    req_id: int
+    name: str
+
+
+class ListSites(Msg, tag="list_sites"):
+    req_id: int
+
+
+class AddApp(Msg, tag="add_app"):
+    req_id: int
+    site: str
+    name: str
+    command: str
+    params: list[ParamSpec] | None = None
+    description: str = ""
+    replace: bool = False
+
+
+class ListApps(Msg, tag="list_apps"):
+    req_id: int
+    site: str | None = None
+
+
+ClientToController = (
+    Hello | Ping | Submit | Query | Watch | Unwatch | Wait | Cancel | AddSite | ListSites
+    | AddApp | ListApps
+)
+
+
+# --------------------------------------------------------------------------
+# Controller -> client
+
+
+class Submitted(Msg, tag="submitted"):
+    req_id: int
+    ids: list[int]
+
+
+class TaskList(Msg, tag="task_list"):
+    req_id: int
+    tasks: list[TaskInfo]
+
+
+class Watching(Msg, tag="watching"):
+    req_id: int
+    watch_id: int
+
+
+class Events(Msg, tag="events"):
+    watch_id: int
+    events: list[TaskEvent]
+
+
+class Results(Msg, tag="results"):
+    """Final results for some of the ids of a Wait; more may follow."""
+
+    req_id: int
+    tasks: list[TaskInfo]
+
+
+class Cancelled(Msg, tag="cancelled"):
+    req_id: int
+    ids: list[int]
+
+
+class SiteAdded(Msg, tag="site_added"):
+    req_id: int
+    site: SiteInfo
+    token: str
+
+
+class SiteList(Msg, tag="site_list"):
+    req_id: int
+    sites: list[SiteInfo]
+
+
+class AppAdded(Msg, tag="app_added"):
+    req_id: int
+    app: AppInfo
+
+
+class AppList(Msg, tag="app_list"):
+    req_id: int
+    apps: list[AppInfo]
+
+
+class Done(Msg, tag="done"):
+    """A request with no other payload succeeded."""
+
+    req_id: int
+
+
+ControllerToClient = (
+    Welcome | Reject | Error | Ping | Submitted | TaskList | Watching | Events | Results
+    | Cancelled | SiteAdded | SiteList | AppAdded | AppList | Done
+)
+
+
+# --------------------------------------------------------------------------
+# Pilot <-> controller
+
+
+class Assignment(Struct):
+    """One task pushed to a pilot. ``argv`` runs directly; ``shell`` via /bin/sh."""
+
+    task_id: int
+    attempt: int
+    argv: list[str] = []
+    shell: str = ""
+    env: dict[str, str] = {}
+    workdir: str = ""
+    cores: int = 1
+    gpus: int = 0
+    timeout: float | None = None
+
+
+class RunTasks(Msg, tag="run"):
+    tasks: list[Assignment]
+
+
+class Kill(Msg, tag="kill"):
+    """Stop these task attempts; their reports will be ignored."""
+
+    tasks: list[tuple[int, int]]
+    reason: str = ""
+
+
+class Report(Struct):
+    """What happened to one task attempt on a pilot."""
+
+    task_id: int
+    attempt: int
+    kind: Literal["started", "done", "error", "timeout", "killed", "lost"]
+    time: float
+    exit_code: int | None = None
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    message: str = ""
+
+
+class Reports(Msg, tag="reports"):
+    seq: int
+    reports: list[Report]
+
+
+class Ack(Msg, tag="ack"):
+    """Everything up to and including ``seq`` is committed."""
+
+    seq: int
+
+
+class Credit(Msg, tag="credit"):
+    """Resources the pilot frees for new work (an increment, never resent)."""
+
+    cores: int = 0
+    gpus: int = 0
+
+
+class Heartbeat(Msg, tag="heartbeat"):
+    time: float
+    running: list[tuple[int, int]] = []
+
+
+class Bye(Msg, tag="bye"):
+    """The pilot is leaving on purpose; requeue what it had not started."""
+
+    reason: str = ""
+
+
+PilotToController = Hello | Reports | Credit | Heartbeat | Bye | Ping
+ControllerToPilot = Welcome | Reject | RunTasks | Kill | Ack | Ping
+
+
+# --------------------------------------------------------------------------
+# Codecs, built once
+
+_encoder = msgspec.msgpack.Encoder()
+encode = _encoder.encode
+
+client_decoder: msgspec.msgpack.Decoder[ClientToController] = msgspec.msgpack.Decoder(
+    ClientToController
+)
+to_client_decoder: msgspec.msgpack.Decoder[ControllerToClient] = msgspec.msgpack.Decoder(
+    ControllerToClient
+)
+pilot_decoder: msgspec.msgpack.Decoder[PilotToController] = msgspec.msgpack.Decoder(
+    PilotToController
+)
+to_pilot_decoder: msgspec.msgpack.Decoder[ControllerToPilot] = msgspec.msgpack.Decoder(
+    ControllerToPilot
+)
+hello_decoder: msgspec.msgpack.Decoder[Hello] = msgspec.msgpack.Decoder(Hello)
+
+TERMINAL_REPLY = (Submitted, TaskList, Watching, Cancelled, SiteAdded, SiteList, AppAdded,
+                  AppList, Done, Error)

@@ -1,0 +1,120 @@
+"""Task state machine: one table, pure functions, no I/O.
+
+State names follow Balsam so its users feel at home; unlike Balsam, every
+transition is checked against :data:`TRANSITIONS` and an illegal one raises
+:class:`~tidewater.errors.IllegalTransition`.
+
+::
+
+    CREATED -> AWAITING_PARENTS -> READY -> STAGED_IN -> (PREPROCESSED) -> RUNNING
+    RUNNING -> RUN_DONE -> (POSTPROCESSED) -> STAGED_OUT -> JOB_FINISHED
+    RUNNING -> RUN_ERROR | RUN_TIMEOUT -> RESTART_READY -> RUNNING
+                                       -> FAILED
+    any non-final state -> KILLED (cancel); most -> FAILED
+
+``CREATED`` is the pseudo-state a task comes from in its first event row; no
+task is ever stored in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import StrEnum
+
+from .errors import IllegalTransition
+
+
+class TaskState(StrEnum):
+    CREATED = "CREATED"
+    AWAITING_PARENTS = "AWAITING_PARENTS"
+    READY = "READY"
+    STAGED_IN = "STAGED_IN"
+    PREPROCESSED = "PREPROCESSED"
+    RUNNING = "RUNNING"
+    RUN_DONE = "RUN_DONE"
+    POSTPROCESSED = "POSTPROCESSED"
+    STAGED_OUT = "STAGED_OUT"
+    JOB_FINISHED = "JOB_FINISHED"
+    RUN_ERROR = "RUN_ERROR"
+    RUN_TIMEOUT = "RUN_TIMEOUT"
+    RESTART_READY = "RESTART_READY"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+
+
+S = TaskState
+
+TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    S.CREATED: frozenset({S.AWAITING_PARENTS, S.READY}),
+    S.AWAITING_PARENTS: frozenset({S.READY, S.FAILED, S.KILLED}),
+    S.READY: frozenset({S.STAGED_IN, S.FAILED, S.KILLED}),
+    S.STAGED_IN: frozenset({S.PREPROCESSED, S.RUNNING, S.FAILED, S.KILLED}),
+    S.PREPROCESSED: frozenset({S.RUNNING, S.FAILED, S.KILLED}),
+    S.RUNNING: frozenset({S.RUN_DONE, S.RUN_ERROR, S.RUN_TIMEOUT, S.KILLED}),
+    S.RUN_DONE: frozenset({S.POSTPROCESSED, S.STAGED_OUT, S.FAILED, S.KILLED}),
+    S.POSTPROCESSED: frozenset({S.STAGED_OUT, S.FAILED, S.KILLED}),
+    S.STAGED_OUT: frozenset({S.JOB_FINISHED, S.FAILED, S.KILLED}),
+    S.RUN_ERROR: frozenset({S.RESTART_READY, S.FAILED, S.KILLED}),
+    S.RUN_TIMEOUT: frozenset({S.RESTART_READY, S.FAILED, S.KILLED}),
+    S.RESTART_READY: frozenset({S.RUNNING, S.FAILED, S.KILLED}),
+    S.JOB_FINISHED: frozenset(),
+    S.FAILED: frozenset(),
+    S.KILLED: frozenset(),
+}
+
+FINAL: frozenset[TaskState] = frozenset({S.JOB_FINISHED, S.FAILED, S.KILLED})
+"""States a task never leaves."""
+
+RUNNABLE: frozenset[TaskState] = frozenset({S.STAGED_IN, S.PREPROCESSED, S.RESTART_READY})
+"""States from which a task may be pushed to a pilot."""
+
+STORED: frozenset[TaskState] = frozenset(TaskState) - {S.CREATED}
+
+
+def can_transition(src: TaskState, dst: TaskState) -> bool:
+    return dst in TRANSITIONS[src]
+
+
+def check(src: TaskState, dst: TaskState) -> None:
+    """Raise :class:`IllegalTransition` unless ``src -> dst`` is in the table."""
+    if dst not in TRANSITIONS[src]:
+        raise IllegalTransition(src.value, dst.value)
+
+
+def check_path(src: TaskState, path: Iterable[TaskState]) -> list[tuple[TaskState, TaskState]]:
+    """Check a chain of transitions starting at ``src``; return its steps."""
+    steps: list[tuple[TaskState, TaskState]] = []
+    cur = src
+    for nxt in path:
+        check(cur, nxt)
+        steps.append((cur, nxt))
+        cur = nxt
+    return steps
+
+
+def is_final(state: TaskState) -> bool:
+    return state in FINAL
+
+
+def submit_path(*, has_parents: bool = False) -> list[TaskState]:
+    """States a new task passes through in its creating commit.
+
+    With no parents and no inputs to stage, a task is runnable at once.
+    """
+    if has_parents:
+        return [S.AWAITING_PARENTS]
+    return [S.READY, S.STAGED_IN]
+
+
+def finish_path() -> list[TaskState]:
+    """States after a successful run when there is nothing to stage out."""
+    return [S.RUN_DONE, S.STAGED_OUT, S.JOB_FINISHED]
+
+
+def failure_path(kind: TaskState, *, retries: int, max_retries: int) -> list[TaskState]:
+    """After ``RUN_ERROR`` or ``RUN_TIMEOUT``: retry while retries remain, else fail."""
+    if kind not in (S.RUN_ERROR, S.RUN_TIMEOUT):
+        raise ValueError(f"not a failure state: {kind}")
+    if retries < max_retries:
+        return [kind, S.RESTART_READY]
+    return [kind, S.FAILED]
