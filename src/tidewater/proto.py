@@ -280,6 +280,9 @@ class TaskList(Msg, tag="task_list"):
 class Watching(Msg, tag="watching"):
     req_id: int
     watch_id: int
+    # Id of the newest event allocated when the watch began: a client that
+    # reconnects before seeing any event resumes from here.
+    start_event: int = 0
 
 
 class Events(Msg, tag="events"):
@@ -426,6 +429,3 @@ to_pilot_decoder: msgspec.msgpack.Decoder[ControllerToPilot] = msgspec.msgpack.D
     ControllerToPilot
 )
 hello_decoder: msgspec.msgpack.Decoder[Hello] = msgspec.msgpack.Decoder(Hello)
-
-TERMINAL_REPLY = (Submitted, TaskList, Watching, Cancelled, SiteAdded, SiteList, AppAdded,
-                  AppList, Done, Error)

@@ -660,7 +660,8 @@ class Controller:
             # registered first, so nothing committed in between is missed;
             # the client drops duplicates by event id.
             self._watchers.setdefault(who.user_id, {})[(peer.id, watch_id)] = sub
-            peer.send(P.Watching(req_id=msg.req_id, watch_id=watch_id))
+            peer.send(P.Watching(req_id=msg.req_id, watch_id=watch_id,
+                              start_event=self._next_event - 1))
             sql, args = self._filter_sql(who, msg.filter)
             rows = await self.store.fetchall(
                 "SELECT e.id, e.task_id, e.from_state, e.to_state, e.time, e.data, t.tags "
@@ -679,7 +680,8 @@ class Controller:
                 peer.send(P.Events(watch_id=watch_id, events=events))
             return
         self._watchers.setdefault(who.user_id, {})[(peer.id, watch_id)] = sub
-        peer.send(P.Watching(req_id=msg.req_id, watch_id=watch_id))
+        peer.send(P.Watching(req_id=msg.req_id, watch_id=watch_id,
+                              start_event=self._next_event - 1))
 
     def unwatch(self, who: Principal, peer: Peer, msg: P.Unwatch) -> None:
         subs = self._watchers.get(who.user_id, {})

@@ -1,0 +1,56 @@
+"""Tidewater: push analysis tasks from an instrument to HPC sites, results in seconds.
+
+The public API::
+
+    import tidewater
+    async with tidewater.connect(url, token=token) as client:
+        task = await client.submit("hello", site="laptop", params={"name": "world"})
+        info = await task.result()
+"""
+
+from .client import Client, SyncClient, SyncTask, Task, Watcher, connect, connect_sync
+from .errors import (
+    AppError,
+    AuthError,
+    ConfigError,
+    ConnectionBroken,
+    ConnectionClosed,
+    InvalidRequest,
+    LimitExceeded,
+    NotFound,
+    ParamError,
+    TaskFailed,
+    TidewaterError,
+)
+from .proto import ParamSpec, Resources, TaskEvent, TaskFilter, TaskInfo, TaskSpec
+from .states import TaskState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AppError",
+    "AuthError",
+    "Client",
+    "ConfigError",
+    "ConnectionBroken",
+    "ConnectionClosed",
+    "InvalidRequest",
+    "LimitExceeded",
+    "NotFound",
+    "ParamError",
+    "ParamSpec",
+    "Resources",
+    "SyncClient",
+    "SyncTask",
+    "Task",
+    "TaskEvent",
+    "TaskFailed",
+    "TaskFilter",
+    "TaskInfo",
+    "TaskSpec",
+    "TaskState",
+    "TidewaterError",
+    "Watcher",
+    "connect",
+    "connect_sync",
+]

@@ -1,0 +1,465 @@
+"""``tidewater`` command line: the same operations as the Python API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import click
+import msgspec
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import apps as appmod
+from .client import Client
+from .config import ControllerConfig, Limits, Timeouts, default_db
+from .errors import TidewaterError
+from .proto import ParamSpec, Resources, TaskInfo, TaskSpec
+
+T = TypeVar("T")
+out = Console()
+err = Console(stderr=True)
+
+
+def _run(fn: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return anyio.run(fn)
+    except TidewaterError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(1)
+
+
+def _client(ctx: click.Context) -> Client:
+    o = ctx.obj
+    return Client(o["url"], o["token"], name="cli", reconnect=False)
+
+
+def _kv(pairs: tuple[str, ...], what: str) -> dict[str, str]:
+    d: dict[str, str] = {}
+    for p in pairs:
+        k, eq, v = p.partition("=")
+        if not eq or not k:
+            raise click.BadParameter(f"{what} {p!r} must look like key=value")
+        d[k] = v
+    return d
+
+
+def _when(t: float | None) -> str:
+    return datetime.fromtimestamp(t).strftime("%H:%M:%S.%f")[:-3] if t else "-"
+
+
+@click.group()
+@click.option("--url", envvar="TIDEWATER_URL", default="ws://127.0.0.1:8765",
+              show_default=True, help="Controller URL (or TIDEWATER_URL).")
+@click.option("--token", envvar="TIDEWATER_TOKEN", default="", help="Token (or TIDEWATER_TOKEN).")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.pass_context
+def main(ctx: click.Context, url: str, token: str, verbose: int) -> None:
+    """Tidewater: send analysis tasks to HPC sites and get results in seconds."""
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    ctx.obj = {"url": url, "token": token}
+
+
+# ---------------------------------------------------------------------- server
+
+
+@main.command()
+@click.option("--db", default=default_db, show_default="~/.tidewater/tidewater.db",
+              help="SQLite store.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--lease-timeout", default=30.0, show_default=True, type=float,
+              help="Seconds of pilot silence before its tasks are retried.")
+@click.option("--heartbeat", default=5.0, show_default=True, type=float,
+              help="Pilot heartbeat interval in seconds.")
+def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float) -> None:
+    """Run a controller until SIGINT or SIGTERM."""
+    from .controller import Server
+
+    logging.getLogger("tidewater").setLevel(min(logging.getLogger().level, logging.INFO))
+    cfg = ControllerConfig(
+        db=db, host=host, port=port,
+        timeouts=Timeouts(lease_timeout=lease_timeout, heartbeat_interval=heartbeat),
+        limits=Limits(),
+    )
+
+    async def go() -> None:
+        srv = Server(cfg)
+        async with anyio.create_task_group() as tg:
+            url = await tg.start(srv.run)
+            err.print(f"tidewater controller on {url} (store {db})")
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
+                async for _ in sigs:
+                    break
+            tg.cancel_scope.cancel()
+
+    _run(go)
+
+
+@main.group()
+def user() -> None:
+    """Users (run on the controller's host, against its store)."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--db", default=default_db, show_default="~/.tidewater/tidewater.db")
+def user_add(name: str, db: str) -> None:
+    """Create a user and print their token (shown only once)."""
+    from .controller.users import add_user
+
+    token = _run(lambda: add_user(db, name))
+    err.print(f"user {name!r} created; their token (keep it secret, it is not stored):")
+    click.echo(token)
+
+
+@user.command("ls")
+@click.option("--db", default=default_db, show_default="~/.tidewater/tidewater.db")
+def user_ls(db: str) -> None:
+    """List users."""
+    from .controller.users import list_users
+
+    for name, created in _run(lambda: list_users(db)):
+        click.echo(f"{name}\t{datetime.fromtimestamp(created):%Y-%m-%d %H:%M}")
+
+
+# ---------------------------------------------------------------------- sites and apps
+
+
+@main.group()
+def site() -> None:
+    """Sites: where tasks run."""
+
+
+@site.command("add")
+@click.argument("name")
+@click.pass_context
+def site_add(ctx: click.Context, name: str) -> None:
+    """Create a site and print its token (for its pilots and agent; shown once)."""
+
+    async def go() -> str:
+        async with _client(ctx) as c:
+            _info, token = await c.add_site(name)
+            return token
+
+    token = _run(go)
+    err.print(f"site {name!r} created; its token (keep it secret, it is not stored):")
+    click.echo(token)
+
+
+@site.command("ls")
+@click.pass_context
+def site_ls(ctx: click.Context) -> None:
+    """List your sites with their connected pilots."""
+
+    async def go() -> list[Any]:
+        async with _client(ctx) as c:
+            return await c.sites()
+
+    table = Table("site", "pilots", "cores", "gpus", "created")
+    for s in _run(go):
+        table.add_row(s.name, str(s.pilots), str(s.cores), str(s.gpus),
+                      f"{datetime.fromtimestamp(s.created_at):%Y-%m-%d %H:%M}")
+    out.print(table)
+
+
+@main.group()
+def app() -> None:
+    """Apps: command templates registered on a site."""
+
+
+@app.command("add")
+@click.option("--site", required=True)
+@click.option("--param", "params", multiple=True,
+              help="Declare a parameter: name[:str|int|float|bool][=default]. "
+                   "Without any, every {placeholder} is a required string.")
+@click.option("--description", default="")
+@click.option("--replace", is_flag=True, help="Replace an existing app of that name.")
+@click.argument("name")
+@click.argument("command")
+@click.pass_context
+def app_add(ctx: click.Context, site: str, params: tuple[str, ...], description: str,
+            replace: bool, name: str, command: str) -> None:
+    """Register NAME on a site to run COMMAND, e.g. 'echo hello {name}'.
+
+    Parameter values are always inserted shell-quoted, as one word.
+    """
+    try:
+        specs: list[ParamSpec] | None = [appmod.parse_param_decl(p) for p in params] or None
+    except TidewaterError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+    async def go() -> Any:
+        async with _client(ctx) as c:
+            return await c.add_app(site, name, command, params=specs, description=description,
+                                   replace=replace)
+
+    info = _run(go)
+    decl = ", ".join(
+        f"{p.name}:{p.type}" + ("" if p.required else f"={p.default}") for p in info.params
+    )
+    err.print(f"app {info.name!r} on {info.site!r}: {info.command}  ({decl or 'no parameters'})")
+
+
+@app.command("ls")
+@click.option("--site", default=None)
+@click.pass_context
+def app_ls(ctx: click.Context, site: str | None) -> None:
+    """List apps."""
+
+    async def go() -> list[Any]:
+        async with _client(ctx) as c:
+            return await c.apps(site)
+
+    table = Table("site", "app", "command", "parameters")
+    for a in _run(go):
+        decl = ", ".join(f"{p.name}:{p.type}" + ("" if p.required else f"={p.default}")
+                         for p in a.params)
+        table.add_row(a.site, a.name, a.command, decl)
+    out.print(table)
+
+
+# ---------------------------------------------------------------------- pilot
+
+
+@main.command()
+@click.option("--site", default="", help="Site name (implied by a site token).")
+@click.option("--cores", type=int, default=lambda: os.cpu_count() or 1,
+              show_default="all cores")
+@click.option("--gpus", type=int, default=0, show_default=True)
+@click.option("--prefetch", type=int, default=2, show_default=True,
+              help="Extra cores' worth of tasks kept queued locally.")
+@click.option("--workdir", default="", help="Root of task work directories.",
+              show_default="~/.tidewater/work")
+@click.option("--pilot-id", default="", help="Stable id (default: host + random).")
+@click.option("--heartbeat", type=float, default=5.0, show_default=True)
+@click.pass_context
+def pilot(ctx: click.Context, site: str, cores: int, gpus: int, prefetch: int, workdir: str,
+          pilot_id: str, heartbeat: float) -> None:
+    """Run a pilot on this machine: it runs the site's tasks until stopped."""
+    from .pilot import PilotConfig, run_pilot
+
+    logging.getLogger("tidewater").setLevel(min(logging.getLogger().level, logging.INFO))
+    o = ctx.obj
+    if not o["token"]:
+        raise click.UsageError("a pilot needs a token: set TIDEWATER_TOKEN or pass --token")
+    cfg = PilotConfig(url=o["url"], token=o["token"], site=site, cores=cores, gpus=gpus,
+                      prefetch=prefetch, workdir=workdir, pilot_id=pilot_id,
+                      timeouts=Timeouts(heartbeat_interval=heartbeat))
+    _run(lambda: run_pilot(cfg))
+
+
+# ---------------------------------------------------------------------- tasks
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err, transient=False)
+
+
+@main.command()
+@click.option("--site", required=True)
+@click.option("--tag", "tags", multiple=True, help="key=value (repeatable).")
+@click.option("--priority", type=int, default=0)
+@click.option("--cores", type=int, default=1)
+@click.option("--gpus", type=int, default=0)
+@click.option("--timeout", type=float, default=None, help="Seconds before the task is killed.")
+@click.option("--retries", type=int, default=3, show_default=True)
+@click.option("--params-file", type=click.File("r"), default=None,
+              help="JSON lines, one object of parameters per task: submit many at once.")
+@click.option("--wait", is_flag=True, help="Wait for the tasks and show their results.")
+@click.argument("app")
+@click.argument("params", nargs=-1)
+@click.pass_context
+def submit(ctx: click.Context, site: str, tags: tuple[str, ...], priority: int, cores: int,
+           gpus: int, timeout: float | None, retries: int, params_file: Any, wait: bool,
+           app: str, params: tuple[str, ...]) -> None:
+    """Submit APP with PARAMS (name=value ...); prints the task ids."""
+    base: dict[str, Any] = dict(_kv(params, "parameter"))
+    rows: list[dict[str, Any]] = [base]
+    if params_file is not None:
+        try:
+            rows = [{**base, **json.loads(line)} for line in params_file if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"--params-file: {exc}") from None
+    specs = [TaskSpec(app=app, site=site, params=r, tags=_kv(tags, "tag"), priority=priority,
+                      resources=Resources(cores=cores, gpus=gpus), timeout=timeout,
+                      max_retries=retries) for r in rows]
+
+    async def go() -> int:
+        async with _client(ctx) as c:
+            if len(specs) == 1 and not wait:
+                (task,) = await c.submit_many(specs)
+                click.echo(task.id)
+                return 0
+            with _progress() as bar:
+                sub = bar.add_task("submitted", total=len(specs))
+                tasks = await c.submit_many(specs, progress=lambda n: bar.advance(sub, n))
+                if not wait:
+                    for t in tasks:
+                        click.echo(t.id)
+                    return 0
+                done = bar.add_task("finished ", total=len(tasks))
+                infos: list[TaskInfo] = []
+                async for info in c.as_completed(tasks):
+                    infos.append(info)
+                    bar.advance(done)
+            bad = [i for i in infos if i.state != "JOB_FINISHED"]
+            if len(infos) == 1:
+                _show(infos[0])
+            else:
+                _table(sorted(infos, key=lambda i: i.id)[-50:])
+                err.print(f"{len(infos) - len(bad)} finished, {len(bad)} did not")
+            return 1 if bad else 0
+
+    sys.exit(_run(go))
+
+
+def _show(i: TaskInfo) -> None:
+    out.print(f"task {i.id} [bold]{i.state}[/bold] app={i.app} site={i.site} "
+              f"exit={i.exit_code} attempt={i.attempt}")
+    if i.error:
+        out.print(f"error: {i.error}")
+    if i.started_at and i.finished_at:
+        out.print(f"queued {i.started_at - i.created_at:.3f}s, ran {i.finished_at - i.started_at:.3f}s")
+    if i.stdout_tail:
+        out.print("--- stdout (tail) ---", style="dim")
+        out.print(i.stdout_tail, end="" if i.stdout_tail.endswith("\n") else "\n", markup=False,
+                  highlight=False)
+    if i.stderr_tail:
+        out.print("--- stderr (tail) ---", style="dim")
+        out.print(i.stderr_tail, end="" if i.stderr_tail.endswith("\n") else "\n", markup=False,
+                  highlight=False)
+
+
+def _table(infos: list[TaskInfo]) -> None:
+    table = Table("id", "app", "site", "state", "exit", "tags", "created", "ran (s)")
+    for i in infos:
+        ran = f"{i.finished_at - i.started_at:.3f}" if i.started_at and i.finished_at else ""
+        table.add_row(str(i.id), i.app, i.site, i.state, "" if i.exit_code is None else
+                      str(i.exit_code), ",".join(f"{k}={v}" for k, v in i.tags.items()),
+                      _when(i.created_at), ran)
+    out.print(table)
+
+
+@main.command("ls")
+@click.option("--state", "states", multiple=True, help="Only tasks in this state (repeatable).")
+@click.option("--tag", "tags", multiple=True, help="key=value (repeatable, all must match).")
+@click.option("--site", default=None)
+@click.option("--app", "app_name", default=None)
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+def ls(ctx: click.Context, states: tuple[str, ...], tags: tuple[str, ...], site: str | None,
+       app_name: str | None, limit: int, as_json: bool) -> None:
+    """List tasks."""
+
+    async def go() -> list[TaskInfo]:
+        async with _client(ctx) as c:
+            return await c.tasks(state=list(states), tags=_kv(tags, "tag"), site=site,
+                                 app=app_name, limit=limit)
+
+    infos = _run(go)
+    if as_json:
+        for i in infos:
+            click.echo(msgspec.json.encode(i).decode())
+    else:
+        _table(infos)
+
+
+@main.command()
+@click.argument("task_id", type=int)
+@click.option("--wait", is_flag=True, help="Wait until the task is final.")
+@click.pass_context
+def show(ctx: click.Context, task_id: int, wait: bool) -> None:
+    """Show one task, with the tail of its output."""
+
+    async def go() -> TaskInfo:
+        async with _client(ctx) as c:
+            if wait:
+                (info,) = await c.wait([task_id])
+                return info
+            (info,) = await c.tasks(ids=[task_id])
+            return info
+
+    try:
+        _show(_run(go))
+    except ValueError:
+        err.print(f"[red]error:[/red] no task with id {task_id}")
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--tag", "tags", multiple=True, help="key=value (repeatable).")
+@click.option("--id", "ids", multiple=True, type=int)
+@click.option("--state", "states", multiple=True)
+@click.option("--site", default=None)
+@click.option("--since", type=int, default=0, help="Replay events after this event id first.")
+@click.pass_context
+def watch(ctx: click.Context, tags: tuple[str, ...], ids: tuple[int, ...],
+          states: tuple[str, ...], site: str | None, since: int) -> None:
+    """Print task events as they happen (pushed, not polled). Ctrl-C to stop."""
+
+    async def go() -> None:
+        async with _client(ctx) as c:
+            async with c.watch(tags=_kv(tags, "tag"), ids=list(ids), states=list(states),
+                               site=site, since_event=since) as events:
+                async for e in events:
+                    out.print(f"{_when(e.time)} #{e.id} task {e.task_id} "
+                              f"{e.from_state} -> [bold]{e.to_state}[/bold]"
+                              + (f" {e.data}" if e.data else ""), highlight=False)
+
+    try:
+        _run(go)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.argument("ids", nargs=-1, type=int, required=True)
+@click.pass_context
+def cancel(ctx: click.Context, ids: tuple[int, ...]) -> None:
+    """Cancel tasks (running ones are killed)."""
+
+    async def go() -> list[int]:
+        async with _client(ctx) as c:
+            return await c.cancel(list(ids))
+
+    done = _run(go)
+    for i in ids:
+        click.echo(f"{i}\t{'cancelled' if i in done else 'already final'}")
+
+
+# ---------------------------------------------------------------------- demo
+
+
+@main.command()
+@click.option("--frames", type=int, default=200, show_default=True,
+              help="Detector frames to analyse.")
+@click.option("--pilots", type=int, default=2, show_default=True)
+@click.option("--cores", type=int, default=1, show_default=True, help="Cores per pilot.")
+@click.option("--keep", type=click.Path(path_type=Path), default=None,
+              help="Keep the store and outputs in this directory.")
+def demo(frames: int, pilots: int, cores: int, keep: Path | None) -> None:
+    """Embedded controller + local site + pilots, running a small real workflow."""
+    from .demo import run_demo
+
+    started = time.perf_counter()
+    ok = anyio.run(lambda: run_demo(frames=frames, pilots=pilots, cores=cores, keep=keep))
+    err.print(f"demo {'passed' if ok else 'FAILED'} in {time.perf_counter() - started:.1f}s")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

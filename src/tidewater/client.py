@@ -1,0 +1,658 @@
+"""The edge client: async API, and a sync facade for scripts and notebooks.
+
+::
+
+    async with tidewater.connect(url, token=token) as client:
+        task = await client.submit("hello", site="laptop", params={"name": "world"})
+        info = await task.result()            # TaskInfo: state, exit code, output tails
+        async for event in client.watch(tags={"run": "42"}):
+            ...
+
+The client keeps one websocket and reconnects by itself with backoff.
+Requests in flight when the link breaks are sent again on the new link:
+``Submit`` carries an idempotency key so a resend never creates tasks twice,
+``Wait`` asks again for what has not come back, and watches resume from the
+last event they delivered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio
+import msgspec
+from anyio.abc import TaskStatus
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from . import proto as P
+from .config import Timeouts
+from .errors import (
+    ConfigError,
+    ConnectionBroken,
+    LimitExceeded,
+    TaskFailed,
+    TidewaterError,
+    from_code,
+)
+from .proto import ParamSpec, TaskEvent, TaskInfo, TaskSpec
+from .states import FINAL, TaskState
+from .transport import Link, backoff, is_retryable, open_link
+
+log = logging.getLogger("tidewater.client")
+
+T = TypeVar("T")
+ParamValue = str | int | float | bool
+
+
+@dataclass
+class _Request:
+    msg: P.Msg
+    done: anyio.Event = field(default_factory=anyio.Event)
+    reply: Any = None
+    on_reply: Callable[[Any], bool] | None = None  # for multi-reply requests; True when done
+    req_id: int = 0
+
+
+class Task:
+    """A handle on a submitted task."""
+
+    def __init__(self, client: Client, task_id: int) -> None:
+        self.client = client
+        self.id = task_id
+
+    def __repr__(self) -> str:
+        return f"<Task {self.id}>"
+
+    async def result(self, *, timeout: float | None = None, check: bool = False) -> TaskInfo:
+        """Wait until the task is final and return its :class:`TaskInfo`.
+
+        With ``check=True`` a task that did not reach JOB_FINISHED raises
+        :class:`TaskFailed`. Raises TimeoutError after ``timeout`` seconds.
+        Cancel-safe.
+        """
+        (info,) = await self.client.wait([self], timeout=timeout, check=check)
+        return info
+
+    async def cancel(self) -> bool:
+        """Cancel the task; False if it had already ended."""
+        return bool(await self.client.cancel([self.id]))
+
+    async def info(self) -> TaskInfo:
+        """The task as the controller has it now."""
+        found = await self.client.tasks(ids=[self.id])
+        return found[0]
+
+
+class Client:
+    """An async connection to a controller. Use ``async with``."""
+
+    def __init__(
+        self, url: str | None = None, token: str | None = None, *, name: str = "client",
+        timeouts: Timeouts | None = None, reconnect: bool = True,
+    ) -> None:
+        self.url = url or os.environ.get("TIDEWATER_URL", "")
+        self.token = token or os.environ.get("TIDEWATER_TOKEN", "")
+        if not self.url:
+            raise ConfigError("no controller URL: pass url= or set TIDEWATER_URL")
+        if not self.token:
+            raise ConfigError("no token: pass token= or set TIDEWATER_TOKEN")
+        self.name = name
+        self.t = timeouts or Timeouts()
+        self.reconnect = reconnect
+        self.welcome: P.Welcome | None = None
+        self._link: Link | None = None
+        self._connected = anyio.Event()
+        self._pending: dict[int, _Request] = {}
+        self._next_req = 1
+        self._results: dict[int, TaskInfo] = {}
+        self._watches: dict[int, Watcher] = {}  # server watch id -> watcher
+        self._failure: BaseException | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._send_lock = anyio.Lock()
+
+    # ------------------------------------------------------------------ life
+
+    async def __aenter__(self) -> Client:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        try:
+            await self._tg.start(self._run)
+        except BaseException:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        await self._tg.__aexit__(None, None, None)
+
+    async def _run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        delays = backoff()
+        first = True
+        while True:
+            hello = P.Hello(role="client", proto_version=P.PROTO_VERSION, token=self.token,
+                            name=self.name)
+            try:
+                link, welcome = await open_link(self.url, hello, timeout=self.t.connect)
+            except TidewaterError as exc:
+                if first or not self.reconnect or not is_retryable(exc):
+                    self._fail(exc)
+                    if first:
+                        raise
+                    return
+                delay = next(delays)
+                log.info("reconnecting to %s in %.2fs (%s)", self.url, delay, exc)
+                await anyio.sleep(delay)
+                continue
+            delays = backoff()
+            self.welcome = welcome
+            self._link = link
+            try:
+                for req_id, req in list(self._pending.items()):
+                    await link.send(self._resend_form(req_id, req))
+                self._connected.set()
+                if first:
+                    first = False
+                    task_status.started()
+                await self._reader(link)
+            except TidewaterError as exc:
+                log.warning("connection to %s lost: %s", self.url, exc)
+                if not self.reconnect:
+                    self._fail(exc)
+                    return
+            finally:
+                self._connected = anyio.Event()
+                self._link = None
+                await link.aclose()
+
+    def _fail(self, exc: BaseException) -> None:
+        self._failure = exc
+        for req in self._pending.values():
+            req.done.set()
+        for w in self._watches.values():
+            w._close(exc)
+
+    def _resend_form(self, req_id: int, req: _Request) -> P.Msg:
+        msg = req.msg
+        if isinstance(msg, P.Wait):
+            left = [i for i in msg.ids if i not in self._results]
+            return P.Wait(req_id=req_id, ids=left)
+        if isinstance(msg, P.Watch):
+            w = next((w for w in self._watches.values() if w.req_id == req_id), None)
+            if w is not None:
+                return P.Watch(req_id=req_id, filter=msg.filter, since_event=w.last_event)
+        return msg
+
+    async def _reader(self, link: Link) -> None:
+        while True:
+            data = await link.recv()
+            try:
+                msg: Any = P.to_client_decoder.decode(data)
+            except msgspec.MsgspecError as exc:
+                log.warning("undecodable frame from the controller: %s", exc)
+                continue
+            if isinstance(msg, P.Events):
+                w = self._watches.get(msg.watch_id)
+                if w is not None:
+                    w._push(msg.events)
+                continue
+            if isinstance(msg, P.Ping):
+                continue
+            req_id = getattr(msg, "req_id", 0)
+            req = self._pending.get(req_id)
+            if req is None:
+                if isinstance(msg, P.Error):
+                    log.warning("controller error: %s: %s", msg.code, msg.message)
+                continue
+            if req.on_reply is not None and not isinstance(msg, P.Error):
+                if not req.on_reply(msg):
+                    continue
+            req.reply = msg
+            del self._pending[req_id]
+            req.done.set()
+
+    # ------------------------------------------------------------------ requests
+
+    def _new_id(self) -> int:
+        rid = self._next_req
+        self._next_req += 1
+        return rid
+
+    async def _request(
+        self, build: Callable[[int], P.Msg], *, timeout: float | None = None,
+        on_reply: Callable[[Any], bool] | None = None,
+    ) -> Any:
+        if self._failure is not None:
+            raise ConnectionBroken(f"the client is closed: {self._failure}")
+        req_id = self._new_id()
+        req = _Request(build(req_id), on_reply=on_reply)
+        self._pending[req_id] = req
+        try:
+            link = self._link
+            if link is not None:
+                try:
+                    await link.send(req.msg)
+                except TidewaterError:
+                    pass  # the reconnect loop resends it
+            with anyio.fail_after(timeout):
+                await req.done.wait()
+        finally:
+            self._pending.pop(req_id, None)
+        if req.reply is None:
+            raise ConnectionBroken(f"connection to the controller failed: {self._failure}")
+        if isinstance(req.reply, P.Error):
+            raise from_code(req.reply.code, req.reply.message)
+        return req.reply
+
+    # ------------------------------------------------------------------ sites and apps
+
+    async def add_site(self, name: str) -> tuple[P.SiteInfo, str]:
+        """Create a site; returns it and its token (shown only this once)."""
+        r = await self._request(lambda i: P.AddSite(req_id=i, name=name))
+        return r.site, r.token
+
+    async def sites(self) -> list[P.SiteInfo]:
+        r = await self._request(lambda i: P.ListSites(req_id=i))
+        return list(r.sites)
+
+    async def add_app(
+        self, site: str, name: str, command: str, *, params: Sequence[ParamSpec] | None = None,
+        description: str = "", replace: bool = False,
+    ) -> P.AppInfo:
+        """Register a command template on a site (placeholders ``{name}``)."""
+        r = await self._request(lambda i: P.AddApp(
+            req_id=i, site=site, name=name, command=command,
+            params=list(params) if params is not None else None, description=description,
+            replace=replace,
+        ))
+        return r.app  # type: ignore[no-any-return]
+
+    async def apps(self, site: str | None = None) -> list[P.AppInfo]:
+        r = await self._request(lambda i: P.ListApps(req_id=i, site=site))
+        return list(r.apps)
+
+    # ------------------------------------------------------------------ tasks
+
+    async def submit(
+        self, app: str, *, site: str, params: Mapping[str, ParamValue] | None = None,
+        tags: Mapping[str, str] | None = None, priority: int = 0, cores: int = 1,
+        gpus: int = 0, timeout: float | None = None, max_retries: int = 3,
+        env: Mapping[str, str] | None = None, workdir: str | None = None,
+    ) -> Task:
+        """Submit one task; returns once the controller has stored it."""
+        spec = TaskSpec(
+            app=app, site=site, params=dict(params or {}), tags=dict(tags or {}),
+            priority=priority, resources=P.Resources(cores=cores, gpus=gpus), timeout=timeout,
+            max_retries=max_retries, env=dict(env or {}), workdir=workdir,
+        )
+        (task,) = await self.submit_many([spec])
+        return task
+
+    async def submit_many(
+        self, specs: Iterable[TaskSpec], *, progress: Callable[[int], None] | None = None
+    ) -> list[Task]:
+        """Submit many tasks in batches; every returned task is stored.
+
+        Batches are pipelined (several in flight). If the controller refuses a
+        batch (bad app, missing parameter) the error names the task; batches
+        before it were stored.
+        """
+        specs = list(specs)
+        limit = (self.welcome.max_tasks_per_submit if self.welcome else 0) or 1000
+        size = min(limit, 1000)
+        batches = [specs[i : i + size] for i in range(0, len(specs), size)]
+        results: list[list[int]] = [[] for _ in batches]
+        errors: list[BaseException] = []
+        sem = anyio.Semaphore(4)
+
+        async def one(k: int, batch: list[TaskSpec]) -> None:
+            async with sem:
+                if errors:
+                    return
+                key = uuid.uuid4().hex
+                try:
+                    r = await self._request(lambda i: P.Submit(req_id=i, tasks=batch, key=key))
+                except TidewaterError as exc:
+                    if isinstance(exc, LimitExceeded | TidewaterError):
+                        errors.append(_renumber(exc, k * size))
+                    return
+                results[k] = list(r.ids)
+                if progress is not None:
+                    progress(len(r.ids))
+
+        async with anyio.create_task_group() as tg:
+            for k, batch in enumerate(batches):
+                tg.start_soon(one, k, batch)
+        if errors:
+            raise errors[0]
+        return [Task(self, tid) for ids in results for tid in ids]
+
+    async def cancel(self, ids: Iterable[int | Task]) -> list[int]:
+        """Cancel tasks; returns the ids that were still running or waiting."""
+        wanted = [i.id if isinstance(i, Task) else int(i) for i in ids]
+        r = await self._request(lambda i: P.Cancel(req_id=i, ids=wanted))
+        return list(r.ids)
+
+    async def tasks(
+        self, *, ids: Sequence[int] = (), state: str | Sequence[str] | None = None,
+        tags: Mapping[str, str] | None = None, site: str | None = None,
+        app: str | None = None, limit: int = 1000, after_id: int = 0,
+    ) -> list[TaskInfo]:
+        """List tasks (oldest first) matching every given filter."""
+        states = [state] if isinstance(state, str) else list(state or [])
+        f = P.TaskFilter(ids=list(ids), states=states, tags=dict(tags or {}), site=site, app=app)
+        r = await self._request(
+            lambda i: P.Query(req_id=i, filter=f, limit=limit, after_id=after_id)
+        )
+        return list(r.tasks)
+
+    async def wait(
+        self, tasks: Iterable[Task | int], *, timeout: float | None = None, check: bool = False
+    ) -> list[TaskInfo]:
+        """Wait for every task to be final; results in the order given."""
+        ids = [t.id if isinstance(t, Task) else int(t) for t in tasks]
+        async for _ in self.as_completed(ids, timeout=timeout):
+            pass
+        out = [self._results[i] for i in ids]
+        if check:
+            for info in out:
+                if info.state != TaskState.JOB_FINISHED:
+                    raise TaskFailed(info.id, info.state, info.exit_code, info.error)
+        return out
+
+    async def as_completed(
+        self, tasks: Iterable[Task | int], *, timeout: float | None = None
+    ) -> AsyncIterator[TaskInfo]:
+        """Yield each task's final :class:`TaskInfo` as soon as it is final.
+
+        Raises TimeoutError if ``timeout`` seconds pass first.
+        """
+        ids = list(dict.fromkeys(t.id if isinstance(t, Task) else int(t) for t in tasks))
+        deadline = None if timeout is None else anyio.current_time() + timeout
+        ready: deque[TaskInfo] = deque(self._results[i] for i in ids if i in self._results)
+        left = {i for i in ids if i not in self._results}
+        box = {"arrived": anyio.Event()}
+
+        def on_reply(msg: Any) -> bool:
+            if isinstance(msg, P.Results):
+                for info in msg.tasks:
+                    if info.state in FINAL:
+                        self._results[info.id] = info
+                        if info.id in left:
+                            left.discard(info.id)
+                            ready.append(info)
+                box["arrived"].set()
+            return not left
+
+        req = await self._open(lambda i: P.Wait(req_id=i, ids=sorted(left)), on_reply) \
+            if left else None
+        try:
+            while True:
+                while ready:
+                    yield ready.popleft()
+                if not left:
+                    return
+                assert req is not None
+                if req.done.is_set() and isinstance(req.reply, P.Error):
+                    raise from_code(req.reply.code, req.reply.message)
+                if self._failure is not None:
+                    raise ConnectionBroken(f"connection failed: {self._failure}")
+                wait_for = None if deadline is None else deadline - anyio.current_time()
+                with anyio.fail_after(wait_for):
+                    await _wait_either(box["arrived"], req.done)
+                box["arrived"] = anyio.Event()
+        finally:
+            if req is not None:
+                self._pending.pop(req.req_id, None)
+
+    async def _open(
+        self, build: Callable[[int], P.Msg], on_reply: Callable[[Any], bool]
+    ) -> _Request:
+        """Register a multi-reply request and send it; the caller pops it when done."""
+        if self._failure is not None:
+            raise ConnectionBroken(f"the client is closed: {self._failure}")
+        req_id = self._new_id()
+        req = _Request(build(req_id), on_reply=on_reply, req_id=req_id)
+        self._pending[req_id] = req
+        link = self._link
+        if link is not None:
+            try:
+                await link.send(req.msg)
+            except TidewaterError:
+                pass  # the reconnect loop resends it
+        return req
+
+    def watch(
+        self, *, tags: Mapping[str, str] | None = None, ids: Sequence[int] = (),
+        states: Sequence[str] = (), site: str | None = None, app: str | None = None,
+        since_event: int = 0,
+    ) -> Watcher:
+        """Live task events, pushed by the controller as they are committed.
+
+        ``async for event in client.watch(tags={"run": "42"})``. Pass
+        ``since_event`` to replay committed history after that event id
+        first. Use ``async with`` (or ``aclose()``) to end the subscription.
+        """
+        f = P.TaskFilter(ids=list(ids), states=list(states), tags=dict(tags or {}), site=site,
+                         app=app)
+        return Watcher(self, f, since_event)
+
+
+def _renumber(exc: TidewaterError, offset: int) -> TidewaterError:
+    """Make 'task 3: ...' in a batch error point at the index in the caller's list."""
+    msg = getattr(exc, "message", None)
+    if offset and isinstance(msg, str) and msg.startswith("task "):
+        num, _, rest = msg[5:].partition(":")
+        if num.isdigit():
+            return type(exc)(f"task {int(num) + offset}:{rest}", getattr(exc, "code", None))  # type: ignore[call-arg]
+    return exc
+
+
+class Watcher:
+    """An async iterator of :class:`TaskEvent` for one watch subscription."""
+
+    def __init__(self, client: Client, f: P.TaskFilter, since_event: int) -> None:
+        self.client = client
+        self.filter = f
+        self.last_event = since_event
+        self.req_id = 0
+        self.watch_id = 0
+        self._events: deque[TaskEvent] = deque()
+        self._arrived = anyio.Event()
+        self._closed: BaseException | None = None
+        self._started = False
+
+    async def _start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        c = self.client
+
+        def on_reply(msg: Any) -> bool:
+            if isinstance(msg, P.Watching):
+                c._watches.pop(self.watch_id, None)
+                self.watch_id = msg.watch_id
+                if not self.last_event:
+                    self.last_event = msg.start_event
+                c._watches[msg.watch_id] = self
+                self._arrived.set()
+            return True
+
+        def build(i: int) -> P.Msg:
+            self.req_id = i
+            return P.Watch(req_id=i, filter=self.filter, since_event=self.last_event)
+
+        # The request stays registered so the reconnect loop re-subscribes it.
+        req = await c._open(build, lambda m: on_reply(m) and False)
+        with anyio.fail_after(c.t.request):
+            while not self.watch_id:
+                if req.done.is_set() and isinstance(req.reply, P.Error):
+                    c._pending.pop(req.req_id, None)
+                    raise from_code(req.reply.code, req.reply.message)
+                if c._failure is not None:
+                    raise ConnectionBroken(f"connection failed: {c._failure}")
+                await _wait_either(req.done, self._arrived)
+                self._arrived = anyio.Event() if not self._events else self._arrived
+
+    def _push(self, events: list[TaskEvent]) -> None:
+        for e in events:
+            if e.id > self.last_event:
+                self._events.append(e)
+                self.last_event = e.id
+        self._arrived.set()
+
+    def _close(self, exc: BaseException) -> None:
+        self._closed = exc
+        self._arrived.set()
+
+    def __aiter__(self) -> Watcher:
+        return self
+
+    async def __anext__(self) -> TaskEvent:
+        await self._start()
+        while not self._events:
+            if self._closed is not None:
+                raise StopAsyncIteration
+            await self._arrived.wait()
+            self._arrived = anyio.Event()
+        return self._events.popleft()
+
+    async def __aenter__(self) -> Watcher:
+        await self._start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        c = self.client
+        c._pending.pop(self.req_id, None)
+        c._watches.pop(self.watch_id, None)
+        self._closed = self._closed or StopAsyncIteration()
+        self._arrived.set()
+        if self.watch_id and c._link is not None and c._failure is None:
+            with anyio.move_on_after(c.t.close, shield=True):
+                try:
+                    await c._request(lambda i: P.Unwatch(req_id=i, watch_id=self.watch_id))
+                except TidewaterError:
+                    pass
+
+
+async def _wait_either(a: anyio.Event, b: anyio.Event) -> None:
+    async with anyio.create_task_group() as tg:
+        async def one(ev: anyio.Event) -> None:
+            await ev.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(one, a)
+        tg.start_soon(one, b)
+
+
+def connect(url: str | None = None, token: str | None = None, **kwargs: Any) -> Client:
+    """A :class:`Client` for ``async with`` (URL and token default to the environment)."""
+    return Client(url, token, **kwargs)
+
+
+# ---------------------------------------------------------------------- sync facade
+
+
+class SyncTask:
+    def __init__(self, client: SyncClient, task: Task) -> None:
+        self._client = client
+        self._task = task
+        self.id = task.id
+
+    def __repr__(self) -> str:
+        return f"<Task {self.id}>"
+
+    def result(self, *, timeout: float | None = None, check: bool = False) -> TaskInfo:
+        return self._client._call(self._task.result, timeout=timeout, check=check)
+
+    def cancel(self) -> bool:
+        return self._client._call(self._task.cancel)
+
+
+class SyncClient(AbstractContextManager["SyncClient"]):
+    """The same API, blocking, for notebooks and plain scripts.
+
+    ``with tidewater.connect_sync(url, token=...) as client: client.submit(...)``.
+    The async client runs on an event loop in a background thread.
+    """
+
+    def __init__(self, url: str | None = None, token: str | None = None, **kwargs: Any) -> None:
+        self._async = Client(url, token, **kwargs)
+        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
+        self._portal: BlockingPortal | None = None
+        self._client_cm: AbstractContextManager[Client] | None = None
+
+    def __enter__(self) -> SyncClient:
+        self._portal_cm = start_blocking_portal()
+        self._portal = self._portal_cm.__enter__()
+        try:
+            self._client_cm = self._portal.wrap_async_context_manager(self._async)
+            self._client_cm.__enter__()
+        except BaseException:
+            self._portal_cm.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            if self._client_cm is not None:
+                self._client_cm.__exit__(None, None, None)
+        finally:
+            if self._portal_cm is not None:
+                self._portal_cm.__exit__(None, None, None)
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        assert self._portal is not None, "use `with connect_sync(...) as client`"
+        return self._portal.call(lambda: fn(*args, **kwargs))
+
+    def submit(self, app: str, **kwargs: Any) -> SyncTask:
+        return SyncTask(self, self._call(self._async.submit, app, **kwargs))
+
+    def submit_many(self, specs: Iterable[TaskSpec]) -> list[SyncTask]:
+        return [SyncTask(self, t) for t in self._call(self._async.submit_many, list(specs))]
+
+    def wait(self, tasks: Iterable[SyncTask | int], **kwargs: Any) -> list[TaskInfo]:
+        ids = [t.id if isinstance(t, SyncTask) else t for t in tasks]
+        return self._call(self._async.wait, ids, **kwargs)  # type: ignore[no-any-return]
+
+    def tasks(self, **kwargs: Any) -> list[TaskInfo]:
+        return self._call(self._async.tasks, **kwargs)  # type: ignore[no-any-return]
+
+    def cancel(self, ids: Iterable[int]) -> list[int]:
+        return self._call(self._async.cancel, list(ids))  # type: ignore[no-any-return]
+
+    def add_site(self, name: str) -> tuple[P.SiteInfo, str]:
+        return self._call(self._async.add_site, name)  # type: ignore[no-any-return]
+
+    def add_app(self, site: str, name: str, command: str, **kwargs: Any) -> P.AppInfo:
+        return self._call(self._async.add_app, site, name, command, **kwargs)  # type: ignore[no-any-return]
+
+    def watch(self, **kwargs: Any) -> Iterator[TaskEvent]:
+        """Blocking iterator of events (stops when the client closes)."""
+        assert self._portal is not None
+        watcher = self._async.watch(**kwargs)
+        self._call(watcher._start)
+        try:
+            while True:
+                try:
+                    yield self._call(watcher.__anext__)
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._call(watcher.aclose)
+
+
+def connect_sync(url: str | None = None, token: str | None = None, **kwargs: Any) -> SyncClient:
+    return SyncClient(url, token, **kwargs)

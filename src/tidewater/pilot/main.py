@@ -1,0 +1,352 @@
+"""The pilot: holds a websocket to the controller and runs the tasks it is pushed.
+
+Credit: at each (re)connection the pilot grants its free cores and GPUs
+plus ``prefetch`` cores' worth of queued work, and after that returns the
+resources of every task that ends. The controller never sends more.
+
+Durability: reports go out in sequenced ``Reports`` frames and stay in an
+outbox until the controller acknowledges them (after its commit). If the
+link breaks, running tasks keep running; the pilot reconnects with backoff,
+tells the controller what it holds, and resends the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup, TaskStatus
+
+from .. import proto as P
+from ..config import Limits, Timeouts
+from ..errors import AuthError, ConfigError, TidewaterError
+from ..transport import Link, backoff, is_retryable, open_link
+from .runner import STDERR, STDOUT, Outcome, TaskProcess, WorkdirError, tail
+
+log = logging.getLogger("tidewater.pilot")
+
+
+@dataclass
+class PilotConfig:
+    url: str
+    token: str
+    site: str = ""
+    cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+    gpus: int = 0
+    prefetch: int = 2
+    workdir: str = ""
+    pilot_id: str = ""
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass
+class Running:
+    a: P.Assignment
+    proc: TaskProcess | None = None
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    kill_reason: str = ""
+    silent: bool = False  # killed on the controller's request: no report needed
+
+
+class Pilot:
+    def __init__(self, config: PilotConfig) -> None:
+        if config.cores < 1 and config.gpus < 1:
+            raise ConfigError("a pilot needs at least one core")
+        self.cfg = config
+        self.t = config.timeouts
+        self.pilot_id = config.pilot_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:12]}"
+        self.root = Path(config.workdir or Path.home() / ".tidewater" / "work").resolve()
+        self.free_cores = config.cores
+        self.free_gpus = config.gpus
+        self.queue: deque[P.Assignment] = deque()
+        self.running: dict[int, Running] = {}
+        self.unacked: dict[int, tuple[int, int]] = {}  # task -> (attempt, seq of final report)
+        self.outbox: OrderedDict[int, bytes] = OrderedDict()
+        self.seq = 0
+        self.pending: list[P.Report] = []
+        self.pending_credit = [0, 0]
+        self.link: Link | None = None
+        self.heartbeat_interval = self.t.heartbeat_interval
+        self._wake = anyio.Event()
+        self._stopping = False
+        self._changed = anyio.Event()  # set when running tasks end or reports are acked
+        self._tg: TaskGroup | None = None
+        self._base_env = dict(os.environ)
+        self._base_env.pop("TIDEWATER_TOKEN", None)
+        self.completed = 0
+
+    # ------------------------------------------------------------------ life
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until :meth:`stop` (or a refused token). Reports started once first connected."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            await tg.start(self._connection_loop)
+            task_status.started()
+
+    async def stop(self, reason: str = "stopping") -> None:
+        """Kill running tasks, flush their reports, say Bye, and end :meth:`run`."""
+        self._stopping = True
+        for r in list(self.running.values()):
+            r.kill_reason = reason
+            r.scope.cancel()
+        self.queue.clear()
+        with anyio.move_on_after(self.t.close + self.t.kill_grace):
+            while self.running or self.pending or (self.outbox and self.link is not None):
+                self._wake.set()
+                await self._changed.wait()
+                self._changed = anyio.Event()
+        if self.link is not None:
+            with anyio.move_on_after(1, shield=True):
+                try:
+                    await self.link.send(P.Bye(reason=reason))
+                except TidewaterError:
+                    pass
+            await self.link.aclose()
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    def held(self) -> list[tuple[int, int]]:
+        out = [(a.task_id, a.attempt) for a in self.queue]
+        out += [(tid, r.a.attempt) for tid, r in self.running.items()]
+        out += [(tid, att) for tid, (att, _seq) in self.unacked.items()
+                if tid not in self.running]
+        return out
+
+    # ------------------------------------------------------------------ connection
+
+    async def _connection_loop(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        delays = backoff()
+        started = False
+        while not self._stopping:
+            try:
+                queued_cores = sum(a.cores for a in self.queue)
+                queued_gpus = sum(a.gpus for a in self.queue)
+                hello = P.Hello(
+                    role="pilot", proto_version=P.PROTO_VERSION, token=self.cfg.token,
+                    name="pilot", site=self.cfg.site, pilot_id=self.pilot_id,
+                    hostname=socket.gethostname(), cores=self.cfg.cores, gpus=self.cfg.gpus,
+                    credit_cores=max(0, self.free_cores + self.cfg.prefetch - queued_cores),
+                    credit_gpus=max(0, self.free_gpus - queued_gpus),
+                    held=self.held(),
+                )
+                self.pending_credit = [0, 0]
+                link, welcome = await open_link(
+                    self.cfg.url, hello, timeout=self.t.connect,
+                    max_size=self.cfg.limits.max_frame_bytes,
+                    ping_interval=self.t.heartbeat_interval, ping_timeout=self.t.lease_timeout,
+                )
+            except Exception as exc:
+                if not is_retryable(exc):
+                    log.error("pilot refused: %s", exc)
+                    if not started:
+                        raise
+                    raise SystemExit(2) from exc
+                delay = next(delays)
+                log.info("cannot reach the controller (%s); retrying in %.2fs", exc, delay)
+                await anyio.sleep(delay)
+                continue
+            delays = backoff()
+            self.heartbeat_interval = welcome.heartbeat_interval
+            log.info("pilot %s connected to %s (site %s, %d cores, %d gpus)", self.pilot_id,
+                     self.cfg.url, welcome.site, self.cfg.cores, self.cfg.gpus)
+            self.link = link
+            if not started:
+                started = True
+                task_status.started()
+            try:
+                for frame in list(self.outbox.values()):
+                    await link.send_raw(frame)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._sender, link, tg.cancel_scope)
+                    tg.start_soon(self._heartbeats, link, tg.cancel_scope)
+                    await self._reader(link)
+                    tg.cancel_scope.cancel()
+            except* TidewaterError as group:
+                if not self._stopping:
+                    log.warning("lost the controller: %s", group.exceptions[0])
+            finally:
+                self.link = None
+                await link.aclose()
+
+    async def _reader(self, link: Link) -> None:
+        while True:
+            data = await link.recv()
+            try:
+                msg = P.to_pilot_decoder.decode(data)
+            except msgspec.MsgspecError:
+                log.warning("ignoring a frame the pilot cannot decode")
+                continue
+            match msg:
+                case P.RunTasks():
+                    have = {tid for tid, _ in self.held()}
+                    for a in msg.tasks:
+                        if a.task_id not in have:
+                            self.queue.append(a)
+                    self._schedule()
+                case P.Kill():
+                    self._kill(msg.tasks, msg.reason)
+                case P.Ack():
+                    for seq in [s for s in self.outbox if s <= msg.seq]:
+                        del self.outbox[seq]
+                    for tid in [t for t, (_a, s) in self.unacked.items() if s <= msg.seq]:
+                        del self.unacked[tid]
+                    self._changed.set()
+                case P.Reject():
+                    raise AuthError(msg.reason)
+                case _:
+                    pass
+
+    async def _sender(self, link: Link, scope: anyio.CancelScope) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                if self.pending:
+                    self.seq += 1
+                    batch, self.pending = self.pending, []
+                    for r in batch:
+                        if r.kind != "started":
+                            self.unacked[r.task_id] = (r.attempt, self.seq)
+                    frame = P.encode(P.Reports(seq=self.seq, reports=batch))
+                    self.outbox[self.seq] = frame
+                    await link.send_raw(frame)
+                cores, gpus = self.pending_credit
+                if cores or gpus:
+                    self.pending_credit = [0, 0]
+                    await link.send(P.Credit(cores=cores, gpus=gpus))
+        finally:
+            scope.cancel()
+
+    async def _heartbeats(self, link: Link, scope: anyio.CancelScope) -> None:
+        try:
+            while True:
+                await anyio.sleep(self.heartbeat_interval)
+                running = [(tid, r.a.attempt) for tid, r in self.running.items()]
+                await link.send(P.Heartbeat(time=time.time(), running=running))
+        finally:
+            scope.cancel()
+
+    # ------------------------------------------------------------------ tasks
+
+    def _report(self, r: P.Report) -> None:
+        self.pending.append(r)
+        self._wake.set()
+
+    def _give_back(self, a: P.Assignment) -> None:
+        self.pending_credit[0] += a.cores
+        self.pending_credit[1] += a.gpus
+        self._wake.set()
+
+    def _kill(self, pairs: list[tuple[int, int]], reason: str) -> None:
+        wanted = set(pairs)
+        keep: deque[P.Assignment] = deque()
+        for a in self.queue:
+            if (a.task_id, a.attempt) in wanted:
+                self._give_back(a)
+            else:
+                keep.append(a)
+        self.queue = keep
+        for tid, attempt in pairs:
+            r = self.running.get(tid)
+            if r is not None and r.a.attempt == attempt:
+                r.kill_reason = reason or "killed by the controller"
+                r.silent = True
+                r.scope.cancel()
+            elif r is None and self.unacked.get(tid, (None,))[0] == attempt:
+                # Its report is moot: the controller has moved on.
+                del self.unacked[tid]
+
+    def _schedule(self) -> None:
+        assert self._tg is not None
+        while self.queue and not self._stopping:
+            a = self.queue[0]
+            if a.cores > self.free_cores or a.gpus > self.free_gpus:
+                break
+            self.queue.popleft()
+            self.free_cores -= a.cores
+            self.free_gpus -= a.gpus
+            r = Running(a)
+            self.running[a.task_id] = r
+            self._tg.start_soon(self._run_task, r)
+
+    async def _run_task(self, r: Running) -> None:
+        a = r.a
+        try:
+            outcome = await self._supervise(r)
+            if not r.silent:
+                limit = self.cfg.limits.tail_bytes
+                wd = r.proc.workdir if r.proc else None
+                self._report(P.Report(
+                    task_id=a.task_id, attempt=a.attempt, kind=outcome.kind,  # type: ignore[arg-type]
+                    time=time.time(), exit_code=outcome.exit_code, message=outcome.message,
+                    stdout_tail=tail(wd / STDOUT, limit) if wd else "",
+                    stderr_tail=tail(wd / STDERR, limit) if wd else "",
+                ))
+            self.completed += 1
+        finally:
+            self.running.pop(a.task_id, None)
+            self.free_cores += a.cores
+            self.free_gpus += a.gpus
+            self._give_back(a)
+            self._changed.set()
+            self._schedule()
+
+    async def _supervise(self, r: Running) -> Outcome:
+        a = r.a
+        try:
+            r.proc = TaskProcess.start(a, self.root, self._base_env)
+        except WorkdirError as exc:
+            self._report(P.Report(task_id=a.task_id, attempt=a.attempt, kind="started",
+                                  time=time.time()))
+            return Outcome("error", None, str(exc))
+        except OSError as exc:
+            self._report(P.Report(task_id=a.task_id, attempt=a.attempt, kind="started",
+                                  time=time.time()))
+            what = a.argv[0] if a.argv else "/bin/sh"
+            return Outcome("error", 127, f"cannot start {what!r}: {exc.strerror or exc}")
+        self._report(P.Report(task_id=a.task_id, attempt=a.attempt, kind="started",
+                              time=time.time()))
+        timed_out = False
+        with r.scope:
+            if a.timeout is not None:
+                r.scope.deadline = anyio.current_time() + a.timeout
+            rc = await r.proc.wait()
+            return Outcome("done" if rc == 0 else "error", rc,
+                           "" if rc == 0 else f"exit code {rc}")
+        # The scope was cancelled: a timeout, a Kill, or the pilot stopping.
+        timed_out = not r.kill_reason
+        rc = await r.proc.stop(self.t.kill_grace)
+        if timed_out:
+            return Outcome("timeout", rc, f"timed out after {a.timeout:g}s")
+        return Outcome("killed", rc, r.kill_reason)
+
+
+async def run_pilot(config: PilotConfig) -> None:
+    """Run a pilot until SIGINT/SIGTERM, then stop it cleanly."""
+    import signal
+
+    pilot = Pilot(config)
+    async with anyio.create_task_group() as tg:
+        await tg.start(pilot.run)
+
+        async def on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    await pilot.stop("the pilot was stopped")
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(on_signal)
