@@ -117,11 +117,14 @@ class Pilot:
             self._tg.cancel_scope.cancel()
 
     def held(self) -> list[tuple[int, int]]:
-        out = [(a.task_id, a.attempt) for a in self.queue]
-        out += [(tid, r.a.attempt) for tid, r in self.running.items()]
-        out += [(tid, att) for tid, (att, _seq) in self.unacked.items()
-                if tid not in self.running]
-        return out
+        """(task, attempt) of everything this pilot has: newest attempt per task."""
+        newest: dict[int, int] = {}
+        pairs = [(tid, att) for tid, (att, _seq) in self.unacked.items()]
+        pairs += [(tid, r.a.attempt) for tid, r in self.running.items()]
+        pairs += [(a.task_id, a.attempt) for a in self.queue]
+        for tid, att in pairs:
+            newest[tid] = max(att, newest.get(tid, 0))
+        return list(newest.items())
 
     # ------------------------------------------------------------------ connection
 
@@ -191,9 +194,11 @@ class Pilot:
                 continue
             match msg:
                 case P.RunTasks():
-                    have = {tid for tid, _ in self.held()}
+                    have = set(self.held())
                     for a in msg.tasks:
-                        if a.task_id not in have:
+                        if (a.task_id, a.attempt) in have:
+                            self._give_back(a)  # a duplicate push: already ours
+                        else:
                             self.queue.append(a)
                     self._schedule()
                 case P.Kill():

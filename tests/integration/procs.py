@@ -1,0 +1,156 @@
+"""Real controller and pilot processes for integration tests.
+
+Readiness is read from what each process logs (a line on stderr), never
+guessed with a sleep. ``kill()`` is ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+from anyio.abc import Process, TaskGroup
+
+from tidewater.controller.users import add_user
+
+PY = sys.executable
+# Test time scale: heartbeats and leases short enough to make failure tests quick.
+HEARTBEAT = 0.3
+LEASE = 2.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Proc:
+    """A child process whose stderr is collected line by line."""
+
+    def __init__(self, name: str, proc: Process, tg: TaskGroup) -> None:
+        self.name = name
+        self.proc = proc
+        self.lines: list[str] = []
+        self._changed = anyio.Event()
+        tg.start_soon(self._drain)
+
+    async def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        buf = b""
+        async for chunk in self.proc.stderr:
+            buf += chunk
+            *done, buf = buf.split(b"\n")
+            self.lines.extend(d.decode(errors="replace") for d in done)
+            self._changed.set()
+            self._changed = anyio.Event()
+        self._changed.set()
+
+    async def wait_for(self, text: str, *, count: int = 1, timeout: float = 20) -> None:
+        """Wait until ``text`` has appeared in ``count`` stderr lines."""
+        with anyio.fail_after(timeout):
+            while sum(text in ln for ln in self.lines) < count:
+                if self.proc.returncode is not None:
+                    raise RuntimeError(f"{self.name} exited: {self.log()}")
+                ev = self._changed
+                with anyio.move_on_after(0.5):  # also re-check the exit status
+                    await ev.wait()
+
+    def log(self) -> str:
+        return "\n".join(self.lines[-40:])
+
+    def kill(self) -> None:
+        """kill -9."""
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGKILL)
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.terminate()
+            with anyio.move_on_after(10, shield=True):
+                await self.proc.wait()
+            if self.proc.returncode is None:
+                self.proc.kill()
+                with anyio.CancelScope(shield=True):
+                    await self.proc.wait()
+
+
+class Cluster:
+    """A controller process on a store in ``tmp``, with pilots started on demand."""
+
+    def __init__(self, tmp: Path, tg: TaskGroup) -> None:
+        self.tmp = tmp
+        self.tg = tg
+        self.db = str(tmp / "tw.db")
+        self.port = free_port()
+        self.url = f"ws://127.0.0.1:{self.port}"
+        self.controller: Proc | None = None
+        self.pilots: dict[str, Proc] = {}
+        self.env = {**os.environ, "TIDEWATER_URL": self.url, "TIDEWATER_HOME": str(tmp / "home")}
+
+    async def start_controller(self, *extra: str) -> Proc:
+        proc = await anyio.open_process(
+            [PY, "-m", "tidewater", "server", "--db", self.db, "--port", str(self.port),
+             "--lease-timeout", str(LEASE), "--heartbeat", str(HEARTBEAT), *extra],
+            env=self.env, stdout=None,
+        )
+        self.controller = Proc("controller", proc, self.tg)
+        await self.controller.wait_for("controller listening on")
+        return self.controller
+
+    async def add_user(self, name: str) -> str:
+        return await add_user(self.db, name)
+
+    async def start_pilot(
+        self, token: str, *, pilot_id: str, cores: int = 1, site: str = "", prefetch: int = 1,
+        wait: bool = True,
+    ) -> Proc:
+        args = [PY, "-m", "tidewater", "pilot", "--cores", str(cores), "--prefetch",
+                str(prefetch), "--workdir", str(self.tmp / "work" / pilot_id), "--pilot-id",
+                pilot_id, "--heartbeat", str(HEARTBEAT)]
+        if site:
+            args += ["--site", site]
+        proc = await anyio.open_process(args, env={**self.env, "TIDEWATER_TOKEN": token},
+                                        stdout=None)
+        p = Proc(f"pilot {pilot_id}", proc, self.tg)
+        self.pilots[pilot_id] = p
+        if wait:
+            await p.wait_for(f"pilot {pilot_id} connected")
+        return p
+
+    def rows(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        """Read the store directly, as an operator would."""
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+    def snapshot(self) -> dict[str, list[tuple[object, ...]]]:
+        return {t: self.rows(f"SELECT * FROM {t} ORDER BY 1") for t in
+                ("users", "sites", "apps", "tasks", "events", "task_tags", "submissions")}
+
+    async def stop(self) -> None:
+        for p in list(self.pilots.values()):
+            await p.stop()
+        if self.controller is not None:
+            await self.controller.stop()
+
+
+@asynccontextmanager
+async def cluster(tmp: Path) -> AsyncIterator[Cluster]:
+    async with anyio.create_task_group() as tg:
+        c = Cluster(tmp, tg)
+        try:
+            yield c
+        finally:
+            with anyio.CancelScope(shield=True):
+                await c.stop()
+            tg.cancel_scope.cancel()

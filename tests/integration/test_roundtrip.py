@@ -1,0 +1,76 @@
+"""A real controller process, two real pilot processes, a client over loopback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import tidewater
+from tidewater import ParamSpec, TaskSpec
+
+from .procs import cluster
+
+pytestmark = pytest.mark.integration
+
+
+async def test_thousand_tasks_round_trip(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        await c.start_controller()
+        token = await c.add_user("alice")
+        async with tidewater.connect(c.url, token=token) as client:
+            _site, site_token = await client.add_site("laptop")
+            await client.add_app("laptop", "square", "expr {n} '*' {n} + 1",
+                                 params=[ParamSpec(name="n", type="int")])
+            await c.start_pilot(site_token, pilot_id="p1", cores=2)
+            await c.start_pilot(site_token, pilot_id="p2", cores=2)
+            specs = [TaskSpec(app="square", site="laptop", params={"n": i},
+                              tags={"run": "42"}) for i in range(1000)]
+            tasks = await client.submit_many(specs)
+            assert len({t.id for t in tasks}) == 1000
+            infos = await client.wait(tasks, timeout=120)
+
+        assert [i.state for i in infos] == ["JOB_FINISHED"] * 1000
+        assert [i.stdout_tail for i in infos] == [f"{n * n + 1}\n" for n in range(1000)]
+        assert all(i.exit_code == 0 for i in infos)
+        # Both pilots took part, and every task ran exactly once.
+        assert {i.pilot for i in infos} == {"p1", "p2"}
+        assert {i.attempt for i in infos} == {1}
+        # The store holds every task final, with its whole history.
+        assert c.rows("SELECT state, count(*) FROM tasks GROUP BY state") == [
+            ("JOB_FINISHED", 1000)
+        ]
+        per_task = c.rows("SELECT to_state FROM events WHERE task_id = ? ORDER BY id",
+                          (tasks[0].id,))
+        assert [r[0] for r in per_task] == [
+            "READY", "STAGED_IN", "RUNNING", "RUN_DONE", "STAGED_OUT", "JOB_FINISHED"
+        ]
+        assert c.rows("SELECT count(*) FROM events") == [(6000,)]
+
+
+async def test_watch_pushes_events_and_cancel_kills(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        await c.start_controller()
+        token = await c.add_user("alice")
+        async with tidewater.connect(c.url, token=token) as client:
+            _site, site_token = await client.add_site("laptop")
+            await client.add_app("laptop", "nap", "sleep {s}")
+            await c.start_pilot(site_token, pilot_id="p1", cores=1)
+            async with client.watch(tags={"run": "7"}) as events:
+                task = await client.submit("nap", site="laptop", params={"s": "60"},
+                                           tags={"run": "7"})
+                seen = []
+                async for e in events:
+                    seen.append(e.to_state)
+                    if e.to_state == "RUNNING":
+                        assert await task.cancel() is True
+                    if e.to_state == "KILLED":
+                        break
+            assert seen == ["READY", "STAGED_IN", "RUNNING", "KILLED"]
+            info = await task.result(timeout=10)
+            assert info.state == "KILLED"
+            # The pilot is free again: the next task runs at once.
+            quick = await client.submit("nap", site="laptop", params={"s": "0"})
+            assert (await quick.result(timeout=20)).state == "JOB_FINISHED"
+            assert (await client.tasks(state="KILLED"))[0].id == task.id
+            assert [t.id for t in await client.tasks(tags={"run": "7"})] == [task.id]
