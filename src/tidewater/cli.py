@@ -83,7 +83,12 @@ def main(ctx: click.Context, url: str, token: str, verbose: int) -> None:
               help="Seconds of pilot silence before its tasks are retried.")
 @click.option("--heartbeat", default=5.0, show_default=True, type=float,
               help="Pilot heartbeat interval in seconds.")
-def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float) -> None:
+@click.option("--max-frame-bytes", default=Limits().max_frame_bytes, show_default=True,
+              type=int, help="Largest websocket frame accepted.")
+@click.option("--max-tasks-per-submit", default=Limits().max_tasks_per_submit,
+              show_default=True, type=int)
+def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float,
+           max_frame_bytes: int, max_tasks_per_submit: int) -> None:
     """Run a controller until SIGINT or SIGTERM."""
     from .controller import Server
 
@@ -91,7 +96,8 @@ def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float
     cfg = ControllerConfig(
         db=db, host=host, port=port,
         timeouts=Timeouts(lease_timeout=lease_timeout, heartbeat_interval=heartbeat),
-        limits=Limits(),
+        limits=Limits(max_frame_bytes=max_frame_bytes,
+                      max_tasks_per_submit=max_tasks_per_submit),
     )
 
     async def go() -> None:
