@@ -36,7 +36,6 @@ from .config import Timeouts
 from .errors import (
     ConfigError,
     ConnectionBroken,
-    LimitExceeded,
     TaskFailed,
     TidewaterError,
     from_code,
@@ -322,8 +321,7 @@ class Client:
                 try:
                     r = await self._request(lambda i: P.Submit(req_id=i, tasks=batch, key=key))
                 except TidewaterError as exc:
-                    if isinstance(exc, LimitExceeded | TidewaterError):
-                        errors.append(_renumber(exc, k * size))
+                    errors.append(_renumber(exc, k * size))
                     return
                 results[k] = list(r.ids)
                 if progress is not None:
@@ -453,7 +451,7 @@ def _renumber(exc: TidewaterError, offset: int) -> TidewaterError:
     if offset and isinstance(msg, str) and msg.startswith("task "):
         num, _, rest = msg[5:].partition(":")
         if num.isdigit():
-            return type(exc)(f"task {int(num) + offset}:{rest}", getattr(exc, "code", None))  # type: ignore[call-arg]
+            return type(exc)(f"task {int(num) + offset}:{rest}", getattr(exc, "code", None))
     return exc
 
 
@@ -575,10 +573,11 @@ class SyncTask:
         return f"<Task {self.id}>"
 
     def result(self, *, timeout: float | None = None, check: bool = False) -> TaskInfo:
-        return self._client._call(self._task.result, timeout=timeout, check=check)
+        info: TaskInfo = self._client._call(self._task.result, timeout=timeout, check=check)
+        return info
 
     def cancel(self) -> bool:
-        return self._client._call(self._task.cancel)
+        return bool(self._client._call(self._task.cancel))
 
 
 class SyncClient(AbstractContextManager["SyncClient"]):

@@ -75,7 +75,7 @@ async def run_demo(*, frames: int, pilots: int, cores: int, keep: Path | None) -
                         [py, "-m", "tidewater.cli", "pilot", "--cores", str(cores),
                          "--workdir", str(base / f"pilot{k}"), "--heartbeat", "2"],
                         env=env, stdin=None, stdout=None,
-                        stderr=open(base / f"pilot{k}.log", "wb"),  # noqa: SIM115
+                        stderr=open(base / f"pilot{k}.log", "wb"),  # noqa: ASYNC230, SIM115
                     ))
                 ok = await _workflow(client, frames, out_dir)
             finally:

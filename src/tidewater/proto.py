@@ -1,3 +1,6 @@
+# mypy: disable-error-code="misc"
+# (mypy reads msgspec's dataclass_transform as if tagged subclasses dropped frozen=True;
+#  msgspec inherits the base's frozen/kw_only config.)
 """Every message that crosses a Tidewater websocket, and nothing else.
 
 Messages are frozen, tagged msgspec Structs (``tag_field="op"``), grouped in

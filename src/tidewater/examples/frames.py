@@ -69,7 +69,7 @@ def find_peaks(frame: np.ndarray, threshold_sigma: float = 8.0) -> list[dict[str
 def analyze(seed: int, size: int, out_dir: Path) -> dict[str, object]:
     frame, truth = simulate(seed, size)
     peaks = find_peaks(frame)
-    result = {
+    result: dict[str, object] = {
         "seed": seed,
         "peaks_found": len(peaks),
         "peaks_simulated": truth,

@@ -1,0 +1,73 @@
+"""The command line, end to end, as the README shows it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anyio
+import pytest
+
+from .procs import PY, cluster
+
+pytestmark = pytest.mark.integration
+
+
+async def test_cli_flow(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        await c.start_controller()
+
+        async def tw(*args: str, token: str = "", check: bool = True) -> tuple[int, str, str]:
+            env = {**c.env, "TIDEWATER_TOKEN": token}
+            r = await anyio.run_process([PY, "-m", "tidewater", *args], env=env, check=False)
+            out, err = r.stdout.decode(), r.stderr.decode()
+            if check and r.returncode != 0:
+                raise AssertionError(f"tidewater {' '.join(args)} -> {r.returncode}\n{err}")
+            return r.returncode, out, err
+
+        _, out, err = await tw("user", "add", "alice", "--db", c.db)
+        token = out.strip()
+        assert token.startswith("twu_") and "alice" in err
+        code, _, err = await tw("user", "add", "alice", "--db", c.db, check=False)
+        assert code == 1 and "already exists" in err
+
+        _, out, _ = await tw("site", "add", "laptop", token=token)
+        site_token = out.strip()
+        assert site_token.startswith("tws_")
+        await tw("app", "add", "--site", "laptop", "hello", "echo hello {name}", token=token)
+        await tw("app", "add", "--site", "laptop", "--param", "s:float=0", "nap", "sleep {s}",
+                 token=token)
+        _, out, _ = await tw("app", "ls", token=token)
+        assert "hello" in out and "echo hello {name}" in out
+
+        await c.start_pilot(site_token, pilot_id="cli-pilot", cores=2)
+        _, out, _ = await tw("site", "ls", token=token)
+        assert "laptop" in out
+
+        _, out, _ = await tw("submit", "--site", "laptop", "--tag", "run=42", "hello",
+                             "name=world", "--wait", token=token)
+        assert "JOB_FINISHED" in out and "hello world" in out
+
+        params = tmp_path / "many.jsonl"
+        params.write_text("".join(json.dumps({"name": f"n{i}"}) + "\n" for i in range(20)))
+        _, out, err = await tw("submit", "--site", "laptop", "--tag", "run=42", "--params-file",
+                               str(params), "--wait", "hello", token=token)
+        assert "20 finished, 0 did not" in err
+
+        code, _, err = await tw("submit", "--site", "laptop", "hello", token=token, check=False)
+        assert code == 1 and "needs parameter 'name'" in err
+
+        _, out, _ = await tw("ls", "--tag", "run=42", "--json", "--limit", "1000", token=token)
+        rows = [json.loads(line) for line in out.splitlines()]
+        assert len(rows) == 21 and {r["state"] for r in rows} == {"JOB_FINISHED"}
+
+        _, out, _ = await tw("submit", "--site", "laptop", "nap", "s=60", token=token)
+        nap_id = int(out.strip())
+        _, out, _ = await tw("show", str(nap_id), token=token)
+        assert f"task {nap_id}" in out
+        _, out, _ = await tw("cancel", str(nap_id), token=token)
+        assert out.strip() == f"{nap_id}\tcancelled"
+        _, out, _ = await tw("ls", "--state", "KILLED", "--json", token=token)
+        assert [json.loads(x)["id"] for x in out.splitlines()] == [nap_id]
+        code, _, err = await tw("ls", token="twu_bogus", check=False)
+        assert code == 1 and "invalid token" in err
