@@ -44,6 +44,8 @@ def template_fields(command: str) -> list[str]:
     """
     if not command.strip():
         raise AppError("an app's command template must not be empty")
+    if "\x00" in command:
+        raise AppError("an app's command template must not contain NUL bytes")
     names: list[str] = []
     try:
         parsed = list(string.Formatter().parse(command))
@@ -60,7 +62,32 @@ def template_fields(command: str) -> list[str]:
             raise AppError(f"placeholder {{{field}}} in {command!r} may not carry a format spec")
         if field not in names:
             names.append(field)
+    _check_unquoted_placeholders(command, parsed)
     return names
+
+
+def _check_unquoted_placeholders(
+    command: str, parsed: list[tuple[str, str | None, str | None, str | None]]
+) -> None:
+    """Refuse ``'{x}'`` and ``"{x}"``: values are quoted already, quoting twice splits them."""
+    quote = ""
+    for literal, field, _s, _c in parsed:
+        escaped = False
+        for ch in literal:
+            if escaped:
+                escaped = False
+            elif ch == "\\" and quote != "'":
+                escaped = True
+            elif quote:
+                if ch == quote:
+                    quote = ""
+            elif ch in "'\"":
+                quote = ch
+        if field is not None and (quote or escaped):
+            raise AppError(
+                f"placeholder {{{field}}} in {command!r} is inside quotes or after a backslash; "
+                "remove them: every value is inserted shell-quoted already"
+            )
 
 
 def uses_shell(command: str) -> bool:
@@ -85,7 +112,9 @@ def declare_params(command: str, params: Sequence[ParamSpec] | None) -> list[Par
         return [ParamSpec(name=f) for f in fields]
     declared = {p.name: p for p in params}
     if len(declared) != len(params):
-        raise AppError("a parameter is declared twice")
+        seen: set[str] = set()
+        twice = next(p.name for p in params if p.name in seen or seen.add(p.name))
+        raise AppError(f"parameter {twice!r} is declared twice")
     missing = [f for f in fields if f not in declared]
     if missing:
         raise AppError(f"placeholder(s) {', '.join(missing)} in the template are not declared")
@@ -97,7 +126,10 @@ def declare_params(command: str, params: Sequence[ParamSpec] | None) -> list[Par
         if not PARAM_RE.match(p.name):
             raise AppError(f"invalid parameter name {p.name!r}")
         if p.default is not None:
-            _convert(p, p.default)
+            p = ParamSpec(name=p.name, type=p.type, required=False,
+                          default=_convert(p, p.default))
+        elif not p.required:
+            raise AppError(f"parameter {p.name!r} is optional but has no default")
         out.append(p)
     return out
 
@@ -126,7 +158,7 @@ def _convert(spec: ParamSpec, value: ParamValue) -> ParamValue:
                 raise ParamError(f"{where} contains a NUL byte")
             return value
         if spec.type == "int":
-            if isinstance(value, bool):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             return int(value)
         if spec.type == "float":

@@ -112,8 +112,8 @@ class Dispatcher:
             while heap and ready and len(skipped) < SCAN_LIMIT:
                 key = heap[0]
                 task = self._queued.get(key[1])
-                if task is None or task.site_id != site_id:
-                    heapq.heappop(heap)  # withdrawn earlier: drop lazily
+                if task is None or task.site_id != site_id or -task.priority != key[0]:
+                    heapq.heappop(heap)  # withdrawn or re-pushed since: drop lazily
                     continue
                 best: PilotSlot | None = None
                 for p in ready:

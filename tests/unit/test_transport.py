@@ -1,0 +1,160 @@
+"""The pure reconnect policy: backoff delays, what is worth retrying, URL normalisation."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from tidewater.errors import (
+    AuthError,
+    ConfigError,
+    ConnectionBroken,
+    ConnectionClosed,
+    InvalidRequest,
+    StoreError,
+    TidewaterError,
+)
+from tidewater.transport import backoff, is_retryable, ws_url
+
+
+def take(it, n: int) -> list[float]:  # type: ignore[no-untyped-def]
+    return list(itertools.islice(it, n))
+
+
+# --------------------------------------------------------------------------- backoff
+
+
+def test_backoff_without_jitter_grows_by_factor_to_cap() -> None:
+    delays = take(backoff(initial=0.05, factor=2.0, cap=1.0, jitter=0.0), 8)
+    assert delays == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0])
+
+
+def test_backoff_other_factor() -> None:
+    delays = take(backoff(initial=1.0, factor=3.0, cap=100.0, jitter=0.0), 6)
+    assert delays == pytest.approx([1.0, 3.0, 9.0, 27.0, 81.0, 100.0])
+
+
+def test_backoff_never_ends() -> None:
+    delays = take(backoff(initial=0.01, cap=0.02, jitter=0.0), 1000)
+    assert len(delays) == 1000
+    assert delays[-1] == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_backoff_jitter_bounded(seed: int) -> None:
+    initial, factor, cap, jitter = 0.05, 2.0, 5.0, 0.5
+    delays = take(backoff(initial=initial, factor=factor, cap=cap, jitter=jitter,
+                          rng=random.Random(seed)), 30)
+    for n, d in enumerate(delays):
+        base = min(cap, initial * factor**n)
+        assert base * (1 - jitter) - 1e-12 <= d <= base * (1 + jitter) + 1e-12
+        assert d >= 0.0
+    # Jitter is bounded relative to the cap as well: never more than cap * (1 + jitter).
+    assert max(delays) <= cap * (1 + jitter)
+
+
+def test_backoff_jitter_actually_spreads_peers() -> None:
+    firsts = {next(backoff(initial=1.0, jitter=0.5, rng=random.Random(s))) for s in range(50)}
+    assert len(firsts) > 40  # peers cut off together do not come back in lockstep
+    assert all(0.5 <= d <= 1.5 for d in firsts)
+
+
+def test_backoff_same_seed_same_delays() -> None:
+    a = take(backoff(rng=random.Random(7)), 12)
+    b = take(backoff(rng=random.Random(7)), 12)
+    assert a == b
+
+
+def test_backoff_new_generator_resets() -> None:
+    rng = random.Random(3)
+    gen = backoff(initial=0.05, factor=2.0, cap=5.0, jitter=0.5, rng=rng)
+    long_run = take(gen, 10)
+    assert long_run[-1] > 1.0  # it has grown
+    # A success: start a fresh generator (sharing the rng) -> back at the initial delay.
+    again = next(backoff(initial=0.05, factor=2.0, cap=5.0, jitter=0.5, rng=rng))
+    assert 0.025 <= again <= 0.075
+
+
+def test_backoff_large_jitter_never_negative() -> None:
+    delays = take(backoff(initial=1.0, jitter=2.0, rng=random.Random(1)), 200)
+    assert min(delays) >= 0.0
+
+
+# --------------------------------------------------------------------------- is_retryable
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ConnectionBroken("reset"),
+        ConnectionClosed("going away"),
+        OSError("network unreachable"),
+        ConnectionRefusedError(),
+        ConnectionResetError(),
+        TimeoutError(),
+    ],
+)
+def test_retryable(exc: BaseException) -> None:
+    assert is_retryable(exc) is True
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        AuthError("bad token"),
+        ConfigError("bad url"),
+        ValueError("nope"),
+        RuntimeError(),
+        InvalidRequest("refused"),
+        StoreError("disk"),
+        TidewaterError("generic"),
+        KeyboardInterrupt(),
+    ],
+)
+def test_not_retryable(exc: BaseException) -> None:
+    assert is_retryable(exc) is False
+
+
+def test_auth_error_wins_even_if_also_oserror() -> None:
+    class Weird(AuthError, OSError):
+        pass
+
+    assert is_retryable(Weird("refused")) is False
+
+
+# --------------------------------------------------------------------------- ws_url
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("ws://host:8000", "ws://host:8000/ws"),
+        ("ws://host:8000/", "ws://host:8000/ws"),
+        ("ws://host:8000/ws", "ws://host:8000/ws"),
+        ("ws://host:8000/ws/", "ws://host:8000/ws"),
+        ("wss://example.org", "wss://example.org/ws"),
+        ("http://127.0.0.1:8000", "ws://127.0.0.1:8000/ws"),
+        ("https://example.org/", "wss://example.org/ws"),
+        ("https://example.org/ws", "wss://example.org/ws"),
+        ("  ws://host:1  \n", "ws://host:1/ws"),
+        ("ws://[::1]:8000", "ws://[::1]:8000/ws"),
+        ("https://example.org/prefix", "wss://example.org/prefix/ws"),
+    ],
+)
+def test_ws_url_normalises(given: str, expected: str) -> None:
+    assert ws_url(given) == expected
+
+
+def test_ws_url_is_idempotent() -> None:
+    once = ws_url("https://example.org:443/")
+    assert ws_url(once) == once
+
+
+@pytest.mark.parametrize(
+    "bad", ["ftp://host", "host:8000", "localhost", "", "   ", "tcp://h:1", "ws:/host", "//host"]
+)
+def test_ws_url_bad_scheme(bad: str) -> None:
+    with pytest.raises(ConfigError, match="ws://"):
+        ws_url(bad)

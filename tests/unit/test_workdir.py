@@ -1,0 +1,74 @@
+"""Task work directories: relative to the site's work root, never escaping it."""
+
+from __future__ import annotations
+
+import pytest
+
+from tidewater.controller.core import check_workdir
+from tidewater.errors import InvalidRequest
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("a", "a"),
+        ("a/b", "a/b"),
+        ("./a//b/", "a/b"),
+        ("a/./b/.", "a/b"),
+        ("run 1/out", "run 1/out"),
+        ("a/~b", "a/~b"),
+        ("a..b/c..", "a..b/c.."),
+        ("...", "..."),
+        (".hidden/x", ".hidden/x"),
+    ],
+)
+def test_accepts_and_normalises(given: str, expected: str) -> None:
+    assert check_workdir(given) == expected
+
+
+def test_normalised_form_is_stable() -> None:
+    once = check_workdir("./x//y/./z/")
+    assert check_workdir(once) == once
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "/abs",
+        "/",
+        "//server/share",
+        "~",
+        "~/x",
+        "~root/x",
+        "..",
+        "../x",
+        "a/..",
+        "a/../b",
+        "a/b/../../..",
+        "./..",
+        "",
+        ".",
+        "./",
+        "//",
+        "a\x00b",
+        "\x00",
+        "x" * 1025,
+    ],
+)
+def test_rejects(bad: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        check_workdir(bad)
+    assert info.value.code == "bad_request"
+    assert info.value.message  # speaks to the user
+
+
+def test_error_names_the_input() -> None:
+    with pytest.raises(InvalidRequest, match="/etc"):
+        check_workdir("/etc")
+    with pytest.raises(InvalidRequest, match=r"\.\."):
+        check_workdir("a/../../etc")
+
+
+def test_long_but_allowed() -> None:
+    path = "/".join(["d"] * 512)[:1024]
+    assert check_workdir(path) == path
