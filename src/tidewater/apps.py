@@ -112,8 +112,8 @@ def declare_params(command: str, params: Sequence[ParamSpec] | None) -> list[Par
         return [ParamSpec(name=f) for f in fields]
     declared = {p.name: p for p in params}
     if len(declared) != len(params):
-        seen: set[str] = set()
-        twice = next(p.name for p in params if p.name in seen or seen.add(p.name))
+        names = [p.name for p in params]
+        twice = next(n for n in names if names.count(n) > 1)
         raise AppError(f"parameter {twice!r} is declared twice")
     missing = [f for f in fields if f not in declared]
     if missing:
