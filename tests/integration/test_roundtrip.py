@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
 
 import tidewater
-from tidewater import ParamSpec, TaskSpec
+from tidewater import ParamSpec, TaskInfo, TaskSpec
 
 from .procs import cluster
 
@@ -74,3 +75,55 @@ async def test_watch_pushes_events_and_cancel_kills(tmp_path: Path) -> None:
             assert (await quick.result(timeout=20)).state == "JOB_FINISHED"
             assert (await client.tasks(state="KILLED"))[0].id == task.id
             assert [t.id for t in await client.tasks(tags={"run": "7"})] == [task.id]
+
+
+async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    marker = "31.4159"
+    async with cluster(tmp_path) as c:
+        await c.start_controller()
+        token = await c.add_user("alice")
+        async with tidewater.connect(c.url, token=token) as client:
+            _site, site_token = await client.add_site("hpc")
+            # A task that leaves a background child behind, and would run for minutes.
+            await client.add_app("hpc", "hang", "sleep {s} & sleep {s}; wait")
+            await c.start_pilot(site_token, pilot_id="p1", cores=1)
+            task = await client.submit("hang", site="hpc", params={"s": marker}, timeout=0.5,
+                                       max_retries=1)
+            info = await task.result(timeout=60)
+        assert info.state == "FAILED"
+        assert info.attempt == 2 and info.retries == 1
+        assert "timed out after 0.5s" in info.error
+        history = [r[0] for r in c.rows(
+            "SELECT to_state FROM events WHERE task_id = ? ORDER BY id", (task.id,))]
+        assert history == ["READY", "STAGED_IN", "RUNNING", "RUN_TIMEOUT", "RESTART_READY",
+                           "RUNNING", "RUN_TIMEOUT", "FAILED"]
+        # Neither the shell nor its background child survived.
+        left = await anyio.run_process(["pgrep", "-f", f"sleep {marker}"], check=False)
+        assert left.stdout.decode().split() == []
+
+
+async def test_sync_facade(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        await c.start_controller()
+        token = await c.add_user("alice")
+
+        def notebook() -> tuple[list[TaskInfo], str]:
+            with tidewater.connect_sync(c.url, token=token) as client:
+                _site, site_token = client.add_site("nb")
+                client.add_app("nb", "hello", "echo hello {name}")
+                return client.tasks(), site_token
+
+        infos, site_token = await anyio.to_thread.run_sync(notebook)
+        assert infos == []
+        await c.start_pilot(site_token, pilot_id="nb-pilot")
+
+        def run_tasks() -> list[TaskInfo]:
+            with tidewater.connect_sync(c.url, token=token) as client:
+                one = client.submit("hello", site="nb", params={"name": "sync"})
+                assert one.result(timeout=30).stdout_tail == "hello sync\n"
+                many = client.submit_many(
+                    [TaskSpec(app="hello", site="nb", params={"name": str(i)}) for i in range(5)])
+                return client.wait(many, timeout=30)
+
+        done = await anyio.to_thread.run_sync(run_tasks)
+        assert [i.stdout_tail for i in done] == [f"hello {i}\n" for i in range(5)]
