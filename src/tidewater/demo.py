@@ -120,7 +120,7 @@ async def _workflow(client: Client, frames: int, out_dir: Path) -> bool:
     for state, n in sorted(counts.items()):
         table.add_row(f"tasks {state}", str(n))
     table.add_row("frames analysed per second", f"{frames / (t1 - t0):.1f}")
-    table.add_row("submit -> start, median / p95 (ms)",
+    table.add_row("submit -> start incl. queueing, median / p95 (ms)",
                   f"{1000 * statistics.median(queue_wait):.1f} / {1000 * _pct(queue_wait, .95):.1f}"
                   if queue_wait else "-")
     table.add_row("run time per frame, median (ms)",
