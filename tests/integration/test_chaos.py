@@ -70,6 +70,9 @@ async def test_kill_controller_mid_run_loses_nothing(tmp_path: Path) -> None:
             p2 = await c.start_pilot(site_token, pilot_id="p2", cores=2)
             specs = [TaskSpec(app="work", site="hpc", params={"s": "0.05", "i": str(i)})
                      for i in range(200)]
+            # A watch open across the crash hears of every task finishing, once.
+            watch = client.watch(states=["JOB_FINISHED"])
+            await watch.__aenter__()
             tasks = await client.submit_many(specs)
             finished: list[TaskInfo] = []
             async for info in client.as_completed(tasks, timeout=60):
@@ -94,6 +97,14 @@ async def test_kill_controller_mid_run_loses_nothing(tmp_path: Path) -> None:
             await p1.wait_for("pilot p1 connected", count=2)
             await p2.wait_for("pilot p2 connected", count=2)
             infos = await client.wait([*tasks, *late], timeout=90)
+            heard: list[int] = []
+            with anyio.fail_after(30):
+                async for event in watch:
+                    heard.append(event.task_id)
+                    if len(heard) == 201:
+                        break
+            await watch.aclose()
+            assert sorted(heard) == sorted(t.id for t in [*tasks, *late])
 
     assert [i.state for i in infos] == ["JOB_FINISHED"] * 201
     assert [i.stdout_tail for i in infos] == [f"{i}\n" for i in range(200)] + ["late\n"]

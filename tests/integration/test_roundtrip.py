@@ -75,6 +75,10 @@ async def test_watch_pushes_events_and_cancel_kills(tmp_path: Path) -> None:
             assert (await quick.result(timeout=20)).state == "JOB_FINISHED"
             assert (await client.tasks(state="KILLED"))[0].id == task.id
             assert [t.id for t in await client.tasks(tags={"run": "7"})] == [task.id]
+            # History replays from the store: everything after event 1 (its READY).
+            async with client.watch(ids=[task.id], since_event=1) as replay:
+                again = [(await replay.__anext__()).to_state for _ in range(3)]
+            assert again == ["STAGED_IN", "RUNNING", "KILLED"]
 
 
 async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
