@@ -68,7 +68,8 @@ class Pilot:
         self.free_cores = config.cores
         self.free_gpus = config.gpus
         self.queue: deque[P.Assignment] = deque()
-        self.running: dict[int, Running] = {}
+        # Keyed by (task, attempt): a new attempt may start while an old one is being killed.
+        self.running: dict[tuple[int, int], Running] = {}
         self.unacked: dict[int, tuple[int, int]] = {}  # task -> (attempt, seq of final report)
         self.outbox: OrderedDict[int, bytes] = OrderedDict()
         self.seq = 0
@@ -120,7 +121,7 @@ class Pilot:
         """(task, attempt) of everything this pilot has: newest attempt per task."""
         newest: dict[int, int] = {}
         pairs = [(tid, att) for tid, (att, _seq) in self.unacked.items()]
-        pairs += [(tid, r.a.attempt) for tid, r in self.running.items()]
+        pairs += list(self.running)
         pairs += [(a.task_id, a.attempt) for a in self.queue]
         for tid, att in pairs:
             newest[tid] = max(att, newest.get(tid, 0))
@@ -239,7 +240,7 @@ class Pilot:
         try:
             while True:
                 await anyio.sleep(self.heartbeat_interval)
-                running = [(tid, r.a.attempt) for tid, r in self.running.items()]
+                running = list(self.running)
                 await link.send(P.Heartbeat(time=time.time(), running=running))
         finally:
             scope.cancel()
@@ -265,12 +266,12 @@ class Pilot:
                 keep.append(a)
         self.queue = keep
         for tid, attempt in pairs:
-            r = self.running.get(tid)
-            if r is not None and r.a.attempt == attempt:
+            r = self.running.get((tid, attempt))
+            if r is not None:
                 r.kill_reason = reason or "killed by the controller"
                 r.silent = True
                 r.scope.cancel()
-            elif r is None and self.unacked.get(tid, (None,))[0] == attempt:
+            elif self.unacked.get(tid, (None,))[0] == attempt:
                 # Its report is moot: the controller has moved on.
                 del self.unacked[tid]
 
@@ -284,7 +285,7 @@ class Pilot:
             self.free_cores -= a.cores
             self.free_gpus -= a.gpus
             r = Running(a)
-            self.running[a.task_id] = r
+            self.running[(a.task_id, a.attempt)] = r
             self._tg.start_soon(self._run_task, r)
 
     async def _run_task(self, r: Running) -> None:
@@ -302,7 +303,7 @@ class Pilot:
                 ))
             self.completed += 1
         finally:
-            self.running.pop(a.task_id, None)
+            self.running.pop((a.task_id, a.attempt), None)
             self.free_cores += a.cores
             self.free_gpus += a.gpus
             self._give_back(a)
