@@ -87,8 +87,10 @@ def main(ctx: click.Context, url: str, token: str, verbose: int) -> None:
               type=int, help="Largest websocket frame accepted.")
 @click.option("--max-tasks-per-submit", default=Limits().max_tasks_per_submit,
               show_default=True, type=int)
+@click.option("--max-params-bytes", default=Limits().max_params_bytes, show_default=True,
+              type=int, help="Largest parameters + tags + environment of one task.")
 def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float,
-           max_frame_bytes: int, max_tasks_per_submit: int) -> None:
+           max_frame_bytes: int, max_tasks_per_submit: int, max_params_bytes: int) -> None:
     """Run a controller until SIGINT or SIGTERM."""
     from .controller import Server
 
@@ -97,7 +99,8 @@ def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float
         db=db, host=host, port=port,
         timeouts=Timeouts(lease_timeout=lease_timeout, heartbeat_interval=heartbeat),
         limits=Limits(max_frame_bytes=max_frame_bytes,
-                      max_tasks_per_submit=max_tasks_per_submit),
+                      max_tasks_per_submit=max_tasks_per_submit,
+                      max_params_bytes=max_params_bytes),
     )
 
     async def go() -> None:

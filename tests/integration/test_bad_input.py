@@ -31,7 +31,8 @@ async def test_bad_input_gets_clear_errors_and_changes_nothing(tmp_path: Path) -
     canary.write_text("still here")
     async with cluster(tmp_path) as c:
         c.env["HOME"] = str(home)
-        await c.start_controller("--max-frame-bytes", str(MAX_FRAME))
+        await c.start_controller("--max-frame-bytes", str(MAX_FRAME),
+                                 "--max-tasks-per-submit", "5", "--max-params-bytes", "2048")
         token = await c.add_user("alice")
         async with tidewater.connect(c.url, token=token) as client:
             _site, site_token = await client.add_site("hpc")
@@ -61,7 +62,11 @@ async def test_bad_input_gets_clear_errors_and_changes_nothing(tmp_path: Path) -
             with pytest.raises(tidewater.ParamError, match="task 1: app 'greet' needs"):
                 await client.submit_many(specs)
 
-            # Raw frames: malformed, mistyped, text, oversized.
+            # Limits: parameters too large, too many tasks in one Submit frame.
+            with pytest.raises(tidewater.LimitExceeded, match="the limit is 2048"):
+                await client.submit("greet", site="hpc", params={"name": "x" * 3000})
+
+            # Raw frames: malformed, mistyped, text, too many tasks, oversized.
             async with ws_connect(c.url + "/ws", max_size=None) as ws:
                 await ws.send(hello(token))
                 assert isinstance(proto.to_client_decoder.decode(await ws.recv()),
@@ -78,6 +83,11 @@ async def test_bad_input_gets_clear_errors_and_changes_nothing(tmp_path: Path) -
                 await ws.send(msgspec.msgpack.encode({"op": "launch_missiles", "req_id": 8}))
                 err = proto.to_client_decoder.decode(await ws.recv())
                 assert isinstance(err, proto.Error) and err.req_id == 8
+                six = [proto.TaskSpec(app="greet", site="hpc", params={"name": "n"})] * 6
+                await ws.send(proto.encode(proto.Submit(req_id=10, tasks=six)))
+                err = proto.to_client_decoder.decode(await ws.recv())
+                assert isinstance(err, proto.Error) and err.code == "limit"
+                assert "6 tasks in one Submit; the limit is 5" in err.message
                 await ws.send("a text frame")
                 err = proto.to_client_decoder.decode(await ws.recv())
                 assert isinstance(err, proto.Error) and "text frames" in err.message
@@ -114,6 +124,12 @@ async def test_bad_input_gets_clear_errors_and_changes_nothing(tmp_path: Path) -
 
             # The controller kept serving the original client throughout, and a
             # parameter full of shell metacharacters arrives verbatim, as one argument.
+            # The client splits a large batch to the controller's limit by itself.
+            batch = await client.submit_many(
+                [tidewater.TaskSpec(app="greet", site="hpc", params={"name": str(i)})
+                 for i in range(12)])
+            assert [i.stdout_tail for i in await client.wait(batch, timeout=30)] == [
+                f"hello {i}\n" for i in range(12)]
             nasty = "; rm -rf ~ && echo pwned $(whoami) `id` 'q' \"d\" \n|"
             task = await client.submit("greet", site="hpc", params={"name": nasty})
             info = await task.result(timeout=30)

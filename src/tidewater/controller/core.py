@@ -444,6 +444,12 @@ class Controller:
                     f"unknown app {spec.app!r} on site {site.name!r} "
                     f"(registered: {', '.join(names) or 'none'})"
                 )
+            size = len(P.encode(spec))
+            if size > self.limits.max_params_bytes:
+                raise LimitExceeded(
+                    f"{size} bytes of parameters, tags and environment; the limit is "
+                    f"{self.limits.max_params_bytes} (pass large data as files)"
+                )
             values = appmod.validate_params(app.name, app.params, spec.params)
             argv, shell = appmod.render(app.command, values)
             if spec.resources.cores < 1 or spec.resources.gpus < 0:
