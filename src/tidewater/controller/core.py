@@ -142,6 +142,10 @@ class PilotRec:
     assigned: set[int] = field(default_factory=set)
 
 
+Touched = tuple["LiveTask", list[P.TaskEvent], S]
+"""A task, the events of one commit, and the state that commit wrote."""
+
+
 @dataclass
 class WatchSub:
     peer: Peer
@@ -328,7 +332,8 @@ class Controller:
 
     def _finished(self, t: LiveTask) -> None:
         """A final state is committed: forget the task, answer its waiters."""
-        self.live.pop(t.id, None)
+        if self.live.pop(t.id, None) is None:
+            return
         waiters = self._waiters.pop(t.id, None)
         if waiters:
             info = self._info(t)
@@ -611,6 +616,13 @@ class Controller:
             else:
                 # Finished while we read the store: its row is committed now.
                 final.update(await self._owned_final(who, [t.id]))
+        for tid, info in list(final.items()):
+            if info.state not in states.FINAL:
+                # A task leaves memory only after its final row is committed,
+                # so this is a bug; never answer a Wait with a non-final row.
+                log.error("task %d is neither live nor final (%s)", tid, info.state)
+                del final[tid]
+                self._waiters.setdefault(tid, []).append((peer, msg.req_id))
         if final:
             peer.send(P.Results(req_id=msg.req_id, tasks=list(final.values())))
 
@@ -735,7 +747,7 @@ class Controller:
         held = dict(hello.held)
         kills: list[tuple[int, int]] = []
         stmts: list[tuple[Stmt, Any]] = []
-        lost: list[tuple[LiveTask, list[P.TaskEvent]]] = []
+        lost: list[Touched] = []
         now = time.time()
         for task_id in list(rec.assigned):
             t = self.live.get(task_id)
@@ -748,7 +760,7 @@ class Controller:
             if t.state == S.RUNNING:
                 s, events = self._fail_attempt(t, S.RUN_TIMEOUT, now, "the pilot lost the task")
                 stmts.extend(s)
-                lost.append((t, events))
+                lost.append((t, events, t.state))
             else:
                 self._unassign(t)
                 self._enqueue(t)
@@ -773,7 +785,7 @@ class Controller:
             max(hello.credit_cores, 0), max(hello.credit_gpus, 0),
         ))
         if stmts:
-            self._write_soon(stmts, lambda: self._after_failures(lost))
+            self._write_soon(stmts, lambda: self._after_commit(lost))
         self._wake.set()
         log.info("pilot %s on %s (%s) connected: %d cores, %d gpus, holds %d tasks",
                  rec.pilot_id, site.name, hello.hostname, hello.cores, hello.gpus, len(held))
@@ -813,18 +825,27 @@ class Controller:
             data["exit_code"] = exit_code
         return self._transition(t, path, now, data)
 
-    def _after_failures(self, items: list[tuple[LiveTask, list[P.TaskEvent]]]) -> None:
-        for t, events in items:
+    def _after_commit(self, items: list[Touched]) -> None:
+        """Effects of committed transitions: push events, answer waiters, requeue.
+
+        Each item carries the state its own commit wrote. Memory may be ahead
+        (a later report for the same task is already applied but not yet
+        committed), so "final" and "runnable" are judged by what was written.
+        """
+        for t, events, written in items:
             self._emit(t, events)
-            if t.state in states.FINAL:
+            if written in states.FINAL:
                 self._finished(t)
-            elif t.state in states.RUNNABLE and not t.pilot:
+            elif (
+                written in states.RUNNABLE and t.state in states.RUNNABLE and not t.pilot
+                and t.id in self.live
+            ):
                 self._enqueue(t)
 
     async def reports(self, rec: PilotRec, msg: P.Reports) -> None:
         self.leases.touch(rec.pilot_id, time.time())
         stmts: list[tuple[Stmt, Any]] = []
-        touched: list[tuple[LiveTask, list[P.TaskEvent]]] = []
+        touched: list[Touched] = []
         for r in msg.reports:
             t = self.live.get(r.task_id)
             if (
@@ -866,15 +887,15 @@ class Controller:
                     )
                 else:
                     self._unassign(t)
-                    touched.append((t, []))
+                    touched.append((t, [], t.state))
                     continue
             stmts.extend(s)
-            touched.append((t, events))
+            touched.append((t, events, t.state))
         seq = msg.seq
         peer = rec.peer
 
         def committed() -> None:
-            self._after_failures(touched)
+            self._after_commit(touched)
             if peer is not None:
                 peer.send(P.Ack(seq=seq))
 
@@ -900,7 +921,7 @@ class Controller:
     def _pilot_lost(self, rec: PilotRec, why: str) -> None:
         now = time.time()
         stmts: list[tuple[Stmt, Any]] = []
-        touched: list[tuple[LiveTask, list[P.TaskEvent]]] = []
+        touched: list[Touched] = []
         for task_id in list(rec.assigned):
             t = self.live.get(task_id)
             if t is None or t.pilot != rec.pilot_id or t.state in states.FINAL:
@@ -908,10 +929,10 @@ class Controller:
             if t.state == S.RUNNING:
                 s, events = self._fail_attempt(t, S.RUN_TIMEOUT, now, why)
                 stmts.extend(s)
-                touched.append((t, events))
+                touched.append((t, events, t.state))
             else:
                 self._unassign(t)
-                touched.append((t, []))
+                touched.append((t, [], t.state))
         rec.assigned.clear()
         self.dispatcher.remove_pilot(rec.pilot_id)
         self.pilots.pop(rec.pilot_id, None)
@@ -920,7 +941,7 @@ class Controller:
         if touched:
             log.warning("pilot %s: %s; %d tasks requeued or failed", rec.pilot_id, why,
                         len(touched))
-            self._write_soon(stmts, lambda: self._after_failures(touched))
+            self._write_soon(stmts, lambda: self._after_commit(touched))
 
     # ================================================================== actors
 

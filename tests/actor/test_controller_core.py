@@ -1,0 +1,142 @@
+"""The controller core driven in-process through fake peers, on a real SQLite store."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import pytest
+
+from tidewater import proto as P
+from tidewater.config import ControllerConfig
+from tidewater.controller.core import Controller
+from tidewater.controller.users import add_user
+
+M = TypeVar("M", bound=P.Msg)
+
+
+class FakePeer:
+    def __init__(self, peer_id: int) -> None:
+        self.id = peer_id
+        self.sent: list[P.Msg] = []
+        self.closed: tuple[int, str] | None = None
+        self._seen = 0
+        self._arrived = anyio.Event()
+
+    def send(self, msg: P.Msg) -> None:
+        self.sent.append(msg)
+        self._arrived.set()
+        self._arrived = anyio.Event()
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    async def next(self, kind: type[M]) -> M:
+        """The next message of ``kind`` (earlier ones of other kinds are skipped)."""
+        with anyio.fail_after(10):
+            while True:
+                while self._seen < len(self.sent):
+                    msg = self.sent[self._seen]
+                    self._seen += 1
+                    if isinstance(msg, kind):
+                        return msg
+                    if isinstance(msg, P.Error):
+                        raise AssertionError(f"controller error: {msg}")
+                await self._arrived.wait()
+
+
+@pytest.fixture
+async def controller(tmp_path: Path) -> Any:
+    db = str(tmp_path / "core.db")
+    token = await add_user(db, "alice")
+    c = Controller(ControllerConfig(db=db))
+    async with anyio.create_task_group() as tg:
+        await tg.start(c.run)
+        who = await c.authenticate(P.Hello(role="client", proto_version=1, token=token))
+        client = FakePeer(1)
+        await c.add_site(who, client, P.AddSite(req_id=1, name="s"))
+        await client.next(P.SiteAdded)
+        await c.add_app(who, client, P.AddApp(req_id=2, site="s", name="t", command="/bin/true"))
+        await client.next(P.AppAdded)
+        yield c, who, client, db
+        tg.cancel_scope.cancel()
+
+
+async def test_started_and_done_committed_apart_never_strand_a_result(controller: Any) -> None:
+    """A task leaves memory only once its final row is committed.
+
+    Reports for one task arrive in two frames; memory is final before the
+    first frame's commit. Whatever the batching, after every commit each
+    task that has left memory has a final row, and finishes are counted once.
+    """
+    c, who, client, db = controller
+    pilot = FakePeer(2)
+    rec = c.pilot_hello(who, pilot, P.Hello(role="pilot", proto_version=1, token="", site="s",
+                                             pilot_id="p", cores=1, credit_cores=64))
+    n = 50
+    await c.submit(who, client, P.Submit(req_id=3, tasks=[P.TaskSpec(app="t", site="s")] * n))
+    ids = (await client.next(P.Submitted)).ids
+    assigned: list[P.Assignment] = []
+    while len(assigned) < n:
+        assigned += (await pilot.next(P.RunTasks)).tasks
+
+    violations: list[tuple[int, str]] = []
+    original = c.store.after_batch
+
+    def check_invariant() -> None:
+        conn = sqlite3.connect(db)
+        try:
+            rows = dict(conn.execute("SELECT id, state FROM tasks").fetchall())
+        finally:
+            conn.close()
+        for tid in ids:
+            if tid not in c.live and rows[tid] not in ("JOB_FINISHED", "FAILED", "KILLED"):
+                violations.append((tid, rows[tid]))
+        assert original is not None
+        original()
+
+    c.store.after_batch = check_invariant
+    seq = 0
+    for a in assigned:
+        for kind in ("started", "done"):
+            seq += 1
+            await c.reports(rec, P.Reports(seq=seq, reports=[P.Report(
+                task_id=a.task_id, attempt=a.attempt, kind=kind, time=time.time(),
+                exit_code=0 if kind == "done" else None)]))
+    while (await pilot.next(P.Ack)).seq < seq:
+        pass
+
+    assert violations == []
+    assert c.counters["tasks_finished"] == n
+    await c.wait(who, client, P.Wait(req_id=4, ids=ids))
+    results = await client.next(P.Results)
+    assert sorted(i.id for i in results.tasks) == ids
+    assert {i.state for i in results.tasks} == {"JOB_FINISHED"}
+
+
+async def test_report_from_a_superseded_attempt_is_ignored(controller: Any) -> None:
+    c, who, client, _db = controller
+    pilot = FakePeer(2)
+    rec = c.pilot_hello(who, pilot, P.Hello(role="pilot", proto_version=1, token="", site="s",
+                                             pilot_id="p", cores=1, credit_cores=1))
+    await c.submit(who, client, P.Submit(req_id=3, tasks=[P.TaskSpec(app="t", site="s")]))
+    (tid,) = (await client.next(P.Submitted)).ids
+    (a,) = (await pilot.next(P.RunTasks)).tasks
+    stale = P.Report(task_id=tid, attempt=a.attempt + 7, kind="done", time=time.time(),
+                     exit_code=0)
+    await c.reports(rec, P.Reports(seq=1, reports=[stale]))
+    assert (await pilot.next(P.Ack)).seq == 1
+    assert c.counters["stale_reports"] == 1
+    assert c.live[tid].state == "STAGED_IN"
+    # A report from a pilot the task is not assigned to is just as stale.
+    other = FakePeer(3)
+    rec2 = c.pilot_hello(who, other, P.Hello(role="pilot", proto_version=1, token="", site="s",
+                                              pilot_id="q", cores=1))
+    await c.reports(rec2, P.Reports(seq=1, reports=[
+        P.Report(task_id=tid, attempt=a.attempt, kind="started", time=time.time())]))
+    assert (await other.next(P.Ack)).seq == 1
+    assert c.live[tid].state == "STAGED_IN"
+    assert c.counters["stale_reports"] == 2
