@@ -10,6 +10,7 @@ run directly as an argv list, with no shell in between.
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 import string
@@ -208,32 +209,44 @@ def _word(value: ParamValue) -> str:
 
 def render(command: str, values: Mapping[str, ParamValue]) -> tuple[list[str], str]:
     """Render a validated template: ``(argv, "")`` or ``([], shell_command)``."""
-    if uses_shell(command):
+    if _shell_cached(command):
         quoted = {k: shlex.quote(_word(v)) for k, v in values.items()}
         return [], command.format_map(quoted)
-    # No shell syntax: split the literal parts, substitute values as whole words
-    # (or parts of words, e.g. --frame={frame}).
-    argv: list[str] = []
-    marker = "\x00"
+    return [
+        "".join(_word(values[text]) if is_field else text for is_field, text in word)
+        for word in _compile_argv(command)
+    ], ""
+
+
+@functools.lru_cache(maxsize=4096)
+def _shell_cached(command: str) -> bool:
+    return uses_shell(command)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compile_argv(command: str) -> tuple[tuple[tuple[bool, str], ...], ...]:
+    """Split a template without shell syntax into words once.
+
+    Each word is a sequence of literal text and placeholders, so values are
+    substituted as whole words or parts of words (``--frame={frame}``) and
+    never split, whatever they contain.
+    """
+    marker = "\x00"  # templates cannot contain NUL (template_fields refuses it)
     pieces: list[str] = []
-    subst: list[str] = []
+    fields: list[str] = []
     for literal, field, _s, _c in string.Formatter().parse(command):
         pieces.append(literal)
         if field is not None:
             pieces.append(marker)
-            subst.append(_word(values[field]))
-    it = iter(subst)
+            fields.append(field)
+    it = iter(fields)
+    words: list[tuple[tuple[bool, str], ...]] = []
     for word in shlex.split("".join(pieces)):
-        argv.append("".join(next(it) if part == "" and i % 2 else part
-                            for i, part in enumerate(_split_marker(word, marker))))
-    return argv, ""
-
-
-def _split_marker(word: str, marker: str) -> list[str]:
-    """Split ``word`` on ``marker`` keeping empty slots at odd indexes."""
-    out: list[str] = []
-    for i, chunk in enumerate(word.split(marker)):
-        if i:
-            out.append("")
-        out.append(chunk)
-    return out
+        parts: list[tuple[bool, str]] = []
+        for i, chunk in enumerate(word.split(marker)):
+            if i:
+                parts.append((True, next(it)))
+            if chunk:
+                parts.append((False, chunk))
+        words.append(tuple(parts))
+    return tuple(words)

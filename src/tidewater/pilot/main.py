@@ -29,7 +29,7 @@ from .. import proto as P
 from ..config import Limits, Timeouts
 from ..errors import AuthError, ConfigError, TidewaterError
 from ..transport import Link, backoff, is_retryable, open_link
-from .runner import STDERR, STDOUT, Outcome, TaskProcess, WorkdirError, tail
+from .runner import Outcome, TaskProcess, WorkdirError
 
 log = logging.getLogger("tidewater.pilot")
 
@@ -293,16 +293,16 @@ class Pilot:
         try:
             outcome = await self._supervise(r)
             if not r.silent:
-                limit = self.cfg.limits.tail_bytes
-                wd = r.proc.workdir if r.proc else None
+                out, err = r.proc.tails(self.cfg.limits.tail_bytes) if r.proc else ("", "")
                 self._report(P.Report(
                     task_id=a.task_id, attempt=a.attempt, kind=outcome.kind,  # type: ignore[arg-type]
                     time=time.time(), exit_code=outcome.exit_code, message=outcome.message,
-                    stdout_tail=tail(wd / STDOUT, limit) if wd else "",
-                    stderr_tail=tail(wd / STDERR, limit) if wd else "",
+                    stdout_tail=out, stderr_tail=err,
                 ))
             self.completed += 1
         finally:
+            if r.proc is not None:
+                r.proc.close()
             self.running.pop((a.task_id, a.attempt), None)
             self.free_cores += a.cores
             self.free_gpus += a.gpus

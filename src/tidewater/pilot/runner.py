@@ -39,18 +39,6 @@ def task_dir(root: Path, workdir: str) -> Path:
     return path
 
 
-def tail(path: Path, limit: int) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - limit))
-            data = f.read(limit)
-    except OSError:
-        return ""
-    return data.decode("utf-8", "replace")
-
-
 @dataclass
 class Outcome:
     kind: str  # done | error | timeout | killed
@@ -58,14 +46,39 @@ class Outcome:
     message: str = ""
 
 
-class TaskProcess:
-    """A started task: its own session (process group) so it can be killed whole."""
+_devnull: int | None = None
 
-    def __init__(self, popen: subprocess.Popen[bytes], workdir: Path) -> None:
+
+def _stdin() -> int:
+    """One shared read-only /dev/null for every task's stdin (not one open per task)."""
+    global _devnull
+    if _devnull is None:
+        _devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    return _devnull
+
+
+def _tail_fd(fd: int, limit: int) -> str:
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return ""
+    start = max(0, size - limit)
+    return os.pread(fd, size - start, start).decode("utf-8", "replace")
+
+
+class TaskProcess:
+    """A started task: its own session (process group) so it can be killed whole.
+
+    The pilot keeps the task's stdout and stderr files open until :meth:`close`
+    so their tails are read without opening them again.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes], workdir: Path, out: int, err: int) -> None:
         self.popen = popen
         self.pid = popen.pid
         self.workdir = workdir
         self.returncode: int | None = None
+        self._out = out
+        self._err = err
 
     @classmethod
     def start(
@@ -81,12 +94,35 @@ class TaskProcess:
         env["TIDEWATER_WORKDIR"] = str(wd)
         env["OMP_NUM_THREADS"] = env.get("OMP_NUM_THREADS", str(a.cores))
         argv = a.argv if a.argv else ["/bin/sh", "-c", a.shell]
-        with open(wd / STDOUT, "wb") as out, open(wd / STDERR, "wb") as err:
+        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        out = os.open(wd / STDOUT, flags, 0o644)
+        try:
+            err = os.open(wd / STDERR, flags, 0o644)
+        except OSError:
+            os.close(out)
+            raise
+        try:
             popen = subprocess.Popen(
-                argv, cwd=wd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                argv, cwd=wd, env=env, stdin=_stdin(), stdout=out, stderr=err,
                 start_new_session=True, close_fds=True,
             )
-        return cls(popen, wd)
+        except BaseException:
+            os.close(out)
+            os.close(err)
+            raise
+        return cls(popen, wd, out, err)
+
+    def tails(self, limit: int) -> tuple[str, str]:
+        """The last ``limit`` bytes of stdout and stderr."""
+        return _tail_fd(self._out, limit), _tail_fd(self._err, limit)
+
+    def close(self) -> None:
+        for fd in (self._out, self._err):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._out = self._err = -1
 
     async def wait(self) -> int:
         """Wait for the process to exit; cancel-safe (the process keeps running)."""
