@@ -182,6 +182,8 @@ class Client:
 
     def _resend_form(self, req_id: int, req: _Request) -> P.Msg:
         msg = req.msg
+        if isinstance(msg, P.Submit):
+            return msgspec.structs.replace(msg, resend=True)
         if isinstance(msg, P.Wait):
             left = [i for i in msg.ids if i not in self._results]
             return P.Wait(req_id=req_id, ids=left)

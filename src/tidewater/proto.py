@@ -202,6 +202,9 @@ class Submit(Msg, tag="submit"):
     # Client-chosen idempotency key: a resent Submit with the same key returns
     # the ids created the first time instead of creating tasks again.
     key: str = ""
+    # Set on a resend after a reconnect: the controller then also looks for the
+    # key in the store (it may have restarted); first sends skip that read.
+    resend: bool = False
 
 
 class Query(Msg, tag="query"):

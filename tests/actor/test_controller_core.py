@@ -140,3 +140,43 @@ async def test_report_from_a_superseded_attempt_is_ignored(controller: Any) -> N
     assert (await other.next(P.Ack)).seq == 1
     assert c.live[tid].state == "STAGED_IN"
     assert c.counters["stale_reports"] == 2
+
+
+async def test_resent_submit_after_restart_creates_nothing_twice(tmp_path: Path) -> None:
+    db = str(tmp_path / "core.db")
+    token = await add_user(db, "alice")
+    hello = P.Hello(role="client", proto_version=1, token=token)
+    spec = P.TaskSpec(app="t", site="s")
+    first_ids: list[int] = []
+    for life in (1, 2):  # the same store, before and after a controller restart
+        c = Controller(ControllerConfig(db=db))
+        async with anyio.create_task_group() as tg:
+            await tg.start(c.run)
+            who = await c.authenticate(hello)
+            client = FakePeer(1)
+            if life == 1:
+                await c.add_site(who, client, P.AddSite(req_id=1, name="s"))
+                await client.next(P.SiteAdded)
+                await c.add_app(who, client, P.AddApp(req_id=2, site="s", name="t",
+                                                      command="/bin/true"))
+                await client.next(P.AppAdded)
+                await c.submit(who, client, P.Submit(req_id=3, tasks=[spec] * 3, key="k1"))
+                first_ids = (await client.next(P.Submitted)).ids
+                # The same frame again on the same controller: same ids.
+                await c.submit(who, client, P.Submit(req_id=4, tasks=[spec] * 3, key="k1"))
+                assert (await client.next(P.Submitted)).ids == first_ids
+            else:
+                # The acknowledgement was lost with the old controller; the client resends.
+                await c.submit(who, client, P.Submit(req_id=3, tasks=[spec] * 3, key="k1",
+                                                     resend=True))
+                assert (await client.next(P.Submitted)).ids == first_ids
+                await c.submit(who, client, P.Submit(req_id=4, tasks=[spec], key="k2",
+                                                     resend=True))
+                (new_id,) = (await client.next(P.Submitted)).ids
+                assert new_id == max(first_ids) + 1
+            tg.cancel_scope.cancel()
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (4,)
+    finally:
+        conn.close()

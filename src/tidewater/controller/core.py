@@ -490,7 +490,7 @@ class Controller:
                 f"{self.limits.max_tasks_per_submit} (the client splits larger batches)"
             )
         if msg.key:
-            prior = await self._prior_submission(who.user_id, msg.key)
+            prior = await self._prior_submission(who.user_id, msg.key, look_in_store=msg.resend)
             if prior is not None:
                 # Reply after everything queued so far is committed.
                 await self.store.write(
@@ -531,9 +531,11 @@ class Controller:
         while len(self._recent_keys) > 10_000:
             self._recent_keys.popitem(last=False)
 
-    async def _prior_submission(self, owner: int, key: str) -> list[int] | None:
+    async def _prior_submission(
+        self, owner: int, key: str, *, look_in_store: bool
+    ) -> list[int] | None:
         ids = self._recent_keys.get((owner, key))
-        if ids is not None:
+        if ids is not None or not look_in_store:
             return ids
         row = await self.store.fetchone(
             "SELECT ids FROM submissions WHERE owner_id = ? AND key = ?", (owner, key)
