@@ -69,5 +69,25 @@ async def test_cli_flow(tmp_path: Path) -> None:
         assert out.strip() == f"{nap_id}\tcancelled"
         _, out, _ = await tw("ls", "--state", "KILLED", "--json", token=token)
         assert [json.loads(x)["id"] for x in out.splitlines()] == [nap_id]
+        # `watch --since` replays the history from the store, then stays live.
+        watcher = await anyio.open_process(
+            [PY, "-m", "tidewater", "watch", "--id", str(nap_id), "--since", "1"],
+            env={**c.env, "TIDEWATER_TOKEN": token, "COLUMNS": "200"})
+        try:
+            seen = b""
+            with anyio.fail_after(20):
+                assert watcher.stdout is not None
+                async for chunk in watcher.stdout:
+                    seen += chunk
+                    if b"-> KILLED" in seen:
+                        break
+            lines = [ln for ln in seen.decode().splitlines() if f"task {nap_id} " in ln]
+            states = [ln.split("-> ")[1].split()[0] for ln in lines]
+            # RUNNING is there unless the cancel beat the pilot to it.
+            assert states in (["READY", "STAGED_IN", "RUNNING", "KILLED"],
+                              ["READY", "STAGED_IN", "KILLED"])
+        finally:
+            watcher.terminate()
+            await watcher.wait()
         code, _, err = await tw("ls", token="twu_bogus", check=False)
         assert code == 1 and "invalid token" in err
