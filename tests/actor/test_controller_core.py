@@ -180,3 +180,14 @@ async def test_resent_submit_after_restart_creates_nothing_twice(tmp_path: Path)
         assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (4,)
     finally:
         conn.close()
+
+
+async def test_reconnecting_pilot_is_welcomed_before_told_to_kill(controller: Any) -> None:
+    c, who, _client, _db = controller
+    pilot = FakePeer(2)
+    welcome = P.Welcome(proto_version=1, server_id="x")
+    hello = P.Hello(role="pilot", proto_version=1, token="", site="s", pilot_id="p", cores=1,
+                    held=[(999, 3)])
+    c.pilot_hello(who, pilot, hello, lambda _site: welcome)
+    assert pilot.sent[0] == welcome
+    assert pilot.sent[1] == P.Kill(tasks=[(999, 3)], reason="no longer assigned to this pilot")

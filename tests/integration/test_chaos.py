@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -110,3 +111,28 @@ async def test_kill_controller_mid_run_loses_nothing(tmp_path: Path) -> None:
     assert [i.stdout_tail for i in infos] == [f"{i}\n" for i in range(200)] + ["late\n"]
     assert c.rows("SELECT count(*) FROM tasks") == [(201,)]
     assert c.rows("SELECT count(*) FROM tasks WHERE state != 'JOB_FINISHED'") == [(0,)]
+
+
+async def test_frozen_controller_is_detected_and_work_completes(tmp_path: Path) -> None:
+    """A controller that stops answering (SIGSTOP: TCP still up) is noticed by the
+    pilot's own liveness check; after it resumes, the pilot reconnects and the
+    work finishes."""
+    async with cluster(tmp_path) as c:
+        controller = await c.start_controller()
+        token = await c.add_user("alice")
+        async with tidewater.connect(c.url, token=token) as client:
+            _site, site_token = await client.add_site("hpc")
+            await client.add_app("hpc", "work", "sleep {s} && echo {i}")
+            pilot = await c.start_pilot(site_token, pilot_id="p1", cores=1)
+            async with client.watch(states=["RUNNING"]) as running:
+                task = await client.submit("work", site="hpc", params={"s": "1", "i": "x"})
+                await running.__anext__()
+            controller.proc.send_signal(signal.SIGSTOP)
+            try:
+                await pilot.wait_for("no word from the controller", timeout=30)
+            finally:
+                controller.proc.send_signal(signal.SIGCONT)
+            await pilot.wait_for("pilot p1 connected", count=2, timeout=30)
+            info = await task.result(timeout=60)
+    assert info.state == "JOB_FINISHED"
+    assert info.stdout_tail == "x\n"

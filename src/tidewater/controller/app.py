@@ -243,13 +243,13 @@ class ControllerApp:
     ) -> None:
         c = self.c
         try:
-            rec: PilotRec = c.pilot_hello(who, peer, hello)
+            rec: PilotRec = c.pilot_hello(who, peer, hello,
+                                          lambda site: self._welcome(who, site))
         except InvalidRequest as exc:
             peer.send(P.Reject(reason=exc.message, code=exc.code))
             peer.close(4002, exc.message)
             await peer_wait_closed(ws)
             return
-        peer.send(self._welcome(who, c.sites[rec.site_id].name))
         bye = False
         try:
             async for data in self._frames(ws, peer):

@@ -723,8 +723,16 @@ class Controller:
 
     # ================================================================== pilots
 
-    def pilot_hello(self, who: Principal, peer: Peer, hello: P.Hello) -> PilotRec:
-        """A pilot connected (or reconnected): reconcile what it holds."""
+    def pilot_hello(
+        self, who: Principal, peer: Peer, hello: P.Hello,
+        welcome: Callable[[str], P.Welcome] | None = None,
+    ) -> PilotRec:
+        """A pilot connected (or reconnected): welcome it, then reconcile what it holds.
+
+        ``welcome(site_name)`` builds the Welcome, which must be the first
+        frame the pilot gets, before any Kill the reconciliation sends.
+        Raises :class:`InvalidRequest` (nothing sent) if the Hello is refused.
+        """
         if who.site_id is not None:
             if hello.site and hello.site != self.sites[who.site_id].name:
                 raise NotFound(f"this site token is not for site {hello.site!r}")
@@ -740,6 +748,8 @@ class Controller:
             raise InvalidRequest("pilot_id is in use by another site")
         if old is not None and old.peer is not None and old.peer is not peer:
             old.peer.close(4000, "replaced by a new connection of the same pilot")
+        if welcome is not None:
+            peer.send(welcome(site.name))
         rec = old or PilotRec(0, hello.pilot_id, site.id, who.user_id, "", 0, 0)
         rec.hostname, rec.cores, rec.gpus, rec.peer = hello.hostname, hello.cores, hello.gpus, peer
         self.pilots[rec.pilot_id] = rec
@@ -908,7 +918,11 @@ class Controller:
         self._wake.set()
 
     def heartbeat(self, rec: PilotRec, msg: P.Heartbeat) -> None:
-        self.leases.touch(rec.pilot_id, time.time())
+        """Renew the pilot's lease and answer, so the pilot hears the controller too."""
+        now = time.time()
+        self.leases.touch(rec.pilot_id, now)
+        if rec.peer is not None:
+            rec.peer.send(P.Ping(time=now))
 
     def pilot_gone(self, rec: PilotRec, peer: Peer, *, bye: bool) -> None:
         """The connection ended. After Bye the pilot is done; otherwise its lease runs."""

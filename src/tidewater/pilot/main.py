@@ -27,7 +27,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from .. import proto as P
 from ..config import Limits, Timeouts
-from ..errors import AuthError, ConfigError, TidewaterError
+from ..errors import AuthError, ConfigError, ConnectionBroken, TidewaterError
 from ..transport import Link, backoff, is_retryable, open_link
 from .runner import Outcome, TaskProcess, WorkdirError
 
@@ -77,6 +77,7 @@ class Pilot:
         self.pending_credit = [0, 0]
         self.link: Link | None = None
         self.heartbeat_interval = self.t.heartbeat_interval
+        self.lease_timeout = self.t.lease_timeout
         self._wake = anyio.Event()
         self._stopping = False
         self._changed = anyio.Event()  # set when running tasks end or reports are acked
@@ -164,6 +165,7 @@ class Pilot:
                 continue
             delays = backoff()
             self.heartbeat_interval = welcome.heartbeat_interval
+            self.lease_timeout = welcome.lease_timeout
             log.info("pilot %s connected to %s (site %s, %d cores, %d gpus)", self.pilot_id,
                      self.cfg.url, welcome.site, self.cfg.cores, self.cfg.gpus)
             self.link = link
@@ -186,8 +188,15 @@ class Pilot:
                 await link.aclose()
 
     async def _reader(self, link: Link) -> None:
+        # The controller answers every heartbeat; silence for a whole lease
+        # means the link is dead even if TCP has not noticed.
+        silence = max(self.lease_timeout, 3 * self.heartbeat_interval)
         while True:
-            data = await link.recv()
+            try:
+                with anyio.fail_after(silence):
+                    data = await link.recv()
+            except TimeoutError:
+                raise ConnectionBroken(f"no word from the controller for {silence:g}s") from None
             try:
                 msg = P.to_pilot_decoder.decode(data)
             except msgspec.MsgspecError:
