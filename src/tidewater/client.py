@@ -190,7 +190,8 @@ class Client:
         if isinstance(msg, P.Watch):
             w = next((w for w in self._watches.values() if w.req_id == req_id), None)
             if w is not None:
-                return P.Watch(req_id=req_id, filter=msg.filter, since_event=w.last_event)
+                since = max(w.last_event, w.resume_from)
+                return P.Watch(req_id=req_id, filter=msg.filter, since_event=since)
         return msg
 
     async def _reader(self, link: Link) -> None:
@@ -463,7 +464,8 @@ class Watcher:
     def __init__(self, client: Client, f: P.TaskFilter, since_event: int) -> None:
         self.client = client
         self.filter = f
-        self.last_event = since_event
+        self.last_event = since_event  # newest event delivered (replays are deduplicated)
+        self.resume_from = since_event
         self.req_id = 0
         self.watch_id = 0
         self._events: deque[TaskEvent] = deque()
@@ -481,8 +483,8 @@ class Watcher:
             if isinstance(msg, P.Watching):
                 c._watches.pop(self.watch_id, None)
                 self.watch_id = msg.watch_id
-                if not self.last_event:
-                    self.last_event = msg.start_event
+                # Resume point if the link breaks before any event arrives.
+                self.resume_from = max(self.resume_from, msg.start_event)
                 c._watches[msg.watch_id] = self
                 self._arrived.set()
             return True

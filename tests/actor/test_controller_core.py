@@ -191,3 +191,27 @@ async def test_reconnecting_pilot_is_welcomed_before_told_to_kill(controller: An
     c.pilot_hello(who, pilot, hello, lambda _site: welcome)
     assert pilot.sent[0] == welcome
     assert pilot.sent[1] == P.Kill(tasks=[(999, 3)], reason="no longer assigned to this pilot")
+
+
+async def test_watch_gets_every_event_once_in_commit_order(controller: Any) -> None:
+    c, who, client, _db = controller
+    watcher = FakePeer(5)
+    await c.watch(who, watcher, P.Watch(req_id=1))
+    await watcher.next(P.Watching)
+    submitters = [FakePeer(10 + k) for k in range(20)]
+
+    async def submit(k: int) -> None:
+        tasks = [P.TaskSpec(app="t", site="s", tags={"k": str(k)})] * (k % 3 + 1)
+        await c.submit(who, submitters[k], P.Submit(req_id=1, tasks=tasks, key=f"key{k}"))
+        await submitters[k].next(P.Submitted)
+
+    async with anyio.create_task_group() as tg:
+        for k in range(20):
+            tg.start_soon(submit, k)
+    expected = sum(k % 3 + 1 for k in range(20)) * 2  # READY and STAGED_IN each
+    got: list[P.TaskEvent] = []
+    while len(got) < expected:
+        got += (await watcher.next(P.Events)).events
+    ids = [e.id for e in got]
+    assert ids == sorted(set(ids))
+    assert len(ids) == expected

@@ -188,7 +188,6 @@ class Controller:
         self._wake = anyio.Event()
         self._lease_changed = anyio.Event()
         self._dispatch_hold_until = 0.0
-        self._spill: list[st.WriteOp] = []
         self.started_at = time.time()
         self.counters: dict[str, int] = {
             "tasks_submitted": 0, "tasks_finished": 0, "tasks_failed": 0,
@@ -804,15 +803,8 @@ class Controller:
         return rec
 
     def _write_soon(self, stmts: list[tuple[Stmt, Any]], cb: Callable[[], None]) -> None:
-        """Queue a write from synchronous code (pilot loss, reconnects).
-
-        If the store's queue is full the op waits in ``_spill``, which the
-        dispatch actor feeds to the store in order; its size is bounded by
-        the number of tasks assigned to pilots.
-        """
-        if self._spill or not self.store.write_nowait(stmts, cb):
-            self._spill.append(st.WriteOp(stmts, cb))
-            self._wake.set()
+        """Queue a write from synchronous code (pilot loss, reconnects), in order."""
+        self.store.write_nowait(stmts, cb)
 
     def _unassign(self, t: LiveTask) -> None:
         rec = self.pilots.get(t.pilot)
@@ -965,9 +957,6 @@ class Controller:
         while True:
             await self._wake.wait()
             self._wake = anyio.Event()
-            while self._spill:
-                op = self._spill.pop(0)
-                await self.store.write(op.stmts, op.on_commit)
             hold = self._dispatch_hold_until - time.monotonic()
             if hold > 0:
                 await anyio.sleep(hold)

@@ -6,9 +6,10 @@ thread hand-off per batch instead of one per statement (BEGIN, each
 executemany, COMMIT), which is most of a commit's latency on loopback.
 
 Writers never touch the database themselves. They hand the writer a
-:class:`WriteOp` (statements plus an ``on_commit`` callback) through a
-bounded stream; when the stream is full, ``write`` waits, so a lagging disk
-slows the readers of sockets down instead of growing memory. The writer
+:class:`WriteOp` (statements plus an ``on_commit`` callback) through an
+ordered queue; when more than ``queue_size`` ops wait, ``write`` blocks its
+caller, so a lagging disk slows the readers of sockets down instead of
+growing memory. The writer
 drains every op that is waiting, runs them in one transaction, commits, then
 calls each ``on_commit`` in order: acknowledgements and notifications are
 only ever sent for committed work.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,6 @@ from typing import Any
 import aiosqlite
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ...errors import StoreError
 
@@ -201,7 +202,14 @@ class SqliteStore:
         # call per batch (see _commit_batch); readers share an aiosqlite one.
         self._wconn: sqlite3.Connection | None = None
         self._rconn: aiosqlite.Connection | None = None
-        self._send: MemoryObjectSendStream[WriteOp] | None = None
+        # Ops wait here in the order they were queued. Queuing never awaits,
+        # so the order of writes is exactly the order of the code that made
+        # them (ids allocated in memory reach the disk, and the callbacks, in
+        # that order); only the backpressure wait that follows is async.
+        self._ops: deque[WriteOp] = deque()
+        self._has_ops = anyio.Event()
+        self._has_room = anyio.Event()
+        self._open_for_writes = False
         self._tg: anyio.abc.TaskGroup | None = None
         self.after_batch: Callable[[], None] | None = None
         self.batches = 0
@@ -216,17 +224,17 @@ class SqliteStore:
         except (sqlite3.Error, OSError) as exc:
             await self._close_conns()
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
-        send, recv = anyio.create_memory_object_stream[WriteOp](self._queue_size)
-        self._send = send
+        self._open_for_writes = True
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
-        await self._tg.start(self._writer, recv)
+        await self._tg.start(self._writer)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        assert self._tg is not None and self._send is not None
-        # Closing the send side lets the writer drain what is queued, then end.
-        await self._send.aclose()
+        assert self._tg is not None
+        # The writer drains what is queued, then ends.
+        self._open_for_writes = False
+        self._has_ops.set()
         try:
             await self._tg.__aexit__(None, None, None)
         finally:
@@ -262,67 +270,66 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ writes
 
+    def write_nowait(
+        self, stmts: list[tuple[Stmt, Params]], on_commit: Callable[[], None] | None = None,
+        done: anyio.Event | None = None,
+    ) -> None:
+        """Queue a write at once, in order, without waiting for room."""
+        if not self._open_for_writes:
+            raise StoreError("the store is closed")
+        self._ops.append(WriteOp(stmts, on_commit, done))
+        self._has_ops.set()
+
     async def write(
         self, stmts: list[tuple[Stmt, Params]], on_commit: Callable[[], None] | None = None
     ) -> None:
-        """Queue a write; return once it is queued (not committed).
+        """Queue a write (committed later, ``on_commit`` called after); wait while the queue is full.
 
-        ``on_commit`` runs after the commit, on the writer task. Waits while
-        the queue is full. Cancel-safe: a cancelled call queued nothing.
+        The op is queued before the first await, so writes keep the order in
+        which callers made them. Cancel-safe: if cancelled while waiting for
+        room, the op stays queued and is committed.
         """
-        assert self._send is not None, "store is not open"
-        await self._send.send(WriteOp(stmts, on_commit))
-
-    def write_nowait(
-        self, stmts: list[tuple[Stmt, Params]], on_commit: Callable[[], None] | None = None
-    ) -> bool:
-        """Queue a write without waiting; False (nothing queued) if the queue is full."""
-        assert self._send is not None, "store is not open"
-        try:
-            self._send.send_nowait(WriteOp(stmts, on_commit))
-        except anyio.WouldBlock:
-            return False
-        return True
+        self.write_nowait(stmts, on_commit)
+        while len(self._ops) > self._queue_size:
+            self._has_room = anyio.Event() if self._has_room.is_set() else self._has_room
+            await self._has_room.wait()
 
     async def commit(self, stmts: list[tuple[Stmt, Params]]) -> None:
         """Queue a write and wait until it is committed."""
-        assert self._send is not None, "store is not open"
-        op = WriteOp(stmts, None, anyio.Event())
-        await self._send.send(op)
-        assert op.done is not None
-        await op.done.wait()
+        done = anyio.Event()
+        self.write_nowait(stmts, None, done)
+        await done.wait()
 
     async def _writer(
-        self,
-        recv: MemoryObjectReceiveStream[WriteOp],
-        *,
-        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         task_status.started()
-        async with recv:
-            async for first in recv:
-                batch = [first]
-                while len(batch) < self._max_batch:
+        ops = self._ops
+        while True:
+            if not ops:
+                if not self._open_for_writes:
+                    return
+                self._has_ops = anyio.Event()
+                await self._has_ops.wait()
+                continue
+            batch = [ops.popleft() for _ in range(min(len(ops), self._max_batch))]
+            self._has_room.set()
+            await self._commit_batch(batch)
+            self.batches += 1
+            self.ops_committed += len(batch)
+            for op in batch:
+                if op.on_commit is not None:
                     try:
-                        batch.append(recv.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                await self._commit_batch(batch)
-                self.batches += 1
-                self.ops_committed += len(batch)
-                for op in batch:
-                    if op.on_commit is not None:
-                        try:
-                            op.on_commit()
-                        except Exception:
-                            log.exception("on_commit callback failed")
-                    if op.done is not None:
-                        op.done.set()
-                if self.after_batch is not None:
-                    try:
-                        self.after_batch()
+                        op.on_commit()
                     except Exception:
-                        log.exception("after_batch callback failed")
+                        log.exception("on_commit callback failed")
+                if op.done is not None:
+                    op.done.set()
+            if self.after_batch is not None:
+                try:
+                    self.after_batch()
+                except Exception:
+                    log.exception("after_batch callback failed")
 
     async def _commit_batch(self, batch: Iterable[WriteOp]) -> None:
         buckets: dict[Stmt, list[Params]] = {}
