@@ -286,8 +286,9 @@ class TaskList(Msg, tag="task_list"):
 class Watching(Msg, tag="watching"):
     req_id: int
     watch_id: int
-    # Id of the newest event allocated when the watch began: a client that
-    # reconnects before seeing any event resumes from here.
+    # Every event up to this id was committed before the watch began; later
+    # ones are pushed. A client that reconnects before seeing any event
+    # resumes from here.
     start_event: int = 0
 
 

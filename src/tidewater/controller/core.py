@@ -179,6 +179,7 @@ class Controller:
         self._waiters: dict[int, list[tuple[Peer, int]]] = {}
         self._next_task = 1
         self._next_event = 1
+        self._committed_event = 0  # every event id up to this one is committed
         self._next_site = 1
         self._next_watch = 1
         self._recent_keys: OrderedDict[tuple[int, str], list[int]] = OrderedDict()
@@ -213,6 +214,7 @@ class Controller:
         self._next_task = (row[0] or 0) + 1 if row else 1
         row = await s.fetchone("SELECT max(id) FROM events")
         self._next_event = (row[0] or 0) + 1 if row else 1
+        self._committed_event = self._next_event - 1
         for sid, owner, name, created in await s.fetchall(
             "SELECT id, owner_id, name, created_at FROM sites"
         ):
@@ -392,7 +394,7 @@ class Controller:
         self.sites[sid] = rec
         self.site_names[(who.user_id, msg.name)] = sid
         info = P.SiteInfo(name=rec.name, created_at=rec.created_at)
-        await self.store.write(
+        await self._write(
             [(st.INSERT_SITE, (sid, who.user_id, msg.name, auth.token_hash(token), rec.created_at))],
             lambda: peer.send(P.SiteAdded(req_id=msg.req_id, site=info, token=token)),
         )
@@ -421,7 +423,7 @@ class Controller:
         self.apps[(site.id, msg.name)] = rec
         info = P.AppInfo(site=site.name, name=rec.name, command=rec.command, params=specs,
                          description=rec.description)
-        await self.store.write(
+        await self._write(
             [(st.UPSERT_APP, (site.id, msg.name, msg.command, _j(specs), msg.description,
                               time.time()))],
             lambda: peer.send(P.AppAdded(req_id=msg.req_id, app=info)),
@@ -492,7 +494,7 @@ class Controller:
             prior = await self._prior_submission(who.user_id, msg.key, look_in_store=msg.resend)
             if prior is not None:
                 # Reply after everything queued so far is committed.
-                await self.store.write(
+                await self._write(
                     [], lambda: peer.send(P.Submitted(req_id=msg.req_id, ids=prior))
                 )
                 return
@@ -523,7 +525,7 @@ class Controller:
                 if t.state in states.RUNNABLE and not t.pilot and t.id in self.live:
                     self._enqueue(t)
 
-        await self.store.write(stmts, committed)
+        await self._write(stmts, committed)
 
     def _remember_key(self, owner: int, key: str, ids: list[int]) -> None:
         self._recent_keys[(owner, key)] = ids
@@ -600,7 +602,7 @@ class Controller:
                     rec.peer.send(P.Kill(tasks=pairs, reason="cancelled by user"))
             peer.send(P.Cancelled(req_id=msg.req_id, ids=done))
 
-        await self.store.write(stmts, committed)
+        await self._write(stmts, committed)
 
     async def wait(self, who: Principal, peer: Peer, msg: P.Wait) -> None:
         ids = list(dict.fromkeys(msg.ids))
@@ -680,7 +682,7 @@ class Controller:
             # the client drops duplicates by event id.
             self._watchers.setdefault(who.user_id, {})[(peer.id, watch_id)] = sub
             peer.send(P.Watching(req_id=msg.req_id, watch_id=watch_id,
-                              start_event=self._next_event - 1))
+                              start_event=self._committed_event))
             sql, args = self._filter_sql(who, msg.filter)
             rows = await self.store.fetchall(
                 "SELECT e.id, e.task_id, e.from_state, e.to_state, e.time, e.data, t.tags "
@@ -700,7 +702,7 @@ class Controller:
             return
         self._watchers.setdefault(who.user_id, {})[(peer.id, watch_id)] = sub
         peer.send(P.Watching(req_id=msg.req_id, watch_id=watch_id,
-                              start_event=self._next_event - 1))
+                              start_event=self._committed_event))
 
     def unwatch(self, who: Principal, peer: Peer, msg: P.Unwatch) -> None:
         subs = self._watchers.get(who.user_id, {})
@@ -804,7 +806,23 @@ class Controller:
 
     def _write_soon(self, stmts: list[tuple[Stmt, Any]], cb: Callable[[], None]) -> None:
         """Queue a write from synchronous code (pilot loss, reconnects), in order."""
-        self.store.write_nowait(stmts, cb)
+        self.store.write_nowait(stmts, self._watermarked(cb))
+
+    async def _write(self, stmts: list[tuple[Stmt, Any]], cb: Callable[[], None]) -> None:
+        """Queue a write (in order; waits only for room in the queue)."""
+        await self.store.write(stmts, self._watermarked(cb))
+
+    def _watermarked(self, cb: Callable[[], None]) -> Callable[[], None]:
+        # Ops are queued right after their event ids are allocated, with no
+        # await in between, and committed in queue order: once this op is
+        # committed, so is every event id allocated before it was queued.
+        mark = self._next_event - 1
+
+        def committed() -> None:
+            self._committed_event = max(self._committed_event, mark)
+            cb()
+
+        return committed
 
     def _unassign(self, t: LiveTask) -> None:
         rec = self.pilots.get(t.pilot)
@@ -903,7 +921,7 @@ class Controller:
             if peer is not None:
                 peer.send(P.Ack(seq=seq))
 
-        await self.store.write(stmts, committed)
+        await self._write(stmts, committed)
 
     def credit(self, rec: PilotRec, msg: P.Credit) -> None:
         self.dispatcher.grant(rec.pilot_id, msg.cores, msg.gpus)
