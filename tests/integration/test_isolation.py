@@ -31,7 +31,10 @@ async def test_users_are_isolated(tmp_path: Path) -> None:
                 assert (await running.__anext__()).task_id == secret.id
             before = c.rows("SELECT id, state FROM tasks")
 
-            async with bob.watch(ids=[secret.id]) as bob_by_id, bob.watch() as bob_all:
+            with pytest.raises(tidewater.NotFound, match=f"no task with id {secret.id}"):
+                async with bob.watch(ids=[secret.id]):
+                    pass
+            async with bob.watch(tags={"run": "1"}) as bob_by_tag, bob.watch() as bob_all:
                 # Bob cannot list, fetch, wait for, cancel or watch Alice's task.
                 assert await bob.tasks() == []
                 assert await bob.tasks(ids=[secret.id]) == []
@@ -66,7 +69,7 @@ async def test_users_are_isolated(tmp_path: Path) -> None:
                 first = await bob_all.__anext__()
                 assert first.task_id == mine.id
                 assert (await mine.result(timeout=20)).state == "JOB_FINISHED"
-                assert not bob_by_id._events
+                assert not bob_by_tag._events
             assert [t.id for t in await bob.tasks()] == [mine.id]
             assert [t.id for t in await alice.tasks()] == [secret.id]
             assert [s.name for s in await alice.sites()] == ["beamline"]

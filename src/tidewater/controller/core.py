@@ -673,6 +673,13 @@ class Controller:
     async def watch(self, who: Principal, peer: Peer, msg: P.Watch) -> None:
         if msg.filter.site is not None:
             self._site_of(who, msg.filter.site)
+        if msg.filter.ids:
+            ids = list(dict.fromkeys(msg.filter.ids))
+            rest = [i for i in ids if self._owned_live(who, i) is None]
+            known = await self._owned_final(who, rest)
+            missing = [i for i in rest if i not in known and self._owned_live(who, i) is None]
+            if missing:
+                raise NotFound(f"no task with id {missing[0]}")
         watch_id = self._next_watch
         self._next_watch += 1
         sub = WatchSub(peer, watch_id, msg.filter)
