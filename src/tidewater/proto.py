@@ -407,13 +407,19 @@ class Heartbeat(Msg, tag="heartbeat"):
     running: list[tuple[int, int]] = []
 
 
+class Drain(Msg, tag="drain"):
+    """The pilot is stopping: send it nothing more (Bye follows once it is done)."""
+
+    reason: str = ""
+
+
 class Bye(Msg, tag="bye"):
     """The pilot is leaving on purpose; requeue what it had not started."""
 
     reason: str = ""
 
 
-PilotToController = Hello | Reports | Credit | Heartbeat | Bye | Ping
+PilotToController = Hello | Reports | Credit | Heartbeat | Drain | Bye | Ping
 ControllerToPilot = Welcome | Reject | RunTasks | Kill | Ack | Ping
 
 

@@ -136,3 +136,29 @@ async def test_frozen_controller_is_detected_and_work_completes(tmp_path: Path) 
             info = await task.result(timeout=60)
     assert info.state == "JOB_FINISHED"
     assert info.stdout_tail == "x\n"
+
+
+async def test_stopped_pilot_hands_its_work_back_at_once(tmp_path: Path) -> None:
+    """SIGTERM to a pilot: it kills its tasks, says Bye, exits; the controller requeues
+    them without waiting for the lease, and another pilot finishes them."""
+    async with cluster(tmp_path) as c:
+        await c.start_controller()
+        token = await c.add_user("alice")
+        async with tidewater.connect(c.url, token=token) as client:
+            _site, site_token = await client.add_site("hpc")
+            # The first attempt would run for a minute; later ones finish at once.
+            await client.add_app("hpc", "slow_once",
+                                 '[ "$TIDEWATER_ATTEMPT" -gt 1 ] || sleep 60; echo ok')
+            first = await c.start_pilot(site_token, pilot_id="first", cores=1)
+            async with client.watch(states=["RUNNING"]) as running:
+                task = await client.submit("slow_once", site="hpc")
+                await running.__anext__()
+            first.proc.terminate()
+            with anyio.fail_after(15):
+                assert await first.proc.wait() == 0
+            await c.start_pilot(site_token, pilot_id="second", cores=1)
+            info = await task.result(timeout=30)
+    assert info.state == "JOB_FINISHED"
+    assert (info.attempt, info.pilot, info.stdout_tail) == (2, "second", "ok\n")
+    reasons = c.rows("SELECT data FROM events WHERE to_state = 'RUN_TIMEOUT'")
+    assert len(reasons) == 1 and "the pilot was stopped" in str(reasons[0][0])

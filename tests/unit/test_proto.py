@@ -86,6 +86,7 @@ SAMPLES: dict[type[P.Msg], P.Msg] = {
     P.Credit: P.Credit(cores=4, gpus=1),
     P.Heartbeat: P.Heartbeat(time=5.0, running=[(1, 2)]),
     P.Bye: P.Bye(reason="walltime"),
+    P.Drain: P.Drain(reason="walltime near"),
 }
 
 DIRECTIONS = {

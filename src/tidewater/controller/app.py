@@ -267,6 +267,8 @@ class ControllerApp:
                         c.heartbeat(rec, msg)
                     case P.Ping():
                         peer.send(P.Ping(time=msg.time))
+                    case P.Drain():
+                        c.drain(rec, msg.reason)
                     case P.Bye():
                         bye = True
                         break

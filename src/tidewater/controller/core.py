@@ -941,6 +941,11 @@ class Controller:
         if rec.peer is not None:
             rec.peer.send(P.Ping(time=now))
 
+    def drain(self, rec: PilotRec, reason: str) -> None:
+        """The pilot is stopping: it gets no new work from now on."""
+        self.dispatcher.remove_pilot(rec.pilot_id)
+        log.info("pilot %s is draining: %s", rec.pilot_id, reason or "no reason given")
+
     def pilot_gone(self, rec: PilotRec, peer: Peer, *, bye: bool) -> None:
         """The connection ended. After Bye the pilot is done; otherwise its lease runs."""
         if rec.peer is not peer:

@@ -99,6 +99,12 @@ class Pilot:
     async def stop(self, reason: str = "stopping") -> None:
         """Kill running tasks, flush their reports, say Bye, and end :meth:`run`."""
         self._stopping = True
+        if self.link is not None:
+            with anyio.move_on_after(1, shield=True):
+                try:
+                    await self.link.send(P.Drain(reason=reason))
+                except TidewaterError:
+                    pass
         for r in list(self.running.values()):
             r.kill_reason = reason
             r.scope.cancel()
