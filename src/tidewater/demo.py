@@ -77,7 +77,7 @@ async def run_demo(*, frames: int, pilots: int, cores: int, keep: Path | None) -
                         env=env, stdin=None, stdout=None,
                         stderr=open(base / f"pilot{k}.log", "wb"),  # noqa: ASYNC230, SIM115
                     ))
-                ok = await _workflow(client, frames, out_dir)
+                ok = await _workflow(client, frames, out_dir, pilots * cores)
             finally:
                 for p in procs:
                     p.terminate()
@@ -87,7 +87,7 @@ async def run_demo(*, frames: int, pilots: int, cores: int, keep: Path | None) -
             return ok
 
 
-async def _workflow(client: Client, frames: int, out_dir: Path) -> bool:
+async def _workflow(client: Client, frames: int, out_dir: Path, cores_total: int) -> bool:
     specs = [TaskSpec(app="frame", site="local", params={"seed": i, "out": str(out_dir)},
                       tags={"demo": "frames"}) for i in range(frames)]
     t0 = time.time()
@@ -101,9 +101,11 @@ async def _workflow(client: Client, frames: int, out_dir: Path) -> bool:
             infos.append(info)
             bar.advance(done)
     t1 = time.time()
+    r0 = time.time()
     reduce_task = await client.submit("reduce", site="local",
                                       params={"dir": str(out_dir), "n": frames})
     red = await reduce_task.result()
+    reduce_rtt = time.time() - r0
     infos.append(red)
 
     counts: dict[str, int] = {}
@@ -125,7 +127,15 @@ async def _workflow(client: Client, frames: int, out_dir: Path) -> bool:
                   if queue_wait else "-")
     table.add_row("run time per frame, median (ms)",
                   f"{1000 * statistics.median(run_time):.1f}" if run_time else "-")
+    if run_time:
+        busy = sum(run_time)
+        overhead = ((t1 - t0) * cores_total - busy) / len(run_time)
+        table.add_row("pilot time per frame not spent running it (ms)",
+                      f"{1000 * max(0.0, overhead):.1f}")
     table.add_row("reduce", red.state)
+    if red.started_at and red.finished_at:
+        table.add_row("reduce: submit -> result / of which running (ms)",
+                      f"{1000 * reduce_rtt:.1f} / {1000 * (red.finished_at - red.started_at):.1f}")
     console.print(table)
     if red.stdout_tail:
         console.print(f"summary: {red.stdout_tail.strip()}", highlight=False)
