@@ -233,22 +233,12 @@ class Client:
         self, build: Callable[[int], P.Msg], *, timeout: float | None = None,
         on_reply: Callable[[Any], bool] | None = None,
     ) -> Any:
-        if self._failure is not None:
-            raise ConnectionBroken(f"the client is closed: {self._failure}")
-        req_id = self._new_id()
-        req = _Request(build(req_id), on_reply=on_reply)
-        self._pending[req_id] = req
+        req = await self._open(build, on_reply)
         try:
-            link = self._link
-            if link is not None:
-                try:
-                    await link.send(req.msg)
-                except TidewaterError:
-                    pass  # the reconnect loop resends it
             with anyio.fail_after(timeout):
                 await req.done.wait()
         finally:
-            self._pending.pop(req_id, None)
+            self._pending.pop(req.req_id, None)
         if req.reply is None:
             raise ConnectionBroken(f"connection to the controller failed: {self._failure}")
         if isinstance(req.reply, P.Error):
@@ -416,9 +406,9 @@ class Client:
                 self._pending.pop(req.req_id, None)
 
     async def _open(
-        self, build: Callable[[int], P.Msg], on_reply: Callable[[Any], bool]
+        self, build: Callable[[int], P.Msg], on_reply: Callable[[Any], bool] | None
     ) -> _Request:
-        """Register a multi-reply request and send it; the caller pops it when done."""
+        """Register a request and send it; the caller pops it from ``_pending`` when done."""
         if self._failure is not None:
             raise ConnectionBroken(f"the client is closed: {self._failure}")
         req_id = self._new_id()

@@ -99,12 +99,7 @@ class Pilot:
     async def stop(self, reason: str = "stopping") -> None:
         """Kill running tasks, flush their reports, say Bye, and end :meth:`run`."""
         self._stopping = True
-        if self.link is not None:
-            with anyio.move_on_after(1, shield=True):
-                try:
-                    await self.link.send(P.Drain(reason=reason))
-                except TidewaterError:
-                    pass
+        await self._send_quietly(P.Drain(reason=reason))
         for r in list(self.running.values()):
             r.kill_reason = reason
             r.scope.cancel()
@@ -114,15 +109,20 @@ class Pilot:
                 self._wake.set()
                 await self._changed.wait()
                 self._changed = anyio.Event()
+        await self._send_quietly(P.Bye(reason=reason))
         if self.link is not None:
-            with anyio.move_on_after(1, shield=True):
-                try:
-                    await self.link.send(P.Bye(reason=reason))
-                except TidewaterError:
-                    pass
             await self.link.aclose()
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
+
+    async def _send_quietly(self, msg: P.Msg) -> None:
+        """Best effort while stopping: a broken link only means the lease will expire."""
+        if self.link is not None:
+            with anyio.move_on_after(1, shield=True):
+                try:
+                    await self.link.send(msg)
+                except TidewaterError:
+                    pass
 
     def held(self) -> list[tuple[int, int]]:
         """(task, attempt) of everything this pilot has: newest attempt per task."""
