@@ -56,6 +56,11 @@ class WsPeer:
             self.close(1008, f"peer too slow: more than {self._limit} frames unread")
         self._wake.set()
 
+    def detach(self) -> None:
+        """The connection is over: drop what is queued and anything sent later."""
+        self._closing = self._closing or (1000, "")
+        self._queue.clear()
+
     def close(self, code: int, reason: str) -> None:
         if self._closing is None:
             self._closing = (code, reason)
@@ -161,6 +166,7 @@ class ControllerApp:
             finally:
                 if hello.role == "client":
                     self.c.client_gone(who, peer)
+                peer.detach()
                 tg.cancel_scope.cancel()
         return ws
 
