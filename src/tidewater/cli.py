@@ -367,7 +367,8 @@ def _table(infos: list[TaskInfo]) -> None:
 @click.option("--tag", "tags", multiple=True, help="key=value (repeatable, all must match).")
 @click.option("--site", default=None)
 @click.option("--app", "app_name", default=None)
-@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--limit", type=int, default=100, show_default=True,
+              help="Show the most recent LIMIT matching tasks.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_context
 def ls(ctx: click.Context, states: tuple[str, ...], tags: tuple[str, ...], site: str | None,
@@ -377,7 +378,7 @@ def ls(ctx: click.Context, states: tuple[str, ...], tags: tuple[str, ...], site:
     async def go() -> list[TaskInfo]:
         async with _client(ctx) as c:
             return await c.tasks(state=list(states), tags=_kv(tags, "tag"), site=site,
-                                 app=app_name, limit=limit)
+                                 app=app_name, limit=limit, newest=True)
 
     infos = _run(go)
     if as_json:

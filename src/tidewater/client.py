@@ -336,13 +336,17 @@ class Client:
     async def tasks(
         self, *, ids: Sequence[int] = (), state: str | Sequence[str] | None = None,
         tags: Mapping[str, str] | None = None, site: str | None = None,
-        app: str | None = None, limit: int = 1000, after_id: int = 0,
+        app: str | None = None, limit: int = 1000, after_id: int = 0, newest: bool = False,
     ) -> list[TaskInfo]:
-        """List tasks (oldest first) matching every given filter."""
+        """List tasks matching every given filter, oldest first.
+
+        At most ``limit``: the oldest ones after ``after_id`` (for paging), or
+        with ``newest=True`` the most recent ones.
+        """
         states = [state] if isinstance(state, str) else list(state or [])
         f = P.TaskFilter(ids=list(ids), states=states, tags=dict(tags or {}), site=site, app=app)
         r = await self._request(
-            lambda i: P.Query(req_id=i, filter=f, limit=limit, after_id=after_id)
+            lambda i: P.Query(req_id=i, filter=f, limit=limit, after_id=after_id, newest=newest)
         )
         return list(r.tasks)
 

@@ -212,6 +212,8 @@ class Query(Msg, tag="query"):
     filter: TaskFilter = TaskFilter()
     limit: int = 1000
     after_id: int = 0
+    # The newest ``limit`` matches (still listed oldest first) instead of the oldest.
+    newest: bool = False
 
 
 class Watch(Msg, tag="watch"):

@@ -75,6 +75,11 @@ async def test_watch_pushes_events_and_cancel_kills(tmp_path: Path) -> None:
             assert (await quick.result(timeout=20)).state == "JOB_FINISHED"
             assert (await client.tasks(state="KILLED"))[0].id == task.id
             assert [t.id for t in await client.tasks(tags={"run": "7"})] == [task.id]
+            everything = [t.id for t in await client.tasks()]
+            assert everything == [task.id, quick.id]
+            assert [t.id for t in await client.tasks(limit=1)] == [task.id]
+            assert [t.id for t in await client.tasks(limit=1, newest=True)] == [quick.id]
+            assert [t.id for t in await client.tasks(after_id=task.id)] == [quick.id]
             # History replays from the store: everything after event 1 (its READY).
             async with client.watch(ids=[task.id], since_event=1) as replay:
                 again = [(await replay.__anext__()).to_state for _ in range(3)]

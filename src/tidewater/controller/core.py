@@ -632,10 +632,14 @@ class Controller:
     async def query(self, who: Principal, peer: Peer, msg: P.Query) -> None:
         sql, args = self._filter_sql(who, msg.filter)
         limit = max(1, min(msg.limit, self.limits.max_query_limit))
+        order = "DESC" if msg.newest else "ASC"
         rows = await self.store.fetchall(
-            f"SELECT {st.TASK_COLUMNS} FROM tasks WHERE {sql} AND id > ? ORDER BY id LIMIT ?",
+            f"SELECT {st.TASK_COLUMNS} FROM tasks WHERE {sql} AND id > ? "
+            f"ORDER BY id {order} LIMIT ?",
             (*args, msg.after_id, limit),
         )
+        if msg.newest:
+            rows.reverse()
         peer.send(P.TaskList(req_id=msg.req_id, tasks=[self._row_info(r) for r in rows]))
 
     def _filter_sql(self, who: Principal, f: P.TaskFilter) -> tuple[str, list[Any]]:
