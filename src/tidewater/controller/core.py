@@ -33,7 +33,7 @@ from ..config import ControllerConfig
 from ..errors import AppError, InvalidRequest, LimitExceeded, NotFound, ParamError
 from ..states import TaskState as S
 from . import auth
-from .dispatch import Dispatcher, PilotSlot, Queued
+from .dispatch import Dispatcher, PilotSlot
 from .leases import Leases
 from .store import sqlite as st
 from .store.sqlite import SqliteStore, Stmt
@@ -89,8 +89,12 @@ class LiveTask:
     site_id: int
     app: str
     state: S
-    params: dict[str, Any]
-    tags: dict[str, str]
+    # Parameters, tags, argv and environment stay in memory as the JSON text
+    # that is stored (repeated tags and environments shared): a fraction of
+    # the size of dicts and lists, decoded only when a task is sent, reported
+    # or watched.
+    params_j: str
+    tags_j: str
     priority: int
     cores: int
     gpus: int
@@ -99,9 +103,9 @@ class LiveTask:
     retries: int
     attempt: int
     pilot: str
-    argv: list[str]
+    argv_j: str
     shell: str
-    env: dict[str, str]
+    env_j: str
     workdir: str
     exit_code: int | None
     error: str
@@ -110,6 +114,26 @@ class LiveTask:
     created_at: float
     started_at: float | None
     finished_at: float | None
+
+    @property
+    def task_id(self) -> int:
+        return self.id
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return _json_dec.decode(self.params_j)  # type: ignore[no-any-return]
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return _json_dec.decode(self.tags_j)  # type: ignore[no-any-return]
+
+    @property
+    def argv(self) -> list[str]:
+        return _json_dec.decode(self.argv_j)  # type: ignore[no-any-return]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return _json_dec.decode(self.env_j)  # type: ignore[no-any-return]
 
     def update_row(self) -> tuple[Any, ...]:
         return (
@@ -120,10 +144,10 @@ class LiveTask:
 
     def insert_row(self) -> tuple[Any, ...]:
         return (
-            self.id, self.owner_id, self.site_id, self.app, self.state.value, _j(self.params),
-            _j(self.tags), self.priority, self.cores, self.gpus, self.timeout,
-            self.max_retries, self.retries, self.attempt, self.pilot, _j(self.argv),
-            self.shell, _j(self.env), self.workdir, self.exit_code, self.error,
+            self.id, self.owner_id, self.site_id, self.app, self.state.value, self.params_j,
+            self.tags_j, self.priority, self.cores, self.gpus, self.timeout,
+            self.max_retries, self.retries, self.attempt, self.pilot, self.argv_j,
+            self.shell, self.env_j, self.workdir, self.exit_code, self.error,
             self.stdout_tail, self.stderr_tail, self.created_at, self.started_at,
             self.finished_at,
         )
@@ -142,7 +166,10 @@ class PilotRec:
     assigned: set[int] = field(default_factory=set)
 
 
-Touched = tuple["LiveTask", list[P.TaskEvent], S]
+Ev = tuple[int, str, str, float, dict[str, Any]]
+"""An event row as kept until commit: id, from state, to state, time, data."""
+
+Touched = tuple["LiveTask", list[Ev], S]
 """A task, the events of one commit, and the state that commit wrote."""
 
 
@@ -180,9 +207,12 @@ class Controller:
         self._next_task = 1
         self._next_event = 1
         self._committed_event = 0  # every event id up to this one is committed
+        self._shared: dict[str, str] = {}
         self._next_site = 1
         self._next_watch = 1
-        self._recent_keys: OrderedDict[tuple[int, str], list[int]] = OrderedDict()
+        # Idempotency keys of recent Submits -> (first id, count): one Submit's
+        # ids are always consecutive, so a range is all there is to keep.
+        self._recent_keys: OrderedDict[tuple[int, str], tuple[int, int]] = OrderedDict()
         # Notifications aggregated over one committed batch, flushed after it.
         self._pending_events: dict[int, tuple[Peer, dict[int, list[P.TaskEvent]]]] = {}
         self._pending_results: dict[tuple[int, int], tuple[Peer, list[P.TaskInfo]]] = {}
@@ -234,10 +264,10 @@ class Controller:
         for r in rows:
             t = LiveTask(
                 id=r[0], owner_id=r[1], site_id=r[2], app=r[3], state=S(r[4]),
-                params=_json_dec.decode(r[5]), tags=_json_dec.decode(r[6]), priority=r[7],
+                params_j=r[5], tags_j=self._share(r[6]), priority=r[7],
                 cores=r[8], gpus=r[9], timeout=r[10], max_retries=r[11], retries=r[12],
-                attempt=r[13], pilot=r[14], argv=_json_dec.decode(r[15]), shell=r[16],
-                env=_json_dec.decode(r[17]), workdir=r[18], exit_code=r[19], error=r[20],
+                attempt=r[13], pilot=r[14], argv_j=r[15], shell=r[16],
+                env_j=self._share(r[17]), workdir=r[18], exit_code=r[19], error=r[20],
                 stdout_tail=r[21], stderr_tail=r[22], created_at=r[23], started_at=r[24],
                 finished_at=r[25],
             )
@@ -281,40 +311,51 @@ class Controller:
 
     def _event_rows(
         self, t: LiveTask, path: list[S], now: float, data: dict[str, Any] | None = None
-    ) -> tuple[list[tuple[Stmt, Any]], list[P.TaskEvent]]:
+    ) -> tuple[list[tuple[Stmt, Any]], list[Ev]]:
         steps = states.check_path(t.state, path)
         stmts: list[tuple[Stmt, Any]] = []
-        events: list[P.TaskEvent] = []
+        events: list[Ev] = []
         payload = data or {}
         blob = _j(payload) if payload else None
         for src, dst in steps:
             eid = self._next_event
             self._next_event += 1
             stmts.append((st.INSERT_EVENT, (eid, t.id, src.value, dst.value, now, blob)))
-            events.append(P.TaskEvent(
-                id=eid, task_id=t.id, from_state=src.value, to_state=dst.value, time=now,
-                data=payload, tags=t.tags,
-            ))
+            events.append((eid, src.value, dst.value, now, payload))
         t.state = path[-1]
         return stmts, events
 
     def _transition(
         self, t: LiveTask, path: list[S], now: float, data: dict[str, Any] | None = None
-    ) -> tuple[list[tuple[Stmt, Any]], list[P.TaskEvent]]:
+    ) -> tuple[list[tuple[Stmt, Any]], list[Ev]]:
         stmts, events = self._event_rows(t, path, now, data)
         stmts.append((st.UPDATE_TASK, t.update_row()))
         return stmts, events
 
+    def _share(self, text: str) -> str:
+        """One copy of each distinct text (bounded), for the live tasks to share.
+
+        For what repeats across tasks (tags, environments); parameters and
+        argv are mostly unique and are kept as they are.
+        """
+        shared = self._shared.get(text)
+        if shared is not None:
+            return shared
+        if len(self._shared) < 100_000:
+            self._shared[text] = text
+        return text
+
     def _enqueue(self, t: LiveTask) -> None:
-        self.dispatcher.push(Queued(t.id, t.site_id, t.priority, t.cores, t.gpus))
+        self.dispatcher.push(t)
         self._wake.set()
 
-    def _emit(self, t: LiveTask, events: list[P.TaskEvent]) -> None:
+    def _emit(self, t: LiveTask, events: list[Ev]) -> None:
         """Queue committed events for the owner's matching watchers (call after commit)."""
         subs = self._watchers.get(t.owner_id)
-        if not subs:
+        if not subs or not events:
             return
         site = self.sites[t.site_id].name
+        tags = t.tags
         for sub in subs.values():
             f = sub.filter
             if f.ids and t.id not in f.ids:
@@ -323,9 +364,14 @@ class Controller:
                 continue
             if f.app is not None and f.app != t.app:
                 continue
-            if f.tags and any(t.tags.get(k) != v for k, v in f.tags.items()):
+            if f.tags and any(tags.get(k) != v for k, v in f.tags.items()):
                 continue
-            chosen = [e for e in events if not f.states or e.to_state in f.states]
+            chosen = [
+                P.TaskEvent(id=eid, task_id=t.id, from_state=src, to_state=dst, time=when,
+                            data=data, tags=tags)
+                for eid, src, dst, when, data in events
+                if not f.states or dst in f.states
+            ]
             if not chosen:
                 continue
             entry = self._pending_events.setdefault(sub.peer.id, (sub.peer, {}))
@@ -475,10 +521,12 @@ class Controller:
             raise type(exc)(f"{where}: {exc.message}", exc.code) from None
         return LiveTask(
             id=0, owner_id=who.user_id, site_id=site.id, app=app.name, state=S.CREATED,
-            params=values, tags=dict(spec.tags), priority=spec.priority,
+            params_j=_j(values), tags_j=self._share(_j(spec.tags)),
+            priority=spec.priority,
             cores=spec.resources.cores, gpus=spec.resources.gpus, timeout=spec.timeout,
-            max_retries=spec.max_retries, retries=0, attempt=0, pilot="", argv=argv,
-            shell=shell, env=dict(spec.env), workdir=workdir, exit_code=None, error="",
+            max_retries=spec.max_retries, retries=0, attempt=0, pilot="",
+            argv_j=_j(argv), shell=shell, env_j=self._share(_j(spec.env)),
+            workdir=workdir, exit_code=None, error="",
             stdout_tail="", stderr_tail="", created_at=now, started_at=None, finished_at=None,
         )
 
@@ -501,7 +549,7 @@ class Controller:
         now = time.time()
         prepared = [self._prepare(who, i, spec, now) for i, spec in enumerate(msg.tasks)]
         stmts: list[tuple[Stmt, Any]] = []
-        created: list[tuple[LiveTask, list[P.TaskEvent]]] = []
+        created: list[tuple[LiveTask, list[Ev]]] = []
         for t in prepared:
             t.id = self._next_task
             self._next_task += 1
@@ -514,8 +562,9 @@ class Controller:
             created.append((t, events))
         ids = [t.id for t, _ in created]
         if msg.key:
-            stmts.append((st.INSERT_SUBMISSION, (who.user_id, msg.key, _j(ids), now)))
-            self._remember_key(who.user_id, msg.key, ids)
+            span = (ids[0], len(ids))
+            stmts.append((st.INSERT_SUBMISSION, (who.user_id, msg.key, _j(span), now)))
+            self._remember_key(who.user_id, msg.key, span)
         self.counters["tasks_submitted"] += len(ids)
 
         def committed() -> None:
@@ -527,21 +576,23 @@ class Controller:
 
         await self._write(stmts, committed)
 
-    def _remember_key(self, owner: int, key: str, ids: list[int]) -> None:
-        self._recent_keys[(owner, key)] = ids
+    def _remember_key(self, owner: int, key: str, span: tuple[int, int]) -> None:
+        self._recent_keys[(owner, key)] = span
         while len(self._recent_keys) > 10_000:
             self._recent_keys.popitem(last=False)
 
     async def _prior_submission(
         self, owner: int, key: str, *, look_in_store: bool
     ) -> list[int] | None:
-        ids = self._recent_keys.get((owner, key))
-        if ids is not None or not look_in_store:
-            return ids
-        row = await self.store.fetchone(
-            "SELECT ids FROM submissions WHERE owner_id = ? AND key = ?", (owner, key)
-        )
-        return list(_json_dec.decode(row[0])) if row else None
+        span = self._recent_keys.get((owner, key))
+        if span is None and look_in_store:
+            row = await self.store.fetchone(
+                "SELECT ids FROM submissions WHERE owner_id = ? AND key = ?", (owner, key)
+            )
+            if row is not None:
+                first, count = _json_dec.decode(row[0])
+                span = (int(first), int(count))
+        return None if span is None else list(range(span[0], span[0] + span[1]))
 
     async def _owned_final(self, who: Principal, ids: list[int]) -> dict[int, P.TaskInfo]:
         """Tasks of ``who`` among ``ids`` that are not live (read from the store)."""
@@ -575,7 +626,7 @@ class Controller:
             raise NotFound(f"no task with id {missing[0]}")
         now = time.time()
         stmts: list[tuple[Stmt, Any]] = []
-        changed: list[tuple[LiveTask, list[P.TaskEvent], str]] = []
+        changed: list[tuple[LiveTask, list[Ev], str]] = []
         for t in live.values():
             if t.state in states.FINAL:
                 continue
@@ -843,7 +894,7 @@ class Controller:
 
     def _fail_attempt(
         self, t: LiveTask, kind: S, now: float, why: str, *, exit_code: int | None = None
-    ) -> tuple[list[tuple[Stmt, Any]], list[P.TaskEvent]]:
+    ) -> tuple[list[tuple[Stmt, Any]], list[Ev]]:
         """RUN_ERROR/RUN_TIMEOUT, then RESTART_READY or FAILED. Caller enqueues after commit."""
         path = states.failure_path(kind, retries=t.retries, max_retries=t.max_retries)
         t.error = why
@@ -890,7 +941,7 @@ class Controller:
                 continue
             now = r.time
             s: list[tuple[Stmt, Any]] = []
-            events: list[P.TaskEvent] = []
+            events: list[Ev] = []
             if r.kind == "started":
                 if t.state in states.RUNNABLE:
                     t.started_at = now

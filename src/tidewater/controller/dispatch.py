@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from typing import Protocol
 
 # Tasks at the head of a queue that fit no pilot right now are set aside so
 # smaller tasks behind them can go; this bounds how far one match looks.
@@ -34,7 +35,22 @@ class PilotSlot:
         )
 
 
-@dataclass(frozen=True)
+class QueuedTask(Protocol):
+    """What the dispatcher reads of a runnable task (the controller passes its own record)."""
+
+    @property
+    def task_id(self) -> int: ...
+    @property
+    def site_id(self) -> int: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def cores(self) -> int: ...
+    @property
+    def gpus(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
 class Queued:
     task_id: int
     site_id: int
@@ -46,13 +62,13 @@ class Queued:
 class Dispatcher:
     def __init__(self) -> None:
         self._heaps: dict[int, list[tuple[int, int]]] = {}
-        self._queued: dict[int, Queued] = {}
+        self._queued: dict[int, QueuedTask] = {}
         self._pilots: dict[str, PilotSlot] = {}
         self._site_pilots: dict[int, dict[str, PilotSlot]] = {}
 
     # -- tasks
 
-    def push(self, task: Queued) -> None:
+    def push(self, task: QueuedTask) -> None:
         """Make a task runnable (idempotent)."""
         if task.task_id in self._queued:
             return

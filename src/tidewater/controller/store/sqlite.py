@@ -119,7 +119,7 @@ MIGRATIONS: list[str] = [
     CREATE TABLE submissions (
         owner_id INTEGER NOT NULL,
         key TEXT NOT NULL,
-        ids TEXT NOT NULL,
+        ids TEXT NOT NULL,  -- JSON [first id, count]: a Submit's ids are consecutive
         created_at REAL NOT NULL,
         PRIMARY KEY (owner_id, key)
     ) WITHOUT ROWID;
