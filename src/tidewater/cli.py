@@ -32,10 +32,20 @@ err = Console(stderr=True)
 
 
 def _run(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run ``fn``; a Tidewater error (alone or in a task group's group) ends with a message."""
     try:
         return anyio.run(fn)
     except TidewaterError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(1)
+    except BaseExceptionGroup as group:
+        match, _rest = group.split(TidewaterError)
+        if match is None:
+            raise
+        first: BaseException = match
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        err.print(f"[red]error:[/red] {first}", highlight=False)
         sys.exit(1)
 
 

@@ -162,9 +162,7 @@ class Pilot:
             except Exception as exc:
                 if not is_retryable(exc):
                     log.error("pilot refused: %s", exc)
-                    if not started:
-                        raise
-                    raise SystemExit(2) from exc
+                    raise
                 delay = next(delays)
                 log.info("cannot reach the controller (%s); retrying in %.2fs", exc, delay)
                 await anyio.sleep(delay)
