@@ -215,3 +215,20 @@ async def test_watch_gets_every_event_once_in_commit_order(controller: Any) -> N
     ids = [e.id for e in got]
     assert ids == sorted(set(ids))
     assert len(ids) == expected
+
+
+async def test_pilot_hello_errors_say_what_to_do(controller: Any) -> None:
+    c, who, _client, _db = controller
+    from tidewater.errors import InvalidRequest, NotFound
+
+    def hello(**kw: Any) -> P.Hello:
+        return P.Hello(role="pilot", proto_version=1, token="", pilot_id="p", cores=1, **kw)
+
+    with pytest.raises(InvalidRequest, match="must name its site"):
+        c.pilot_hello(who, FakePeer(2), hello())
+    with pytest.raises(NotFound, match="no site named 'nowhere'"):
+        c.pilot_hello(who, FakePeer(2), hello(site="nowhere"))
+    with pytest.raises(InvalidRequest, match="pilot_id of 1-128"):
+        c.pilot_hello(who, FakePeer(2), P.Hello(role="pilot", proto_version=1, token="",
+                                                 site="s", pilot_id="", cores=1))
+    assert c.pilots == {}

@@ -800,6 +800,10 @@ class Controller:
             if hello.site and hello.site != self.sites[who.site_id].name:
                 raise NotFound(f"this site token is not for site {hello.site!r}")
             site = self.sites[who.site_id]
+        elif not hello.site:
+            raise InvalidRequest(
+                "a pilot connecting with a user token must name its site (tidewater pilot --site)"
+            )
         else:
             site = self._site_of(who, hello.site)
         if not hello.pilot_id or len(hello.pilot_id) > 128:
