@@ -232,3 +232,27 @@ async def test_pilot_hello_errors_say_what_to_do(controller: Any) -> None:
         c.pilot_hello(who, FakePeer(2), P.Hello(role="pilot", proto_version=1, token="",
                                                  site="s", pilot_id="", cores=1))
     assert c.pilots == {}
+
+
+async def test_replaying_watch_delivers_history_then_live_events_in_order(
+    controller: Any,
+) -> None:
+    """Events committed while a watch replays history come after it, none lost or repeated."""
+    c, who, client, _db = controller
+    await c.submit(who, client, P.Submit(req_id=3, tasks=[P.TaskSpec(app="t", site="s")] * 20))
+    await client.next(P.Submitted)
+    watcher = FakePeer(5)
+
+    async def more() -> None:
+        for k in range(20):
+            await c.submit(who, client, P.Submit(req_id=10 + k,
+                                                 tasks=[P.TaskSpec(app="t", site="s")]))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(more)
+        await c.watch(who, watcher, P.Watch(req_id=1, since_event=1))
+    got: list[P.TaskEvent] = []
+    while len(got) < 2 * 40 - 1:  # READY and STAGED_IN of 40 tasks, after event 1
+        got += (await watcher.next(P.Events)).events
+    ids = [e.id for e in got]
+    assert ids == list(range(2, 2 * 40 + 1))

@@ -155,7 +155,6 @@ class LiveTask:
 
 @dataclass
 class PilotRec:
-    id: int
     pilot_id: str
     site_id: int
     owner_id: int
@@ -178,6 +177,7 @@ class WatchSub:
     peer: Peer
     watch_id: int
     filter: P.TaskFilter
+    held: list[P.TaskEvent] | None = None  # live events kept back while history replays
 
 
 class Controller:
@@ -276,7 +276,7 @@ class Controller:
                 # Its pilot may still be running it: give it one lease to come back.
                 rec = self.pilots.get(t.pilot)
                 if rec is None:
-                    rec = PilotRec(0, t.pilot, t.site_id, t.owner_id, "", 0, 0)
+                    rec = PilotRec(t.pilot, t.site_id, t.owner_id, "", 0, 0)
                     self.pilots[t.pilot] = rec
                     self.leases.touch(t.pilot, now)
                 rec.assigned.add(t.id)
@@ -373,6 +373,9 @@ class Controller:
                 if not f.states or dst in f.states
             ]
             if not chosen:
+                continue
+            if sub.held is not None:
+                sub.held.extend(chosen)
                 continue
             entry = self._pending_events.setdefault(sub.peer.id, (sub.peer, {}))
             entry[1].setdefault(sub.watch_id, []).extend(chosen)
@@ -608,6 +611,22 @@ class Controller:
                 out[r[0]] = self._row_info(r)
         return out
 
+    async def _owned(
+        self, who: Principal, ids: list[int]
+    ) -> tuple[dict[int, LiveTask], dict[int, P.TaskInfo]]:
+        """Split ``ids`` (deduplicated) into ``who``'s live tasks and final ones from the store.
+
+        Raises :class:`NotFound` naming the first id ``who`` has no task for.
+        """
+        ids = list(dict.fromkeys(ids))
+        live = {i: t for i in ids if (t := self._owned_live(who, i)) is not None}
+        rest = [i for i in ids if i not in live]
+        final = await self._owned_final(who, rest)
+        missing = [i for i in rest if i not in final]
+        if missing:
+            raise NotFound(f"no task with id {missing[0]}")
+        return live, final
+
     def _owned_live(self, who: Principal, task_id: int) -> LiveTask | None:
         t = self.live.get(task_id)
         if t is None or t.owner_id != who.user_id:
@@ -617,13 +636,7 @@ class Controller:
         return t
 
     async def cancel(self, who: Principal, peer: Peer, msg: P.Cancel) -> None:
-        ids = list(dict.fromkeys(msg.ids))
-        live = {i: t for i in ids if (t := self._owned_live(who, i)) is not None}
-        rest = [i for i in ids if i not in live]
-        final = await self._owned_final(who, rest)
-        missing = [i for i in rest if i not in final]
-        if missing:
-            raise NotFound(f"no task with id {missing[0]}")
+        live, _final = await self._owned(who, msg.ids)
         now = time.time()
         stmts: list[tuple[Stmt, Any]] = []
         changed: list[tuple[LiveTask, list[Ev], str]] = []
@@ -656,15 +669,8 @@ class Controller:
         await self._write(stmts, committed)
 
     async def wait(self, who: Principal, peer: Peer, msg: P.Wait) -> None:
-        ids = list(dict.fromkeys(msg.ids))
-        live = [t for i in ids if (t := self._owned_live(who, i)) is not None]
-        live_ids = {t.id for t in live}
-        rest = [i for i in ids if i not in live_ids]
-        final = await self._owned_final(who, rest)
-        missing = [i for i in rest if i not in final]
-        if missing:
-            raise NotFound(f"no task with id {missing[0]}")
-        for t in live:
+        live, final = await self._owned(who, msg.ids)
+        for t in live.values():
             if t.id in self.live:
                 self._waiters.setdefault(t.id, []).append((peer, msg.req_id))
             else:
@@ -729,42 +735,39 @@ class Controller:
         if msg.filter.site is not None:
             self._site_of(who, msg.filter.site)
         if msg.filter.ids:
-            ids = list(dict.fromkeys(msg.filter.ids))
-            rest = [i for i in ids if self._owned_live(who, i) is None]
-            known = await self._owned_final(who, rest)
-            missing = [i for i in rest if i not in known and self._owned_live(who, i) is None]
-            if missing:
-                raise NotFound(f"no task with id {missing[0]}")
+            await self._owned(who, msg.filter.ids)
         watch_id = self._next_watch
         self._next_watch += 1
-        sub = WatchSub(peer, watch_id, msg.filter)
-        if msg.since_event:
-            # Replay committed history, then go live. The subscription is
-            # registered first, so nothing committed in between is missed;
-            # the client drops duplicates by event id.
-            self._watchers.setdefault(who.user_id, {})[(peer.id, watch_id)] = sub
-            peer.send(P.Watching(req_id=msg.req_id, watch_id=watch_id,
-                              start_event=self._committed_event))
-            sql, args = self._filter_sql(who, msg.filter)
+        # Registered before any replay, so nothing committed meanwhile is
+        # missed; live events wait in ``held`` until the replay is sent, so
+        # the client sees ids in order.
+        sub = WatchSub(peer, watch_id, msg.filter, held=[] if msg.since_event else None)
+        self._watchers.setdefault(who.user_id, {})[(peer.id, watch_id)] = sub
+        peer.send(P.Watching(req_id=msg.req_id, watch_id=watch_id,
+                             start_event=self._committed_event))
+        if not msg.since_event:
+            return
+        sql, args = self._filter_sql(who, msg.filter)
+        try:
             rows = await self.store.fetchall(
                 "SELECT e.id, e.task_id, e.from_state, e.to_state, e.time, e.data, t.tags "
                 f"FROM events e JOIN tasks t ON t.id = e.task_id WHERE e.id > ? AND t.id IN "
                 f"(SELECT id FROM tasks WHERE {sql}) ORDER BY e.id LIMIT 100000",
                 (msg.since_event, *args),
             )
-            wanted = set(msg.filter.states)
-            events = [
-                P.TaskEvent(id=r[0], task_id=r[1], from_state=r[2], to_state=r[3], time=r[4],
-                            data=_json_dec.decode(r[5]) if r[5] else {},
-                            tags=_json_dec.decode(r[6]))
-                for r in rows if not wanted or r[3] in wanted
-            ]
-            if events:
-                peer.send(P.Events(watch_id=watch_id, events=events))
-            return
-        self._watchers.setdefault(who.user_id, {})[(peer.id, watch_id)] = sub
-        peer.send(P.Watching(req_id=msg.req_id, watch_id=watch_id,
-                              start_event=self._committed_event))
+        finally:
+            held, sub.held = sub.held or [], None
+        wanted = set(msg.filter.states)
+        events = [
+            P.TaskEvent(id=r[0], task_id=r[1], from_state=r[2], to_state=r[3], time=r[4],
+                        data=_json_dec.decode(r[5]) if r[5] else {},
+                        tags=_json_dec.decode(r[6]))
+            for r in rows if not wanted or r[3] in wanted
+        ]
+        last = events[-1].id if events else msg.since_event
+        events += [e for e in held if e.id > last]
+        if events:
+            peer.send(P.Events(watch_id=watch_id, events=events))
 
     def unwatch(self, who: Principal, peer: Peer, msg: P.Unwatch) -> None:
         subs = self._watchers.get(who.user_id, {})
@@ -817,7 +820,7 @@ class Controller:
             old.peer.close(4000, "replaced by a new connection of the same pilot")
         if welcome is not None:
             peer.send(welcome(site.name))
-        rec = old or PilotRec(0, hello.pilot_id, site.id, who.user_id, "", 0, 0)
+        rec = old or PilotRec(hello.pilot_id, site.id, who.user_id, "", 0, 0)
         rec.hostname, rec.cores, rec.gpus, rec.peer = hello.hostname, hello.cores, hello.gpus, peer
         self.pilots[rec.pilot_id] = rec
         self.leases.touch(rec.pilot_id, time.time())
