@@ -359,3 +359,13 @@ async def collect(client: Client, tasks: Sequence[Task], *, stall: float = 5.0,
             for info in await client.wait(lost):
                 infos[info.id] = info
     return Collected(infos, last, lost)
+
+
+def warn_incomplete(failed: int, lost: int) -> None:
+    """Say when a run had tasks that did not finish, or results the first Wait missed."""
+    if failed:
+        print(f"WARNING: {failed} tasks did not finish (JOB_FINISHED)")
+    if lost:
+        print(f"WARNING: the first Wait never delivered {lost} result(s); they were fetched "
+              "by a second Wait after a 5 s stall, which is left out of the timing "
+              "(see bench/README.md, 'Problems these benchmarks found')")

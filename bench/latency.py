@@ -33,7 +33,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import peers as peer_mod  # noqa: E402
-from common import Spread, cluster, collect, machine_line, median, ms, p99, table  # noqa: E402
+from common import Spread, cluster, collect, machine_line, median, ms, p99, table, warn_incomplete  # noqa: E402
 
 
 @dataclass
@@ -114,13 +114,7 @@ def report(runs: list[Run], k: int) -> None:
          ["(b) submit -> process started", sp(st50), sp(st99), f"{median(all_st):.2f}",
           f"{p99(all_st):.2f}", "<= 3 / <= 15"],
          ["(c) no-op command round trip = (a)", sp(rtt50), sp(rtt99), "", "", ""]]))
-    failed = sum(r.failed for r in runs)
-    if failed:
-        print(f"WARNING: {failed} tasks did not finish (JOB_FINISHED)")
-    lost = sum(r.lost for r in runs)
-    if lost:
-        print(f"WARNING: the controller's Wait never delivered {lost} result(s) (each cost a "
-              "5 s stall and is left out; see bench/README.md, 'known problems')")
+    warn_incomplete(sum(r.failed for r in runs), sum(r.lost for r in runs))
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import peers as peer_mod  # noqa: E402
-from common import Spread, cluster, collect, cpu_times, machine_line, table  # noqa: E402
+from common import Spread, cluster, collect, cpu_times, machine_line, table, warn_incomplete  # noqa: E402
 
 from tidewater.proto import TaskSpec  # noqa: E402
 
@@ -147,13 +147,7 @@ def main() -> None:
     if use:
         print()
         print(cpu_table(runs, use))
-    failed = sum(r.failed for r in runs)
-    if failed:
-        print(f"WARNING: {failed} tasks did not finish (JOB_FINISHED)")
-    lost = sum(r.lost for r in runs)
-    if lost:
-        print(f"WARNING: the controller's Wait never delivered {lost} result(s); fetched by a "
-              "second Wait (see bench/README.md, 'known problems')")
+    warn_incomplete(sum(r.failed for r in runs), sum(r.lost for r in runs))
     if a.peers:
         print()
         pn = a.peer_n or a.n

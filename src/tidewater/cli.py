@@ -39,8 +39,8 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         sys.exit(1)
     except BaseExceptionGroup as group:
-        match, _rest = group.split(TidewaterError)
-        if match is None:
+        match, rest = group.split(TidewaterError)
+        if match is None or rest is not None:
             raise
         first: BaseException = match
         while isinstance(first, BaseExceptionGroup):

@@ -124,6 +124,8 @@ class Client:
         try:
             await self._tg.start(self._run)
         except BaseException:
+            # The group's own scope is cancelled, so exiting it cannot block;
+            # a shield scope cannot wrap it (it would straddle the group's scope).
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
             raise

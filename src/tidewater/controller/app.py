@@ -8,7 +8,6 @@ JSON and Prometheus text. aiohttp's errors stay in this module.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
@@ -337,6 +336,3 @@ async def serve(config: ControllerConfig) -> AsyncIterator[Server]:
         finally:
             tg.cancel_scope.cancel()
 
-
-def metrics_json(controller: Controller) -> str:
-    return json.dumps(controller.metrics())

@@ -84,7 +84,6 @@ class Pilot:
         self._tg: TaskGroup | None = None
         self._base_env = dict(os.environ)
         self._base_env.pop("TIDEWATER_TOKEN", None)
-        self.completed = 0
 
     # ------------------------------------------------------------------ life
 
@@ -312,7 +311,6 @@ class Pilot:
                     time=time.time(), exit_code=outcome.exit_code, message=outcome.message,
                     stdout_tail=out, stderr_tail=err,
                 ))
-            self.completed += 1
         finally:
             if r.proc is not None:
                 r.proc.close()
