@@ -12,6 +12,9 @@
     │   ├── ConnectionClosed        the peer closed it cleanly
     │   └── ConnectionBroken        it broke (reset, timeout, refused)
     ├── StoreError                  the database failed
+    ├── SchedulerError              a batch scheduler refused or failed
+    │   ├── SchedulerCommandError   a scheduler command exited non-zero (argv, stdout, stderr, rc)
+    │   └── SchedulerOutputError    a scheduler command's output could not be read
     └── TaskFailed                  ``Task.result(check=True)`` on a task that did not finish
 
 Errors raised by websockets, aiohttp and aiosqlite are translated at the
@@ -88,6 +91,39 @@ class ConnectionBroken(ConnectionError_):
 
 class StoreError(TidewaterError):
     pass
+
+
+class SchedulerError(TidewaterError):
+    """A batch scheduler (Slurm, PBS, LSF, Cobalt, local) refused or failed."""
+
+
+class SchedulerCommandError(SchedulerError):
+    """A scheduler command failed; carries what was run and what it said."""
+
+    def __init__(
+        self, argv: list[str], returncode: int | None, stdout: str = "", stderr: str = "",
+        reason: str = "",
+    ) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        self.reason = reason
+        said = (stderr.strip() or stdout.strip())[-2000:]
+        how = reason or (f"exited {returncode}" if returncode is not None else "did not finish")
+        msg = f"{' '.join(self.argv)!s} {how}"
+        if said:
+            msg += f": {said}"
+        super().__init__(msg)
+
+
+class SchedulerOutputError(SchedulerError):
+    """A scheduler command succeeded but printed something we cannot read."""
+
+    def __init__(self, what: str, output: str) -> None:
+        self.what = what
+        self.output = output
+        super().__init__(f"cannot read {what} from scheduler output: {output[:500]!r}")
 
 
 class TaskFailed(TidewaterError):

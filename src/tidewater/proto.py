@@ -36,7 +36,7 @@ import msgspec
 
 PROTO_VERSION = 1
 
-Role = Literal["client", "pilot"]
+Role = Literal["client", "pilot", "agent"]
 
 
 class Msg(msgspec.Struct, frozen=True, kw_only=True, tag_field="op"):
@@ -77,8 +77,22 @@ class SiteInfo(Struct):
 
 
 class Resources(Struct):
+    """What one task needs. ``cores``/``gpus`` are per node.
+
+    A task with ``num_nodes > 1`` or ``ranks_per_node > 1`` runs through the
+    site's MPI launcher on whole nodes of one batch job. A single-node task
+    takes ``max(cores, ranks_per_node * threads_per_rank)`` cores, and at
+    least ``1/node_packing_count`` of its node.
+    """
+
     cores: int = 1
     gpus: int = 0
+    num_nodes: int = 1
+    ranks_per_node: int = 1
+    threads_per_rank: int = 1
+    gpus_per_rank: int = 0
+    node_packing_count: int = 0
+    """At most this many such tasks share one node (0: no limit)."""
 
 
 class TaskSpec(Struct):
@@ -94,6 +108,8 @@ class TaskSpec(Struct):
     max_retries: int = 3
     env: dict[str, str] = {}
     workdir: str | None = None
+    wall_time: float | None = None
+    """Estimated run time in seconds: a pilot whose allocation ends sooner does not start it."""
 
 
 class TaskInfo(Struct):
@@ -132,6 +148,62 @@ class TaskEvent(Struct):
     tags: dict[str, str] = {}
 
 
+class NodeInfo(Struct):
+    """One node a pilot serves."""
+
+    host: str
+    cores: int
+    gpus: int = 0
+
+
+class SiteLimits(Struct):
+    """What a site's agent says its scheduler allows (None: unknown, not checked)."""
+
+    cores_per_node: int | None = None
+    gpus_per_node: int | None = None
+    max_nodes_per_job: int | None = None
+    max_wall_time_min: int | None = None
+    queues: list[str] = []
+    projects: list[str] = []
+    scheduler: str = ""
+
+
+class JobSpec(Struct):
+    """A batch job asked for by a user or by the site's autoscaler."""
+
+    site: str
+    nodes: int = 1
+    wall_time_min: int = 30
+    queue: str = ""
+    project: str = ""
+
+
+class BatchJobInfo(Struct):
+    """The controller's view of one batch job."""
+
+    id: int
+    site: str
+    state: str
+    nodes: int
+    wall_time_min: int
+    queue: str = ""
+    project: str = ""
+    scheduler_id: str = ""
+    autoscaled: bool = False
+    created_at: float = 0.0
+    submitted_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    reason: str = ""
+    """The scheduler's word on the job: pending reason, TIMEOUT, CANCELLED, exit code."""
+    error: str = ""
+    """Why submitting or cancelling failed, with the command and what it printed."""
+    pilots: int = 0
+    """Pilots of this job connected now."""
+    flagged: str = ""
+    """Something looks wrong (running but no pilot has connected)."""
+
+
 class TaskFilter(Struct):
     ids: list[int] = []
     states: list[str] = []
@@ -162,6 +234,13 @@ class Hello(Msg, tag="hello"):
     # report still in its outbox. Lets the controller reconcile after a
     # reconnect or a controller restart.
     held: list[tuple[int, int]] = []
+    # Pilot inside a batch job (with a pilot token) ------------------------
+    batch_job: int = 0
+    nodes: list[NodeInfo] = []
+    """Head mode: every node the pilot launches on; node mode: its own node (or empty)."""
+    end_time: float | None = None
+    # Agent only --------------------------------------------------------------
+    limits: SiteLimits | None = None
 
 
 class Welcome(Msg, tag="welcome"):
@@ -265,9 +344,26 @@ class ListApps(Msg, tag="list_apps"):
     site: str | None = None
 
 
+class AddJob(Msg, tag="add_job"):
+    req_id: int
+    job: JobSpec
+
+
+class ListJobs(Msg, tag="list_jobs"):
+    req_id: int
+    site: str | None = None
+    include_finished: bool = False
+    limit: int = 100
+
+
+class CancelJob(Msg, tag="cancel_job"):
+    req_id: int
+    id: int
+
+
 ClientToController = (
     Hello | Ping | Submit | Query | Watch | Unwatch | Wait | Cancel | AddSite | ListSites
-    | AddApp | ListApps
+    | AddApp | ListApps | AddJob | ListJobs | CancelJob
 )
 
 
@@ -332,6 +428,16 @@ class AppList(Msg, tag="app_list"):
     apps: list[AppInfo]
 
 
+class JobAdded(Msg, tag="job_added"):
+    req_id: int
+    job: BatchJobInfo
+
+
+class JobList(Msg, tag="job_list"):
+    req_id: int
+    jobs: list[BatchJobInfo]
+
+
 class Done(Msg, tag="done"):
     """A request with no other payload succeeded."""
 
@@ -340,7 +446,7 @@ class Done(Msg, tag="done"):
 
 ControllerToClient = (
     Welcome | Reject | Error | Ping | Submitted | TaskList | Watching | Events | Results
-    | Cancelled | SiteAdded | SiteList | AppAdded | AppList | Done
+    | Cancelled | SiteAdded | SiteList | AppAdded | AppList | JobAdded | JobList | Done
 )
 
 
@@ -360,6 +466,13 @@ class Assignment(Struct):
     cores: int = 1
     gpus: int = 0
     timeout: float | None = None
+    wall_time: float | None = None
+    # Through the MPI launcher (ranks_per_node > 1 or several hosts): ----------
+    hosts: list[str] = []
+    """Nodes reserved for the task, the receiving pilot's own first (empty: its node)."""
+    ranks_per_node: int = 1
+    threads_per_rank: int = 1
+    gpus_per_rank: int = 0
 
 
 class RunTasks(Msg, tag="run"):
@@ -426,10 +539,96 @@ ControllerToPilot = Welcome | Reject | RunTasks | Kill | Ack | Ping
 
 
 # --------------------------------------------------------------------------
+# Site agent <-> controller
+#
+#   agent                                   controller
+#     Hello(role="agent", site token, limits) ->
+#                                           <- Welcome, then Jobs(every live job of the site)
+#                                           <- StartJob / StopJob   (user or autoscaler asked)
+#                                           <- Demand               (runnable work changed)
+#     JobUpdates(seq, ...)                  ->
+#                                           <- Ack(seq)             (after commit)
+#     RequestJob(key, spec)                 ->   (autoscaler: becomes a StartJob)
+
+
+class JobUpdate(Struct):
+    """What the agent learned about one batch job (from a command or the scheduler)."""
+
+    job_id: int
+    state: str
+    scheduler_id: str = ""
+    time: float = 0.0
+    reason: str = ""
+    error: str = ""
+    start_time: float | None = None
+    end_time: float | None = None
+
+
+class JobUpdates(Msg, tag="job_updates"):
+    seq: int
+    updates: list[JobUpdate]
+
+
+class RequestJob(Msg, tag="request_job"):
+    """The autoscaler wants a batch job; ``key`` makes a resend create nothing twice."""
+
+    key: str
+    job: JobSpec
+
+
+class AgentJob(Struct):
+    """A batch job the agent must bring about (or keep track of)."""
+
+    job: BatchJobInfo
+    pilot_token: str = ""
+    """Only for a job still to be submitted: the token its pilots connect with."""
+
+
+class Jobs(Msg, tag="jobs"):
+    """Every batch job of the site that is not final: sent after Welcome to reconcile."""
+
+    jobs: list[AgentJob]
+
+
+class StartJob(Msg, tag="start_job"):
+    job: AgentJob
+
+
+class StopJob(Msg, tag="stop_job"):
+    job_id: int
+    scheduler_id: str = ""
+
+
+class Demand(Msg, tag="demand"):
+    """Runnable work of the site not yet sent to a pilot, for the autoscaler."""
+
+    tasks: int
+    cores: int = 0
+    """Cores the single-node tasks among them need, summed."""
+    gpus: int = 0
+    node_demand: float = 0.0
+    """Whole nodes the multi-node tasks among them need, summed."""
+    idle_nodes: int = 0
+    """Connected pilot nodes with nothing to do."""
+    busy_nodes: int = 0
+
+
+AgentToController = Hello | JobUpdates | RequestJob | Heartbeat | Ping
+ControllerToAgent = Welcome | Reject | Jobs | StartJob | StopJob | Demand | Ack | Error | Ping
+
+
+# --------------------------------------------------------------------------
 # Codecs, built once
 
 _encoder = msgspec.msgpack.Encoder()
 encode = _encoder.encode
+_json_encoder = msgspec.json.Encoder()
+
+
+def encode_json(value: object) -> str:
+    """JSON text of a message or value type (for the store and files)."""
+    return _json_encoder.encode(value).decode()
+
 
 client_decoder: msgspec.msgpack.Decoder[ClientToController] = msgspec.msgpack.Decoder(
     ClientToController
@@ -442,5 +641,11 @@ pilot_decoder: msgspec.msgpack.Decoder[PilotToController] = msgspec.msgpack.Deco
 )
 to_pilot_decoder: msgspec.msgpack.Decoder[ControllerToPilot] = msgspec.msgpack.Decoder(
     ControllerToPilot
+)
+agent_decoder: msgspec.msgpack.Decoder[AgentToController] = msgspec.msgpack.Decoder(
+    AgentToController
+)
+to_agent_decoder: msgspec.msgpack.Decoder[ControllerToAgent] = msgspec.msgpack.Decoder(
+    ControllerToAgent
 )
 hello_decoder: msgspec.msgpack.Decoder[Hello] = msgspec.msgpack.Decoder(Hello)

@@ -118,3 +118,39 @@ def failure_path(kind: TaskState, *, retries: int, max_retries: int) -> list[Tas
     if retries < max_retries:
         return [kind, S.RESTART_READY]
     return [kind, S.FAILED]
+
+
+# --------------------------------------------------------------------------
+# Batch jobs (DESIGN.md): pending_submission -> queued -> running -> finished,
+# plus submit_failed and pending_deletion. The scheduler's listing may skip
+# states (a short job goes from queued straight to finished between two looks),
+# so every forward step is allowed; nothing goes backwards.
+
+JOB_STATES: tuple[str, ...] = (
+    "pending_submission", "queued", "running", "pending_deletion", "finished", "submit_failed",
+)
+JOB_FINAL: frozenset[str] = frozenset({"finished", "submit_failed"})
+_JOB_NEXT: dict[str, frozenset[str]] = {
+    "pending_submission": frozenset(
+        {"queued", "running", "finished", "submit_failed", "pending_deletion"}
+    ),
+    "queued": frozenset({"running", "finished", "pending_deletion"}),
+    "running": frozenset({"finished", "pending_deletion"}),
+    "pending_deletion": frozenset({"finished"}),
+    "finished": frozenset(),
+    "submit_failed": frozenset(),
+}
+
+
+def job_step(src: str, dst: str) -> str | None:
+    """The batch-job state after the agent reports ``dst`` for a job in ``src``.
+
+    Returns None when the report changes nothing (same state, or a stale
+    report that would go backwards: a job being deleted stays so until it is
+    gone). Raises ValueError for an unknown state name.
+    """
+    if dst not in _JOB_NEXT or src not in _JOB_NEXT:
+        raise ValueError(f"unknown batch-job state {dst if dst not in _JOB_NEXT else src!r}")
+    if dst == src or dst not in _JOB_NEXT[src]:
+        return None
+    return dst

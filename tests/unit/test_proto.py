@@ -29,16 +29,27 @@ APP = P.AppInfo(
 )
 SPEC = P.TaskSpec(
     app="hello", site="laptop", params={"name": "world", "n": 2}, tags={"t": "1"}, priority=5,
-    resources=P.Resources(cores=2, gpus=1), timeout=30.0, max_retries=1, env={"A": "b"},
-    workdir="w/1",
+    resources=P.Resources(cores=2, gpus=1, num_nodes=2, ranks_per_node=4, threads_per_rank=2,
+                          gpus_per_rank=1, node_packing_count=2),
+    timeout=30.0, max_retries=1, env={"A": "b"}, workdir="w/1", wall_time=120.0,
 )
+
+JOB = P.BatchJobInfo(
+    id=3, site="laptop", state="running", nodes=2, wall_time_min=30, queue="debug",
+    project="m1", scheduler_id="4242", autoscaled=True, created_at=1.0, submitted_at=2.0,
+    started_at=3.0, ended_at=None, reason="None", error="", pilots=2, flagged="",
+)
+LIMITS = P.SiteLimits(cores_per_node=64, gpus_per_node=4, max_nodes_per_job=8,
+                      max_wall_time_min=60, queues=["debug"], projects=["m1"],
+                      scheduler="slurm")
 
 # One instance of every message, with non-default values wherever there is a field.
 SAMPLES: dict[type[P.Msg], P.Msg] = {
     P.Hello: P.Hello(
         role="pilot", proto_version=P.PROTO_VERSION, token="tok", name="n", site="laptop",
         pilot_id="p-1", hostname="node1", cores=8, gpus=2, credit_cores=9, credit_gpus=2,
-        held=[(1, 0), (2, 3)],
+        held=[(1, 0), (2, 3)], batch_job=3,
+        nodes=[P.NodeInfo(host="nid001", cores=64, gpus=4)], end_time=99.5, limits=LIMITS,
     ),
     P.Welcome: P.Welcome(
         proto_version=1, server_id="srv", user="alice", site="laptop", heartbeat_interval=1.0,
@@ -71,9 +82,25 @@ SAMPLES: dict[type[P.Msg], P.Msg] = {
     P.AppAdded: P.AppAdded(req_id=9, app=APP),
     P.AppList: P.AppList(req_id=10, apps=[APP]),
     P.Done: P.Done(req_id=11),
+    P.AddJob: P.AddJob(req_id=12, job=P.JobSpec(site="laptop", nodes=2, wall_time_min=30,
+                                                queue="debug", project="m1")),
+    P.ListJobs: P.ListJobs(req_id=13, site="laptop", include_finished=True, limit=5),
+    P.CancelJob: P.CancelJob(req_id=14, id=3),
+    P.JobAdded: P.JobAdded(req_id=12, job=JOB),
+    P.JobList: P.JobList(req_id=13, jobs=[JOB]),
+    P.JobUpdates: P.JobUpdates(seq=2, updates=[
+        P.JobUpdate(job_id=3, state="finished", scheduler_id="4242", time=5.0,
+                    reason="TIMEOUT", error="", start_time=3.0, end_time=5.0),
+    ]),
+    P.RequestJob: P.RequestJob(key="auto-1", job=P.JobSpec(site="laptop", nodes=1)),
+    P.Jobs: P.Jobs(jobs=[P.AgentJob(job=JOB, pilot_token="twp_x")]),
+    P.StartJob: P.StartJob(job=P.AgentJob(job=JOB, pilot_token="twp_y")),
+    P.StopJob: P.StopJob(job_id=3, scheduler_id="4242"),
+    P.Demand: P.Demand(tasks=5, cores=7, gpus=1, node_demand=4.0, idle_nodes=1, busy_nodes=2),
     P.RunTasks: P.RunTasks(tasks=[
         P.Assignment(task_id=1, attempt=2, argv=["prog", "a b"], env={"X": "1"},
-                     workdir="w", cores=2, gpus=1, timeout=5.0),
+                     workdir="w", cores=2, gpus=1, timeout=5.0, wall_time=60.0,
+                     hosts=["n1", "n2"], ranks_per_node=2, threads_per_rank=3, gpus_per_rank=1),
         P.Assignment(task_id=2, attempt=0, shell="echo hi | cat"),
     ]),
     P.Kill: P.Kill(tasks=[(1, 2)], reason="cancelled"),
@@ -94,6 +121,8 @@ DIRECTIONS = {
     "to_client_decoder": (P.ControllerToClient, P.to_client_decoder),
     "pilot_decoder": (P.PilotToController, P.pilot_decoder),
     "to_pilot_decoder": (P.ControllerToPilot, P.to_pilot_decoder),
+    "agent_decoder": (P.AgentToController, P.agent_decoder),
+    "to_agent_decoder": (P.ControllerToAgent, P.to_agent_decoder),
 }
 
 CASES = [

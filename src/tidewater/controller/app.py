@@ -160,6 +160,8 @@ class ControllerApp:
                     peer.send(self._welcome(who))
                     log.info("client %s (%s) connected from %s", who.user, hello.name, remote)
                     await self._client_loop(ws, who, peer)
+                elif hello.role == "agent":
+                    await self._agent_session(ws, who, peer, hello)
                 else:
                     await self._pilot_session(ws, who, peer, hello)
             finally:
@@ -232,6 +234,12 @@ class ControllerApp:
                         await c.add_app(who, peer, msg)
                     case P.ListApps():
                         c.list_apps(who, peer, msg)
+                    case P.AddJob():
+                        await c.batch.add_job(who, peer, msg)
+                    case P.ListJobs():
+                        c.batch.list_jobs(who, peer, msg)
+                    case P.CancelJob():
+                        await c.batch.cancel_job(who, peer, msg)
                     case P.Ping():
                         peer.send(P.Ping(time=msg.time))
                     case P.Hello():
@@ -282,6 +290,43 @@ class ControllerApp:
                                           message="already greeted: Hello is only the first frame"))
         finally:
             c.pilot_gone(rec, peer, bye=bye)
+
+
+    async def _agent_session(
+        self, ws: web.WebSocketResponse, who: Principal, peer: WsPeer, hello: P.Hello
+    ) -> None:
+        c = self.c
+        site = c.sites.get(who.site_id) if who.site_id is not None else None
+        try:
+            site_id = await c.batch.agent_hello(
+                who, peer, hello, self._welcome(who, site.name if site else "")
+            )
+        except InvalidRequest as exc:
+            peer.send(P.Reject(reason=exc.message, code=exc.code))
+            peer.close(4002, exc.message)
+            await peer_wait_closed(ws)
+            return
+        try:
+            async for data in self._frames(ws, peer):
+                try:
+                    msg = P.agent_decoder.decode(data)
+                except msgspec.MsgspecError as exc:
+                    peer.send(P.Error(req_id=0, code="bad_frame", message=f"malformed frame: {exc}"))
+                    continue
+                try:
+                    match msg:
+                        case P.JobUpdates():
+                            await c.batch.job_updates(site_id, peer, msg)
+                        case P.RequestJob():
+                            await c.batch.request_job(site_id, peer, msg)
+                        case P.Heartbeat() | P.Ping():
+                            peer.send(P.Ping(time=msg.time))
+                        case P.Hello():
+                            raise InvalidRequest("already greeted: Hello is only the first frame")
+                except InvalidRequest as exc:
+                    peer.send(P.Error(req_id=0, code=exc.code, message=exc.message))
+        finally:
+            c.batch.agent_gone(site_id, peer)
 
 
 async def peer_wait_closed(ws: web.WebSocketResponse) -> None:

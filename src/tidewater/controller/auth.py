@@ -11,8 +11,8 @@ import hashlib
 import secrets
 from typing import Literal
 
-TokenKind = Literal["user", "site"]
-_PREFIX: dict[TokenKind, str] = {"user": "twu_", "site": "tws_"}
+TokenKind = Literal["user", "site", "pilot"]
+_PREFIX: dict[TokenKind, str] = {"user": "twu_", "site": "tws_", "pilot": "twp_"}
 
 
 def mint(kind: TokenKind) -> str:

@@ -33,6 +33,7 @@ from ..config import ControllerConfig
 from ..errors import AppError, InvalidRequest, LimitExceeded, NotFound, ParamError
 from ..states import TaskState as S
 from . import auth
+from .batchjobs import BatchJobs, check_task_fits
 from .dispatch import Dispatcher, PilotSlot
 from .leases import Leases
 from .store import sqlite as st
@@ -62,7 +63,8 @@ class Peer(Protocol):
 class Principal:
     user_id: int
     user: str
-    site_id: int | None = None  # set when authenticated by a site token
+    site_id: int | None = None  # set when authenticated by a site or pilot token
+    batch_job: int = 0  # set when authenticated by a pilot token
 
 
 @dataclass
@@ -114,6 +116,10 @@ class LiveTask:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    num_nodes: int = 1
+    packing: int = 0
+    extra_j: str = ""
+    """Launch resources and wall time, as stored JSON, when any differs from its default."""
 
     @property
     def task_id(self) -> int:
@@ -149,8 +155,12 @@ class LiveTask:
             self.max_retries, self.retries, self.attempt, self.pilot, self.argv_j,
             self.shell, self.env_j, self.workdir, self.exit_code, self.error,
             self.stdout_tail, self.stderr_tail, self.created_at, self.started_at,
-            self.finished_at,
+            self.finished_at, self.extra_j,
         )
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return _json_dec.decode(self.extra_j) if self.extra_j else {}
 
 
 @dataclass
@@ -163,6 +173,9 @@ class PilotRec:
     gpus: int
     peer: Peer | None = None
     assigned: set[int] = field(default_factory=set)
+    batch_job: int = 0
+    node_count: int = 1
+    draining: bool = False
 
 
 Ev = tuple[int, str, str, float, dict[str, Any]]
@@ -201,6 +214,8 @@ class Controller:
         self.apps: dict[tuple[int, str], AppRec] = {}
         self.pilots: dict[str, PilotRec] = {}
         self.dispatcher = Dispatcher()
+        self.batch = BatchJobs(self)
+        self._demand_dirty: set[int] = set()
         self.leases = Leases(config.timeouts.lease_timeout)
         self._watchers: dict[int, dict[tuple[int, int], WatchSub]] = {}
         self._waiters: dict[int, list[tuple[Peer, int]]] = {}
@@ -232,6 +247,7 @@ class Controller:
         async with self.store:
             self.store.after_batch = self._flush
             await self._recover()
+            await self.batch.recover()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._dispatch_loop)
                 tg.start_soon(self._lease_loop)
@@ -269,8 +285,11 @@ class Controller:
                 attempt=r[13], pilot=r[14], argv_j=r[15], shell=r[16],
                 env_j=self._share(r[17]), workdir=r[18], exit_code=r[19], error=r[20],
                 stdout_tail=r[21], stderr_tail=r[22], created_at=r[23], started_at=r[24],
-                finished_at=r[25],
+                finished_at=r[25], extra_j=r[26],
             )
+            extra = t.extra
+            t.num_nodes = int(extra.get("num_nodes", 1))
+            t.packing = int(extra.get("node_packing_count", 0))
             self.live[t.id] = t
             if t.state == S.RUNNING and t.pilot:
                 # Its pilot may still be running it: give it one lease to come back.
@@ -305,6 +324,14 @@ class Controller:
             )
             if row is not None:
                 return Principal(user_id=row[1], user=row[2], site_id=row[0])
+        elif kind == "pilot":
+            job = self.batch.pilot_job(h)
+            if job is not None:
+                row = await self.store.fetchone("SELECT name FROM users WHERE id = ?",
+                                                (job.owner_id,))
+                if row is not None:
+                    return Principal(user_id=job.owner_id, user=row[0], site_id=job.site_id,
+                                     batch_job=job.id)
         raise InvalidRequest("invalid token", "auth")
 
     # ================================================================== helpers
@@ -347,6 +374,7 @@ class Controller:
 
     def _enqueue(self, t: LiveTask) -> None:
         self.dispatcher.push(t)
+        self._demand_dirty.add(t.site_id)
         self._wake.set()
 
     def _emit(self, t: LiveTask, events: list[Ev]) -> None:
@@ -507,8 +535,9 @@ class Controller:
                 )
             values = appmod.validate_params(app.name, app.params, spec.params)
             argv, shell = appmod.render(app.command, values)
-            if spec.resources.cores < 1 or spec.resources.gpus < 0:
-                raise InvalidRequest("resources: cores must be >= 1 and gpus >= 0")
+            res = spec.resources
+            extra = check_resources(res, spec.wall_time)
+            check_task_fits(site.name, res, self.batch.limits.get(site.id))
             if spec.max_retries < 0 or spec.max_retries > 100:
                 raise InvalidRequest("max_retries must be between 0 and 100")
             if spec.timeout is not None and not spec.timeout > 0:
@@ -526,11 +555,14 @@ class Controller:
             id=0, owner_id=who.user_id, site_id=site.id, app=app.name, state=S.CREATED,
             params_j=_j(values), tags_j=self._share(_j(spec.tags)),
             priority=spec.priority,
-            cores=spec.resources.cores, gpus=spec.resources.gpus, timeout=spec.timeout,
+            cores=max(res.cores, res.ranks_per_node * res.threads_per_rank),
+            gpus=max(res.gpus, res.ranks_per_node * res.gpus_per_rank), timeout=spec.timeout,
             max_retries=spec.max_retries, retries=0, attempt=0, pilot="",
             argv_j=_j(argv), shell=shell, env_j=self._share(_j(spec.env)),
             workdir=workdir, exit_code=None, error="",
             stdout_tail="", stderr_tail="", created_at=now, started_at=None, finished_at=None,
+            num_nodes=res.num_nodes, packing=res.node_packing_count,
+            extra_j=self._share(_j(extra)) if extra else "",
         )
 
     async def submit(self, who: Principal, peer: Peer, msg: P.Submit) -> None:
@@ -799,6 +831,11 @@ class Controller:
         frame the pilot gets, before any Kill the reconciliation sends.
         Raises :class:`InvalidRequest` (nothing sent) if the Hello is refused.
         """
+        job = self.batch.jobs.get(who.batch_job) if who.batch_job else None
+        if who.batch_job and (job is None or (hello.batch_job and hello.batch_job != job.id)):
+            raise NotFound(f"this pilot token is not for batch job {hello.batch_job}")
+        if len(hello.nodes) > 100_000 or any(n.cores < 0 or n.gpus < 0 for n in hello.nodes):
+            raise InvalidRequest("invalid node list")
         if who.site_id is not None:
             if hello.site and hello.site != self.sites[who.site_id].name:
                 raise NotFound(f"this site token is not for site {hello.site!r}")
@@ -822,6 +859,12 @@ class Controller:
             peer.send(welcome(site.name))
         rec = old or PilotRec(hello.pilot_id, site.id, who.user_id, "", 0, 0)
         rec.hostname, rec.cores, rec.gpus, rec.peer = hello.hostname, hello.cores, hello.gpus, peer
+        rec.node_count = max(1, len(hello.nodes))
+        rec.draining = False
+        if job is not None:
+            rec.batch_job = job.id
+            job.pilots.add(rec.pilot_id)
+            job.seen_pilot = True
         self.pilots[rec.pilot_id] = rec
         self.leases.touch(rec.pilot_id, time.time())
         self._lease_changed.set()
@@ -865,7 +908,9 @@ class Controller:
         self.dispatcher.add_pilot(PilotSlot(
             rec.pilot_id, site.id, hello.cores, hello.gpus,
             max(hello.credit_cores, 0), max(hello.credit_gpus, 0),
+            batch_job=rec.batch_job, nodes=rec.node_count, busy=len(rec.assigned),
         ))
+        self._demand_dirty.add(site.id)
         if stmts:
             self._write_soon(stmts, lambda: self._after_commit(lost))
         self._wake.set()
@@ -894,10 +939,17 @@ class Controller:
         return committed
 
     def _unassign(self, t: LiveTask) -> None:
-        rec = self.pilots.get(t.pilot)
-        if rec is not None:
-            rec.assigned.discard(t.id)
+        self._attempt_over(t)
         t.pilot = ""
+
+    def _attempt_over(self, t: LiveTask) -> None:
+        """The task's attempt no longer occupies its pilot (and the nodes it reserved)."""
+        rec = self.pilots.get(t.pilot)
+        if rec is not None and t.id in rec.assigned:
+            rec.assigned.discard(t.id)
+            self.dispatcher.task_left(rec.pilot_id)
+            self._demand_dirty.add(rec.site_id)
+        self.dispatcher.release(t.id)
 
     def _fail_attempt(
         self, t: LiveTask, kind: S, now: float, why: str, *, exit_code: int | None = None
@@ -960,7 +1012,7 @@ class Controller:
                     continue
                 t.exit_code, t.finished_at = r.exit_code, now
                 t.stdout_tail, t.stderr_tail = r.stdout_tail, r.stderr_tail
-                rec.assigned.discard(t.id)
+                self._attempt_over(t)
                 s, events = self._transition(t, states.finish_path(), now, {"exit_code": 0})
             elif r.kind in ("error", "timeout"):
                 if t.state != S.RUNNING:
@@ -1006,6 +1058,9 @@ class Controller:
     def drain(self, rec: PilotRec, reason: str) -> None:
         """The pilot is stopping: it gets no new work from now on."""
         self.dispatcher.remove_pilot(rec.pilot_id)
+        rec.draining = True
+        self._demand_dirty.add(rec.site_id)
+        self._wake.set()
         log.info("pilot %s is draining: %s", rec.pilot_id, reason or "no reason given")
 
     def pilot_gone(self, rec: PilotRec, peer: Peer, *, bye: bool) -> None:
@@ -1014,6 +1069,8 @@ class Controller:
             return  # an older connection of a pilot that already reconnected
         rec.peer = None
         self.dispatcher.remove_pilot(rec.pilot_id)
+        self._demand_dirty.add(rec.site_id)
+        self._wake.set()
         if bye:
             self.leases.drop(rec.pilot_id)
             self._pilot_lost(rec, "the pilot exited")
@@ -1036,6 +1093,11 @@ class Controller:
         rec.assigned.clear()
         self.dispatcher.remove_pilot(rec.pilot_id)
         self.pilots.pop(rec.pilot_id, None)
+        job = self.batch.jobs.get(rec.batch_job)
+        if job is not None:
+            job.pilots.discard(rec.pilot_id)
+        self._demand_dirty.add(rec.site_id)
+        self._wake.set()
         if rec.peer is not None:
             rec.peer.close(4001, why)
         if touched:
@@ -1053,6 +1115,9 @@ class Controller:
             if hold > 0:
                 await anyio.sleep(hold)
             self._dispatch_once()
+            if self._demand_dirty:
+                dirty, self._demand_dirty = self._demand_dirty, set()
+                self.batch.send_demand(dirty)
 
     def _dispatch_once(self) -> None:
         out: dict[str, list[P.Assignment]] = {}
@@ -1068,15 +1133,35 @@ class Controller:
             t.attempt += 1
             t.pilot = pilot_id
             rec.assigned.add(t.id)
-            out.setdefault(pilot_id, []).append(P.Assignment(
-                task_id=t.id, attempt=t.attempt, argv=t.argv, shell=t.shell,
-                env=t.env, workdir=t.workdir or f"tasks/{t.id}", cores=t.cores,
-                gpus=t.gpus, timeout=t.timeout,
-            ))
+            self._demand_dirty.add(rec.site_id)
+            out.setdefault(pilot_id, []).append(self._assignment(t, rec))
         for pilot_id, tasks in out.items():
             rec = self.pilots[pilot_id]
             assert rec.peer is not None
             rec.peer.send(P.RunTasks(tasks=tasks))
+
+    def _assignment(self, t: LiveTask, rec: PilotRec) -> P.Assignment:
+        slot = self.dispatcher.pilot(rec.pilot_id)
+        others = self.dispatcher.reserved(t.id)
+        if others and slot is not None:
+            cores, gpus = slot.cores, slot.gpus  # the whole node is the task's
+            hosts = [rec.hostname] + [
+                (self.pilots[p].hostname if p in self.pilots else p) for p in others
+            ]
+        elif slot is not None:
+            cores, gpus = slot.footprint(t)
+            hosts = []
+        else:
+            cores, gpus, hosts = t.cores, t.gpus, []
+        extra = t.extra
+        return P.Assignment(
+            task_id=t.id, attempt=t.attempt, argv=t.argv, shell=t.shell,
+            env=t.env, workdir=t.workdir or f"tasks/{t.id}", cores=cores,
+            gpus=gpus, timeout=t.timeout, wall_time=extra.get("wall_time"), hosts=hosts,
+            ranks_per_node=int(extra.get("ranks_per_node", 1)),
+            threads_per_rank=int(extra.get("threads_per_rank", 1)),
+            gpus_per_rank=int(extra.get("gpus_per_rank", 0)),
+        )
 
     async def _lease_loop(self) -> None:
         while True:
@@ -1117,6 +1202,31 @@ def check_workdir(path: str) -> str:
     if not parts or any(p == ".." for p in parts):
         raise InvalidRequest(f"workdir {path!r} may not be empty or contain '..'")
     return "/".join(parts)
+
+
+_RESOURCE_DEFAULTS = {
+    "num_nodes": 1, "ranks_per_node": 1, "threads_per_rank": 1, "gpus_per_rank": 0,
+    "node_packing_count": 0,
+}
+
+
+def check_resources(res: P.Resources, wall_time: float | None) -> dict[str, Any]:
+    """Validate a task's resources; the launch fields that differ from their defaults."""
+    if res.cores < 1 or res.gpus < 0:
+        raise InvalidRequest("resources: cores must be >= 1 and gpus >= 0")
+    extra: dict[str, Any] = {}
+    for name, default in _RESOURCE_DEFAULTS.items():
+        value = getattr(res, name)
+        low = 0 if default == 0 else 1
+        if not low <= value <= 100_000:
+            raise InvalidRequest(f"resources: {name} must be between {low} and 100000")
+        if value != default:
+            extra[name] = value
+    if wall_time is not None:
+        if not wall_time > 0:
+            raise InvalidRequest("wall_time must be a positive number of seconds")
+        extra["wall_time"] = wall_time
+    return extra
 
 
 def _chunks(items: list[int], n: int) -> list[list[int]]:

@@ -4,6 +4,14 @@ Each site has one priority queue (highest priority first, FIFO by task id
 within a priority). Each pilot has *credit*: cores and GPUs it has granted
 and not yet been sent work for. :meth:`Dispatcher.match` never hands a
 pilot more than its credit, and never a task larger than the pilot itself.
+
+A pilot serves one node (node mode) or every node of its batch job (head
+mode, ``nodes > 1``). A single-node task takes its cores, or its share of a
+node when it sets ``node_packing_count``. A multi-node task goes to a head
+pilot with enough whole nodes of credit, or reserves that many idle
+node-mode pilots of one batch job: it is sent to the first, the others are
+charged in full and get their credit back from :meth:`Dispatcher.release`
+when the task's attempt ends.
 """
 
 from __future__ import annotations
@@ -25,13 +33,41 @@ class PilotSlot:
     gpus: int
     credit_cores: int = 0
     credit_gpus: int = 0
+    batch_job: int = 0
+    nodes: int = 1
+    busy: int = 0
+    """Tasks sent to this pilot (or reserving it) whose attempt has not ended."""
 
-    def fits(self, cores: int, gpus: int) -> bool:
+    @property
+    def node_cores(self) -> int:
+        return self.cores // max(self.nodes, 1)
+
+    @property
+    def node_gpus(self) -> int:
+        return self.gpus // max(self.nodes, 1)
+
+    def footprint(self, task: QueuedTask) -> tuple[int, int]:
+        """Cores and GPUs ``task`` takes on this pilot."""
+        n = task.num_nodes
+        if n > 1:
+            return n * self.node_cores, n * self.node_gpus
+        cores = task.cores
+        if task.packing > 0:
+            cores = max(cores, min(self.node_cores, -(-self.node_cores // task.packing)))
+        return cores, task.gpus
+
+    def fits(self, task: QueuedTask) -> bool:
+        if task.num_nodes > self.nodes:
+            return False
+        if task.cores > self.node_cores or task.gpus > self.node_gpus:
+            return False
+        cores, gpus = self.footprint(task)
+        return cores <= self.credit_cores and gpus <= self.credit_gpus
+
+    def whole_and_idle(self) -> bool:
         return (
-            cores <= self.cores
-            and gpus <= self.gpus
-            and cores <= self.credit_cores
-            and gpus <= self.credit_gpus
+            self.nodes == 1 and self.busy == 0 and self.batch_job != 0
+            and self.credit_cores >= self.cores and self.credit_gpus >= self.gpus
         )
 
 
@@ -48,6 +84,10 @@ class QueuedTask(Protocol):
     def cores(self) -> int: ...
     @property
     def gpus(self) -> int: ...
+    @property
+    def num_nodes(self) -> int: ...
+    @property
+    def packing(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +97,8 @@ class Queued:
     priority: int
     cores: int
     gpus: int
+    num_nodes: int = 1
+    packing: int = 0
 
 
 class Dispatcher:
@@ -65,19 +107,56 @@ class Dispatcher:
         self._queued: dict[int, QueuedTask] = {}
         self._pilots: dict[str, PilotSlot] = {}
         self._site_pilots: dict[int, dict[str, PilotSlot]] = {}
+        # Per site: queued tasks, cores of single-node ones, GPUs, nodes of multi-node ones.
+        self._demand: dict[int, list[int]] = {}
+        self._reserved: dict[int, list[tuple[str, int, int]]] = {}
 
     # -- tasks
+
+    def _count(self, task: QueuedTask, sign: int) -> None:
+        d = self._demand.setdefault(task.site_id, [0, 0, 0, 0])
+        d[0] += sign
+        if task.num_nodes > 1:
+            d[3] += sign * task.num_nodes
+        else:
+            d[1] += sign * task.cores
+        d[2] += sign * task.gpus * task.num_nodes
 
     def push(self, task: QueuedTask) -> None:
         """Make a task runnable (idempotent)."""
         if task.task_id in self._queued:
             return
         self._queued[task.task_id] = task
+        self._count(task, +1)
         heapq.heappush(self._heaps.setdefault(task.site_id, []), (-task.priority, task.task_id))
 
     def discard(self, task_id: int) -> bool:
         """Withdraw a queued task (cancelled); False if it was not queued."""
-        return self._queued.pop(task_id, None) is not None
+        task = self._queued.pop(task_id, None)
+        if task is None:
+            return False
+        self._count(task, -1)
+        return True
+
+    def demand(self, site_id: int) -> tuple[int, int, int, int]:
+        """Queued tasks of a site: count, cores (single-node), GPUs, whole nodes (multi-node)."""
+        d = self._demand.get(site_id, [0, 0, 0, 0])
+        return d[0], d[1], d[2], d[3]
+
+    def reserved(self, task_id: int) -> list[str]:
+        """Pilots a multi-node task reserved besides the one it was sent to."""
+        return [p for p, _, _ in self._reserved.get(task_id, ())]
+
+    def release(self, task_id: int) -> None:
+        """A task's attempt ended: give its reserved pilots their credit back."""
+        for pilot_id, cores, gpus in self._reserved.pop(task_id, ()):
+            self.task_left(pilot_id)
+            self.grant(pilot_id, cores, gpus)
+
+    def task_left(self, pilot_id: str) -> None:
+        slot = self._pilots.get(pilot_id)
+        if slot is not None and slot.busy > 0:
+            slot.busy -= 1
 
     def __contains__(self, task_id: int) -> bool:
         return task_id in self._queued
@@ -131,22 +210,55 @@ class Dispatcher:
                 if task is None or task.site_id != site_id or -task.priority != key[0]:
                     heapq.heappop(heap)  # withdrawn or re-pushed since: drop lazily
                     continue
-                best: PilotSlot | None = None
-                for p in ready:
-                    if p.fits(task.cores, task.gpus) and (
-                        best is None or p.credit_cores > best.credit_cores
-                    ):
-                        best = p
+                if task.num_nodes > 1:
+                    got = self._match_nodes(task, ready)
+                else:
+                    got = self._best(task, ready)
                 heapq.heappop(heap)
-                if best is None:
+                if got is None:
                     skipped.append(key)
                     continue
-                best.credit_cores -= task.cores
-                best.credit_gpus -= task.gpus
                 del self._queued[task.task_id]
-                out.append((best.pilot_id, task.task_id))
-                if best.credit_cores <= 0 and best.credit_gpus <= 0:
-                    ready.remove(best)
+                self._count(task, -1)
+                out.append((got.pilot_id, task.task_id))
+                ready = [p for p in ready if p.credit_cores > 0 or p.credit_gpus > 0]
             for key in skipped:
                 heapq.heappush(heap, key)
         return out
+
+    @staticmethod
+    def _charge(slot: PilotSlot, cores: int, gpus: int) -> None:
+        slot.credit_cores -= cores
+        slot.credit_gpus -= gpus
+        slot.busy += 1
+
+    def _best(self, task: QueuedTask, ready: list[PilotSlot]) -> PilotSlot | None:
+        best: PilotSlot | None = None
+        for p in ready:
+            if p.fits(task) and (best is None or p.credit_cores > best.credit_cores):
+                best = p
+        if best is not None:
+            self._charge(best, *best.footprint(task))
+        return best
+
+    def _match_nodes(self, task: QueuedTask, ready: list[PilotSlot]) -> PilotSlot | None:
+        """A head pilot with enough whole nodes, else idle node pilots of one batch job."""
+        for p in ready:
+            if p.nodes > 1 and p.fits(task):
+                self._charge(p, *p.footprint(task))
+                return p
+        groups: dict[int, list[PilotSlot]] = {}
+        for p in ready:
+            if (
+                p.whole_and_idle() and task.cores <= p.cores and task.gpus <= p.gpus
+            ):
+                groups.setdefault(p.batch_job, []).append(p)
+        for _job, slots in sorted(groups.items()):
+            if len(slots) < task.num_nodes:
+                continue
+            chosen = sorted(slots, key=lambda p: p.pilot_id)[: task.num_nodes]
+            for p in chosen:
+                self._charge(p, p.cores, p.gpus)
+            self._reserved[task.task_id] = [(p.pilot_id, p.cores, p.gpus) for p in chosen[1:]]
+            return chosen[0]
+        return None

@@ -40,7 +40,7 @@ from ...errors import StoreError
 
 log = logging.getLogger("tidewater.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _FINAL_SQL = "('JOB_FINISHED', 'FAILED', 'KILLED')"
 
@@ -124,6 +124,35 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (owner_id, key)
     ) WITHOUT ROWID;
     """,
+    # 2: batch jobs and pilot tokens; per-task launch resources; site limits
+    """
+    ALTER TABLE tasks ADD COLUMN extra TEXT NOT NULL DEFAULT '';
+    ALTER TABLE sites ADD COLUMN limits TEXT NOT NULL DEFAULT '';
+    CREATE TABLE batch_jobs (
+        id INTEGER PRIMARY KEY,
+        site_id INTEGER NOT NULL REFERENCES sites(id),
+        owner_id INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        nodes INTEGER NOT NULL,
+        wall_time_min INTEGER NOT NULL,
+        queue TEXT NOT NULL,
+        project TEXT NOT NULL,
+        scheduler_id TEXT NOT NULL DEFAULT '',
+        autoscaled INTEGER NOT NULL DEFAULT 0,
+        request_key TEXT,
+        created_at REAL NOT NULL,
+        submitted_at REAL,
+        started_at REAL,
+        ended_at REAL,
+        reason TEXT NOT NULL DEFAULT '',
+        error TEXT NOT NULL DEFAULT '',
+        token_hash TEXT
+    );
+    CREATE INDEX batch_jobs_site ON batch_jobs (site_id, state);
+    CREATE UNIQUE INDEX batch_jobs_token ON batch_jobs (token_hash) WHERE token_hash IS NOT NULL;
+    CREATE UNIQUE INDEX batch_jobs_key ON batch_jobs (site_id, request_key)
+        WHERE request_key IS NOT NULL;
+    """,
 ]
 
 
@@ -147,7 +176,7 @@ class Stmt:
 TASK_COLUMNS = (
     "id, owner_id, site_id, app, state, params, tags, priority, cores, gpus, timeout, "
     "max_retries, retries, attempt, pilot, argv, shell, env, workdir, exit_code, error, "
-    "stdout_tail, stderr_tail, created_at, started_at, finished_at"
+    "stdout_tail, stderr_tail, created_at, started_at, finished_at, extra"
 )
 
 INSERT_USER = Stmt(0, "INSERT INTO users (id, name, token_hash, created_at) VALUES (?, ?, ?, ?)")
@@ -161,7 +190,7 @@ UPSERT_APP = Stmt(
     "command = excluded.command, params = excluded.params, description = excluded.description",
 )
 INSERT_TASK = Stmt(
-    10, f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 26)})"
+    10, f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 27)})"
 )
 UPDATE_TASK = Stmt(
     20,
@@ -175,6 +204,21 @@ INSERT_TAG = Stmt(40, "INSERT OR IGNORE INTO task_tags (key, value, task_id) VAL
 INSERT_SUBMISSION = Stmt(
     50, "INSERT OR IGNORE INTO submissions (owner_id, key, ids, created_at) VALUES (?, ?, ?, ?)"
 )
+
+JOB_COLUMNS = (
+    "id, site_id, owner_id, state, nodes, wall_time_min, queue, project, scheduler_id, "
+    "autoscaled, request_key, created_at, submitted_at, started_at, ended_at, reason, error, "
+    "token_hash"
+)
+UPSERT_JOB = Stmt(
+    3,
+    f"INSERT INTO batch_jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * 18)}) "
+    "ON CONFLICT (id) DO UPDATE SET state = excluded.state, "
+    "scheduler_id = excluded.scheduler_id, submitted_at = excluded.submitted_at, "
+    "started_at = excluded.started_at, ended_at = excluded.ended_at, "
+    "reason = excluded.reason, error = excluded.error, token_hash = excluded.token_hash",
+)
+UPDATE_SITE_LIMITS = Stmt(4, "UPDATE sites SET limits = ? WHERE id = ?")
 
 Params = Sequence[Any]
 

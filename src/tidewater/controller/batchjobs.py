@@ -1,0 +1,402 @@
+"""Batch jobs and site agents, as the controller keeps them.
+
+A batch job is asked for by its site's owner (``queue submit``) or by the
+site's autoscaler (``RequestJob``). The controller commits it as
+``pending_submission`` with a fresh pilot token, and pushes it to the site's
+agent, which submits it to the scheduler and reports back in sequenced
+``JobUpdates`` (acknowledged after commit, like pilot reports). A job that
+reaches a final state revokes its pilot token and its pilots are let go at
+once, so their tasks are requeued without waiting for a lease.
+
+Every batch job lives in memory (there are few); the store has each row.
+The controller's store, sites and pilots are reached through the owning
+:class:`~tidewater.controller.core.Controller`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .. import proto as P
+from .. import states
+from ..errors import InvalidRequest, NotFound
+from . import auth
+from .store import sqlite as st
+
+if TYPE_CHECKING:
+    from .core import Controller, Peer, Principal
+
+log = logging.getLogger("tidewater.controller")
+
+# A running job whose pilots have not connected after this long is flagged in `queue ls`.
+NO_PILOT_FLAG_AFTER = 120.0
+
+
+@dataclass
+class JobRec:
+    id: int
+    site_id: int
+    owner_id: int
+    state: str
+    nodes: int
+    wall_time_min: int
+    queue: str
+    project: str
+    created_at: float
+    scheduler_id: str = ""
+    autoscaled: bool = False
+    request_key: str | None = None
+    submitted_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    reason: str = ""
+    error: str = ""
+    token_hash: str | None = None
+    pilots: set[str] = field(default_factory=set)
+    seen_pilot: bool = False
+
+    def row(self) -> tuple[Any, ...]:
+        return (
+            self.id, self.site_id, self.owner_id, self.state, self.nodes, self.wall_time_min,
+            self.queue, self.project, self.scheduler_id, int(self.autoscaled), self.request_key,
+            self.created_at, self.submitted_at, self.started_at, self.ended_at, self.reason,
+            self.error, self.token_hash,
+        )
+
+    def flag(self, now: float) -> str:
+        if (
+            self.state == "running" and not self.seen_pilot and self.started_at is not None
+            and now - self.started_at > NO_PILOT_FLAG_AFTER
+        ):
+            return f"running for {now - self.started_at:.0f} s and no pilot has connected"
+        if self.state == "finished" and not self.seen_pilot and self.started_at is not None:
+            return "ended without any pilot connecting (see the job's output file)"
+        return ""
+
+
+def check_spec(spec: P.JobSpec, limits: P.SiteLimits | None) -> None:
+    """Refuse a batch job the site's scheduler would reject; say why."""
+    if spec.nodes < 1 or spec.nodes > 100_000:
+        raise InvalidRequest(f"nodes must be between 1 and 100000, not {spec.nodes}")
+    if spec.wall_time_min < 1 or spec.wall_time_min > 100_000:
+        raise InvalidRequest(f"wall time must be at least 1 minute, not {spec.wall_time_min}")
+    for what, value in (("queue", spec.queue), ("project", spec.project)):
+        if len(value) > 128 or any(c in value for c in "\n\r\x00"):
+            raise InvalidRequest(f"invalid {what} {value!r}")
+    if limits is None:
+        return
+    if limits.queues and spec.queue and spec.queue not in limits.queues:
+        raise InvalidRequest(
+            f"queue {spec.queue!r} is not allowed on site {spec.site!r} "
+            f"(allowed: {', '.join(limits.queues)})"
+        )
+    if limits.projects and spec.project and spec.project not in limits.projects:
+        raise InvalidRequest(
+            f"project {spec.project!r} is not allowed on site {spec.site!r} "
+            f"(allowed: {', '.join(limits.projects)})"
+        )
+    if limits.max_nodes_per_job is not None and spec.nodes > limits.max_nodes_per_job:
+        raise InvalidRequest(
+            f"{spec.nodes} nodes asked; site {spec.site!r} allows at most "
+            f"{limits.max_nodes_per_job} per batch job"
+        )
+    if limits.max_wall_time_min is not None and spec.wall_time_min > limits.max_wall_time_min:
+        raise InvalidRequest(
+            f"wall time {spec.wall_time_min} min asked; site {spec.site!r} allows at most "
+            f"{limits.max_wall_time_min} min"
+        )
+
+
+def check_task_fits(site: str, res: P.Resources, limits: P.SiteLimits | None) -> None:
+    """Refuse at submit a task that no node or batch job of the site can ever hold."""
+    if limits is None:
+        return
+    cores = max(res.cores, res.ranks_per_node * res.threads_per_rank)
+    gpus = max(res.gpus, res.ranks_per_node * res.gpus_per_rank)
+    if limits.cores_per_node is not None and cores > limits.cores_per_node:
+        raise InvalidRequest(
+            f"needs {cores} cores per node; nodes of site {site!r} have "
+            f"{limits.cores_per_node} (lower ranks_per_node/threads_per_rank or use more nodes)"
+        )
+    if limits.gpus_per_node is not None and gpus > limits.gpus_per_node:
+        raise InvalidRequest(
+            f"needs {gpus} GPUs per node; nodes of site {site!r} have {limits.gpus_per_node}"
+        )
+    if limits.max_nodes_per_job is not None and res.num_nodes > limits.max_nodes_per_job:
+        raise InvalidRequest(
+            f"needs {res.num_nodes} nodes; site {site!r} allows at most "
+            f"{limits.max_nodes_per_job} per batch job"
+        )
+
+
+class BatchJobs:
+    """The controller's batch jobs and agent connections."""
+
+    def __init__(self, c: Controller) -> None:
+        self.c = c
+        self.jobs: dict[int, JobRec] = {}
+        self.by_token: dict[str, int] = {}
+        self.agents: dict[int, Peer] = {}  # site id -> the connected agent
+        self.limits: dict[int, P.SiteLimits] = {}
+        self._next_id = 1
+        self._demand_sent: dict[int, P.Demand] = {}
+
+    async def recover(self) -> None:
+        s = self.c.store
+        for sid, text in await s.fetchall("SELECT id, limits FROM sites WHERE limits != ''"):
+            self.limits[sid] = msgspec.json.decode(text, type=P.SiteLimits)
+        for r in await s.fetchall(f"SELECT {st.JOB_COLUMNS} FROM batch_jobs"):
+            rec = JobRec(
+                id=r[0], site_id=r[1], owner_id=r[2], state=r[3], nodes=r[4],
+                wall_time_min=r[5], queue=r[6], project=r[7], scheduler_id=r[8],
+                autoscaled=bool(r[9]), request_key=r[10], created_at=r[11], submitted_at=r[12],
+                started_at=r[13], ended_at=r[14], reason=r[15], error=r[16], token_hash=r[17],
+            )
+            self.jobs[rec.id] = rec
+            self._next_id = max(self._next_id, rec.id + 1)
+            if rec.token_hash:
+                self.by_token[rec.token_hash] = rec.id
+
+    # ------------------------------------------------------------------ views
+
+    def info(self, j: JobRec, now: float | None = None) -> P.BatchJobInfo:
+        now = time.time() if now is None else now
+        return P.BatchJobInfo(
+            id=j.id, site=self.c.sites[j.site_id].name, state=j.state, nodes=j.nodes,
+            wall_time_min=j.wall_time_min, queue=j.queue, project=j.project,
+            scheduler_id=j.scheduler_id, autoscaled=j.autoscaled, created_at=j.created_at,
+            submitted_at=j.submitted_at, started_at=j.started_at, ended_at=j.ended_at,
+            reason=j.reason, error=j.error, pilots=len(j.pilots), flagged=j.flag(now),
+        )
+
+    def pilot_job(self, token_hash: str) -> JobRec | None:
+        """The live batch job a pilot token belongs to (None: unknown, revoked or ended)."""
+        jid = self.by_token.get(token_hash)
+        j = self.jobs.get(jid) if jid is not None else None
+        if j is None or j.state in states.JOB_FINAL:
+            return None
+        return j
+
+    def _owned(self, who: Principal, job_id: int) -> JobRec:
+        j = self.jobs.get(job_id)
+        if j is None or j.owner_id != who.user_id or (
+            who.site_id is not None and j.site_id != who.site_id
+        ):
+            raise NotFound(f"no batch job {job_id}")
+        return j
+
+    # ------------------------------------------------------------------ creating
+
+    def _new(self, site_id: int, owner_id: int, spec: P.JobSpec, *, autoscaled: bool,
+             key: str | None) -> tuple[JobRec, str]:
+        token = auth.mint("pilot")
+        j = JobRec(
+            id=self._next_id, site_id=site_id, owner_id=owner_id, state="pending_submission",
+            nodes=spec.nodes, wall_time_min=spec.wall_time_min, queue=spec.queue,
+            project=spec.project, created_at=time.time(), autoscaled=autoscaled,
+            request_key=key, token_hash=auth.token_hash(token),
+        )
+        self._next_id += 1
+        self.jobs[j.id] = j
+        assert j.token_hash is not None
+        self.by_token[j.token_hash] = j.id
+        return j, token
+
+    async def add_job(self, who: Principal, peer: Peer, msg: P.AddJob) -> None:
+        site = self.c._site_of(who, msg.job.site)
+        check_spec(msg.job, self.limits.get(site.id))
+        j, token = self._new(site.id, who.user_id, msg.job, autoscaled=False, key=None)
+        info = self.info(j)
+
+        def committed() -> None:
+            peer.send(P.JobAdded(req_id=msg.req_id, job=info))
+            self._push_start(j, token)
+
+        await self.c._write([(st.UPSERT_JOB, j.row())], committed)
+        log.info("batch job %d on %s asked for: %d nodes, %d min", j.id, site.name, j.nodes,
+                 j.wall_time_min)
+
+    def _push_start(self, j: JobRec, token: str) -> None:
+        agent = self.agents.get(j.site_id)
+        if agent is not None and j.state == "pending_submission":
+            agent.send(P.StartJob(job=P.AgentJob(job=self.info(j), pilot_token=token)))
+
+    def list_jobs(self, who: Principal, peer: Peer, msg: P.ListJobs) -> None:
+        now = time.time()
+        out = []
+        for j in self.jobs.values():
+            if j.owner_id != who.user_id:
+                continue
+            if msg.site is not None and self.c.sites[j.site_id].name != msg.site:
+                continue
+            if not msg.include_finished and j.state in states.JOB_FINAL:
+                continue
+            out.append(j)
+        out.sort(key=lambda j: j.id)
+        limit = max(1, min(msg.limit, 10_000))
+        peer.send(P.JobList(req_id=msg.req_id, jobs=[self.info(j, now) for j in out[-limit:]]))
+
+    async def cancel_job(self, who: Principal, peer: Peer, msg: P.CancelJob) -> None:
+        j = self._owned(who, msg.id)
+        if j.state in states.JOB_FINAL:
+            raise InvalidRequest(f"batch job {j.id} has already ended ({j.state})", "final")
+        if j.state != "pending_deletion":
+            j.state = "pending_deletion"
+            j.reason = "cancel requested"
+        job_id, sched_id = j.id, j.scheduler_id
+
+        def committed() -> None:
+            peer.send(P.Done(req_id=msg.req_id))
+            agent = self.agents.get(j.site_id)
+            if agent is not None:
+                agent.send(P.StopJob(job_id=job_id, scheduler_id=sched_id))
+
+        await self.c._write([(st.UPSERT_JOB, j.row())], committed)
+
+    # ------------------------------------------------------------------ agents
+
+    async def agent_hello(self, who: Principal, peer: Peer, hello: P.Hello,
+                          welcome: P.Welcome) -> int:
+        """An agent connected: remember its limits, send Welcome and every live job."""
+        if who.site_id is None or who.batch_job:
+            raise InvalidRequest("an agent must connect with its site's token", "auth")
+        site = self.c.sites[who.site_id]
+        if hello.site and hello.site != site.name:
+            raise NotFound(f"this site token is not for site {hello.site!r}")
+        old = self.agents.get(site.id)
+        if old is not None and old is not peer:
+            old.close(4000, "replaced by a new connection of the site's agent")
+        self.agents[site.id] = peer
+        self._demand_sent.pop(site.id, None)
+        stmts: list[tuple[st.Stmt, Any]] = []
+        if hello.limits is not None:
+            self.limits[site.id] = hello.limits
+            stmts.append((st.UPDATE_SITE_LIMITS, (P.encode_json(hello.limits), site.id)))
+        peer.send(welcome)
+        out: list[P.AgentJob] = []
+        for j in sorted(self.jobs.values(), key=lambda j: j.id):
+            if j.site_id != site.id or j.state in states.JOB_FINAL:
+                continue
+            token = ""
+            if j.state == "pending_submission":
+                # The secret is only kept hashed: a job still to be submitted gets a new one.
+                if j.token_hash:
+                    self.by_token.pop(j.token_hash, None)
+                token = auth.mint("pilot")
+                j.token_hash = auth.token_hash(token)
+                self.by_token[j.token_hash] = j.id
+                stmts.append((st.UPSERT_JOB, j.row()))
+            out.append(P.AgentJob(job=self.info(j), pilot_token=token))
+        await self.c._write(stmts, lambda: peer.send(P.Jobs(jobs=out)))
+        self.c._demand_dirty.add(site.id)
+        self.c._wake.set()
+        log.info("agent of site %s connected (%d live batch jobs)", site.name, len(out))
+        return site.id
+
+    def agent_gone(self, site_id: int, peer: Peer) -> None:
+        if self.agents.get(site_id) is peer:
+            del self.agents[site_id]
+
+    async def request_job(self, site_id: int, peer: Peer, msg: P.RequestJob) -> None:
+        site = self.c.sites[site_id]
+        if msg.job.site and msg.job.site != site.name:
+            raise NotFound(f"this site token is not for site {msg.job.site!r}")
+        if not msg.key or len(msg.key) > 128:
+            raise InvalidRequest("RequestJob needs a key of 1-128 characters")
+        for j in self.jobs.values():
+            if j.site_id == site_id and j.request_key == msg.key:
+                return  # a resend: the job exists and was pushed (or listed in Jobs)
+        check_spec(msg.job, self.limits.get(site_id))
+        j, token = self._new(site_id, site.owner_id, msg.job, autoscaled=True, key=msg.key)
+        await self.c._write([(st.UPSERT_JOB, j.row())], lambda: self._push_start(j, token))
+        log.info("autoscaler of %s asked for batch job %d: %d nodes", site.name, j.id, j.nodes)
+
+    async def job_updates(self, site_id: int, peer: Peer, msg: P.JobUpdates) -> None:
+        stmts: list[tuple[st.Stmt, Any]] = []
+        ended: list[JobRec] = []
+        for u in msg.updates:
+            j = self.jobs.get(u.job_id)
+            if j is None or j.site_id != site_id:
+                log.warning("agent of site %d reported unknown batch job %d", site_id, u.job_id)
+                continue
+            try:
+                nxt = states.job_step(j.state, u.state)
+            except ValueError as exc:
+                log.warning("agent of site %d: %s", site_id, exc)
+                continue
+            changed = False
+            if u.scheduler_id and u.scheduler_id != j.scheduler_id:
+                j.scheduler_id, changed = u.scheduler_id, True
+            if u.reason and u.reason != j.reason:
+                j.reason, changed = u.reason, True
+            if u.error != j.error and (u.error or nxt is not None):
+                j.error, changed = u.error, True
+            if nxt is not None:
+                changed = True
+                j.state = nxt
+                when = u.time or time.time()
+                if nxt == "queued" or (j.submitted_at is None and nxt != "submit_failed"):
+                    j.submitted_at = j.submitted_at or when
+                if nxt == "running":
+                    j.started_at = u.start_time or when
+                if nxt in states.JOB_FINAL:
+                    j.ended_at = u.end_time or when
+                    if u.start_time and j.started_at is None:
+                        j.started_at = u.start_time
+                    if j.token_hash:
+                        self.by_token.pop(j.token_hash, None)
+                        j.token_hash = None  # the pilot token dies with its job
+                    ended.append(j)
+            if changed:
+                stmts.append((st.UPSERT_JOB, j.row()))
+        seq = msg.seq
+
+        def committed() -> None:
+            peer.send(P.Ack(seq=seq))
+            for j in ended:
+                self._ended(j)
+
+        await self.c._write(stmts, committed)
+
+    def _ended(self, j: JobRec) -> None:
+        why = f"batch job {j.id} ended" + (f" ({j.reason})" if j.reason else "")
+        log.info("%s on site %s", why, self.c.sites[j.site_id].name)
+        for pilot_id in list(j.pilots):
+            rec = self.c.pilots.get(pilot_id)
+            if rec is not None:
+                self.c._pilot_lost(rec, why)
+        j.pilots.clear()
+        self.c._demand_dirty.add(j.site_id)
+        self.c._wake.set()
+
+    # ------------------------------------------------------------------ demand
+
+    def demand_for(self, site_id: int) -> P.Demand:
+        c = self.c
+        tasks, cores, gpus, whole = c.dispatcher.demand(site_id)
+        idle = busy = 0
+        for p in c.pilots.values():
+            if p.site_id != site_id or p.peer is None:
+                continue
+            n = max(1, p.node_count)
+            if p.assigned or p.draining:
+                busy += n
+            else:
+                idle += n
+        return P.Demand(tasks=tasks, node_demand=float(whole), cores=cores, gpus=gpus,
+                        idle_nodes=idle, busy_nodes=busy)
+
+    def send_demand(self, sites: set[int]) -> None:
+        for sid in sites:
+            agent = self.agents.get(sid)
+            if agent is None:
+                continue
+            d = self.demand_for(sid)
+            if self._demand_sent.get(sid) != d:
+                self._demand_sent[sid] = d
+                agent.send(d)
