@@ -258,6 +258,29 @@ class Client:
         r = await self._request(lambda i: P.ListSites(req_id=i))
         return list(r.sites)
 
+    async def queue_submit(
+        self, site: str, *, nodes: int = 1, wall_time_min: int = 30, queue: str = "",
+        project: str = "",
+    ) -> P.BatchJobInfo:
+        """Ask the site's agent for a batch job; returns it once stored (pending_submission).
+
+        Raises InvalidRequest when the site's limits forbid it (queue, nodes, wall time).
+        """
+        r = await self._request(lambda i: P.AddJob(req_id=i, job=P.JobSpec(
+            site=site, nodes=nodes, wall_time_min=wall_time_min, queue=queue, project=project)))
+        return r.job  # type: ignore[no-any-return]
+
+    async def queue(self, *, site: str | None = None, include_finished: bool = False,
+                    limit: int = 100) -> list[P.BatchJobInfo]:
+        """Your batch jobs (the newest ``limit``), oldest first."""
+        r = await self._request(lambda i: P.ListJobs(
+            req_id=i, site=site, include_finished=include_finished, limit=limit))
+        return list(r.jobs)
+
+    async def queue_cancel(self, job_id: int) -> None:
+        """Cancel a batch job: its agent removes it from the scheduler."""
+        await self._request(lambda i: P.CancelJob(req_id=i, id=job_id))
+
     async def add_app(
         self, site: str, name: str, command: str, *, params: Sequence[ParamSpec] | None = None,
         description: str = "", replace: bool = False,
@@ -281,12 +304,19 @@ class Client:
         tags: Mapping[str, str] | None = None, priority: int = 0, cores: int = 1,
         gpus: int = 0, timeout: float | None = None, max_retries: int = 3,
         env: Mapping[str, str] | None = None, workdir: str | None = None,
+        resources: P.Resources | None = None, wall_time: float | None = None,
     ) -> Task:
-        """Submit one task; returns once the controller has stored it."""
+        """Submit one task; returns once the controller has stored it.
+
+        ``resources`` (nodes, ranks, threads, GPUs per rank, packing) replaces
+        ``cores``/``gpus``; ``wall_time`` is the run-time estimate in seconds
+        a batch job must still have left for the task to start in it.
+        """
         spec = TaskSpec(
             app=app, site=site, params=dict(params or {}), tags=dict(tags or {}),
-            priority=priority, resources=P.Resources(cores=cores, gpus=gpus), timeout=timeout,
-            max_retries=max_retries, env=dict(env or {}), workdir=workdir,
+            priority=priority, resources=resources or P.Resources(cores=cores, gpus=gpus),
+            timeout=timeout, max_retries=max_retries, env=dict(env or {}), workdir=workdir,
+            wall_time=wall_time,
         )
         (task,) = await self.submit_many([spec])
         return task
@@ -634,6 +664,15 @@ class SyncClient(AbstractContextManager["SyncClient"]):
 
     def add_site(self, name: str) -> tuple[P.SiteInfo, str]:
         return self._call(self._async.add_site, name)  # type: ignore[no-any-return]
+
+    def queue_submit(self, site: str, **kwargs: Any) -> P.BatchJobInfo:
+        return self._call(self._async.queue_submit, site, **kwargs)  # type: ignore[no-any-return]
+
+    def queue(self, **kwargs: Any) -> list[P.BatchJobInfo]:
+        return self._call(self._async.queue, **kwargs)  # type: ignore[no-any-return]
+
+    def queue_cancel(self, job_id: int) -> None:
+        self._call(self._async.queue_cancel, job_id)
 
     def add_app(self, site: str, name: str, command: str, **kwargs: Any) -> P.AppInfo:
         return self._call(self._async.add_app, site, name, command, **kwargs)  # type: ignore[no-any-return]

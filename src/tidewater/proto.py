@@ -470,6 +470,7 @@ class Assignment(Struct):
     # Through the MPI launcher (ranks_per_node > 1 or several hosts): ----------
     hosts: list[str] = []
     """Nodes reserved for the task, the receiving pilot's own first (empty: its node)."""
+    num_nodes: int = 1
     ranks_per_node: int = 1
     threads_per_rank: int = 1
     gpus_per_rank: int = 0

@@ -415,3 +415,83 @@ def test_property_credit_never_exceeded(
             slot = d.pilot(pid)
             assert slot is not None
             assert (slot.credit_cores, slot.credit_gpus) == (p.credit_cores, p.credit_gpus)
+
+
+# ---------------------------------------------------------------- nodes, packing, wall time
+
+
+def test_packing_takes_a_share_of_the_node() -> None:
+    d = Dispatcher()
+    d.add_pilot(PilotSlot(pilot_id="p", site_id=1, cores=8, gpus=0, credit_cores=8))
+    for i in range(1, 4):
+        d.push(Queued(task_id=i, site_id=1, priority=0, cores=1, gpus=0, packing=4))
+    # Each takes 8/4 = 2 cores: all three fit in 8, and 2 cores of credit are left.
+    assert [t for _, t in d.match()] == [1, 2, 3]
+    slot = d.pilot("p")
+    assert slot is not None and slot.credit_cores == 2
+
+
+def test_wall_time_estimate_must_fit_before_the_batch_job_ends() -> None:
+    d = Dispatcher()
+    d.add_pilot(PilotSlot(pilot_id="p", site_id=1, cores=4, gpus=0, credit_cores=4,
+                          batch_job=1, end_time=1000.0))
+    d.push(Queued(task_id=1, site_id=1, priority=5, cores=1, gpus=0, wall_time=600.0))
+    d.push(Queued(task_id=2, site_id=1, priority=0, cores=1, gpus=0, wall_time=100.0))
+    d.push(Queued(task_id=3, site_id=1, priority=0, cores=1, gpus=0))
+    assert sorted(t for _, t in d.match(now=700.0)) == [2, 3]
+    assert 1 in d  # still queued for a pilot with more time left
+    assert d.match(now=1000.0) == []
+
+
+def test_multi_node_task_reserves_idle_pilots_of_one_batch_job() -> None:
+    d = Dispatcher()
+    for name, job in (("a1", 1), ("b1", 2), ("a2", 1)):
+        d.add_pilot(PilotSlot(pilot_id=name, site_id=1, cores=4, gpus=0, credit_cores=6,
+                              batch_job=job))
+    d.push(Queued(task_id=1, site_id=1, priority=0, cores=2, gpus=0, num_nodes=2))
+    assert d.match() == [("a1", 1)]
+    assert d.reserved(1) == ["a2"]
+    # Both nodes (and their prefetch credit) are the task's: other work goes elsewhere.
+    for i in range(2, 10):
+        d.push(Queued(task_id=i, site_id=1, priority=0, cores=1, gpus=0))
+    assert {p for p, _ in d.match()} == {"b1"}
+    d.release(1)
+    d.task_left("a1")
+    d.grant("a1", 4, 0)  # the first pilot returns its node's share itself
+    assert {p for p, _ in d.match()} == {"a1", "a2"}
+
+
+def test_multi_node_task_waits_for_enough_idle_nodes() -> None:
+    d = Dispatcher()
+    d.add_pilot(PilotSlot(pilot_id="a1", site_id=1, cores=4, gpus=0, credit_cores=4,
+                          batch_job=1))
+    d.push(Queued(task_id=1, site_id=1, priority=0, cores=1, gpus=0, num_nodes=2))
+    assert d.match() == []
+    d.add_pilot(PilotSlot(pilot_id="a2", site_id=1, cores=4, gpus=0, credit_cores=4,
+                          batch_job=1))
+    assert d.match() == [("a1", 1)]
+
+
+def test_head_pilot_takes_multi_node_task_with_whole_nodes_of_credit() -> None:
+    d = Dispatcher()
+    d.add_pilot(PilotSlot(pilot_id="h", site_id=1, cores=16, gpus=0, credit_cores=16,
+                          batch_job=1, nodes=4))
+    d.push(Queued(task_id=1, site_id=1, priority=0, cores=2, gpus=0, num_nodes=3))
+    d.push(Queued(task_id=2, site_id=1, priority=0, cores=2, gpus=0, num_nodes=2))
+    assert d.match() == [("h", 1)]  # 12 of 16 cores; 2 more nodes do not fit in 4
+    slot = d.pilot("h")
+    assert slot is not None and slot.credit_cores == 4
+
+
+def test_demand_counts_queued_work_per_site() -> None:
+    d = Dispatcher()
+    d.push(Queued(task_id=1, site_id=1, priority=0, cores=2, gpus=1))
+    d.push(Queued(task_id=2, site_id=1, priority=0, cores=1, gpus=0, num_nodes=3))
+    d.push(Queued(task_id=3, site_id=2, priority=0, cores=1, gpus=0))
+    assert d.demand(1) == (2, 2, 1, 3)
+    d.discard(2)
+    assert d.demand(1) == (1, 2, 1, 0)
+    d.add_pilot(PilotSlot(pilot_id="p", site_id=1, cores=4, gpus=1, credit_cores=4, credit_gpus=1))
+    d.match()
+    assert d.demand(1) == (0, 0, 0, 0)
+    assert d.demand(2) == (1, 1, 0, 0)

@@ -118,6 +118,7 @@ class LiveTask:
     finished_at: float | None
     num_nodes: int = 1
     packing: int = 0
+    wall_time: float | None = None
     extra_j: str = ""
     """Launch resources and wall time, as stored JSON, when any differs from its default."""
 
@@ -290,6 +291,7 @@ class Controller:
             extra = t.extra
             t.num_nodes = int(extra.get("num_nodes", 1))
             t.packing = int(extra.get("node_packing_count", 0))
+            t.wall_time = extra.get("wall_time")
             self.live[t.id] = t
             if t.state == S.RUNNING and t.pilot:
                 # Its pilot may still be running it: give it one lease to come back.
@@ -561,7 +563,7 @@ class Controller:
             argv_j=_j(argv), shell=shell, env_j=self._share(_j(spec.env)),
             workdir=workdir, exit_code=None, error="",
             stdout_tail="", stderr_tail="", created_at=now, started_at=None, finished_at=None,
-            num_nodes=res.num_nodes, packing=res.node_packing_count,
+            num_nodes=res.num_nodes, packing=res.node_packing_count, wall_time=spec.wall_time,
             extra_j=self._share(_j(extra)) if extra else "",
         )
 
@@ -909,6 +911,7 @@ class Controller:
             rec.pilot_id, site.id, hello.cores, hello.gpus,
             max(hello.credit_cores, 0), max(hello.credit_gpus, 0),
             batch_job=rec.batch_job, nodes=rec.node_count, busy=len(rec.assigned),
+            end_time=hello.end_time,
         ))
         self._demand_dirty.add(site.id)
         if stmts:
@@ -1121,7 +1124,7 @@ class Controller:
 
     def _dispatch_once(self) -> None:
         out: dict[str, list[P.Assignment]] = {}
-        for pilot_id, task_id in self.dispatcher.match():
+        for pilot_id, task_id in self.dispatcher.match(time.time()):
             t = self.live.get(task_id)
             rec = self.pilots.get(pilot_id)
             if (
@@ -1157,7 +1160,8 @@ class Controller:
         return P.Assignment(
             task_id=t.id, attempt=t.attempt, argv=t.argv, shell=t.shell,
             env=t.env, workdir=t.workdir or f"tasks/{t.id}", cores=cores,
-            gpus=gpus, timeout=t.timeout, wall_time=extra.get("wall_time"), hosts=hosts,
+            gpus=gpus, timeout=t.timeout, wall_time=t.wall_time, hosts=hosts,
+            num_nodes=t.num_nodes,
             ranks_per_node=int(extra.get("ranks_per_node", 1)),
             threads_per_rank=int(extra.get("threads_per_rank", 1)),
             gpus_per_rank=int(extra.get("gpus_per_rank", 0)),

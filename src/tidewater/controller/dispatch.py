@@ -37,6 +37,8 @@ class PilotSlot:
     nodes: int = 1
     busy: int = 0
     """Tasks sent to this pilot (or reserving it) whose attempt has not ended."""
+    end_time: float | None = None
+    """Tasks must be done by then (the batch job's end less the pilot's margin)."""
 
     @property
     def node_cores(self) -> int:
@@ -56,7 +58,14 @@ class PilotSlot:
             cores = max(cores, min(self.node_cores, -(-self.node_cores // task.packing)))
         return cores, task.gpus
 
-    def fits(self, task: QueuedTask) -> bool:
+    def in_time(self, task: QueuedTask, now: float | None) -> bool:
+        if self.end_time is None or now is None:
+            return True
+        return now + (task.wall_time or 0.0) <= self.end_time and now < self.end_time
+
+    def fits(self, task: QueuedTask, now: float | None = None) -> bool:
+        if not self.in_time(task, now):
+            return False
         if task.num_nodes > self.nodes:
             return False
         if task.cores > self.node_cores or task.gpus > self.node_gpus:
@@ -64,8 +73,9 @@ class PilotSlot:
         cores, gpus = self.footprint(task)
         return cores <= self.credit_cores and gpus <= self.credit_gpus
 
-    def whole_and_idle(self) -> bool:
+    def whole_and_idle(self, task: QueuedTask, now: float | None) -> bool:
         return (
+            self.in_time(task, now) and
             self.nodes == 1 and self.busy == 0 and self.batch_job != 0
             and self.credit_cores >= self.cores and self.credit_gpus >= self.gpus
         )
@@ -88,6 +98,8 @@ class QueuedTask(Protocol):
     def num_nodes(self) -> int: ...
     @property
     def packing(self) -> int: ...
+    @property
+    def wall_time(self) -> float | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +111,7 @@ class Queued:
     gpus: int
     num_nodes: int = 1
     packing: int = 0
+    wall_time: float | None = None
 
 
 class Dispatcher:
@@ -109,7 +122,9 @@ class Dispatcher:
         self._site_pilots: dict[int, dict[str, PilotSlot]] = {}
         # Per site: queued tasks, cores of single-node ones, GPUs, nodes of multi-node ones.
         self._demand: dict[int, list[int]] = {}
-        self._reserved: dict[int, list[tuple[str, int, int]]] = {}
+        # Multi-node task -> (pilot, cores, gpus held back, whether it is a reserved
+        # node rather than the one the task was sent to).
+        self._reserved: dict[int, list[tuple[str, int, int, bool]]] = {}
 
     # -- tasks
 
@@ -145,12 +160,13 @@ class Dispatcher:
 
     def reserved(self, task_id: int) -> list[str]:
         """Pilots a multi-node task reserved besides the one it was sent to."""
-        return [p for p, _, _ in self._reserved.get(task_id, ())]
+        return [p for p, _, _, other in self._reserved.get(task_id, ()) if other]
 
     def release(self, task_id: int) -> None:
         """A task's attempt ended: give its reserved pilots their credit back."""
-        for pilot_id, cores, gpus in self._reserved.pop(task_id, ()):
-            self.task_left(pilot_id)
+        for pilot_id, cores, gpus, other in self._reserved.pop(task_id, ()):
+            if other:
+                self.task_left(pilot_id)
             self.grant(pilot_id, cores, gpus)
 
     def task_left(self, pilot_id: str) -> None:
@@ -189,8 +205,11 @@ class Dispatcher:
 
     # -- matching
 
-    def match(self) -> list[tuple[str, int]]:
+    def match(self, now: float | None = None) -> list[tuple[str, int]]:
         """Pair queued tasks with pilots that have credit for them.
+
+        With ``now``, a pilot whose batch job ends gets only tasks whose
+        wall-time estimate fits in what is left of it.
 
         Returns ``(pilot_id, task_id)`` pairs, already removed from the
         queues and charged against the pilots' credit.
@@ -211,9 +230,9 @@ class Dispatcher:
                     heapq.heappop(heap)  # withdrawn or re-pushed since: drop lazily
                     continue
                 if task.num_nodes > 1:
-                    got = self._match_nodes(task, ready)
+                    got = self._match_nodes(task, ready, now)
                 else:
-                    got = self._best(task, ready)
+                    got = self._best(task, ready, now)
                 heapq.heappop(heap)
                 if got is None:
                     skipped.append(key)
@@ -232,33 +251,43 @@ class Dispatcher:
         slot.credit_gpus -= gpus
         slot.busy += 1
 
-    def _best(self, task: QueuedTask, ready: list[PilotSlot]) -> PilotSlot | None:
+    def _best(self, task: QueuedTask, ready: list[PilotSlot], now: float | None
+              ) -> PilotSlot | None:
         best: PilotSlot | None = None
         for p in ready:
-            if p.fits(task) and (best is None or p.credit_cores > best.credit_cores):
+            if p.fits(task, now) and (best is None or p.credit_cores > best.credit_cores):
                 best = p
         if best is not None:
             self._charge(best, *best.footprint(task))
         return best
 
-    def _match_nodes(self, task: QueuedTask, ready: list[PilotSlot]) -> PilotSlot | None:
+    def _match_nodes(self, task: QueuedTask, ready: list[PilotSlot], now: float | None
+                     ) -> PilotSlot | None:
         """A head pilot with enough whole nodes, else idle node pilots of one batch job."""
         for p in ready:
-            if p.nodes > 1 and p.fits(task):
+            if p.nodes > 1 and p.fits(task, now):
                 self._charge(p, *p.footprint(task))
                 return p
         groups: dict[int, list[PilotSlot]] = {}
         for p in ready:
             if (
-                p.whole_and_idle() and task.cores <= p.cores and task.gpus <= p.gpus
+                p.whole_and_idle(task, now) and task.cores <= p.cores and task.gpus <= p.gpus
             ):
                 groups.setdefault(p.batch_job, []).append(p)
         for _job, slots in sorted(groups.items()):
             if len(slots) < task.num_nodes:
                 continue
             chosen = sorted(slots, key=lambda p: p.pilot_id)[: task.num_nodes]
-            for p in chosen:
-                self._charge(p, p.cores, p.gpus)
-            self._reserved[task.task_id] = [(p.pilot_id, p.cores, p.gpus) for p in chosen[1:]]
+            held: list[tuple[str, int, int, bool]] = []
+            for i, p in enumerate(chosen):
+                # All of a node's credit (prefetch included) is the task's; the first
+                # pilot returns its node's share itself when the task ends.
+                cores, gpus = p.credit_cores, p.credit_gpus
+                self._charge(p, cores, gpus)
+                if i == 0:
+                    held.append((p.pilot_id, cores - p.cores, gpus - p.gpus, False))
+                else:
+                    held.append((p.pilot_id, cores, gpus, True))
+            self._reserved[task.task_id] = held
             return chosen[0]
         return None

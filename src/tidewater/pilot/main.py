@@ -29,6 +29,8 @@ from .. import proto as P
 from ..config import Limits, Timeouts
 from ..errors import AuthError, ConfigError, ConnectionBroken, TidewaterError
 from ..transport import Link, backoff, is_retryable, open_link
+from . import launchers
+from .nodes import Node, admits
 from .runner import Outcome, TaskProcess, WorkdirError
 
 log = logging.getLogger("tidewater.pilot")
@@ -46,6 +48,21 @@ class PilotConfig:
     pilot_id: str = ""
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
+    # Inside a batch job ------------------------------------------------------
+    batch_job: int = 0
+    token_file: str = ""
+    """Re-read at every (re)connection, so a rotated token is picked up."""
+    end_time: float | None = None
+    """When the allocation ends (epoch seconds)."""
+    wall_margin: float = 30.0
+    """Take no task that cannot finish, and end what runs, this long before ``end_time``."""
+    idle_timeout: float | None = None
+    """Exit after this long with nothing to run (the autoscaler's pilots)."""
+    launcher: str | None = None
+    """MPI launcher for multi-rank and multi-node tasks (``launchers.LAUNCHERS``)."""
+    head_nodes: list[Node] = field(default_factory=list)
+    """Head mode: every node of the allocation; every task goes through the launcher."""
+    gpu_vendor: launchers.GpuVendor = "nvidia"
 
 
 @dataclass
@@ -55,6 +72,8 @@ class Running:
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     kill_reason: str = ""
     silent: bool = False  # killed on the controller's request: no report needed
+    nodes: list[tuple[int, int]] = field(default_factory=list)  # (node index, cores taken)
+    gpu_ids: list[int] = field(default_factory=list)
 
 
 class Pilot:
@@ -65,8 +84,21 @@ class Pilot:
         self.t = config.timeouts
         self.pilot_id = config.pilot_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:12]}"
         self.root = Path(config.workdir or Path.home() / ".tidewater" / "work").resolve()
-        self.free_cores = config.cores
-        self.free_gpus = config.gpus
+        if config.head_nodes:
+            if not config.launcher:
+                raise ConfigError("a head-mode pilot needs an MPI launcher (--launcher)")
+            nodes = list(config.head_nodes)
+        else:
+            nodes = [Node(socket.gethostname(), config.cores, config.gpus)]
+        self.nodes = nodes
+        # Per node: free cores and the ids of its free GPUs.
+        self.node_free: dict[int, list[int]] = {i: [n.cores] for i, n in enumerate(nodes)}
+        self.node_gpus: dict[int, list[int]] = {i: list(range(n.gpus)) for i, n in enumerate(nodes)}
+        self.free_cores = sum(n.cores for n in nodes)
+        self.free_gpus = sum(n.gpus for n in nodes)
+        self.total_cores = self.free_cores
+        self.total_gpus = self.free_gpus
+        self.last_busy = time.monotonic()
         self.queue: deque[P.Assignment] = deque()
         # Keyed by (task, attempt): a new attempt may start while an old one is being killed.
         self.running: dict[tuple[int, int], Running] = {}
@@ -93,7 +125,36 @@ class Pilot:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             await tg.start(self._connection_loop)
+            if self.cfg.end_time is not None:
+                tg.start_soon(self._allocation_end)
+            if self.cfg.idle_timeout is not None:
+                tg.start_soon(self._idle_exit, self.cfg.idle_timeout)
             task_status.started()
+
+    def accept_until(self) -> float | None:
+        """Tasks must be finished by then (None: no end known)."""
+        if self.cfg.end_time is None:
+            return None
+        return self.cfg.end_time - self.cfg.wall_margin
+
+    async def _allocation_end(self) -> None:
+        until = self.accept_until()
+        assert until is not None
+        await anyio.sleep(max(0.0, until - time.time()))
+        left = (self.cfg.end_time or until) - time.time()
+        log.info("the batch job ends in %.0f s: stopping", left)
+        await self.stop(f"the batch job's wall time ends in {max(left, 0):.0f} s")
+
+    async def _idle_exit(self, idle: float) -> None:
+        while not self._stopping:
+            if self.running or self.queue:
+                self.last_busy = time.monotonic()
+            left = self.last_busy + idle - time.monotonic()
+            if left <= 0:
+                log.info("idle for %g s: exiting", idle)
+                await self.stop(f"idle for {idle:g} s")
+                return
+            await anyio.sleep(left)
 
     async def stop(self, reason: str = "stopping") -> None:
         """Kill running tasks, flush their reports, say Bye, and end :meth:`run`."""
@@ -133,6 +194,15 @@ class Pilot:
             newest[tid] = max(att, newest.get(tid, 0))
         return list(newest.items())
 
+    def _token(self) -> str:
+        if not self.cfg.token_file:
+            return self.cfg.token
+        try:
+            token = Path(self.cfg.token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the token file {self.cfg.token_file}: {exc}") from exc
+        return token or self.cfg.token
+
     # ------------------------------------------------------------------ connection
 
     async def _connection_loop(
@@ -145,12 +215,15 @@ class Pilot:
                 queued_cores = sum(a.cores for a in self.queue)
                 queued_gpus = sum(a.gpus for a in self.queue)
                 hello = P.Hello(
-                    role="pilot", proto_version=P.PROTO_VERSION, token=self.cfg.token,
+                    role="pilot", proto_version=P.PROTO_VERSION, token=self._token(),
                     name="pilot", site=self.cfg.site, pilot_id=self.pilot_id,
-                    hostname=socket.gethostname(), cores=self.cfg.cores, gpus=self.cfg.gpus,
+                    hostname=socket.gethostname(), cores=self.total_cores, gpus=self.total_gpus,
                     credit_cores=max(0, self.free_cores + self.cfg.prefetch - queued_cores),
                     credit_gpus=max(0, self.free_gpus - queued_gpus),
-                    held=self.held(),
+                    held=self.held(), batch_job=self.cfg.batch_job,
+                    nodes=[P.NodeInfo(host=n.host, cores=n.cores, gpus=n.gpus)
+                           for n in self.nodes] if self.cfg.head_nodes else [],
+                    end_time=self.accept_until(),
                 )
                 self.pending_credit = [0, 0]
                 link, welcome = await open_link(
@@ -287,18 +360,97 @@ class Pilot:
                 # Its report is moot: the controller has moved on.
                 del self.unacked[tid]
 
+    def _place(self, a: P.Assignment) -> list[int] | None:
+        """Nodes (indexes) for ``a`` that have room now, or None."""
+        if a.hosts or a.num_nodes <= 1:
+            # One node's worth here (a node-mode pilot's reserved MPI task included).
+            for i, free in self.node_free.items():
+                if free[0] >= min(a.cores, self.nodes[i].cores) and len(self.node_gpus[i]) >= a.gpus:
+                    return [i]
+            return None
+        whole = [i for i, free in self.node_free.items()
+                 if free[0] == self.nodes[i].cores and len(self.node_gpus[i]) == self.nodes[i].gpus]
+        return whole[: a.num_nodes] if len(whole) >= a.num_nodes else None
+
     def _schedule(self) -> None:
         assert self._tg is not None
+        until = self.accept_until()
         while self.queue and not self._stopping:
             a = self.queue[0]
+            if not admits(time.time(), until, a.wall_time, 0.0):
+                # The controller does not send what cannot finish in time; this is the
+                # clock-skew backstop: hand it back unstarted.
+                self.queue.popleft()
+                self._give_back(a)
+                self._report(P.Report(task_id=a.task_id, attempt=a.attempt, kind="killed",
+                                      time=time.time(),
+                                      message="the batch job ends before the task could finish"))
+                continue
             if a.cores > self.free_cores or a.gpus > self.free_gpus:
+                break
+            placed = self._place(a)
+            if placed is None:
                 break
             self.queue.popleft()
             self.free_cores -= a.cores
             self.free_gpus -= a.gpus
             r = Running(a)
+            r.nodes, r.gpu_ids = self._take(a, placed)
             self.running[(a.task_id, a.attempt)] = r
             self._tg.start_soon(self._run_task, r)
+
+    def _take(self, a: P.Assignment, placed: list[int]) -> tuple[list[tuple[int, int]], list[int]]:
+        if len(placed) == 1:
+            i = placed[0]
+            cores = min(a.cores, self.nodes[i].cores)
+            gpus = self.node_gpus[i][: a.gpus]
+            del self.node_gpus[i][: a.gpus]
+            self.node_free[i][0] -= cores
+            return [(i, cores)], gpus
+        taken = []
+        for i in placed:
+            taken.append((i, self.node_free[i][0]))
+            self.node_free[i][0] = 0
+            self.node_gpus[i] = []
+        return taken, []
+
+    def _release(self, r: Running) -> None:
+        for i, cores in r.nodes:
+            self.node_free[i][0] += cores
+        if r.nodes and r.gpu_ids:
+            if len(r.nodes) == 1:
+                self.node_gpus[r.nodes[0][0]].extend(r.gpu_ids)
+            else:
+                for i, _ in r.nodes:
+                    self.node_gpus[i] = list(range(self.nodes[i].gpus))
+        r.nodes = []
+
+    def _launch_form(self, r: Running) -> P.Assignment:
+        """The assignment as the pilot runs it: through the MPI launcher where needed."""
+        a = r.a
+        head = bool(self.cfg.head_nodes)
+        hosts = list(a.hosts) or [self.nodes[i].host for i, _ in r.nodes]
+        env = dict(a.env)
+        gpu_ids = r.gpu_ids if len(r.nodes) == 1 else []
+        if gpu_ids:
+            env.update(launchers.gpu_env(self.cfg.gpu_vendor, gpu_ids))
+        if a.threads_per_rank > 1:
+            env.setdefault("OMP_NUM_THREADS", str(a.threads_per_rank))
+        if not head and len(hosts) <= 1 and a.ranks_per_node <= 1:
+            return msgspec.structs.replace(a, env=env) if env != a.env else a
+        if not self.cfg.launcher:
+            raise ConfigError(
+                "this task needs an MPI launcher (several ranks or nodes) and the pilot "
+                "has none: start it with --launcher"
+            )
+        spec = launchers.LaunchSpec(
+            hosts=tuple(hosts), ranks_per_node=a.ranks_per_node,
+            threads_per_rank=a.threads_per_rank, gpus_per_rank=a.gpus_per_rank,
+            cpu_bind=None,
+        )
+        cmd = a.argv or ["/bin/sh", "-c", a.shell]
+        argv = launchers.build(self.cfg.launcher, spec, cmd)
+        return msgspec.structs.replace(a, argv=argv, shell="", env=env)
 
     async def _run_task(self, r: Running) -> None:
         a = r.a
@@ -315,8 +467,10 @@ class Pilot:
             if r.proc is not None:
                 r.proc.close()
             self.running.pop((a.task_id, a.attempt), None)
+            self._release(r)
             self.free_cores += a.cores
             self.free_gpus += a.gpus
+            self.last_busy = time.monotonic()
             self._give_back(a)
             self._changed.set()
             self._schedule()
@@ -324,8 +478,8 @@ class Pilot:
     async def _supervise(self, r: Running) -> Outcome:
         a = r.a
         try:
-            r.proc = TaskProcess.start(a, self.root, self._base_env)
-        except WorkdirError as exc:
+            r.proc = TaskProcess.start(self._launch_form(r), self.root, self._base_env)
+        except (WorkdirError, ConfigError) as exc:
             self._report(P.Report(task_id=a.task_id, attempt=a.attempt, kind="started",
                                   time=time.time()))
             return Outcome("error", None, str(exc))
@@ -352,12 +506,20 @@ class Pilot:
 
 
 async def run_pilot(config: PilotConfig) -> None:
-    """Run a pilot until SIGINT/SIGTERM, then stop it cleanly."""
+    """Run a pilot until SIGINT/SIGTERM (then stop it cleanly) or until it stops itself
+    (idle, or its batch job ending)."""
     import signal
 
     pilot = Pilot(config)
     async with anyio.create_task_group() as tg:
-        await tg.start(pilot.run)
+
+        async def main(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+            try:
+                await pilot.run(task_status=task_status)
+            finally:
+                tg.cancel_scope.cancel()
+
+        await tg.start(main)
 
         async def on_signal() -> None:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

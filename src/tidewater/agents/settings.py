@@ -1,0 +1,241 @@
+"""A site directory: its settings file, batch-script template and token.
+
+``tidewater site init DIR`` writes::
+
+    DIR/settings.toml      what the agent does (scheduler, limits, autoscaler)
+    DIR/job-template.sh    the batch script's body: environment setup + pilot launch
+    DIR/token              the site token (mode 0600)
+    DIR/jobs/<id>/         one directory per batch job: script, output, pilot token
+
+Rendering the body is pure (:func:`render_body`); the scheduler adapter adds
+its directives in front of it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import string
+import sys
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from ..errors import ConfigError
+
+SCHEDULERS = ("slurm", "pbs", "lsf", "cobalt", "local")
+DEFAULT_LAUNCHER = {
+    "slurm": "srun", "pbs": "mpiexec", "lsf": "jsrun", "cobalt": "aprun", "local": "mpiexec",
+}
+
+
+class SiteSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    controller: str = "ws://127.0.0.1:8765"
+    token_file: str = "token"
+    scheduler: str = "local"
+    mode: Literal["node", "head"] = "node"
+    launcher: str = ""
+    work_root: str = "work"
+    python: str = ""
+    poll_interval: float = 10.0
+    cores_per_node: int = 0
+    gpus_per_node: int = 0
+    pilot_idle_timeout: float = 60.0
+    pilot_prefetch: int = 2
+    heartbeat_interval: float = 5.0
+    wall_time_margin: float = 30.0
+    """Pilots stop taking tasks, and end what runs, this long before the job's wall time."""
+    scheduler_timeout: float = 60.0
+
+
+class JobSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    queue: str = ""
+    project: str = ""
+    wall_time_min: int = 30
+    directives: list[str] = []
+
+
+class LimitsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    queues: list[str] = []
+    projects: list[str] = []
+    max_nodes_per_job: int = 0
+    max_wall_time_min: int = 0
+
+
+class AutoscaleSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = False
+    max_queued_jobs: int = 1
+    max_total_nodes: int = 4
+    min_nodes_per_job: int = 1
+    max_nodes_per_job: int = 1
+    wall_time_min: int = 0
+    """0: the [job] wall time."""
+    retry_after: float = 30.0
+
+
+class SiteSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    site: SiteSection
+    scheduler: dict[str, str] = {}
+    job: JobSection = JobSection()
+    limits: LimitsSection = LimitsSection()
+    autoscale: AutoscaleSection = AutoscaleSection()
+    directory: str = ""
+    """Where the settings were read from (set by :func:`load`)."""
+
+    def path(self, p: str) -> Path:
+        q = Path(os.path.expanduser(p))
+        return q if q.is_absolute() else Path(self.directory) / q
+
+    @property
+    def launcher(self) -> str:
+        return self.site.launcher or DEFAULT_LAUNCHER.get(self.site.scheduler, "mpiexec")
+
+
+def load(directory: str | Path) -> SiteSettings:
+    """Read ``DIR/settings.toml``; ConfigError says what is wrong and where."""
+    d = Path(directory).expanduser().resolve()
+    f = d / "settings.toml"
+    try:
+        raw = tomllib.loads(f.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{f} not found: create it with `tidewater site init {directory}`") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{f}: {exc}") from None
+    try:
+        s = msgspec.convert(raw, SiteSettings)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{f}: {exc}") from None
+    if s.site.scheduler not in SCHEDULERS:
+        raise ConfigError(f"{f}: scheduler {s.site.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+    return msgspec.structs.replace(s, directory=str(d))
+
+
+def read_token(s: SiteSettings) -> str:
+    f = s.path(s.site.token_file)
+    try:
+        token = f.read_text().strip()
+    except FileNotFoundError:
+        raise ConfigError(f"site token file {f} not found") from None
+    if not token:
+        raise ConfigError(f"site token file {f} is empty")
+    return token
+
+
+def _toml_str(v: str) -> str:
+    return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+DEFAULT_TEMPLATE = """\
+# Body of every batch job of this site; the scheduler's directives come before it.
+# Add the environment the pilot needs (module load ..., source venv/bin/activate).
+# Placeholders: $${job_id} $${site} $${nodes} $${wall_seconds} $${pilot_launch}
+set -e
+export TIDEWATER_JOB_END=$$(( $$(date +%s) + ${wall_seconds} ))
+${pilot_launch}
+"""
+
+
+def init_site(
+    directory: str | Path, *, name: str, scheduler: str, controller: str, token: str,
+    python: str | None = None, options: dict[str, str] | None = None,
+) -> Path:
+    """Write a new site directory; refuses to overwrite an existing settings file."""
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"scheduler {scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+    d = Path(directory).expanduser().resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    f = d / "settings.toml"
+    if f.exists():
+        raise ConfigError(f"{f} exists already; edit it, or init another directory")
+    lines = [
+        "# Tidewater site agent settings: `tidewater site start DIR` reads this file.",
+        "[site]",
+        f"name = {_toml_str(name)}",
+        f"controller = {_toml_str(controller)}",
+        'token_file = "token"',
+        f"scheduler = {_toml_str(scheduler)}   # slurm | pbs | lsf | cobalt | local",
+        'mode = "node"         # node: a pilot per node; head: one pilot launching on every node',
+        f"launcher = {_toml_str(DEFAULT_LAUNCHER[scheduler])}   "
+        "# MPI launcher: mpiexec | cray-mpiexec | mpirun | srun | aprun | jsrun",
+        'work_root = "work"    # task work directories',
+        f"python = {_toml_str(python or sys.executable)}",
+        "poll_interval = 10.0  # seconds between looks at the scheduler's queue",
+        "cores_per_node = 0    # 0: ask the scheduler, or this machine",
+        "gpus_per_node = 0",
+        "pilot_idle_timeout = 60.0",
+        "",
+        "[scheduler]           # options of the scheduler adapter",
+        *(f"{k} = {_toml_str(v)}" for k, v in (options or {}).items()),
+        "",
+        "[job]                 # defaults of `tidewater queue submit`",
+        'queue = ""',
+        'project = ""',
+        "wall_time_min = 30",
+        "directives = []       # extra lines, e.g. [\"#SBATCH --constraint=cpu\"]",
+        "",
+        "[limits]              # what batch jobs may ask for (empty/0: no limit of ours)",
+        "queues = []",
+        "projects = []",
+        "max_nodes_per_job = 0",
+        "max_wall_time_min = 0",
+        "",
+        "[autoscale]           # submit batch jobs when tasks wait and no pilot is free",
+        "enabled = false",
+        "max_queued_jobs = 1",
+        "max_total_nodes = 4",
+        "min_nodes_per_job = 1",
+        "max_nodes_per_job = 1",
+        "wall_time_min = 0     # 0: the [job] wall time",
+        "",
+    ]
+    f.write_text("\n".join(lines))
+    t = d / "job-template.sh"
+    if not t.exists():
+        t.write_text(DEFAULT_TEMPLATE)
+    tok = d / "token"
+    fd = os.open(tok, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    load(d)  # what was written must read back
+    return d
+
+
+def pilot_argv(
+    s: SiteSettings, *, job_id: int, token_file: str, head: bool,
+) -> list[str]:
+    """The pilot command inside a batch job."""
+    py = s.site.python or sys.executable
+    argv = [
+        py, "-m", "tidewater", "--url", s.site.controller, "pilot",
+        "--site", s.site.name, "--batch-job", str(job_id), "--token-file", token_file,
+        "--workdir", str(s.path(s.site.work_root)),
+        "--idle-timeout", f"{s.site.pilot_idle_timeout:g}",
+        "--prefetch", str(s.site.pilot_prefetch),
+        "--heartbeat", f"{s.site.heartbeat_interval:g}",
+        "--wall-margin", f"{s.site.wall_time_margin:g}",
+        "--launcher", s.launcher,
+    ]
+    if s.site.cores_per_node:
+        argv += ["--cores", str(s.site.cores_per_node)]
+    if s.site.gpus_per_node:
+        argv += ["--gpus", str(s.site.gpus_per_node)]
+    if head:
+        argv.append("--head")
+    return argv
+
+
+def render_body(
+    template: str, *, job_id: int, site: str, nodes: int, wall_time_min: int,
+    pilot_launch: list[str],
+) -> str:
+    """The batch script's body from the site's template. ConfigError on a bad placeholder."""
+    try:
+        return string.Template(template).substitute(
+            job_id=str(job_id), site=shlex.quote(site), nodes=str(nodes),
+            wall_seconds=str(wall_time_min * 60), pilot_launch=shlex.join(pilot_launch),
+        )
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"job template: bad placeholder {exc}") from None
