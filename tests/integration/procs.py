@@ -11,7 +11,7 @@ import signal
 import socket
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -125,6 +125,15 @@ class Cluster:
             await p.wait_for(f"pilot {pilot_id} connected")
         return p
 
+    async def start_agent(self, site_dir: Path, name: str = "agent") -> Proc:
+        """``tidewater site start DIR``; returns once it is connected."""
+        proc = await anyio.open_process([PY, "-m", "tidewater", "site", "start", str(site_dir)],
+                                        env=self.env, stdout=None)
+        p = Proc(name, proc, self.tg)
+        self.pilots[name] = p  # stopped with the others
+        await p.wait_for("connected to")
+        return p
+
     def rows(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         """Read the store directly, as an operator would."""
         conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
@@ -135,13 +144,51 @@ class Cluster:
 
     def snapshot(self) -> dict[str, list[tuple[object, ...]]]:
         return {t: self.rows(f"SELECT * FROM {t} ORDER BY 1") for t in
-                ("users", "sites", "apps", "tasks", "events", "task_tags", "submissions")}
+                ("users", "sites", "apps", "tasks", "events", "task_tags", "submissions",
+                 "batch_jobs")}
 
     async def stop(self) -> None:
         for p in list(self.pilots.values()):
             await p.stop()
         if self.controller is not None:
             await self.controller.stop()
+
+
+def _toml(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_site(
+    directory: Path, *, name: str, scheduler: str, url: str, token: str,
+    sections: dict[str, dict[str, object]] | None = None,
+) -> Path:
+    """A site directory as `tidewater site init` makes it, with settings for tests."""
+    from tidewater.agents.settings import DEFAULT_TEMPLATE
+
+    directory.mkdir(parents=True, exist_ok=True)
+    base: dict[str, dict[str, object]] = {
+        "site": {"name": name, "controller": url, "scheduler": scheduler,
+                 "work_root": str(directory / "work"), "python": PY, "poll_interval": 0.5,
+                 "heartbeat_interval": HEARTBEAT, "pilot_idle_timeout": 600.0,
+                 "wall_time_margin": 1.0, "launcher": "mpiexec"},
+        "scheduler": {}, "job": {"wall_time_min": 10}, "limits": {}, "autoscale": {},
+    }
+    for sec, values in (sections or {}).items():
+        base.setdefault(sec, {}).update(values)
+    text = []
+    for sec, values in base.items():
+        text.append(f"[{sec}]")
+        text += [f"{k} = {_toml(v)}" for k, v in values.items()]
+    (directory / "settings.toml").write_text("\n".join(text) + "\n")
+    (directory / "job-template.sh").write_text(DEFAULT_TEMPLATE)
+    (directory / "token").write_text(token + "\n")
+    return directory
 
 
 @asynccontextmanager
@@ -154,3 +201,16 @@ async def cluster(tmp: Path) -> AsyncIterator[Cluster]:
             with anyio.CancelScope(shield=True):
                 await c.stop()
             tg.cancel_scope.cancel()
+
+
+async def until(check: Callable[[], Awaitable[bool]], *, timeout: float = 30,
+                what: str = "condition") -> None:
+    """Poll ``check`` until it is true; fail after ``timeout`` seconds saying ``what``."""
+    try:
+        with anyio.fail_after(timeout):
+            while True:
+                if await check():
+                    return
+                await anyio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {what}") from None

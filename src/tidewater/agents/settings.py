@@ -1,3 +1,4 @@
+# mypy: disable-error-code="misc"
 """A site directory: its settings file, batch-script template and token.
 
 ``tidewater site init DIR`` writes::
@@ -31,7 +32,7 @@ DEFAULT_LAUNCHER = {
 }
 
 
-class SiteSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class SiteSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
     controller: str = "ws://127.0.0.1:8765"
     token_file: str = "token"
@@ -51,21 +52,21 @@ class SiteSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     scheduler_timeout: float = 60.0
 
 
-class JobSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class JobSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     queue: str = ""
     project: str = ""
     wall_time_min: int = 30
     directives: list[str] = []
 
 
-class LimitsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class LimitsSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     queues: list[str] = []
     projects: list[str] = []
     max_nodes_per_job: int = 0
     max_wall_time_min: int = 0
 
 
-class AutoscaleSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class AutoscaleSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     enabled: bool = False
     max_queued_jobs: int = 1
     max_total_nodes: int = 4
@@ -76,9 +77,9 @@ class AutoscaleSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     retry_after: float = 30.0
 
 
-class SiteSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class SiteSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     site: SiteSection
-    scheduler: dict[str, str] = {}
+    scheduler: dict[str, str | int | float | bool] = {}
     job: JobSection = JobSection()
     limits: LimitsSection = LimitsSection()
     autoscale: AutoscaleSection = AutoscaleSection()
@@ -229,13 +230,14 @@ def pilot_argv(
 
 def render_body(
     template: str, *, job_id: int, site: str, nodes: int, wall_time_min: int,
-    pilot_launch: list[str],
+    pilot_launch: list[str], minute_seconds: float = 60.0,
 ) -> str:
     """The batch script's body from the site's template. ConfigError on a bad placeholder."""
     try:
         return string.Template(template).substitute(
             job_id=str(job_id), site=shlex.quote(site), nodes=str(nodes),
-            wall_seconds=str(wall_time_min * 60), pilot_launch=shlex.join(pilot_launch),
+            wall_seconds=str(round(wall_time_min * minute_seconds)),
+            pilot_launch=shlex.join(pilot_launch),
         )
     except (KeyError, ValueError) as exc:
         raise ConfigError(f"job template: bad placeholder {exc}") from None

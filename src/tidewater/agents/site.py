@@ -396,7 +396,9 @@ class Agent:
                 argv = self.sched.adapter.node_launch_argv(j.nodes) + argv
             template = await anyio.Path(s.path("job-template.sh")).read_text()
             body = render_body(template, job_id=j.id, site=s.site.name, nodes=j.nodes,
-                               wall_time_min=j.wall_time_min, pilot_launch=argv)
+                               wall_time_min=j.wall_time_min, pilot_launch=argv,
+                               minute_seconds=float(getattr(self.sched.adapter,
+                                                            "minute_seconds", 60.0)))
             req = JobRequest(
                 job_name=job_name(s.site.name, j.id), nodes=j.nodes,
                 wall_time_min=j.wall_time_min, workdir=str(d), script_body=body,
