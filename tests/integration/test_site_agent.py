@@ -158,11 +158,10 @@ async def test_job_submitted_just_before_an_agent_crash_is_adopted_by_name(
             script = tmp_path / "orphan.sh"
             script.write_text(f"#!/bin/bash\n#TWLOCAL --job-name=tw-laptop-{job.id}\n"
                               "#TWLOCAL --nodes=1\n#TWLOCAL --time=10\nsleep 60\n")
-            out = subprocess.run(
+            proc = await anyio.run_process(
                 [PY, "-m", "tidewater.agents.schedulers.localexec", "submit", "--state-dir",
-                 str(tmp_path / "local-jobs"), str(script)],
-                capture_output=True, text=True, check=True).stdout
-            orphan_id = out.split()[-1]
+                 str(tmp_path / "local-jobs"), str(script)])
+            orphan_id = proc.stdout.decode().split()[-1]
             await c.start_agent(site_dir)
 
             async def adopted() -> bool:
