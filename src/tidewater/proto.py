@@ -200,6 +200,8 @@ class BatchJobInfo(Struct):
     """Why submitting or cancelling failed, with the command and what it printed."""
     pilots: int = 0
     """Pilots of this job connected now."""
+    first_pilot_at: float | None = None
+    """When the job's first pilot connected (since the controller started)."""
     flagged: str = ""
     """Something looks wrong (running but no pilot has connected)."""
 

@@ -867,6 +867,7 @@ class Controller:
             rec.batch_job = job.id
             job.pilots.add(rec.pilot_id)
             job.seen_pilot = True
+            job.first_pilot_at = job.first_pilot_at or time.time()
         self.pilots[rec.pilot_id] = rec
         self.leases.touch(rec.pilot_id, time.time())
         self._lease_changed.set()
