@@ -9,6 +9,10 @@ export TIDEWATER_REQUIRE_SERVICES=1  # a test that cannot get its service fails 
 .venv/bin/ruff check src tests bench
 .venv/bin/mypy
 
+# Real Slurm (+ munge) and MPICH for the tests marked slurm/mpi; stopped however we exit.
+trap 'scripts/services.sh stop || echo "scripts/services.sh stop failed" >&2' EXIT
+scripts/services.sh start
+
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?

@@ -27,7 +27,8 @@ from .errors import TidewaterError
 from .proto import ParamSpec, Resources, TaskInfo, TaskSpec
 
 T = TypeVar("T")
-out = Console()
+# Piped or captured tables are not cut to 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
 

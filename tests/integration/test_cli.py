@@ -91,3 +91,61 @@ async def test_cli_flow(tmp_path: Path) -> None:
             await watcher.wait()
         code, _, err = await tw("ls", token="twu_bogus", check=False)
         assert code == 1 and "invalid token" in err
+
+
+async def test_cli_site_init_start_and_queue(tmp_path: Path) -> None:
+    """`site init`, `site start`, `queue submit|ls|cancel` as a user at a login node runs them."""
+    async with cluster(tmp_path) as c:
+        await c.start_controller()
+        token = await c.add_user("alice")
+
+        async def tw(*args: str, check: bool = True) -> tuple[int, str, str]:
+            env = {**c.env, "TIDEWATER_TOKEN": token}
+            r = await anyio.run_process([PY, "-m", "tidewater", *args], env=env, check=False)
+            out, err = r.stdout.decode(), r.stderr.decode()
+            if check and r.returncode != 0:
+                raise AssertionError(f"tidewater {' '.join(args)} -> {r.returncode}\n{err}")
+            return r.returncode, out, err
+
+        site_dir = tmp_path / "tw-site"
+        _, _, err = await tw("site", "init", str(site_dir), "--scheduler", "local",
+                             "--name", "laptop", "--option",
+                             f"state_dir={tmp_path / 'local-jobs'}")
+        assert "set up in" in err
+        assert (site_dir / "token").stat().st_mode & 0o077 == 0
+        settings = (site_dir / "settings.toml").read_text()
+        (site_dir / "settings.toml").write_text(
+            settings.replace("poll_interval = 10.0", "poll_interval = 0.5")
+            .replace("[limits]              # what batch jobs may ask for (empty/0: no limit of ours)\n"
+                     "queues = []", "[limits]\nqueues = [\"debug\"]"))
+        code, _, err = await tw("site", "init", str(site_dir), "--scheduler", "local",
+                                "--name", "other", check=False)
+        assert code != 0 and "exists already" in err
+        await tw("app", "add", "--site", "laptop", "hello", "echo hello {name}")
+        await c.start_agent(site_dir)
+
+        code, _, err = await tw("queue", "submit", "--site", "laptop", "--queue", "regular",
+                                check=False)
+        assert code == 1 and "queue 'regular' is not allowed" in err
+        code, _, err = await tw("queue", "submit", "--site", "laptop", "--wall-time", "soon",
+                                check=False)
+        assert code == 2 and "not a wall time" in err
+        _, out, _ = await tw("queue", "submit", "--site", "laptop", "--nodes", "1",
+                             "--wall-time", "1h30m", "--queue", "debug")
+        job_id = out.strip()
+        _, out, _ = await tw("submit", "--site", "laptop", "hello", "name=queue", "--wait")
+        assert "JOB_FINISHED" in out and "hello queue" in out
+        _, out, _ = await tw("queue", "ls", "--json")
+        (job,) = [json.loads(line) for line in out.splitlines()]
+        assert (job["id"], job["state"], job["wall_time_min"], job["queue"]) == (
+            int(job_id), "running", 90, "debug")
+        _, out, _ = await tw("queue", "ls")
+        assert "running" in out and job["scheduler_id"] in out
+        await tw("queue", "cancel", job_id)
+        with anyio.fail_after(30):
+            while True:
+                _, out, _ = await tw("queue", "ls", "--all", "--json")
+                if json.loads(out.splitlines()[0])["state"] == "finished":
+                    break
+        code, _, err = await tw("queue", "cancel", "999", check=False)
+        assert code == 1 and "no batch job 999" in err

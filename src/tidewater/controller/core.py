@@ -868,6 +868,10 @@ class Controller:
             job.pilots.add(rec.pilot_id)
             job.seen_pilot = True
             job.first_pilot_at = job.first_pilot_at or time.time()
+            if job.state in ("pending_submission", "queued"):
+                # A pilot inside it proves the job runs, before the agent's next look.
+                job.state, job.started_at = "running", job.started_at or time.time()
+                self._write_soon([(st.UPSERT_JOB, job.row())], lambda: None)
         self.pilots[rec.pilot_id] = rec
         self.leases.touch(rec.pilot_id, time.time())
         self._lease_changed.set()

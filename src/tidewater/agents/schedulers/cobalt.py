@@ -92,6 +92,8 @@ def split_table(stdout: str) -> list[dict[str, str]]:
     names = header.split()
     rows = []
     for line in lines[2:]:
+        if any(0 < s <= len(line) and not line[s - 1].isspace() for s in starts):
+            raise SchedulerOutputError("a Cobalt qstat row aligned under its header", line)
         cells = [
             line[s:(starts[i + 1] if i + 1 < len(starts) else None)].strip()
             for i, s in enumerate(starts)

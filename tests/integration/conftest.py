@@ -1,0 +1,93 @@
+"""Fixtures for tests that need a real service: a one-node Slurm cluster and MPICH.
+
+`scripts/services.sh start` (run by scripts/test.sh, as root) installs and starts
+them. Where they are missing the tests skip with a reason saying how to get them;
+under TIDEWATER_REQUIRE_SERVICES=1 (CI) tests/conftest.py turns that skip into a
+failure.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+import pytest
+
+HOW_TO_SLURM = "run `sudo scripts/services.sh start` (or scripts/test.sh as root) to set it up"
+# States in which the node can take work now (a previous test may still hold it).
+READY_STATES = {"idle", "mixed", "allocated", "completing"}
+
+
+@dataclass(frozen=True)
+class SlurmCluster:
+    """The local test cluster: where to submit and how big it is."""
+
+    partition: str
+    node: str
+    cpus: int
+
+
+@dataclass(frozen=True)
+class Mpich:
+    """MPICH's launcher on PATH."""
+
+    mpiexec: str
+    version: str
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=15, check=False)
+
+
+def _slurm_answer(*cmd: str) -> str:
+    """stdout of a Slurm client command; skips when the controller does not answer."""
+    try:
+        r = _run(*cmd)
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"Slurm does not answer ({cmd[0]} timed out): {HOW_TO_SLURM}")
+    if r.returncode != 0:
+        pytest.skip(f"Slurm is not running ({cmd[0]}: {r.stderr.strip()}): {HOW_TO_SLURM}")
+    return r.stdout
+
+
+@pytest.fixture(scope="session")
+def slurm() -> SlurmCluster:
+    """A running one-node Slurm cluster whose node is up; skips (with a how-to) when there is none."""
+    for tool in ("sinfo", "squeue", "sbatch", "scontrol"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"Slurm is not installed ({tool} not on PATH): {HOW_TO_SLURM}")
+    # One at a time: with no controller each command retries for about 10 s.
+    info = _slurm_answer("sinfo", "-h", "-N", "-o", "%P|%N|%c|%T")
+    _slurm_answer("squeue", "-h")
+    rows = [line.split("|") for line in info.splitlines() if line.count("|") == 3]
+    default = [r for r in rows if r[0].endswith("*")] or rows
+    for partition, node, cpus, state in default:
+        if state.rstrip("*~#!%$@^-+") in READY_STATES and not state.endswith("*"):
+            return SlurmCluster(partition=partition.rstrip("*"), node=node, cpus=int(cpus))
+    pytest.skip(f"no Slurm node is up (sinfo: {info.strip() or 'no nodes'}): {HOW_TO_SLURM}")
+
+
+@pytest.fixture(scope="session")
+def mpich() -> Mpich:
+    """MPICH's mpiexec (Hydra); skips (with a how-to) when mpiexec is missing or another MPI."""
+    how = "install MPICH with `sudo scripts/services.sh install` (apt-get install mpich)"
+    path = shutil.which("mpiexec")
+    if path is None:
+        pytest.skip(f"mpiexec is not on PATH: {how}")
+    try:
+        out = _run(path, "--version")
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"`mpiexec --version` hung: {how}")
+    text = out.stdout + out.stderr
+    if "HYDRA" not in text.upper() and "MPICH" not in text.upper():
+        first = text.strip().splitlines()[0] if text.strip() else "no output"
+        pytest.skip(
+            f"mpiexec is not MPICH ({first}): {how}; "
+            "if OpenMPI owns the mpiexec alternative: update-alternatives --config mpi"
+        )
+    version = next(
+        (ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.strip().startswith("Version:")),
+        "unknown",
+    )
+    return Mpich(mpiexec=path, version=version)
