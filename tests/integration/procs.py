@@ -94,6 +94,7 @@ class Cluster:
         self.controller: Proc | None = None
         self.pilots: dict[str, Proc] = {}
         self.env = {**os.environ, "TIDEWATER_URL": self.url, "TIDEWATER_HOME": str(tmp / "home")}
+        self.site_dirs: list[Path] = []
 
     async def start_controller(self, *extra: str) -> Proc:
         proc = await anyio.open_process(
@@ -131,6 +132,8 @@ class Cluster:
                                         env=self.env, stdout=None)
         p = Proc(name, proc, self.tg)
         self.pilots[name] = p  # stopped with the others
+        if site_dir not in self.site_dirs:
+            self.site_dirs.append(site_dir)
         await p.wait_for("connected to")
         return p
 
@@ -152,6 +155,27 @@ class Cluster:
             await p.stop()
         if self.controller is not None:
             await self.controller.stop()
+        for d in self.site_dirs:
+            await cancel_site_jobs(d)
+
+
+async def cancel_site_jobs(site_dir: Path) -> None:
+    """Cancel every batch job a test's site left in its scheduler (pilots outlive agents)."""
+    from tidewater.agents.schedulers import get_scheduler
+    from tidewater.agents.schedulers.base import SchedulerClient
+    from tidewater.agents.settings import load
+    from tidewater.errors import TidewaterError
+
+    s = load(site_dir)
+    sched = SchedulerClient(get_scheduler(s.site.scheduler, **s.scheduler), timeout=30)
+    prefix = f"tw-{s.site.name}-"
+    with anyio.CancelScope(shield=True):
+        try:
+            for job in await sched.status():
+                if job.name.startswith(prefix) and job.state != "finished":
+                    await sched.cancel(job.scheduler_id)
+        except TidewaterError:
+            pass  # best effort: the scheduler may be gone already
 
 
 def _toml(v: object) -> str:

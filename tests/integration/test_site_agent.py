@@ -17,6 +17,7 @@ import pytest
 
 import tidewater
 from tidewater import Client
+from tidewater.agents.site import job_name
 from tidewater.proto import BatchJobInfo
 
 from .procs import PY, Cluster, cluster, until, write_site
@@ -68,7 +69,7 @@ async def test_batch_job_starts_pilots_that_run_tasks_and_cancel_ends_it(tmp_pat
             running = await job_state(client, job.id)
             assert running.state == "running" and running.scheduler_id and running.pilots == 2
             (listed,) = local_jobs(tmp_path / "local-jobs")
-            assert listed["name"] == f"tw-laptop-{job.id}" and listed["state"] == "RUNNING"
+            assert listed["name"].startswith(f"tw-laptop-{job.id}-") and listed["state"] == "RUNNING"
 
             await client.queue_cancel(job.id)
 
@@ -156,7 +157,8 @@ async def test_job_submitted_just_before_an_agent_crash_is_adopted_by_name(
             job = await client.queue_submit("laptop", nodes=1, wall_time_min=10)
             # What the crashed agent had done: the script submitted under the job's name.
             script = tmp_path / "orphan.sh"
-            script.write_text(f"#!/bin/bash\n#TWLOCAL --job-name=tw-laptop-{job.id}\n"
+            name = job_name("laptop", job.id, (site_dir / "token").read_text().strip())
+            script.write_text(f"#!/bin/bash\n#TWLOCAL --job-name={name}\n"
                               "#TWLOCAL --nodes=1\n#TWLOCAL --time=10\nsleep 60\n")
             proc = await anyio.run_process(
                 [PY, "-m", "tidewater.agents.schedulers.localexec", "submit", "--state-dir",

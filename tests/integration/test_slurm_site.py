@@ -14,6 +14,7 @@ import pytest
 
 import tidewater
 from tidewater import Client
+from tidewater.agents.site import job_name
 from tidewater.proto import BatchJobInfo
 
 from .procs import Cluster, cluster, until, write_site
@@ -93,8 +94,8 @@ async def test_agent_killed_mid_run_adopts_its_slurm_job(slurm: Any, tmp_path: P
             assert (await slow.result()).stdout_tail == "ok\n"
             j = await job_state(client, job.id)
             assert (j.state, j.scheduler_id) == ("running", sched_id)
-            proc = await anyio.run_process(["squeue", "-h", "-n", f"tw-adopt-{job.id}", "-o",
-                                            "%i"])
+            name = job_name("adopt", job.id, (site_dir / "token").read_text().strip())
+            proc = await anyio.run_process(["squeue", "-h", "-n", name, "-o", "%i"])
             assert proc.stdout.decode().split() == [sched_id]  # adopted, not resubmitted
             await client.queue_cancel(job.id)
 

@@ -21,6 +21,7 @@ work. It never runs tasks. It:
 from __future__ import annotations
 
 import getpass
+import hashlib
 import logging
 import os
 import time
@@ -63,6 +64,7 @@ class JobState:
     reason: str = ""
     busy: bool = False  # a submit or cancel command is running for it
     stop_wanted: bool = False
+    unneeded: bool = False  # the autoscaler would cancel it if it is still queued
 
     @classmethod
     def of(cls, aj: P.AgentJob) -> JobState:
@@ -73,8 +75,14 @@ class JobState:
                    reason=j.reason, stop_wanted=j.state == "pending_deletion")
 
 
-def job_name(site: str, job_id: int) -> str:
-    return f"tw-{site}-{job_id}"
+def job_name(site: str, job_id: int, token: str) -> str:
+    """The scheduler-side name of a batch job: unique to this site *and* this controller.
+
+    A tag from the site token keeps a controller started on a fresh store (ids
+    from 1 again) from adopting jobs of an earlier one under the same site name.
+    """
+    tag = hashlib.sha256(token.encode()).hexdigest()[:6]
+    return f"tw-{site}-{job_id}-{tag}"
 
 
 class Agent:
@@ -349,7 +357,7 @@ class Agent:
             if j.state in states.JOB_FINAL or j.busy:
                 continue
             if not j.scheduler_id:
-                found = by_name.get(job_name(self.s.site.name, j.id))
+                found = by_name.get(job_name(self.s.site.name, j.id, self.token))
                 if found is not None:
                     log.info("adopting batch job %d: scheduler id %s", j.id, found.scheduler_id)
                     self._update(j, found.state, scheduler_id=found.scheduler_id,
@@ -361,9 +369,15 @@ class Agent:
                 if j.state == "pending_submission":
                     await self._submit(j)
                 continue
+            st = self.listing.get(j.scheduler_id)
+            if j.unneeded:
+                # Decided on the controller's view; cancel only what the scheduler has
+                # not started (a started job's pilot may already be running a task).
+                j.unneeded = False
+                if st is not None and st.state == "queued":
+                    j.stop_wanted, j.reason = True, "no longer needed"
             if j.stop_wanted and j.state != "finished":
                 await self._cancel(j)
-            st = self.listing.get(j.scheduler_id)
             if st is None:
                 self._update(j, "finished", reason=j.reason if j.stop_wanted and j.reason
                              else "no longer listed by the scheduler", end_time=time.time())
@@ -400,7 +414,7 @@ class Agent:
                                minute_seconds=float(getattr(self.sched.adapter,
                                                             "minute_seconds", 60.0)))
             req = JobRequest(
-                job_name=job_name(s.site.name, j.id), nodes=j.nodes,
+                job_name=job_name(s.site.name, j.id, self.token), nodes=j.nodes,
                 wall_time_min=j.wall_time_min, workdir=str(d), script_body=body,
                 queue=j.queue, project=j.project, extra_directives=tuple(s.job.directives),
             )
@@ -489,8 +503,7 @@ class Agent:
         for jid in dec.cancel:
             j = self.jobs.get(jid)
             if j is not None and not j.stop_wanted:
-                log.info("autoscaler: cancelling batch job %d (%s)", jid, dec.why)
-                j.stop_wanted = True
-                j.reason = "no longer needed"
+                log.info("autoscaler: batch job %d is no longer needed (%s)", jid, dec.why)
+                j.unneeded = True
                 self._look.set()
         return dec.retry_at
