@@ -435,7 +435,7 @@ def pilot(ctx: click.Context, site: str, cores: int, gpus: int, prefetch: int, w
     import socket
 
     from .pilot import PilotConfig, run_pilot
-    from .pilot.nodes import discover
+    from .pilot.nodes import Node, discover
 
     logging.getLogger("tidewater").setLevel(min(logging.getLogger().level, logging.INFO))
     o = ctx.obj
@@ -453,7 +453,13 @@ def pilot(ctx: click.Context, site: str, cores: int, gpus: int, prefetch: int, w
             raise click.UsageError(f"cannot read the batch job's allocation: {exc}") from None
         end_time = alloc.end_time
         if head:
-            head_nodes = list(alloc.nodes)
+            # The scheduler's slot counts may not be the nodes' cores (LSF, Cobalt): the
+            # site's configured node shape wins when given.
+            explicit_gpus = ctx.get_parameter_source("gpus") == click.core.ParameterSource.COMMANDLINE
+            head_nodes = [
+                Node(n.host, cores if explicit else n.cores, gpus if explicit_gpus else n.gpus)
+                for n in alloc.nodes
+            ]
         else:
             mine = [n for n in alloc.nodes if n.host.split(".")[0] == host.split(".")[0]]
             if mine and not explicit:

@@ -94,7 +94,7 @@ class Cluster:
         self.controller: Proc | None = None
         self.pilots: dict[str, Proc] = {}
         self.env = {**os.environ, "TIDEWATER_URL": self.url, "TIDEWATER_HOME": str(tmp / "home")}
-        self.site_dirs: list[Path] = []
+        self.site_dirs: list[tuple[Path, dict[str, str]]] = []
 
     async def start_controller(self, *extra: str) -> Proc:
         proc = await anyio.open_process(
@@ -126,14 +126,15 @@ class Cluster:
             await p.wait_for(f"pilot {pilot_id} connected")
         return p
 
-    async def start_agent(self, site_dir: Path, name: str = "agent") -> Proc:
+    async def start_agent(self, site_dir: Path, name: str = "agent",
+                          env: dict[str, str] | None = None) -> Proc:
         """``tidewater site start DIR``; returns once it is connected."""
         proc = await anyio.open_process([PY, "-m", "tidewater", "site", "start", str(site_dir)],
-                                        env=self.env, stdout=None)
+                                        env={**self.env, **(env or {})}, stdout=None)
         p = Proc(name, proc, self.tg)
         self.pilots[name] = p  # stopped with the others
         if site_dir not in self.site_dirs:
-            self.site_dirs.append(site_dir)
+            self.site_dirs.append((site_dir, env or {}))
         await p.wait_for("connected to")
         return p
 
@@ -155,11 +156,11 @@ class Cluster:
             await p.stop()
         if self.controller is not None:
             await self.controller.stop()
-        for d in self.site_dirs:
-            await cancel_site_jobs(d)
+        for d, env in self.site_dirs:
+            await cancel_site_jobs(d, env)
 
 
-async def cancel_site_jobs(site_dir: Path) -> None:
+async def cancel_site_jobs(site_dir: Path, env: dict[str, str] | None = None) -> None:
     """Cancel every batch job a test's site left in its scheduler (pilots outlive agents)."""
     from tidewater.agents.schedulers import get_scheduler
     from tidewater.agents.schedulers.base import SchedulerClient
@@ -167,7 +168,8 @@ async def cancel_site_jobs(site_dir: Path) -> None:
     from tidewater.errors import TidewaterError
 
     s = load(site_dir)
-    sched = SchedulerClient(get_scheduler(s.site.scheduler, **s.scheduler), timeout=30)
+    sched = SchedulerClient(get_scheduler(s.site.scheduler, **s.scheduler), timeout=30,
+                            env=dict(env or {}))
     prefix = f"tw-{s.site.name}-"
     with anyio.CancelScope(shield=True):
         try:
