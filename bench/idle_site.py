@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PY, SITE, Spread, _spawn, cluster, log_tail, machine_line, stop_processes, table  # noqa: E402
 
 from tidewater.agents.settings import DEFAULT_TEMPLATE  # noqa: E402
+from tidewater.client import Client  # noqa: E402
 
 
 def write_site(d: Path, url: str, token: str, scheduler: str) -> None:
@@ -73,6 +74,14 @@ max_total_nodes = 1
     (d / "token").write_text(token + "\n")
 
 
+async def until_idle(client: Client) -> None:
+    """Poll until the site has no live batch job (the pilot idled out and its job ended)."""
+    while True:
+        if not await client.queue(site=SITE):
+            return
+        await anyio.sleep(0.1)
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scheduler", default="slurm", choices=["slurm", "local"])
@@ -97,8 +106,7 @@ async def main() -> None:
                     await anyio.sleep(0.05)
             for i in range(args.repeats):
                 with anyio.fail_after(120):  # idle: no live batch job left
-                    while await c.client.queue(site=SITE):
-                        await anyio.sleep(0.1)
+                    await until_idle(c.client)
                 t0 = time.time()
                 task = await c.client.submit("true", site=SITE)
                 with anyio.fail_after(120):
@@ -119,8 +127,7 @@ async def main() -> None:
                 print(f"  repeat {i + 1}: total {total:.2f} s (agent {agent_s * 1e3:.0f} ms, "
                       f"job {job.id} {job.scheduler_id})", flush=True)
             with anyio.move_on_after(60):  # let the last job idle out before leaving
-                while await c.client.queue(site=SITE):
-                    await anyio.sleep(0.1)
+                await until_idle(c.client)
         finally:
             stop_processes([agent])
     names = {"total": "submit -> task started (s)", "agent": "agent reaction (s)",
