@@ -16,12 +16,11 @@ Breakdown, all on this machine's clock:
   (``submitted_at``, taken when the submit command returned): the demand push,
   the autoscaler's decision, the job's creation in the store and the
   submit command itself;
-* scheduler wait  -- submitted -> the first pilot of the job connected,
-  minus the pilot's own start-up: it includes Slurm's scheduling, the
-  prolog and ``srun`` starting the step;
-* pilot start-up  -- from Slurm's job start (1 s resolution, so shown as
-  the remainder) to the pilot's connection: Python and Tidewater imports,
-  allocation discovery, the websocket handshake;
+* scheduler wait  -- submitted -> the pilot's process started (from
+  ``/proc``, ~10 ms): Slurm's scheduling, the batch script and ``srun``
+  starting the pilot's step;
+* pilot start-up  -- the pilot's process started -> it connected: Python and
+  Tidewater imports, allocation discovery, the websocket handshake;
 * dispatch        -- pilot connected -> task process started.
 
 Balsam's elastic queue (the peer this replaces) looks for work every 60 s
@@ -116,9 +115,9 @@ async def main() -> None:
                 assert info.state == "JOB_FINISHED", info
                 assert job.submitted_at and job.first_pilot_at and info.started_at
                 agent_s = job.submitted_at - info.created_at
-                pilot_s = (job.first_pilot_at - job.started_at
-                           if job.started_at and job.started_at <= job.first_pilot_at else 0.0)
-                sched_s = job.first_pilot_at - job.submitted_at - pilot_s
+                started = job.first_pilot_process_at or job.first_pilot_at
+                pilot_s = job.first_pilot_at - started
+                sched_s = started - job.submitted_at
                 rows["total"].append(total)
                 rows["agent"].append(agent_s)
                 rows["scheduler"].append(sched_s)

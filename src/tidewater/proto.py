@@ -202,6 +202,8 @@ class BatchJobInfo(Struct):
     """Pilots of this job connected now."""
     first_pilot_at: float | None = None
     """When the job's first pilot connected (since the controller started)."""
+    first_pilot_process_at: float | None = None
+    """When that pilot's process had started: the scheduler's start, to within the launch."""
     flagged: str = ""
     """Something looks wrong (running but no pilot has connected)."""
 
@@ -241,6 +243,8 @@ class Hello(Msg, tag="hello"):
     nodes: list[NodeInfo] = []
     """Head mode: every node the pilot launches on; node mode: its own node (or empty)."""
     end_time: float | None = None
+    process_started_at: float | None = None
+    """When the pilot's process started (its start-up time is the gap to this Hello)."""
     # Agent only --------------------------------------------------------------
     limits: SiteLimits | None = None
 

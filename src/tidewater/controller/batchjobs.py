@@ -60,6 +60,7 @@ class JobRec:
     pilots: set[str] = field(default_factory=set)
     seen_pilot: bool = False
     first_pilot_at: float | None = None
+    first_pilot_process_at: float | None = None
 
     def row(self) -> tuple[Any, ...]:
         return (
@@ -173,7 +174,7 @@ class BatchJobs:
             scheduler_id=j.scheduler_id, autoscaled=j.autoscaled, created_at=j.created_at,
             submitted_at=j.submitted_at, started_at=j.started_at, ended_at=j.ended_at,
             reason=j.reason, error=j.error, pilots=len(j.pilots), flagged=j.flag(now),
-            first_pilot_at=j.first_pilot_at,
+            first_pilot_at=j.first_pilot_at, first_pilot_process_at=j.first_pilot_process_at,
         )
 
     def pilot_job(self, token_hash: str) -> JobRec | None:

@@ -867,7 +867,9 @@ class Controller:
             rec.batch_job = job.id
             job.pilots.add(rec.pilot_id)
             job.seen_pilot = True
-            job.first_pilot_at = job.first_pilot_at or time.time()
+            if job.first_pilot_at is None:
+                job.first_pilot_at = time.time()
+                job.first_pilot_process_at = hello.process_started_at
             if job.state in ("pending_submission", "queued"):
                 # A pilot inside it proves the job runs, before the agent's next look.
                 job.state, job.started_at = "running", job.started_at or time.time()

@@ -36,6 +36,20 @@ from .runner import Outcome, TaskProcess, WorkdirError
 log = logging.getLogger("tidewater.pilot")
 
 
+def _process_start() -> float | None:
+    """This process's start on the wall clock (~10 ms), from /proc; None without /proc."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    # Seconds since boot are exact to the tick, unlike the boot time itself.
+    return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+
+
+PROCESS_STARTED_AT = _process_start()
+
+
 @dataclass
 class PilotConfig:
     url: str
@@ -223,7 +237,7 @@ class Pilot:
                     held=self.held(), batch_job=self.cfg.batch_job,
                     nodes=[P.NodeInfo(host=n.host, cores=n.cores, gpus=n.gpus)
                            for n in self.nodes] if self.cfg.head_nodes else [],
-                    end_time=self.accept_until(),
+                    end_time=self.accept_until(), process_started_at=PROCESS_STARTED_AT,
                 )
                 self.pending_credit = [0, 0]
                 link, welcome = await open_link(
