@@ -200,3 +200,35 @@ async def test_wall_time_end_requeues_the_running_task_into_a_later_job(
             states = [r[0] for r in c.rows(
                 "SELECT to_state FROM events WHERE task_id = ? ORDER BY id", (t.id,))]
             assert "RUN_TIMEOUT" in states and states[-1] == "JOB_FINISHED"
+
+
+@pytest.mark.chaos
+async def test_controller_killed_mid_run_keeps_its_batch_jobs(tmp_path: Path) -> None:
+    """kill -9 of the controller: agent and pilots reconnect, the job and its token live on."""
+    async with cluster(tmp_path) as c:
+        ctl = await c.start_controller()
+        token = await c.add_user("alice")
+        async with tidewater.connect(c.url, token=token) as client:
+            site_dir = await setup_site(c, tmp_path, client)
+            agent = await c.start_agent(site_dir)
+            job = await client.queue_submit("laptop", nodes=1, wall_time_min=10)
+            slow = [await client.submit("sh", site="laptop", params={"script": f"sleep 1; echo {i}"})
+                    for i in range(3)]
+
+            async def running() -> bool:
+                return (await slow[0].info()).state == "RUNNING"
+
+            await until(running, what="the first task to run in the batch job")
+            sched_id = (await job_state(client, job.id)).scheduler_id
+            ctl.kill()
+            await ctl.proc.wait()
+            await c.start_controller()
+            await agent.wait_for("agent of laptop connected", count=2)
+            # Everything acknowledged before the crash finishes, and new work runs too.
+            more = await client.submit("hello", site="laptop", params={"n": "after"})
+            results = await client.wait([*slow, more])
+            assert [r.state for r in results] == ["JOB_FINISHED"] * 4
+            assert [r.stdout_tail for r in results] == ["0\n", "1\n", "2\n", "hello after\n"]
+            j = await job_state(client, job.id)
+            assert (j.state, j.scheduler_id, j.pilots) == ("running", sched_id, 1)
+            assert len(local_jobs(tmp_path / "local-jobs")) == 1
