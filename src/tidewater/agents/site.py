@@ -65,6 +65,7 @@ class JobState:
     busy: bool = False  # a submit or cancel command is running for it
     stop_wanted: bool = False
     unneeded: bool = False  # the autoscaler would cancel it if it is still queued
+    missing_since: float | None = None  # first listing that did not show it
 
     @classmethod
     def of(cls, aj: P.AgentJob) -> JobState:
@@ -311,20 +312,26 @@ class Agent:
     # ------------------------------------------------------------------ updates
 
     def _update(self, j: JobState, state: str, **kw: object) -> None:
+        """Apply a change to a job and queue it for the controller (nothing new: nothing sent)."""
         nxt = states.job_step(j.state, state)
+        sid = str(kw.get("scheduler_id") or "")
+        reason = str(kw.get("reason") or "")
+        error = str(kw.get("error") or "")
+        if nxt is None and not error and (not sid or sid == j.scheduler_id) and (
+            not reason or reason == j.reason
+        ):
+            return
         if nxt is not None:
             j.state = nxt
         if nxt in states.JOB_FINAL:
             j.ended_at = time.time()
-        sid = str(kw.get("scheduler_id") or "")
         if sid:
             j.scheduler_id = sid
-        reason = str(kw.get("reason") or "")
         if reason:
             j.reason = reason
         self.pending.append(P.JobUpdate(
             job_id=j.id, state=state, scheduler_id=j.scheduler_id, time=time.time(),
-            reason=reason, error=str(kw.get("error") or ""),
+            reason=reason, error=error,
             start_time=kw.get("start_time"),  # type: ignore[arg-type]
             end_time=kw.get("end_time"),  # type: ignore[arg-type]
         ))
@@ -370,6 +377,9 @@ class Agent:
                     await self._submit(j)
                 continue
             st = self.listing.get(j.scheduler_id)
+            if st is None and not self._gone(j):
+                continue
+            j.missing_since = None
             if j.unneeded:
                 # Decided on the controller's view; cancel only what the scheduler has
                 # not started (a started job's pilot may already be running a task).
@@ -379,8 +389,9 @@ class Agent:
             if j.stop_wanted and j.state != "finished":
                 await self._cancel(j)
             if st is None:
-                self._update(j, "finished", reason=j.reason if j.stop_wanted and j.reason
-                             else "no longer listed by the scheduler", end_time=time.time())
+                self._update(j, "finished", reason=j.reason if j.state == "pending_deletion"
+                             and j.reason else "no longer listed by the scheduler",
+                             end_time=time.time())
             elif st.state != j.state:
                 self._update(j, st.state, reason=st.reason, start_time=st.start_time,
                              end_time=st.end_time)
@@ -390,6 +401,23 @@ class Agent:
                     and (j.ended_at or 0) < time.time() - 3600]:
             del self.jobs[jid]
         self._rescale.set()
+
+    def _gone(self, j: JobState) -> bool:
+        """Missing from two listings a poll apart: a scheduler may list a new job late."""
+        now = time.time()
+        if j.missing_since is None:
+            j.missing_since = now
+            self._look_later(max(1.0, min(self.s.site.poll_interval, 10.0)))
+            return False
+        return now - j.missing_since >= max(1.0, min(self.s.site.poll_interval, 10.0))
+
+    def _look_later(self, delay: float) -> None:
+        async def look() -> None:
+            await anyio.sleep(delay)
+            self._look.set()
+
+        if self._tg is not None:
+            self._tg.start_soon(look)
 
     def _job_dir(self, j: JobState) -> Path:
         return self.s.path("jobs") / str(j.id)
