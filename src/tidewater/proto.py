@@ -618,6 +618,8 @@ class Demand(Msg, tag="demand"):
     idle_nodes: int = 0
     """Connected pilot nodes with nothing to do."""
     busy_nodes: int = 0
+    max_wall_time: float | None = None
+    """The longest wall-time estimate (seconds) among those tasks: jobs must be at least as long."""
 
 
 AgentToController = Hello | JobUpdates | RequestJob | Heartbeat | Ping

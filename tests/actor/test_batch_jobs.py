@@ -160,6 +160,9 @@ async def test_site_limits_refuse_impossible_tasks_and_jobs_at_submit(env: Any) 
     with pytest.raises(InvalidRequest, match="needs 3 nodes"):
         await c.submit(who, client, P.Submit(req_id=5, tasks=[P.TaskSpec(
             app="t", site="hpc", resources=P.Resources(num_nodes=3))]))
+    with pytest.raises(InvalidRequest, match="longer than the 60 min batch jobs"):
+        await c.submit(who, client, P.Submit(req_id=8, tasks=[P.TaskSpec(
+            app="t", site="hpc", wall_time=2 * 3600)]))
     with pytest.raises(InvalidRequest, match="queue 'regular' is not allowed"):
         await c.batch.add_job(who, client, P.AddJob(req_id=6, job=P.JobSpec(
             site="hpc", queue="regular")))
@@ -220,3 +223,17 @@ async def test_multi_node_task_runs_on_the_first_of_two_reserved_pilots(env: Any
     got = [t.task_id for peer in peers.values() for m in peer.sent
            if isinstance(m, P.RunTasks) for t in m.tasks]
     assert small in got  # the reserved node is free again
+
+
+async def test_a_running_job_whose_pilots_never_came_is_flagged(env: Any) -> None:
+    c, who, _bob, client, site_token = env
+    agent, _ = await connect_agent(c, site_token)
+    await c.batch.add_job(who, client, P.AddJob(req_id=3, job=P.JobSpec(site="hpc")))
+    job = (await client.next(P.JobAdded)).job
+    site_id = c.batch.jobs[job.id].site_id
+    await c.batch.job_updates(site_id, agent, P.JobUpdates(seq=1, updates=[P.JobUpdate(
+        job_id=job.id, state="running", scheduler_id="5", start_time=1000.0)]))
+    await agent.next(P.Ack)
+    info = c.batch.info(c.batch.jobs[job.id], now=1000.0 + 600)
+    assert "no pilot has connected" in info.flagged
+    assert c.batch.info(c.batch.jobs[job.id], now=1000.0 + 10).flagged == ""

@@ -112,3 +112,14 @@ def test_never_exceeds_the_limits(tasks: int, cores: int, node_demand: int, idle
     assert sum(v.nodes for v in live) + d.submit.nodes <= ON.max_total_nodes
     assert 1 <= d.submit.nodes <= ON.max_nodes_per_job
     assert tasks > 0
+
+
+def test_jobs_stretch_to_the_longest_waiting_task_up_to_the_site_limit() -> None:
+    s = AutoscaleSettings(enabled=True, wall_time_min=10, max_nodes_per_job=1,
+                          max_wall_time_min=60, wall_margin=30.0)
+    d = decide(s, Demand(tasks=1, cores=1, max_wall_time=25 * 60), [], 0.0)
+    assert d.submit is not None and d.submit.wall_time_min == 26  # 25 min + 30 s margin
+    d = decide(s, Demand(tasks=1, cores=1, max_wall_time=5 * 3600), [], 0.0)
+    assert d.submit is not None and d.submit.wall_time_min == 60
+    d = decide(s, Demand(tasks=1, cores=1), [], 0.0)
+    assert d.submit is not None and d.submit.wall_time_min == 10

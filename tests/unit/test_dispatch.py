@@ -495,3 +495,15 @@ def test_demand_counts_queued_work_per_site() -> None:
     d.match()
     assert d.demand(1) == (0, 0, 0, 0)
     assert d.demand(2) == (1, 1, 0, 0)
+
+
+def test_longest_wall_time_of_queued_tasks() -> None:
+    d = Dispatcher()
+    d.push(Queued(task_id=1, site_id=1, priority=0, cores=1, gpus=0, wall_time=60.0))
+    d.push(Queued(task_id=2, site_id=1, priority=0, cores=1, gpus=0, wall_time=600.0))
+    d.push(Queued(task_id=3, site_id=1, priority=0, cores=1, gpus=0))
+    assert d.longest_wall_time(1) == 600.0 and d.longest_wall_time(2) is None
+    d.discard(2)
+    assert d.longest_wall_time(1) == 60.0
+    d.discard(1)
+    assert d.longest_wall_time(1) is None

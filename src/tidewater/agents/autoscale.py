@@ -38,6 +38,10 @@ class AutoscaleSettings:
     retry_after: float = 30.0
     """Wait after a refused submission; doubles per refusal in a row, up to ``retry_cap``."""
     retry_cap: float = 600.0
+    max_wall_time_min: int | None = None
+    """The longest job the site allows; jobs stretch up to it for long tasks."""
+    wall_margin: float = 30.0
+    """Seconds of a job a pilot does not use (it stops this long before the end)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class Demand:
     node_demand: float = 0.0
     idle_nodes: int = 0
     busy_nodes: int = 0
+    max_wall_time: float | None = None
 
 
 @dataclass(frozen=True)
@@ -132,10 +137,20 @@ def decide(s: AutoscaleSettings, d: Demand, jobs: Sequence[JobView], now: float)
     if nodes > room:
         return Decision(why=f"no room for {nodes} more nodes (max {s.max_total_nodes})")
     return Decision(
-        submit=Submit(nodes=nodes, wall_time_min=s.wall_time_min, queue=s.queue,
+        submit=Submit(nodes=nodes, wall_time_min=job_wall_time(s, d), queue=s.queue,
                       project=s.project),
         why=f"{need} nodes needed, {d.idle_nodes} idle and {coming} coming",
     )
+
+
+def job_wall_time(s: AutoscaleSettings, d: Demand) -> int:
+    """The settings' wall time, stretched (up to the site's limit) for the longest task."""
+    wall = s.wall_time_min
+    if d.max_wall_time:
+        wall = max(wall, math.ceil((d.max_wall_time + s.wall_margin) / 60))
+    if s.max_wall_time_min is not None:
+        wall = min(wall, s.max_wall_time_min)
+    return wall
 
 
 def _refusals_in_a_row(jobs: Sequence[JobView]) -> int:

@@ -486,7 +486,8 @@ class Agent:
             min_nodes_per_job=min(a.min_nodes_per_job, max_nodes), max_nodes_per_job=max_nodes,
             max_queued_jobs=a.max_queued_jobs, max_total_nodes=a.max_total_nodes,
             cores_per_node=lim.cores_per_node or 1, gpus_per_node=lim.gpus_per_node or 0,
-            retry_after=a.retry_after,
+            retry_after=a.retry_after, max_wall_time_min=lim.max_wall_time_min,
+            wall_margin=s.site.wall_time_margin,
         )
 
     async def _autoscale_loop(self) -> None:
@@ -513,7 +514,7 @@ class Agent:
             self.settings_for_autoscale(),
             autoscale.Demand(tasks=d.tasks, cores=d.cores, gpus=d.gpus,
                              node_demand=d.node_demand, idle_nodes=d.idle_nodes,
-                             busy_nodes=d.busy_nodes),
+                             busy_nodes=d.busy_nodes, max_wall_time=d.max_wall_time),
             views, now,
         )
         self.decisions += 1

@@ -114,10 +114,19 @@ def check_spec(spec: P.JobSpec, limits: P.SiteLimits | None) -> None:
         )
 
 
-def check_task_fits(site: str, res: P.Resources, limits: P.SiteLimits | None) -> None:
+def check_task_fits(site: str, res: P.Resources, limits: P.SiteLimits | None,
+                    wall_time: float | None = None) -> None:
     """Refuse at submit a task that no node or batch job of the site can ever hold."""
     if limits is None:
         return
+    if (
+        wall_time is not None and limits.max_wall_time_min is not None
+        and wall_time > limits.max_wall_time_min * 60
+    ):
+        raise InvalidRequest(
+            f"wall_time {wall_time:g} s is longer than the {limits.max_wall_time_min} min "
+            f"batch jobs of site {site!r} may last"
+        )
     cores = max(res.cores, res.ranks_per_node * res.threads_per_rank)
     gpus = max(res.gpus, res.ranks_per_node * res.gpus_per_rank)
     if limits.cores_per_node is not None and cores > limits.cores_per_node:
@@ -392,7 +401,8 @@ class BatchJobs:
             else:
                 idle += n
         return P.Demand(tasks=tasks, node_demand=float(whole), cores=cores, gpus=gpus,
-                        idle_nodes=idle, busy_nodes=busy)
+                        idle_nodes=idle, busy_nodes=busy,
+                        max_wall_time=c.dispatcher.longest_wall_time(site_id))
 
     def send_demand(self, sites: set[int]) -> None:
         for sid in sites:

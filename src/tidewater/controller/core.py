@@ -539,7 +539,7 @@ class Controller:
             argv, shell = appmod.render(app.command, values)
             res = spec.resources
             extra = check_resources(res, spec.wall_time)
-            check_task_fits(site.name, res, self.batch.limits.get(site.id))
+            check_task_fits(site.name, res, self.batch.limits.get(site.id), spec.wall_time)
             if spec.max_retries < 0 or spec.max_retries > 100:
                 raise InvalidRequest("max_retries must be between 0 and 100")
             if spec.timeout is not None and not spec.timeout > 0:

@@ -122,6 +122,7 @@ class Dispatcher:
         self._site_pilots: dict[int, dict[str, PilotSlot]] = {}
         # Per site: queued tasks, cores of single-node ones, GPUs, nodes of multi-node ones.
         self._demand: dict[int, list[int]] = {}
+        self._walls: dict[int, dict[float, int]] = {}  # site -> wall-time estimate -> count
         # Multi-node task -> (pilot, cores, gpus held back, whether it is a reserved
         # node rather than the one the task was sent to).
         self._reserved: dict[int, list[tuple[str, int, int, bool]]] = {}
@@ -136,6 +137,13 @@ class Dispatcher:
         else:
             d[1] += sign * task.cores
         d[2] += sign * task.gpus * task.num_nodes
+        if task.wall_time:
+            walls = self._walls.setdefault(task.site_id, {})
+            n = walls.get(task.wall_time, 0) + sign
+            if n > 0:
+                walls[task.wall_time] = n
+            else:
+                walls.pop(task.wall_time, None)
 
     def push(self, task: QueuedTask) -> None:
         """Make a task runnable (idempotent)."""
@@ -157,6 +165,11 @@ class Dispatcher:
         """Queued tasks of a site: count, cores (single-node), GPUs, whole nodes (multi-node)."""
         d = self._demand.get(site_id, [0, 0, 0, 0])
         return d[0], d[1], d[2], d[3]
+
+    def longest_wall_time(self, site_id: int) -> float | None:
+        """The longest wall-time estimate among a site's queued tasks (None: none has one)."""
+        walls = self._walls.get(site_id)
+        return max(walls) if walls else None
 
     def reserved(self, task_id: int) -> list[str]:
         """Pilots a multi-node task reserved besides the one it was sent to."""
