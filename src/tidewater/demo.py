@@ -1,17 +1,19 @@
-"""``tidewater demo``: a real workflow on an embedded controller and local pilots.
+"""``tidewater demo``: a real workflow on an embedded controller and a local site.
 
 1. start a controller on a temporary SQLite store (loopback, random port);
 2. create a user, a site ``local`` and two apps (``frame``: analyse one
    synthetic detector frame with numpy; ``reduce``: merge all results);
-3. start ``--pilots`` pilot processes on this machine;
-4. submit one ``frame`` task per frame, show progress as results are pushed
-   back, then run ``reduce`` over their outputs;
-5. print per-state counts, throughput and latencies; fail if anything failed.
+3. start the site's agent, in this process, on the local fork scheduler with
+   its autoscaler on: the site is idle, no pilot runs;
+4. submit one ``frame`` task per frame: the agent hears the demand and
+   submits a batch job, whose ``--pilots`` pilots start and take the work;
+   progress shows as results are pushed back; then ``reduce`` merges them;
+5. print per-state counts, the idle site's reaction, throughput and
+   latencies; cancel the batch job; fail if anything failed.
 """
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import tempfile
@@ -19,11 +21,18 @@ import time
 from pathlib import Path
 
 import anyio
-from anyio.abc import Process
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .agents.settings import (
+    DEFAULT_TEMPLATE,
+    AutoscaleSection,
+    JobSection,
+    SiteSection,
+    SiteSettings,
+)
+from .agents.site import Agent
 from .client import Client
 from .config import ControllerConfig, Timeouts
 from .controller import serve
@@ -67,24 +76,43 @@ async def run_demo(*, frames: int, pilots: int, cores: int, keep: Path | None) -
                 f"{py} -m tidewater.examples.frames reduce --dir {{dir}} --expect {{n}}",
                 params=[ParamSpec(name="dir"), ParamSpec(name="n", type="int")],
             )
-            procs: list[Process] = []
-            env = {**os.environ, "TIDEWATER_TOKEN": site_token, "TIDEWATER_URL": server.url}
-            try:
-                for k in range(pilots):
-                    procs.append(await anyio.open_process(
-                        [py, "-m", "tidewater.cli", "pilot", "--cores", str(cores),
-                         "--workdir", str(base / f"pilot{k}"), "--heartbeat", "2"],
-                        env=env, stdin=None, stdout=None,
-                        stderr=open(base / f"pilot{k}.log", "wb"),  # noqa: ASYNC230, SIM115
-                    ))
-                ok = await _workflow(client, frames, out_dir, pilots * cores)
-            finally:
-                for p in procs:
-                    p.terminate()
-                with anyio.move_on_after(10, shield=True):
-                    for p in procs:
-                        await p.wait()
+            site_dir = base / "site"
+            site_dir.mkdir(exist_ok=True)
+            (site_dir / "token").write_text(site_token + "\n")
+            (site_dir / "job-template.sh").write_text(DEFAULT_TEMPLATE)
+            settings = SiteSettings(
+                site=SiteSection(name="local", controller=server.url, scheduler="local",
+                                 python=py, work_root=str(base / "work"), poll_interval=2.0,
+                                 cores_per_node=cores, pilot_idle_timeout=60.0,
+                                 heartbeat_interval=2.0, wall_time_margin=5.0),
+                scheduler={"state_dir": str(base / "jobs")},
+                job=JobSection(wall_time_min=30),
+                autoscale=AutoscaleSection(enabled=True, min_nodes_per_job=pilots,
+                                           max_nodes_per_job=pilots, max_total_nodes=pilots),
+                directory=str(site_dir),
+            )
+            agent = Agent(settings)
+            async with anyio.create_task_group() as tg:
+                await tg.start(agent.run)
+                console.print("site 'local' is idle: no batch job, no pilot; its agent "
+                              "(local scheduler, autoscaler on) is connected")
+                try:
+                    ok = await _workflow(client, frames, out_dir, pilots * cores)
+                finally:
+                    with anyio.move_on_after(20, shield=True):
+                        await _release(client)
+                    tg.cancel_scope.cancel()
             return ok
+
+
+async def _release(client: Client) -> None:
+    """Cancel the demo's batch jobs and wait until they are gone (their pilots with them)."""
+    for job in await client.queue(site="local"):
+        await client.queue_cancel(job.id)
+    while True:
+        if not await client.queue(site="local"):
+            return
+        await anyio.sleep(0.1)
 
 
 async def _workflow(client: Client, frames: int, out_dir: Path, cores_total: int) -> bool:
@@ -121,6 +149,13 @@ async def _workflow(client: Client, frames: int, out_dir: Path, cores_total: int
     table.add_column("value", justify="right")
     for state, n in sorted(counts.items()):
         table.add_row(f"tasks {state}", str(n))
+    jobs = await client.queue(site="local", include_finished=True)
+    submitted = jobs[0].submitted_at if jobs else None
+    first_pilot = jobs[0].first_pilot_at if jobs else None
+    if submitted is not None and first_pilot is not None:
+        table.add_row(f"idle site -> batch job {jobs[0].id} submitted by the agent (ms)",
+                      f"{1000 * (submitted - t0):.0f}")
+        table.add_row("idle site -> its pilots connected (s)", f"{first_pilot - t0:.2f}")
     table.add_row("frames analysed per second", f"{frames / (t1 - t0):.1f}")
     table.add_row("submit -> start incl. queueing, median / p95 (ms)",
                   f"{1000 * statistics.median(queue_wait):.1f} / {1000 * _pct(queue_wait, .95):.1f}"
