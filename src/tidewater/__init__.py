@@ -19,10 +19,21 @@ from .errors import (
     LimitExceeded,
     NotFound,
     ParamError,
+    SchedulerCommandError,
+    SchedulerError,
     TaskFailed,
     TidewaterError,
 )
-from .proto import ParamSpec, Resources, TaskEvent, TaskFilter, TaskInfo, TaskSpec
+from .proto import (
+    BatchJobInfo,
+    JobSpec,
+    ParamSpec,
+    Resources,
+    TaskEvent,
+    TaskFilter,
+    TaskInfo,
+    TaskSpec,
+)
 from .states import TaskState
 
 __version__ = "0.1.0"
@@ -30,16 +41,20 @@ __version__ = "0.1.0"
 __all__ = [
     "AppError",
     "AuthError",
+    "BatchJobInfo",
     "Client",
     "ConfigError",
     "ConnectionBroken",
     "ConnectionClosed",
     "InvalidRequest",
+    "JobSpec",
     "LimitExceeded",
     "NotFound",
     "ParamError",
     "ParamSpec",
     "Resources",
+    "SchedulerCommandError",
+    "SchedulerError",
     "SyncClient",
     "SyncTask",
     "Task",
