@@ -85,6 +85,9 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scheduler", default="slurm", choices=["slurm", "local"])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
+                    help="then measure Parsl from an idle site in the same run "
+                         "(bench/idle_site_peers.py)")
     args = ap.parse_args()
     if args.scheduler == "slurm" and not shutil.which("sbatch"):
         sys.exit("no sbatch on PATH: run scripts/services.sh start (as root) first")
@@ -135,8 +138,13 @@ async def main() -> None:
     print(table(f"Idle site -> task running, {args.scheduler}, {args.repeats} repeats "
                 "(median [min-max])", ["step", "median [spread]"],
                 [[names[k], Spread.of(v).fmt(3)] for k, v in rows.items()]))
-    print("Peers (by configuration, not run here): Balsam elastic queue period 60 s; "
-          "Parsl block strategy period 5 s.")
+    print("Balsam's elastic queue (not runnable here) looks for work every 60 s by default.")
+    if args.peers:
+        print(flush=True)
+        await anyio.run_process(
+            [PY, str(Path(__file__).with_name("idle_site_peers.py")), "--provider",
+             args.scheduler, "--repeats", str(args.repeats)],
+            stdout=None, stderr=None, check=False)
 
 
 if __name__ == "__main__":
