@@ -74,6 +74,6 @@ async def test_users_are_isolated(tmp_path: Path) -> None:
             assert [t.id for t in await alice.tasks()] == [secret.id]
             assert [s.name for s in await alice.sites()] == ["beamline"]
             # Bob's site token cannot act as a client at all.
-            with pytest.raises(tidewater.AuthError, match="site token cannot be used"):
+            with pytest.raises(tidewater.AuthError, match="site or pilot token cannot be used"):
                 async with tidewater.connect(c.url, token=site_b):
                     pass

@@ -43,6 +43,9 @@ LIMITS = P.SiteLimits(cores_per_node=64, gpus_per_node=4, max_nodes_per_job=8,
                       max_wall_time_min=60, queues=["debug"], projects=["m1"],
                       scheduler="slurm")
 
+TOKEN = P.TokenInfo(id="0123456789abcdef", kind="site", site="laptop", batch_job=0, name="ci",
+                    created_at=1.0, expires_at=2.0, revoked_at=None)
+
 # One instance of every message, with non-default values wherever there is a field.
 SAMPLES: dict[type[P.Msg], P.Msg] = {
     P.Hello: P.Hello(
@@ -96,7 +99,24 @@ SAMPLES: dict[type[P.Msg], P.Msg] = {
     P.Jobs: P.Jobs(jobs=[P.AgentJob(job=JOB, pilot_token="twp_x")]),
     P.StartJob: P.StartJob(job=P.AgentJob(job=JOB, pilot_token="twp_y")),
     P.StopJob: P.StopJob(job_id=3, scheduler_id="4242"),
-    P.Demand: P.Demand(tasks=5, cores=7, gpus=1, node_demand=4.0, idle_nodes=1, busy_nodes=2),
+    P.CreateToken: P.CreateToken(req_id=15, kind="site", site="laptop", name="ci",
+                                 expires_in=3600.0),
+    P.ListTokens: P.ListTokens(req_id=16, include_revoked=True),
+    P.RevokeToken: P.RevokeToken(req_id=17, id="0123456789abcdef"),
+    P.AddUser: P.AddUser(req_id=18, name="bob", admin=True, expires_in=60.0),
+    P.RemoveUser: P.RemoveUser(req_id=19, name="bob"),
+    P.ListUsers: P.ListUsers(req_id=20),
+    P.ListAudit: P.ListAudit(req_id=21, limit=5, everyone=True),
+    P.TokenCreated: P.TokenCreated(req_id=15, info=TOKEN, token="tws_0123456789abcdef.x"),
+    P.TokenList: P.TokenList(req_id=16, tokens=[TOKEN]),
+    P.UserAdded: P.UserAdded(req_id=18, name="bob", token="twu_0123456789abcdef.y"),
+    P.UserList: P.UserList(req_id=20, users=[P.UserInfo(name="bob", admin=True, created_at=1.0,
+                                                        removed_at=2.0)]),
+    P.AuditList: P.AuditList(req_id=21, entries=[P.AuditEntry(
+        id=1, time=2.0, user="alice", token_id="0123456789abcdef", remote="127.0.0.1",
+        action="task.submit", object="1-3", detail='{"count":3}')]),
+    P.Demand: P.Demand(tasks=5, cores=7, gpus=1, node_demand=4.0, idle_nodes=1, busy_nodes=2,
+                       max_wall_time=60.0),
     P.RunTasks: P.RunTasks(tasks=[
         P.Assignment(task_id=1, attempt=2, argv=["prog", "a b"], env={"X": "1"},
                      workdir="w", cores=2, gpus=1, timeout=5.0, wall_time=60.0,

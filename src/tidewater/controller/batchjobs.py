@@ -25,7 +25,6 @@ import msgspec
 from .. import proto as P
 from .. import states
 from ..errors import InvalidRequest, NotFound
-from . import auth
 from .store import sqlite as st
 
 if TYPE_CHECKING:
@@ -56,7 +55,8 @@ class JobRec:
     ended_at: float | None = None
     reason: str = ""
     error: str = ""
-    token_hash: str | None = None
+    token_id: str = ""
+    """The pilot token of the job (revoked when it ends)."""
     pilots: set[str] = field(default_factory=set)
     seen_pilot: bool = False
     first_pilot_at: float | None = None
@@ -67,7 +67,7 @@ class JobRec:
             self.id, self.site_id, self.owner_id, self.state, self.nodes, self.wall_time_min,
             self.queue, self.project, self.scheduler_id, int(self.autoscaled), self.request_key,
             self.created_at, self.submitted_at, self.started_at, self.ended_at, self.reason,
-            self.error, self.token_hash,
+            self.error, None,
         )
 
     def flag(self, now: float) -> str:
@@ -151,7 +151,6 @@ class BatchJobs:
     def __init__(self, c: Controller) -> None:
         self.c = c
         self.jobs: dict[int, JobRec] = {}
-        self.by_token: dict[str, int] = {}
         self.agents: dict[int, Peer] = {}  # site id -> the connected agent
         self.limits: dict[int, P.SiteLimits] = {}
         self._next_id = 1
@@ -166,12 +165,15 @@ class BatchJobs:
                 id=r[0], site_id=r[1], owner_id=r[2], state=r[3], nodes=r[4],
                 wall_time_min=r[5], queue=r[6], project=r[7], scheduler_id=r[8],
                 autoscaled=bool(r[9]), request_key=r[10], created_at=r[11], submitted_at=r[12],
-                started_at=r[13], ended_at=r[14], reason=r[15], error=r[16], token_hash=r[17],
+                started_at=r[13], ended_at=r[14], reason=r[15], error=r[16],
             )
             self.jobs[rec.id] = rec
             self._next_id = max(self._next_id, rec.id + 1)
-            if rec.token_hash:
-                self.by_token[rec.token_hash] = rec.id
+        for tid, job_id in await s.fetchall(
+            "SELECT id, batch_job FROM tokens WHERE kind = 'pilot' AND revoked_at IS NULL"
+        ):
+            if job_id in self.jobs:
+                self.jobs[job_id].token_id = tid
 
     # ------------------------------------------------------------------ views
 
@@ -186,14 +188,6 @@ class BatchJobs:
             first_pilot_at=j.first_pilot_at, first_pilot_process_at=j.first_pilot_process_at,
         )
 
-    def pilot_job(self, token_hash: str) -> JobRec | None:
-        """The live batch job a pilot token belongs to (None: unknown, revoked or ended)."""
-        jid = self.by_token.get(token_hash)
-        j = self.jobs.get(jid) if jid is not None else None
-        if j is None or j.state in states.JOB_FINAL:
-            return None
-        return j
-
     def _owned(self, who: Principal, job_id: int) -> JobRec:
         j = self.jobs.get(job_id)
         if j is None or j.owner_id != who.user_id or (
@@ -205,31 +199,32 @@ class BatchJobs:
     # ------------------------------------------------------------------ creating
 
     def _new(self, site_id: int, owner_id: int, spec: P.JobSpec, *, autoscaled: bool,
-             key: str | None) -> tuple[JobRec, str]:
-        token = auth.mint("pilot")
+             key: str | None) -> tuple[JobRec, str, list[tuple[st.Stmt, Any]]]:
         j = JobRec(
             id=self._next_id, site_id=site_id, owner_id=owner_id, state="pending_submission",
             nodes=spec.nodes, wall_time_min=spec.wall_time_min, queue=spec.queue,
             project=spec.project, created_at=time.time(), autoscaled=autoscaled,
-            request_key=key, token_hash=auth.token_hash(token),
+            request_key=key,
         )
         self._next_id += 1
         self.jobs[j.id] = j
-        assert j.token_hash is not None
-        self.by_token[j.token_hash] = j.id
-        return j, token
+        minted, token_row = self.c.tokens.row("pilot", owner_id, site_id=site_id, batch_job=j.id)
+        j.token_id = minted.id
+        return j, minted.token, [(st.UPSERT_JOB, j.row()), token_row]
 
     async def add_job(self, who: Principal, peer: Peer, msg: P.AddJob) -> None:
         site = self.c._site_of(who, msg.job.site)
         check_spec(msg.job, self.limits.get(site.id))
-        j, token = self._new(site.id, who.user_id, msg.job, autoscaled=False, key=None)
+        j, token, stmts = self._new(site.id, who.user_id, msg.job, autoscaled=False, key=None)
         info = self.info(j)
 
         def committed() -> None:
             peer.send(P.JobAdded(req_id=msg.req_id, job=info))
             self._push_start(j, token)
 
-        await self.c._write([(st.UPSERT_JOB, j.row())], committed)
+        stmts.append(self.c.tokens.audit(who, "job.add", f"{site.name}/{j.id}", nodes=j.nodes,
+                                         wall_time_min=j.wall_time_min, queue=j.queue))
+        await self.c._write(stmts, committed)
         log.info("batch job %d on %s asked for: %d nodes, %d min", j.id, site.name, j.nodes,
                  j.wall_time_min)
 
@@ -268,7 +263,8 @@ class BatchJobs:
             if agent is not None:
                 agent.send(P.StopJob(job_id=job_id, scheduler_id=sched_id))
 
-        await self.c._write([(st.UPSERT_JOB, j.row())], committed)
+        await self.c._write([(st.UPSERT_JOB, j.row()),
+                             self.c.tokens.audit(who, "job.cancel", str(j.id))], committed)
 
     # ------------------------------------------------------------------ agents
 
@@ -297,12 +293,11 @@ class BatchJobs:
             token = ""
             if j.state == "pending_submission":
                 # The secret is only kept hashed: a job still to be submitted gets a new one.
-                if j.token_hash:
-                    self.by_token.pop(j.token_hash, None)
-                token = auth.mint("pilot")
-                j.token_hash = auth.token_hash(token)
-                self.by_token[j.token_hash] = j.id
-                stmts.append((st.UPSERT_JOB, j.row()))
+                minted, token_row = self.c.tokens.row("pilot", j.owner_id, site_id=j.site_id,
+                                                      batch_job=j.id)
+                stmts += [(st.REVOKE_JOB_TOKENS, (time.time(), j.id)), token_row]
+                self.c.tokens.close_sessions([j.token_id], "replaced by a new pilot token")
+                j.token_id, token = minted.id, minted.token
             out.append(P.AgentJob(job=self.info(j), pilot_token=token))
         await self.c._write(stmts, lambda: peer.send(P.Jobs(jobs=out)))
         self.c._demand_dirty.add(site.id)
@@ -324,8 +319,8 @@ class BatchJobs:
             if j.site_id == site_id and j.request_key == msg.key:
                 return  # a resend: the job exists and was pushed (or listed in Jobs)
         check_spec(msg.job, self.limits.get(site_id))
-        j, token = self._new(site_id, site.owner_id, msg.job, autoscaled=True, key=msg.key)
-        await self.c._write([(st.UPSERT_JOB, j.row())], lambda: self._push_start(j, token))
+        j, token, stmts = self._new(site_id, site.owner_id, msg.job, autoscaled=True, key=msg.key)
+        await self.c._write(stmts, lambda: self._push_start(j, token))
         log.info("autoscaler of %s asked for batch job %d: %d nodes", site.name, j.id, j.nodes)
 
     async def job_updates(self, site_id: int, peer: Peer, msg: P.JobUpdates) -> None:
@@ -360,9 +355,8 @@ class BatchJobs:
                     j.ended_at = u.end_time or when
                     if u.start_time and j.started_at is None:
                         j.started_at = u.start_time
-                    if j.token_hash:
-                        self.by_token.pop(j.token_hash, None)
-                        j.token_hash = None  # the pilot token dies with its job
+                    # The pilot token dies with its job.
+                    stmts.append((st.REVOKE_JOB_TOKENS, (time.time(), j.id)))
                     ended.append(j)
             if changed:
                 stmts.append((st.UPSERT_JOB, j.row()))
@@ -377,6 +371,7 @@ class BatchJobs:
 
     def _ended(self, j: JobRec) -> None:
         why = f"batch job {j.id} ended" + (f" ({j.reason})" if j.reason else "")
+        self.c.tokens.close_sessions([j.token_id], why)
         log.info("%s on site %s", why, self.c.sites[j.site_id].name)
         for pilot_id in list(j.pilots):
             rec = self.c.pilots.get(pilot_id)

@@ -40,7 +40,7 @@ from ...errors import StoreError
 
 log = logging.getLogger("tidewater.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _FINAL_SQL = "('JOB_FINISHED', 'FAILED', 'KILLED')"
 
@@ -153,6 +153,50 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX batch_jobs_key ON batch_jobs (site_id, request_key)
         WHERE request_key IS NOT NULL;
     """,
+    # 3: tokens with ids, salts, expiry and revocation; admins; the audit trail.
+    # Tokens minted before (unsalted hash in users/sites/batch_jobs) move over
+    # with an empty salt and stay valid.
+    """
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        user_id INTEGER NOT NULL,
+        site_id INTEGER,
+        batch_job INTEGER,
+        salt TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        name TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        expires_at REAL,
+        revoked_at REAL
+    );
+    CREATE INDEX tokens_user ON tokens (user_id);
+    CREATE INDEX tokens_legacy ON tokens (hash) WHERE salt = '';
+    INSERT INTO tokens (id, kind, user_id, salt, hash, name, created_at)
+        SELECT 'legacy-u' || id, 'user', id, '', token_hash, 'first token', created_at
+        FROM users;
+    INSERT INTO tokens (id, kind, user_id, site_id, salt, hash, name, created_at)
+        SELECT 'legacy-s' || id, 'site', owner_id, id, '', token_hash, 'site token', created_at
+        FROM sites;
+    INSERT INTO tokens (id, kind, user_id, site_id, batch_job, salt, hash, created_at)
+        SELECT 'legacy-p' || id, 'pilot', owner_id, site_id, id, '', token_hash, created_at
+        FROM batch_jobs WHERE token_hash IS NOT NULL;
+    ALTER TABLE users ADD COLUMN is_admin INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN disabled_at REAL;
+    UPDATE users SET is_admin = 1 WHERE id = (SELECT min(id) FROM users);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        time REAL NOT NULL,
+        user_id INTEGER,
+        user TEXT NOT NULL,
+        token_id TEXT NOT NULL,
+        remote TEXT NOT NULL,
+        action TEXT NOT NULL,
+        object TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_user ON audit (user_id, id);
+    """,
 ]
 
 
@@ -179,7 +223,9 @@ TASK_COLUMNS = (
     "stdout_tail, stderr_tail, created_at, started_at, finished_at, extra"
 )
 
-INSERT_USER = Stmt(0, "INSERT INTO users (id, name, token_hash, created_at) VALUES (?, ?, ?, ?)")
+INSERT_USER = Stmt(
+    0, "INSERT INTO users (id, name, token_hash, created_at, is_admin) VALUES (?, ?, ?, ?, ?)"
+)
 INSERT_SITE = Stmt(
     1, "INSERT INTO sites (id, owner_id, name, token_hash, created_at) VALUES (?, ?, ?, ?, ?)"
 )
@@ -219,6 +265,24 @@ UPSERT_JOB = Stmt(
     "reason = excluded.reason, error = excluded.error, token_hash = excluded.token_hash",
 )
 UPDATE_SITE_LIMITS = Stmt(4, "UPDATE sites SET limits = ? WHERE id = ?")
+TOKEN_COLUMNS = (
+    "id, kind, user_id, site_id, batch_job, salt, hash, name, created_at, expires_at, revoked_at"
+)
+# Order inside one commit: a job's old pilot tokens are revoked (6) before its new
+# one is inserted (8); a token revoked by id (9) may have been inserted in the same batch.
+INSERT_TOKEN = Stmt(8, f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ({', '.join('?' * 11)})")
+REVOKE_TOKEN = Stmt(9, "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+REVOKE_JOB_TOKENS = Stmt(
+    6, "UPDATE tokens SET revoked_at = ? WHERE batch_job = ? AND revoked_at IS NULL"
+)
+REVOKE_USER_TOKENS = Stmt(
+    9, "UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL"
+)
+DISABLE_USER = Stmt(7, "UPDATE users SET disabled_at = ? WHERE id = ?")
+INSERT_AUDIT = Stmt(
+    60, "INSERT INTO audit (time, user_id, user, token_id, remote, action, object, detail) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 Params = Sequence[Any]
 
