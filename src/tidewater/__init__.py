@@ -23,6 +23,7 @@ from .errors import (
     SchedulerError,
     TaskFailed,
     TidewaterError,
+    TLSError,
 )
 from .proto import (
     BatchJobInfo,
@@ -57,6 +58,7 @@ __all__ = [
     "SchedulerError",
     "SyncClient",
     "SyncTask",
+    "TLSError",
     "Task",
     "TaskEvent",
     "TaskFailed",

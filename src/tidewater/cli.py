@@ -52,7 +52,7 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
 
 def _client(ctx: click.Context) -> Client:
     o = ctx.obj
-    return Client(o["url"], o["token"], name="cli", reconnect=False)
+    return Client(o["url"], o["token"], name="cli", reconnect=False, ca_file=o["ca_file"])
 
 
 def _kv(pairs: tuple[str, ...], what: str) -> dict[str, str]:
@@ -73,13 +73,17 @@ def _when(t: float | None) -> str:
 @click.option("--url", envvar="TIDEWATER_URL", default="ws://127.0.0.1:8765",
               show_default=True, help="Controller URL (or TIDEWATER_URL).")
 @click.option("--token", envvar="TIDEWATER_TOKEN", default="", help="Token (or TIDEWATER_TOKEN).")
+@click.option("--ca-file", envvar="TIDEWATER_CA_FILE", default="",
+              type=click.Path(dir_okay=False),
+              help="CA certificate a wss:// controller is verified against (or "
+                   "TIDEWATER_CA_FILE; default: the system trust store).")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @click.pass_context
-def main(ctx: click.Context, url: str, token: str, verbose: int) -> None:
+def main(ctx: click.Context, url: str, token: str, ca_file: str, verbose: int) -> None:
     """Tidewater: send analysis tasks to HPC sites and get results in seconds."""
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    ctx.obj = {"url": url, "token": token}
+    ctx.obj = {"url": url, "token": token, "ca_file": ca_file}
 
 
 # ---------------------------------------------------------------------- server
@@ -100,10 +104,24 @@ def main(ctx: click.Context, url: str, token: str, verbose: int) -> None:
               show_default=True, type=int)
 @click.option("--max-params-bytes", default=Limits().max_params_bytes, show_default=True,
               type=int, help="Largest parameters + tags + environment of one task.")
+@click.option("--max-requests-per-second", default=Limits().requests_per_second,
+              show_default=True, type=float, help="Per client connection (bursts of 2 s worth).")
+@click.option("--tls-cert", default="", type=click.Path(dir_okay=False),
+              help="PEM certificate: serve wss:// (with --tls-key; see `tidewater dev-cert`).")
+@click.option("--tls-key", default="", type=click.Path(dir_okay=False),
+              help="PEM private key of --tls-cert.")
+@click.option("--allow-plaintext", is_flag=True,
+              help="Serve ws:// on a non-loopback --host (only behind a TLS proxy or tunnel).")
 def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float,
-           max_frame_bytes: int, max_tasks_per_submit: int, max_params_bytes: int) -> None:
-    """Run a controller until SIGINT or SIGTERM."""
+           max_frame_bytes: int, max_tasks_per_submit: int, max_params_bytes: int,
+           tls_cert: str, tls_key: str, allow_plaintext: bool,
+           max_requests_per_second: float) -> None:
+    """Run a controller until SIGINT or SIGTERM.
+
+    Outside loopback it serves TLS only: give --tls-cert and --tls-key.
+    """
     from .controller import Server
+    from .tls import check_listen
 
     logging.getLogger("tidewater").setLevel(min(logging.getLogger().level, logging.INFO))
     cfg = ControllerConfig(
@@ -111,8 +129,14 @@ def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float
         timeouts=Timeouts(lease_timeout=lease_timeout, heartbeat_interval=heartbeat),
         limits=Limits(max_frame_bytes=max_frame_bytes,
                       max_tasks_per_submit=max_tasks_per_submit,
-                      max_params_bytes=max_params_bytes),
+                      max_params_bytes=max_params_bytes,
+                      requests_per_second=max_requests_per_second),
+        tls_cert=tls_cert, tls_key=tls_key, allow_plaintext=allow_plaintext,
     )
+    try:
+        check_listen(cfg)
+    except TidewaterError as exc:
+        raise click.UsageError(str(exc)) from None
 
     async def go() -> None:
         srv = Server(cfg)
@@ -127,31 +151,231 @@ def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float
     _run(go)
 
 
+@main.command("dev-cert")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--host", "hosts", multiple=True,
+              help="Another name or IP the controller is reached by (repeatable).")
+@click.option("--days", type=int, default=825, show_default=True, help="Validity.")
+@click.option("--force", is_flag=True, help="Replace certificate files already there.")
+def dev_cert(directory: str, hosts: tuple[str, ...], days: int, force: bool) -> None:
+    """Make a development CA and a server certificate signed by it, in DIRECTORY.
+
+    The certificate names localhost, 127.0.0.1, ::1, this machine's host name
+    and every --host. The CA's private key is not kept: its ca.pem vouches for
+    this server certificate only.
+    """
+    import datetime as dt
+    import socket
+
+    from .tls import CA_FILE, CERT_FILE, KEY_FILE, dev_cert_names, issue_dev_cert, write_dev_cert
+
+    names = dev_cert_names(socket.gethostname(), hosts)
+    try:
+        made = issue_dev_cert(names, now=dt.datetime.now(dt.UTC), days=days)
+        write_dev_cert(directory, made, force=force)
+    except TidewaterError as exc:
+        raise click.ClickException(str(exc)) from None
+    d = Path(directory).expanduser().resolve()
+    host = hosts[0] if hosts else socket.gethostname()
+    shown = f"[{host}]" if ":" in host else host
+    err.print(
+        f"wrote {d / CA_FILE} (the CA: give it to clients, agents and pilots)\n"
+        f"      {d / CERT_FILE} (the server certificate, for {', '.join(names)})\n"
+        f"      {d / KEY_FILE} (its private key, mode 0600: keep it on the controller)\n"
+        "serve TLS:\n"
+        f"  tidewater server --host 0.0.0.0 --tls-cert {d / CERT_FILE} "
+        f"--tls-key {d / KEY_FILE}\n"
+        "connect, verifying the server:\n"
+        f"  tidewater --url wss://{shown}:8765 --ca-file {d / CA_FILE} ...\n"
+        f"  (or TIDEWATER_CA_FILE={d / CA_FILE}; a site agent: ca_file in its settings.toml)",
+        highlight=False, soft_wrap=True,
+    )
+
+
+def _duration(text: str | None) -> float | None:
+    """30d, 12h, 90m, 45s or plain seconds -> seconds (None stays None)."""
+    if text is None:
+        return None
+    t = text.strip().lower()
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    try:
+        if t and t[-1] in units:
+            value = float(t[:-1]) * units[t[-1]]
+        else:
+            value = float(t)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration (30d, 12h, 90m, 3600)") from None
+    if value <= 0:
+        raise click.BadParameter(f"{text!r} must be positive")
+    return value
+
+
+def _local(ctx: click.Context, db: str | None) -> str | None:
+    """The store to work on directly, or None to go through the controller (admin token)."""
+    if db is not None:
+        return db
+    return None if ctx.obj["token"] else default_db()
+
+
 @main.group()
 def user() -> None:
-    """Users (run on the controller's host, against its store)."""
+    """Users. With --db (or no token set): on the store, as the server's owner.
+    With an admin's token: through the controller."""
 
 
 @user.command("add")
 @click.argument("name")
-@click.option("--db", default=default_db, show_default="~/.tidewater/tidewater.db")
-def user_add(name: str, db: str) -> None:
+@click.option("--db", default=None, help="Work on this store directly (the server's owner).")
+@click.option("--admin", is_flag=True, help="May add and remove users (the first user is one).")
+@click.option("--expires", default=None, help="The token expires after this long (30d, 12h).")
+@click.pass_context
+def user_add(ctx: click.Context, name: str, db: str | None, admin: bool,
+             expires: str | None) -> None:
     """Create a user and print their token (shown only once)."""
     from .controller.users import add_user
 
-    token = _run(lambda: add_user(db, name))
+    seconds = _duration(expires)
+    store = _local(ctx, db)
+    if store is not None:
+        token = _run(lambda: add_user(store, name, admin=admin or None, expires_in=seconds))
+    else:
+        async def go() -> str:
+            async with _client(ctx) as c:
+                return await c.add_user(name, admin=admin, expires_in=seconds)
+
+        token = _run(go)
     err.print(f"user {name!r} created; their token (keep it secret, it is not stored):")
     click.echo(token)
 
 
+@user.command("remove")
+@click.argument("name")
+@click.option("--db", default=None, help="Work on this store directly (the server's owner).")
+@click.pass_context
+def user_remove(ctx: click.Context, name: str, db: str | None) -> None:
+    """Remove a user: every token revoked, every connection closed; their data is kept."""
+    from .controller.users import remove_user
+
+    store = _local(ctx, db)
+    if store is not None:
+        n = _run(lambda: remove_user(store, name))
+        err.print(f"user {name!r} removed; {n} tokens revoked")
+        return
+
+    async def go() -> None:
+        async with _client(ctx) as c:
+            await c.remove_user(name)
+
+    _run(go)
+    err.print(f"user {name!r} removed")
+
+
 @user.command("ls")
-@click.option("--db", default=default_db, show_default="~/.tidewater/tidewater.db")
-def user_ls(db: str) -> None:
+@click.option("--db", default=None, help="Read this store directly (the server's owner).")
+@click.pass_context
+def user_ls(ctx: click.Context, db: str | None) -> None:
     """List users."""
     from .controller.users import list_users
 
-    for name, created in _run(lambda: list_users(db)):
-        click.echo(f"{name}\t{datetime.fromtimestamp(created):%Y-%m-%d %H:%M}")
+    store = _local(ctx, db)
+    if store is not None:
+        rows = _run(lambda: list_users(store))
+    else:
+        async def go() -> list[tuple[str, float, bool, float | None]]:
+            async with _client(ctx) as c:
+                return [(u.name, u.created_at, u.admin, u.removed_at) for u in await c.users()]
+
+        rows = _run(go)
+    for name, created, admin, removed in rows:
+        flags = ("admin " if admin else "") + ("removed" if removed else "")
+        click.echo(f"{name}\t{datetime.fromtimestamp(created):%Y-%m-%d %H:%M}\t{flags.strip()}")
+
+
+# ---------------------------------------------------------------------- tokens and audit
+
+
+@main.group()
+def token() -> None:
+    """Your tokens: create, list (never the secret), revoke."""
+
+
+@token.command("create")
+@click.option("--site", default=None, help="A site token for this site (default: a user token).")
+@click.option("--name", default="", help="What it is for (shown in `token ls`).")
+@click.option("--expires", default=None, help="Expire after this long (30d, 12h).")
+@click.pass_context
+def token_create(ctx: click.Context, site: str | None, name: str, expires: str | None) -> None:
+    """Mint a token and print it (shown only once)."""
+    seconds = _duration(expires)
+
+    async def go() -> Any:
+        async with _client(ctx) as c:
+            return await c.create_token(site=site, name=name, expires_in=seconds)
+
+    info, secret = _run(go)
+    err.print(f"token {info.id} ({info.kind}{' for ' + info.site if info.site else ''}); "
+              "keep it secret, it is not stored:")
+    click.echo(secret)
+
+
+@token.command("ls")
+@click.option("--all", "all_", is_flag=True, help="Include revoked tokens.")
+@click.pass_context
+def token_ls(ctx: click.Context, all_: bool) -> None:
+    """List your tokens by id."""
+
+    async def go() -> list[Any]:
+        async with _client(ctx) as c:
+            return await c.tokens(include_revoked=all_)
+
+    table = Table("id", "kind", "site / job", "name", "created", "expires", "revoked")
+    for t in _run(go):
+        where = t.site + (f" job {t.batch_job}" if t.batch_job else "")
+        table.add_row(t.id, t.kind, where or "-", t.name or "-",
+                      f"{datetime.fromtimestamp(t.created_at):%Y-%m-%d %H:%M}",
+                      f"{datetime.fromtimestamp(t.expires_at):%Y-%m-%d %H:%M}"
+                      if t.expires_at else "-",
+                      f"{datetime.fromtimestamp(t.revoked_at):%Y-%m-%d %H:%M}"
+                      if t.revoked_at else "-")
+    out.print(table)
+
+
+@token.command("revoke")
+@click.argument("token_id")
+@click.pass_context
+def token_revoke(ctx: click.Context, token_id: str) -> None:
+    """Revoke a token: it stops working and its connections close at once."""
+
+    async def go() -> None:
+        async with _client(ctx) as c:
+            await c.revoke_token(token_id)
+
+    _run(go)
+    err.print(f"token {token_id} revoked")
+
+
+@main.command()
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--all", "all_", is_flag=True, help="Everyone's entries (admins).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def audit(ctx: click.Context, limit: int, all_: bool, as_json: bool) -> None:
+    """The audit trail: who did what, when and from where."""
+
+    async def go() -> list[Any]:
+        async with _client(ctx) as c:
+            return await c.audit(limit=limit, everyone=all_)
+
+    entries = _run(go)
+    if as_json:
+        for e in entries:
+            click.echo(msgspec.json.encode(e).decode())
+        return
+    table = Table("time", "user", "token", "from", "action", "object", "detail")
+    for e in entries:
+        table.add_row(_when(e.time), e.user, e.token_id or "-", e.remote or "-", e.action,
+                      e.object, e.detail)
+    out.print(table)
 
 
 # ---------------------------------------------------------------------- sites and apps
@@ -218,8 +442,10 @@ def site_init(ctx: click.Context, directory: str, name: str, scheduler: str, sit
 
         token = _run(go)
     try:
+        ca = ctx.obj["ca_file"]
         d = init_site(directory, name=name, scheduler=scheduler, controller=ctx.obj["url"],
-                      token=token, options=_kv(options, "option"))
+                      token=token, options=_kv(options, "option"),
+                      ca_file=str(Path(ca).expanduser().resolve()) if ca else "")
     except TidewaterError as exc:
         raise click.ClickException(str(exc)) from None
     err.print(f"site {name!r} ({scheduler}) set up in {d}; edit {d / 'settings.toml'} "
@@ -471,7 +697,8 @@ def pilot(ctx: click.Context, site: str, cores: int, gpus: int, prefetch: int, w
                       prefetch=prefetch, workdir=workdir, pilot_id=pilot_id,
                       timeouts=Timeouts(heartbeat_interval=heartbeat), token_file=token_file,
                       batch_job=batch_job, end_time=end_time, wall_margin=wall_margin,
-                      idle_timeout=idle_timeout, launcher=launcher or None, head_nodes=head_nodes)
+                      idle_timeout=idle_timeout, launcher=launcher or None, head_nodes=head_nodes,
+                      ca_file=o["ca_file"])
     _run(lambda: run_pilot(cfg))
 
 

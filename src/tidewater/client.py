@@ -90,14 +90,22 @@ class Task:
 
 
 class Client:
-    """An async connection to a controller. Use ``async with``."""
+    """An async connection to a controller. Use ``async with``.
+
+    A ``wss://`` controller is verified against ``ca_file`` (default
+    ``TIDEWATER_CA_FILE``, else the system trust store); entering raises
+    :class:`~tidewater.TLSError` when its certificate does not verify.
+    """
 
     def __init__(
         self, url: str | None = None, token: str | None = None, *, name: str = "client",
         timeouts: Timeouts | None = None, reconnect: bool = True,
+        ca_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.url = url or os.environ.get("TIDEWATER_URL", "")
         self.token = token or os.environ.get("TIDEWATER_TOKEN", "")
+        # A wss:// controller is verified against this CA alone, else the system trust store.
+        self.ca_file = os.fspath(ca_file) if ca_file else os.environ.get("TIDEWATER_CA_FILE", "")
         if not self.url:
             raise ConfigError("no controller URL: pass url= or set TIDEWATER_URL")
         if not self.token:
@@ -143,7 +151,8 @@ class Client:
             hello = P.Hello(role="client", proto_version=P.PROTO_VERSION, token=self.token,
                             name=self.name)
             try:
-                link, welcome = await open_link(self.url, hello, timeout=self.t.connect)
+                link, welcome = await open_link(self.url, hello, timeout=self.t.connect,
+                                                ca_file=self.ca_file or None)
             except TidewaterError as exc:
                 if first or not self.reconnect or not is_retryable(exc):
                     self._fail(exc)
@@ -257,6 +266,43 @@ class Client:
     async def sites(self) -> list[P.SiteInfo]:
         r = await self._request(lambda i: P.ListSites(req_id=i))
         return list(r.sites)
+
+    async def create_token(self, *, site: str | None = None, name: str = "",
+                           expires_in: float | None = None) -> tuple[P.TokenInfo, str]:
+        """Mint a user token (or a site token with ``site``); the secret is shown only now."""
+        r = await self._request(lambda i: P.CreateToken(
+            req_id=i, kind="site" if site else "user", site=site, name=name,
+            expires_in=expires_in))
+        return r.info, r.token
+
+    async def tokens(self, *, include_revoked: bool = False) -> list[P.TokenInfo]:
+        """Your tokens, by id (never the secret)."""
+        r = await self._request(lambda i: P.ListTokens(req_id=i, include_revoked=include_revoked))
+        return list(r.tokens)
+
+    async def revoke_token(self, token_id: str) -> None:
+        """Revoke a token; connections using it close at once."""
+        await self._request(lambda i: P.RevokeToken(req_id=i, id=token_id))
+
+    async def add_user(self, name: str, *, admin: bool = False,
+                       expires_in: float | None = None) -> str:
+        """Admins: create a user; returns their token (shown only now)."""
+        r = await self._request(lambda i: P.AddUser(req_id=i, name=name, admin=admin,
+                                                    expires_in=expires_in))
+        return r.token  # type: ignore[no-any-return]
+
+    async def remove_user(self, name: str) -> None:
+        """Admins: remove a user (tokens revoked, connections closed, data kept)."""
+        await self._request(lambda i: P.RemoveUser(req_id=i, name=name))
+
+    async def users(self) -> list[P.UserInfo]:
+        r = await self._request(lambda i: P.ListUsers(req_id=i))
+        return list(r.users)
+
+    async def audit(self, *, limit: int = 100, everyone: bool = False) -> list[P.AuditEntry]:
+        """Your audit trail (admins: everyone's), oldest first."""
+        r = await self._request(lambda i: P.ListAudit(req_id=i, limit=limit, everyone=everyone))
+        return list(r.entries)
 
     async def queue_submit(
         self, site: str, *, nodes: int = 1, wall_time_min: int = 30, queue: str = "",
@@ -585,9 +631,18 @@ async def _wait_either(a: anyio.Event, b: anyio.Event) -> None:
         tg.start_soon(one, b)
 
 
-def connect(url: str | None = None, token: str | None = None, **kwargs: Any) -> Client:
-    """A :class:`Client` for ``async with`` (URL and token default to the environment)."""
-    return Client(url, token, **kwargs)
+def connect(
+    url: str | None = None, token: str | None = None, *,
+    ca_file: str | os.PathLike[str] | None = None, **kwargs: Any,
+) -> Client:
+    """A :class:`Client` for ``async with``.
+
+    URL, token and CA file default to ``TIDEWATER_URL``, ``TIDEWATER_TOKEN``
+    and ``TIDEWATER_CA_FILE``. A ``wss://`` controller's certificate is
+    verified against ``ca_file`` (else the system trust store); entering the
+    client raises :class:`~tidewater.TLSError` if it does not verify.
+    """
+    return Client(url, token, ca_file=ca_file, **kwargs)
 
 
 # ---------------------------------------------------------------------- sync facade
@@ -692,5 +747,9 @@ class SyncClient(AbstractContextManager["SyncClient"]):
             self._call(watcher.aclose)
 
 
-def connect_sync(url: str | None = None, token: str | None = None, **kwargs: Any) -> SyncClient:
-    return SyncClient(url, token, **kwargs)
+def connect_sync(
+    url: str | None = None, token: str | None = None, *,
+    ca_file: str | os.PathLike[str] | None = None, **kwargs: Any,
+) -> SyncClient:
+    """A :class:`SyncClient` for ``with``; arguments as :func:`connect`."""
+    return SyncClient(url, token, ca_file=ca_file, **kwargs)

@@ -36,6 +36,10 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     """Write operations waiting for the store before readers stop reading."""
     tail_bytes: int = 4096
     """How much of a task's stdout/stderr tail comes back in its result."""
+    requests_per_second: float = 5_000.0
+    """Requests one client connection may send per second, on average (burst: 2 s worth)."""
+    max_watches: int = 1_000
+    """Watches open at once on one client connection."""
 
 
 class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,6 +48,12 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True):
     port: int = 8765
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()
+    tls_cert: str = ""
+    """PEM certificate (chain) served to peers; with ``tls_key`` the listener is ``wss://``."""
+    tls_key: str = ""
+    """PEM private key of ``tls_cert``."""
+    allow_plaintext: bool = False
+    """Serve plaintext ``ws://`` on a non-loopback host (behind a TLS proxy or tunnel)."""
 
 
 def home() -> Path:

@@ -10,7 +10,8 @@
     ├── AuthError                   wrong or missing token, Reject at handshake
     ├── ConnectionError_            the link to the controller
     │   ├── ConnectionClosed        the peer closed it cleanly
-    │   └── ConnectionBroken        it broke (reset, timeout, refused)
+    │   ├── ConnectionBroken        it broke (reset, timeout, refused)
+    │   └── TLSError                the TLS handshake failed: certificate not verified, TLS mismatch
     ├── StoreError                  the database failed
     ├── SchedulerError              a batch scheduler refused or failed
     │   ├── SchedulerCommandError   a scheduler command exited non-zero (argv, stdout, stderr, rc)
@@ -87,6 +88,20 @@ class ConnectionClosed(ConnectionError_):
 
 class ConnectionBroken(ConnectionError_):
     """The connection failed: refused, reset or timed out."""
+
+
+class TLSError(ConnectionError_):
+    """TLS could not be set up with the controller; retrying will not help.
+
+    The server's certificate did not verify against the CA in use, or one
+    side speaks TLS and the other does not. ``url`` is the controller's
+    address, ``reason`` what went wrong and what to do.
+    """
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"TLS with {url} failed: {reason}")
 
 
 class StoreError(TidewaterError):

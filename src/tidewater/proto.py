@@ -208,6 +208,39 @@ class BatchJobInfo(Struct):
     """Something looks wrong (running but no pilot has connected)."""
 
 
+class TokenInfo(Struct):
+    """A token as its owner may see it: never the secret."""
+
+    id: str
+    kind: str
+    site: str = ""
+    batch_job: int = 0
+    name: str = ""
+    created_at: float = 0.0
+    expires_at: float | None = None
+    revoked_at: float | None = None
+
+
+class UserInfo(Struct):
+    name: str
+    admin: bool = False
+    created_at: float = 0.0
+    removed_at: float | None = None
+
+
+class AuditEntry(Struct):
+    """Who did what, when, from where."""
+
+    id: int
+    time: float
+    user: str
+    token_id: str
+    remote: str
+    action: str
+    object: str
+    detail: str = "{}"
+
+
 class TaskFilter(Struct):
     ids: list[int] = []
     states: list[str] = []
@@ -258,6 +291,8 @@ class Welcome(Msg, tag="welcome"):
     lease_timeout: float = 30.0
     max_frame_bytes: int = 0
     max_tasks_per_submit: int = 0
+    site_tag: str = ""
+    """Agents: a short tag unique to this site on this controller's store (job names carry it)."""
 
 
 class Reject(Msg, tag="reject"):
@@ -367,9 +402,56 @@ class CancelJob(Msg, tag="cancel_job"):
     id: int
 
 
+class CreateToken(Msg, tag="create_token"):
+    req_id: int
+    kind: Literal["user", "site"] = "user"
+    site: str | None = None
+    name: str = ""
+    expires_in: float | None = None
+    """Seconds from now; None: no expiry."""
+
+
+class ListTokens(Msg, tag="list_tokens"):
+    req_id: int
+    include_revoked: bool = False
+
+
+class RevokeToken(Msg, tag="revoke_token"):
+    req_id: int
+    id: str
+
+
+class AddUser(Msg, tag="add_user"):
+    """Admins only."""
+
+    req_id: int
+    name: str
+    admin: bool = False
+    expires_in: float | None = None
+
+
+class RemoveUser(Msg, tag="remove_user"):
+    """Admins only: the user's tokens are revoked and connections closed; data is kept."""
+
+    req_id: int
+    name: str
+
+
+class ListUsers(Msg, tag="list_users"):
+    req_id: int
+
+
+class ListAudit(Msg, tag="list_audit"):
+    req_id: int
+    limit: int = 100
+    everyone: bool = False
+    """Admins: every user's entries."""
+
+
 ClientToController = (
     Hello | Ping | Submit | Query | Watch | Unwatch | Wait | Cancel | AddSite | ListSites
-    | AddApp | ListApps | AddJob | ListJobs | CancelJob
+    | AddApp | ListApps | AddJob | ListJobs | CancelJob | CreateToken | ListTokens | RevokeToken
+    | AddUser | RemoveUser | ListUsers | ListAudit
 )
 
 
@@ -444,6 +526,33 @@ class JobList(Msg, tag="job_list"):
     jobs: list[BatchJobInfo]
 
 
+class TokenCreated(Msg, tag="token_created"):
+    req_id: int
+    info: TokenInfo
+    token: str
+
+
+class TokenList(Msg, tag="token_list"):
+    req_id: int
+    tokens: list[TokenInfo]
+
+
+class UserAdded(Msg, tag="user_added"):
+    req_id: int
+    name: str
+    token: str
+
+
+class UserList(Msg, tag="user_list"):
+    req_id: int
+    users: list[UserInfo]
+
+
+class AuditList(Msg, tag="audit_list"):
+    req_id: int
+    entries: list[AuditEntry]
+
+
 class Done(Msg, tag="done"):
     """A request with no other payload succeeded."""
 
@@ -452,7 +561,8 @@ class Done(Msg, tag="done"):
 
 ControllerToClient = (
     Welcome | Reject | Error | Ping | Submitted | TaskList | Watching | Events | Results
-    | Cancelled | SiteAdded | SiteList | AppAdded | AppList | JobAdded | JobList | Done
+    | Cancelled | SiteAdded | SiteList | AppAdded | AppList | JobAdded | JobList | TokenCreated
+    | TokenList | UserAdded | UserList | AuditList | Done
 )
 
 

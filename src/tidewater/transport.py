@@ -3,17 +3,23 @@
 :func:`open_link` connects, sends ``Hello`` and waits for ``Welcome``;
 :class:`Link` sends and receives raw frames. websockets' exceptions are
 translated here into :class:`ConnectionClosed` (the controller closed on
-purpose), :class:`ConnectionBroken` (refused, reset, timed out) and
-:class:`AuthError` (``Reject`` at handshake), and never escape this module.
+purpose), :class:`ConnectionBroken` (refused, reset, timed out),
+:class:`TLSError` (the server's certificate did not verify, or only one side
+speaks TLS) and :class:`AuthError` (``Reject`` at handshake), and never
+escape this module. ``wss://`` URLs are verified against a CA file or the
+system trust store (:func:`tidewater.tls.client_context`).
 
 :func:`backoff` and :func:`is_retryable` are the pure reconnect policy.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import ssl
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import msgspec
@@ -24,11 +30,20 @@ from websockets.exceptions import (
 from websockets.exceptions import (
     ConnectionClosedOK,
     InvalidHandshake,
+    InvalidMessage,
     InvalidURI,
 )
 
 from . import proto as P
-from .errors import AuthError, ConfigError, ConnectionBroken, ConnectionClosed, TidewaterError
+from .errors import (
+    AuthError,
+    ConfigError,
+    ConnectionBroken,
+    ConnectionClosed,
+    TidewaterError,
+    TLSError,
+)
+from .tls import client_context
 
 
 def backoff(
@@ -49,8 +64,8 @@ def backoff(
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Whether reconnecting may help after ``exc``. A refused token or version never will."""
-    if isinstance(exc, AuthError | ConfigError):
+    """Whether reconnecting may help after ``exc``. A refused token or certificate never will."""
+    if isinstance(exc, AuthError | ConfigError | TLSError):
         return False
     return isinstance(exc, ConnectionBroken | ConnectionClosed | OSError | TimeoutError)
 
@@ -111,20 +126,31 @@ def _closed(exc: WsClosed) -> TidewaterError:
 async def open_link(
     url: str, hello: P.Hello, *, timeout: float, max_size: int = 64 * 1024 * 1024,
     ping_interval: float | None = 20.0, ping_timeout: float | None = 20.0,
+    ssl_context: ssl.SSLContext | None = None, ca_file: str | os.PathLike[str] | None = None,
 ) -> tuple[Link, P.Welcome]:
     """Connect, greet, and return the link with the controller's Welcome.
 
+    A ``wss://`` URL is verified with ``ssl_context`` if given, else against
+    ``ca_file`` alone, else against the system trust store (hostname checked
+    in every case); both are ignored for ``ws://``.
+
     Raises :class:`AuthError` if the controller rejects the Hello,
+    :class:`TLSError` if its certificate does not verify or only one side
+    speaks TLS, :class:`ConfigError` for a bad URL or CA file,
     :class:`ConnectionBroken` if it cannot be reached in ``timeout``.
     """
     target = ws_url(url)
+    deadline = anyio.current_time() + timeout
+    tls: dict[str, Any] = {}
+    if target.startswith("wss://"):
+        tls["ssl"] = ssl_context or await anyio.to_thread.run_sync(client_context, ca_file)
     ws: ClientConnection | None = None
     try:
         with anyio.fail_after(timeout):
             ws = await connect(
                 target, max_size=max_size, compression=None, ping_interval=ping_interval,
                 ping_timeout=ping_timeout, open_timeout=None, close_timeout=2,
-                user_agent_header="tidewater",
+                user_agent_header="tidewater", **tls,
             )
             link = Link(ws)
             await link.send(hello)
@@ -133,6 +159,25 @@ async def open_link(
         if ws is not None:
             await Link(ws).aclose()
         raise ConnectionBroken(f"no answer from {target} within {timeout:g}s") from None
+    except ssl.SSLCertVerificationError as exc:
+        raise TLSError(target, _unverified(exc, ca_file if ssl_context is None else None)) from None
+    except ssl.SSLError as exc:
+        if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+            # Cut off mid-handshake: a restarting or overloaded server, worth a retry.
+            raise ConnectionBroken(f"{target} closed the connection during the TLS "
+                                   f"handshake: {exc}") from None
+        raise TLSError(target, f"the TLS handshake failed ({exc.reason or exc}); is the "
+                               "controller serving TLS? A plaintext controller takes a ws:// "
+                               "URL") from None
+    except InvalidMessage as exc:
+        # A TLS server hangs up on a plain HTTP request: tell that from a server that died.
+        if target.startswith("ws://"):
+            with anyio.move_on_after(deadline - anyio.current_time()):
+                if await _speaks_tls(target):
+                    raise TLSError(target, "the controller serves TLS: use a wss:// URL "
+                                           "(with --ca-file if its CA is not in the system "
+                                           "trust store)") from None
+        raise ConnectionBroken(f"cannot connect to {target}: {exc}") from None
     except (OSError, InvalidHandshake) as exc:
         raise ConnectionBroken(f"cannot connect to {target}: {exc}") from None
     except InvalidURI as exc:
@@ -151,3 +196,35 @@ async def open_link(
         await link.aclose()
         raise ConnectionBroken(f"expected Welcome, got {type(reply).__name__}")
     return link, reply
+
+
+async def _speaks_tls(target: str) -> bool:
+    """Whether the server at ``target`` completes a TLS handshake (nothing is sent after it).
+
+    A diagnosis only, so the certificate is not checked. Cancel-safe.
+    """
+    where = urlsplit(target)
+    probe = ssl.create_default_context()
+    probe.check_hostname = False
+    probe.verify_mode = ssl.CERT_NONE
+    try:
+        stream = await anyio.connect_tcp(where.hostname or "", where.port or 80,
+                                         ssl_context=probe, tls_standard_compatible=False)
+    except (OSError, anyio.BrokenResourceError, anyio.EndOfStream):
+        return False
+    with anyio.move_on_after(1, shield=True):
+        await stream.aclose()
+    return True
+
+
+def _unverified(exc: ssl.SSLCertVerificationError,
+                ca_file: str | os.PathLike[str] | None) -> str:
+    """What to tell the user when the server's certificate did not verify."""
+    why = exc.verify_message or exc.reason or str(exc)
+    against = f"the CA file {os.fspath(ca_file)}" if ca_file else "the system trust store"
+    msg = f"the server's certificate could not be verified against {against} ({why}); "
+    if "hostname mismatch" in why.lower() or "ip address mismatch" in why.lower():
+        return msg + ("connect by a name the certificate lists, or remake it with "
+                      "`tidewater dev-cert DIR --host NAME`")
+    return msg + ("pass the CA certificate that signed it with --ca-file FILE (or "
+                  "TIDEWATER_CA_FILE, or ca_file in the site's settings.toml)")

@@ -164,3 +164,46 @@ async def test_demo_runs_a_small_workflow_on_an_idle_local_site(tmp_path: Path) 
                                  "--state-dir", str(tmp_path / "demo" / "jobs")])
     states = [json.loads(line)["state"] for line in r.stdout.decode().splitlines()]
     assert states == ["CANCELLED"]
+
+
+async def test_cli_tokens_users_and_audit(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        await c.start_controller()
+
+        async def tw(*args: str, token: str = "", check: bool = True) -> tuple[int, str, str]:
+            env = {**c.env, "TIDEWATER_TOKEN": token}
+            r = await anyio.run_process([PY, "-m", "tidewater", *args], env=env, check=False)
+            out, err = r.stdout.decode(), r.stderr.decode()
+            if check and r.returncode != 0:
+                raise AssertionError(f"tidewater {' '.join(args)} -> {r.returncode}\n{err}")
+            return r.returncode, out, err
+
+        _, out, _ = await tw("user", "add", "root", "--db", c.db)
+        root = out.strip()
+        _, out, _ = await tw("user", "add", "bob", "--expires", "30d", token=root)  # as admin
+        bob = out.strip()
+        code, _, err = await tw("user", "add", "eve", token=bob, check=False)
+        assert code == 1 and "only an admin" in err
+        _, out, _ = await tw("user", "ls", token=root)
+        assert "root" in out and "admin" in out and "bob" in out
+
+        _, out, err = await tw("token", "create", "--name", "ci", "--expires", "1h", token=bob)
+        ci = out.strip()
+        token_id = ci[4:20]
+        assert ci.startswith("twu_") and token_id in err
+        _, out, _ = await tw("token", "ls", token=bob)
+        assert token_id in out and "ci" in out and ci not in out
+        await tw("token", "revoke", token_id, token=bob)
+        code, _, err = await tw("site", "ls", token=ci, check=False)
+        assert code == 1 and "revoked" in err
+        code, _, err = await tw("token", "revoke", token_id, token=root, check=False)
+        assert code == 1 and "already revoked" in err
+
+        _, out, _ = await tw("audit", "--json", token=bob)
+        actions = [json.loads(line)["action"] for line in out.splitlines()]
+        assert actions == ["token.create", "token.revoke"]
+        _, out, _ = await tw("audit", "--all", token=root)
+        assert "user.add" in out
+        await tw("user", "remove", "bob", token=root)
+        code, _, err = await tw("site", "ls", token=bob, check=False)
+        assert code == 1 and "removed" in err

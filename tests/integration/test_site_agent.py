@@ -18,6 +18,7 @@ import pytest
 import tidewater
 from tidewater import Client
 from tidewater.agents.site import job_name
+from tidewater.controller.app import site_tag
 from tidewater.proto import BatchJobInfo
 
 from .procs import PY, Cluster, cluster, until, write_site
@@ -157,7 +158,9 @@ async def test_job_submitted_just_before_an_agent_crash_is_adopted_by_name(
             job = await client.queue_submit("laptop", nodes=1, wall_time_min=10)
             # What the crashed agent had done: the script submitted under the job's name.
             script = tmp_path / "orphan.sh"
-            name = job_name("laptop", job.id, (site_dir / "token").read_text().strip())
+            ((sid, created),) = c.rows("SELECT id, created_at FROM sites WHERE name = ?",
+                                      ("laptop",))
+            name = job_name("laptop", job.id, site_tag(int(sid), float(created)))
             script.write_text(f"#!/bin/bash\n#TWLOCAL --job-name={name}\n"
                               "#TWLOCAL --nodes=1\n#TWLOCAL --time=10\nsleep 60\n")
             proc = await anyio.run_process(

@@ -15,6 +15,7 @@ import pytest
 import tidewater
 from tidewater import Client
 from tidewater.agents.site import job_name
+from tidewater.controller.app import site_tag
 from tidewater.proto import BatchJobInfo
 
 from .procs import Cluster, cluster, until, write_site
@@ -94,7 +95,9 @@ async def test_agent_killed_mid_run_adopts_its_slurm_job(slurm: Any, tmp_path: P
             assert (await slow.result()).stdout_tail == "ok\n"
             j = await job_state(client, job.id)
             assert (j.state, j.scheduler_id) == ("running", sched_id)
-            name = job_name("adopt", job.id, (site_dir / "token").read_text().strip())
+            ((sid, created),) = c.rows("SELECT id, created_at FROM sites WHERE name = ?",
+                                      ("adopt",))
+            name = job_name("adopt", job.id, site_tag(int(sid), float(created)))
             proc = await anyio.run_process(["squeue", "-h", "-n", name, "-o", "%i"])
             assert proc.stdout.decode().split() == [sched_id]  # adopted, not resubmitted
             await client.queue_cancel(job.id)

@@ -23,6 +23,7 @@ PUBLIC = [
     "SchedulerError",
     "SyncClient",
     "SyncTask",
+    "TLSError",
     "Task",
     "TaskEvent",
     "TaskFailed",

@@ -46,8 +46,9 @@ def test_tree_shape() -> None:
     assert issubclass(E.ParamError, E.AppError)
     for sub in (E.NotFound, E.AppError, E.LimitExceeded):
         assert issubclass(sub, E.InvalidRequest)
-    for link in (E.ConnectionClosed, E.ConnectionBroken):
+    for link in (E.ConnectionClosed, E.ConnectionBroken, E.TLSError):
         assert issubclass(link, E.ConnectionError_)
+    assert not issubclass(E.TLSError, E.ConnectionBroken)  # not retried
     assert not issubclass(E.ConnectionClosed, E.ConnectionBroken)
     assert not issubclass(E.ConnectionBroken, E.ConnectionClosed)
     for cls in (E.ConfigError, E.IllegalTransition, E.InvalidRequest, E.AuthError,

@@ -36,6 +36,8 @@ class SiteSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     name: str
     controller: str = "ws://127.0.0.1:8765"
     token_file: str = "token"
+    ca_file: str = ""
+    """CA certificate a ``wss://`` controller is verified against ("": system trust store)."""
     scheduler: str = "local"
     mode: Literal["node", "head"] = "node"
     launcher: str = ""
@@ -90,6 +92,10 @@ class SiteSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         q = Path(os.path.expanduser(p))
         return q if q.is_absolute() else Path(self.directory) / q
 
+    def ca_file(self) -> str | None:
+        """The CA file for the controller's certificate, resolved; None: the system store."""
+        return str(self.path(self.site.ca_file)) if self.site.ca_file else None
+
     @property
     def launcher(self) -> str:
         return self.site.launcher or DEFAULT_LAUNCHER.get(self.site.scheduler, "mpiexec")
@@ -141,7 +147,7 @@ ${pilot_launch}
 
 def init_site(
     directory: str | Path, *, name: str, scheduler: str, controller: str, token: str,
-    python: str | None = None, options: dict[str, str] | None = None,
+    python: str | None = None, options: dict[str, str] | None = None, ca_file: str = "",
 ) -> Path:
     """Write a new site directory; refuses to overwrite an existing settings file."""
     if scheduler not in SCHEDULERS:
@@ -157,6 +163,7 @@ def init_site(
         f"name = {_toml_str(name)}",
         f"controller = {_toml_str(controller)}",
         'token_file = "token"',
+        f"ca_file = {_toml_str(ca_file)}   # CA of a wss:// controller; \"\": system trust store",
         f"scheduler = {_toml_str(scheduler)}   # slurm | pbs | lsf | cobalt | local",
         'mode = "node"         # node: a pilot per node; head: one pilot launching on every node',
         f"launcher = {_toml_str(DEFAULT_LAUNCHER[scheduler])}   "
@@ -209,8 +216,10 @@ def pilot_argv(
 ) -> list[str]:
     """The pilot command inside a batch job."""
     py = s.site.python or sys.executable
+    ca_file = s.ca_file()
     argv = [
-        py, "-m", "tidewater", "--url", s.site.controller, "pilot",
+        py, "-m", "tidewater", "--url", s.site.controller,
+        *(["--ca-file", ca_file] if ca_file else []), "pilot",
         "--site", s.site.name, "--batch-job", str(job_id), "--token-file", token_file,
         "--workdir", str(s.path(s.site.work_root)),
         "--idle-timeout", f"{s.site.pilot_idle_timeout:g}",

@@ -76,13 +76,13 @@ class JobState:
                    reason=j.reason, stop_wanted=j.state == "pending_deletion")
 
 
-def job_name(site: str, job_id: int, token: str) -> str:
+def job_name(site: str, job_id: int, tag: str) -> str:
     """The scheduler-side name of a batch job: unique to this site *and* this controller.
 
-    A tag from the site token keeps a controller started on a fresh store (ids
-    from 1 again) from adopting jobs of an earlier one under the same site name.
+    The controller's site tag keeps a controller started on a fresh store (ids
+    from 1 again) from adopting jobs of an earlier one under the same site name,
+    and does not change when the site's token is rotated.
     """
-    tag = hashlib.sha256(token.encode()).hexdigest()[:6]
     return f"tw-{site}-{job_id}-{tag}"
 
 
@@ -96,6 +96,7 @@ class Agent:
         self.s = settings
         self.t = timeouts or Timeouts(heartbeat_interval=settings.site.heartbeat_interval)
         self.token = read_token(settings)
+        self.site_tag = hashlib.sha256(self.token.encode()).hexdigest()[:6]  # until Welcome
         adapter = get_scheduler(settings.site.scheduler, **settings.scheduler)
         self.sched = scheduler or SchedulerClient(
             adapter, timeout=settings.site.scheduler_timeout, user=getpass.getuser()
@@ -173,12 +174,15 @@ class Agent:
         delays = backoff()
         started = False
         while True:
+            # Read again at every connection: a rotated token is picked up without a restart.
+            self.token = read_token(self.s)
             hello = P.Hello(role="agent", proto_version=P.PROTO_VERSION, token=self.token,
                             name="agent", site=self.s.site.name, limits=self.limits)
             try:
                 link, welcome = await open_link(
                     self.s.site.controller, hello, timeout=self.t.connect,
                     ping_interval=self.t.heartbeat_interval, ping_timeout=self.t.lease_timeout,
+                    ca_file=self.s.ca_file(),
                 )
             except Exception as exc:
                 if not is_retryable(exc):
@@ -189,6 +193,7 @@ class Agent:
                 await anyio.sleep(delay)
                 continue
             delays = backoff()
+            self.site_tag = welcome.site_tag or self.site_tag
             log.info("agent of %s connected to %s", welcome.site, self.s.site.controller)
             self.link = link
             try:
@@ -364,7 +369,7 @@ class Agent:
             if j.state in states.JOB_FINAL or j.busy:
                 continue
             if not j.scheduler_id:
-                found = by_name.get(job_name(self.s.site.name, j.id, self.token))
+                found = by_name.get(job_name(self.s.site.name, j.id, self.site_tag))
                 if found is not None:
                     log.info("adopting batch job %d: scheduler id %s", j.id, found.scheduler_id)
                     self._update(j, found.state, scheduler_id=found.scheduler_id,
@@ -442,7 +447,7 @@ class Agent:
                                minute_seconds=float(getattr(self.sched.adapter,
                                                             "minute_seconds", 60.0)))
             req = JobRequest(
-                job_name=job_name(s.site.name, j.id, self.token), nodes=j.nodes,
+                job_name=job_name(s.site.name, j.id, self.site_tag), nodes=j.nodes,
                 wall_time_min=j.wall_time_min, workdir=str(d), script_body=body,
                 queue=j.queue, project=j.project, extra_directives=tuple(s.job.directives),
             )

@@ -7,8 +7,10 @@ JSON and Prometheus text. aiohttp's errors stay in this module.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +25,7 @@ from anyio.abc import TaskStatus
 from .. import proto as P
 from ..config import ControllerConfig
 from ..errors import InvalidRequest
+from ..tls import check_listen, server_context
 from .core import Controller, PilotRec, Principal
 
 log = logging.getLogger("tidewater.controller.app")
@@ -110,6 +113,20 @@ class ControllerApp:
                                   "proto_version": P.PROTO_VERSION})
 
     async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text, for admins only (``Authorization: Bearer <admin token>``).
+
+        The counters span every user, so a user who is not an admin, like a
+        caller without a token, gets "not found".
+        """
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        try:
+            who = await self.c.authenticate(P.Hello(role="client", proto_version=P.PROTO_VERSION,
+                                                    token=token.strip()), request.remote or "")
+        except InvalidRequest:
+            who = None
+        if scheme.lower() != "bearer" or who is None or not who.is_admin:
+            raise web.HTTPNotFound(text="not found\n")
         lines = []
         for name, value in self.c.metrics().items():
             kind = "counter" if name.endswith("_total") else "gauge"
@@ -142,17 +159,18 @@ class ControllerApp:
                 "version",
             )
             return ws
+        remote = request.remote or "?"
         try:
-            who = await self.c.authenticate(hello)
+            who = await self.c.authenticate(hello, remote)
         except InvalidRequest as exc:
             await self._reject(ws, exc.message, exc.code)
             return ws
         if hello.role == "client" and who.site_id is not None:
-            await self._reject(ws, "a site token cannot be used by a client; use a user token",
-                               "auth")
+            await self._reject(ws, "a site or pilot token cannot be used by a client; use a "
+                               "user token", "auth")
             return ws
         peer = WsPeer(ws, limits.outgoing_queue)
-        remote = request.remote or "?"
+        self.c.tokens.attach(who, peer)
         async with anyio.create_task_group() as tg:
             tg.start_soon(peer.sender, tg.cancel_scope)
             try:
@@ -167,6 +185,7 @@ class ControllerApp:
             finally:
                 if hello.role == "client":
                     self.c.client_gone(who, peer)
+                self.c.tokens.detach(who, peer)
                 peer.detach()
                 tg.cancel_scope.cancel()
         return ws
@@ -204,7 +223,13 @@ class ControllerApp:
 
     async def _client_loop(self, ws: web.WebSocketResponse, who: Principal, peer: WsPeer) -> None:
         c = self.c
+        bucket = RateLimit(c.limits.requests_per_second)
         async for data in self._frames(ws, peer):
+            if not bucket.take(time.monotonic()):
+                peer.send(P.Error(req_id=_req_id_of(data), code="limit", message=(
+                    f"more than {c.limits.requests_per_second:g} requests per second on this "
+                    "connection: this one was dropped; slow down (batch with submit_many)")))
+                continue
             try:
                 msg = P.client_decoder.decode(data)
             except msgspec.MsgspecError as exc:
@@ -240,6 +265,20 @@ class ControllerApp:
                         c.batch.list_jobs(who, peer, msg)
                     case P.CancelJob():
                         await c.batch.cancel_job(who, peer, msg)
+                    case P.CreateToken():
+                        await c.tokens.create(who, peer, msg)
+                    case P.ListTokens():
+                        await c.tokens.list(who, peer, msg)
+                    case P.RevokeToken():
+                        await c.tokens.revoke(who, peer, msg)
+                    case P.AddUser():
+                        await c.tokens.add_user(who, peer, msg)
+                    case P.RemoveUser():
+                        await c.tokens.remove_user(who, peer, msg)
+                    case P.ListUsers():
+                        await c.tokens.list_users(who, peer, msg)
+                    case P.ListAudit():
+                        await c.tokens.list_audit(who, peer, msg)
                     case P.Ping():
                         peer.send(P.Ping(time=msg.time))
                     case P.Hello():
@@ -298,9 +337,11 @@ class ControllerApp:
         c = self.c
         site = c.sites.get(who.site_id) if who.site_id is not None else None
         try:
-            site_id = await c.batch.agent_hello(
-                who, peer, hello, self._welcome(who, site.name if site else "")
-            )
+            welcome = self._welcome(who, site.name if site else "")
+            if site is not None:
+                welcome = msgspec.structs.replace(welcome,
+                                                  site_tag=site_tag(site.id, site.created_at))
+            site_id = await c.batch.agent_hello(who, peer, hello, welcome)
         except InvalidRequest as exc:
             peer.send(P.Reject(reason=exc.message, code=exc.code))
             peer.close(4002, exc.message)
@@ -329,6 +370,30 @@ class ControllerApp:
             c.batch.agent_gone(site_id, peer)
 
 
+class RateLimit:
+    """A token bucket: ``rate`` per second on average, bursts of two seconds' worth. Pure."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, 2 * rate)
+        self.tokens = self.capacity
+        self.last: float | None = None
+
+    def take(self, now: float) -> bool:
+        if self.last is not None:
+            self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+def site_tag(site_id: int, created_at: float) -> str:
+    """Stable for a site of this store; differs for a same-named site of another store."""
+    return hashlib.sha256(f"{site_id}:{created_at!r}".encode()).hexdigest()[:6]
+
+
 async def peer_wait_closed(ws: web.WebSocketResponse) -> None:
     with anyio.move_on_after(2):
         async for _ in ws:
@@ -336,7 +401,13 @@ async def peer_wait_closed(ws: web.WebSocketResponse) -> None:
 
 
 class Server:
-    """A controller and its HTTP listener. ``await tg.start(server.run)`` -> url."""
+    """A controller and its HTTP listener. ``await tg.start(server.run)`` -> url.
+
+    With ``config.tls_cert``/``tls_key`` the listener serves TLS and the url is
+    ``wss://``. ``run`` raises :class:`ConfigError` before listening when the
+    certificate cannot be loaded, or when it would serve plaintext on a
+    non-loopback host without ``config.allow_plaintext``.
+    """
 
     def __init__(self, config: ControllerConfig) -> None:
         self.config = config
@@ -345,6 +416,11 @@ class Server:
         self.url = ""
 
     async def run(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
+        check_listen(self.config)
+        ssl_context = None
+        if self.config.tls_cert:
+            ssl_context = await anyio.to_thread.run_sync(
+                server_context, self.config.tls_cert, self.config.tls_key)
         async with anyio.create_task_group() as tg:
             await tg.start(self.controller.run)
             web_app = ControllerApp(self.controller)
@@ -353,13 +429,14 @@ class Server:
             await runner.setup()
             try:
                 site = web.TCPSite(runner, self.config.host, self.config.port,
-                                   reuse_address=True)
+                                   reuse_address=True, ssl_context=ssl_context)
                 await site.start()
                 addr: Any = runner.addresses[0]
                 self.port = int(addr[1])
                 host = self.config.host
                 shown = f"[{host}]" if ":" in host else host
-                self.url = f"ws://{shown}:{self.port}"
+                scheme = "wss" if ssl_context is not None else "ws"
+                self.url = f"{scheme}://{shown}:{self.port}"
                 log.info("controller listening on %s (store %s)", self.url,
                          self.config.db or ":memory:")
                 task_status.started(self.url)

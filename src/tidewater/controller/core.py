@@ -32,12 +32,12 @@ from .. import states
 from ..config import ControllerConfig
 from ..errors import AppError, InvalidRequest, LimitExceeded, NotFound, ParamError
 from ..states import TaskState as S
-from . import auth
 from .batchjobs import BatchJobs, check_task_fits
 from .dispatch import Dispatcher, PilotSlot
 from .leases import Leases
 from .store import sqlite as st
 from .store.sqlite import SqliteStore, Stmt
+from .tokens import Tokens
 
 log = logging.getLogger("tidewater.controller")
 
@@ -65,6 +65,10 @@ class Principal:
     user: str
     site_id: int | None = None  # set when authenticated by a site or pilot token
     batch_job: int = 0  # set when authenticated by a pilot token
+    token_id: str = ""
+    expires_at: float | None = None
+    is_admin: bool = False
+    remote: str = ""
 
 
 @dataclass
@@ -216,6 +220,7 @@ class Controller:
         self.pilots: dict[str, PilotRec] = {}
         self.dispatcher = Dispatcher()
         self.batch = BatchJobs(self)
+        self.tokens = Tokens(self)
         self._demand_dirty: set[int] = set()
         self.leases = Leases(config.timeouts.lease_timeout)
         self._watchers: dict[int, dict[tuple[int, int], WatchSub]] = {}
@@ -252,6 +257,7 @@ class Controller:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._dispatch_loop)
                 tg.start_soon(self._lease_loop)
+                tg.start_soon(self.tokens.expiry_loop)
                 task_status.started()
                 await anyio.sleep_forever()
 
@@ -311,30 +317,9 @@ class Controller:
 
     # ================================================================== auth
 
-    async def authenticate(self, hello: P.Hello) -> Principal:
-        """Map a Hello's token to its owner. Raises :class:`AuthError`-like InvalidRequest."""
-        kind = auth.kind_of(hello.token)
-        h = auth.token_hash(hello.token)
-        if kind == "user":
-            row = await self.store.fetchone("SELECT id, name FROM users WHERE token_hash = ?", (h,))
-            if row is not None:
-                return Principal(user_id=row[0], user=row[1])
-        elif kind == "site":
-            row = await self.store.fetchone(
-                "SELECT s.id, s.owner_id, u.name FROM sites s JOIN users u ON u.id = s.owner_id "
-                "WHERE s.token_hash = ?", (h,),
-            )
-            if row is not None:
-                return Principal(user_id=row[1], user=row[2], site_id=row[0])
-        elif kind == "pilot":
-            job = self.batch.pilot_job(h)
-            if job is not None:
-                row = await self.store.fetchone("SELECT name FROM users WHERE id = ?",
-                                                (job.owner_id,))
-                if row is not None:
-                    return Principal(user_id=job.owner_id, user=row[0], site_id=job.site_id,
-                                     batch_job=job.id)
-        raise InvalidRequest("invalid token", "auth")
+    async def authenticate(self, hello: P.Hello, remote: str = "") -> Principal:
+        """Map a Hello's token to its owner. Raises InvalidRequest (code "auth") if refused."""
+        return await self.tokens.authenticate(hello.token, remote)
 
     # ================================================================== helpers
 
@@ -466,16 +451,18 @@ class Controller:
         appmod.check_name("site", msg.name)
         if (who.user_id, msg.name) in self.site_names:
             raise InvalidRequest(f"site {msg.name!r} already exists", "exists")
-        token = auth.mint("site")
         sid = self._next_site
         self._next_site += 1
+        minted, token_row = self.tokens.row("site", who.user_id, site_id=sid, name="site token")
         rec = SiteRec(sid, who.user_id, msg.name, time.time())
         self.sites[sid] = rec
         self.site_names[(who.user_id, msg.name)] = sid
         info = P.SiteInfo(name=rec.name, created_at=rec.created_at)
         await self._write(
-            [(st.INSERT_SITE, (sid, who.user_id, msg.name, auth.token_hash(token), rec.created_at))],
-            lambda: peer.send(P.SiteAdded(req_id=msg.req_id, site=info, token=token)),
+            [(st.INSERT_SITE, (sid, who.user_id, msg.name, f"token:{minted.id}",
+                               rec.created_at)), token_row,
+             self.tokens.audit(who, "site.add", msg.name, token=minted.id)],
+            lambda: peer.send(P.SiteAdded(req_id=msg.req_id, site=info, token=minted.token)),
         )
 
     def list_sites(self, who: Principal, peer: Peer, msg: P.ListSites) -> None:
@@ -504,7 +491,9 @@ class Controller:
                          description=rec.description)
         await self._write(
             [(st.UPSERT_APP, (site.id, msg.name, msg.command, _j(specs), msg.description,
-                              time.time()))],
+                              time.time())),
+             self.tokens.audit(who, "app.add", f"{site.name}/{msg.name}", command=msg.command,
+                               replace=msg.replace)],
             lambda: peer.send(P.AppAdded(req_id=msg.req_id, app=info)),
         )
 
@@ -603,6 +592,10 @@ class Controller:
             stmts.append((st.INSERT_SUBMISSION, (who.user_id, msg.key, _j(span), now)))
             self._remember_key(who.user_id, msg.key, span)
         self.counters["tasks_submitted"] += len(ids)
+        sites = sorted({self.sites[t.site_id].name for t, _ in created})
+        apps_used = sorted({t.app for t, _ in created})
+        stmts.append(self.tokens.audit(who, "task.submit", f"{ids[0]}-{ids[-1]}", count=len(ids),
+                                       sites=sites, apps=apps_used))
 
         def committed() -> None:
             peer.send(P.Submitted(req_id=msg.req_id, ids=ids))
@@ -686,6 +679,8 @@ class Controller:
             stmts.extend(s)
             changed.append((t, events, pilot))
         done = [t.id for t, _, _ in changed]
+        if done:
+            stmts.append(self.tokens.audit(who, "task.cancel", _id_ranges(done), count=len(done)))
 
         def committed() -> None:
             kills: dict[str, list[tuple[int, int]]] = {}
@@ -770,6 +765,12 @@ class Controller:
             self._site_of(who, msg.filter.site)
         if msg.filter.ids:
             await self._owned(who, msg.filter.ids)
+        open_here = sum(1 for k in self._watchers.get(who.user_id, {}) if k[0] == peer.id)
+        if open_here >= self.limits.max_watches:
+            raise LimitExceeded(
+                f"{open_here} watches are open on this connection; the limit is "
+                f"{self.limits.max_watches} (close some with Unwatch, or filter by tags)"
+            )
         watch_id = self._next_watch
         self._next_watch += 1
         # Registered before any replay, so nothing committed meanwhile is
@@ -1238,6 +1239,17 @@ def check_resources(res: P.Resources, wall_time: float | None) -> dict[str, Any]
             raise InvalidRequest("wall_time must be a positive number of seconds")
         extra["wall_time"] = wall_time
     return extra
+
+
+def _id_ranges(ids: list[int]) -> str:
+    """``1-3,7`` for [1, 2, 3, 7]: an audit entry stays short for a big cancel."""
+    out: list[tuple[int, int]] = []
+    for i in sorted(ids):
+        if out and out[-1][1] == i - 1:
+            out[-1] = (out[-1][0], i)
+        else:
+            out.append((i, i))
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in out)
 
 
 def _chunks(items: list[int], n: int) -> list[list[int]]:

@@ -70,14 +70,14 @@ class Tokens:
             raise InvalidRequest("invalid token", "auth")
         tid, kind, user_id, site_id, batch_job = row[0], row[1], row[2], row[3], row[4]
         expires_at, revoked_at = row[9], row[10]
-        if revoked_at is not None:
-            raise InvalidRequest(f"token {tid} was revoked", "auth")
-        if expires_at is not None and expires_at <= time.time():
-            raise InvalidRequest(f"token {tid} has expired", "auth")
         user = await self.c.store.fetchone(
             "SELECT name, is_admin, disabled_at FROM users WHERE id = ?", (user_id,))
         if user is None or user[2] is not None:
             raise InvalidRequest("this user has been removed", "auth")
+        if revoked_at is not None:
+            raise InvalidRequest(f"token {tid} was revoked", "auth")
+        if expires_at is not None and expires_at <= time.time():
+            raise InvalidRequest(f"token {tid} has expired", "auth")
         who = Principal(user_id=user_id, user=user[0], token_id=tid, expires_at=expires_at,
                         is_admin=bool(user[1]) and kind == "user", remote=remote)
         if kind == "site":

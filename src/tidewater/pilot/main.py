@@ -66,6 +66,8 @@ class PilotConfig:
     batch_job: int = 0
     token_file: str = ""
     """Re-read at every (re)connection, so a rotated token is picked up."""
+    ca_file: str = ""
+    """CA certificate a ``wss://`` controller is verified against ("": system trust store)."""
     end_time: float | None = None
     """When the allocation ends (epoch seconds)."""
     wall_margin: float = 30.0
@@ -244,6 +246,7 @@ class Pilot:
                     self.cfg.url, hello, timeout=self.t.connect,
                     max_size=self.cfg.limits.max_frame_bytes,
                     ping_interval=self.t.heartbeat_interval, ping_timeout=self.t.lease_timeout,
+                    ca_file=self.cfg.ca_file or None,
                 )
             except Exception as exc:
                 if not is_retryable(exc):
@@ -528,10 +531,11 @@ async def run_pilot(config: PilotConfig) -> None:
     async with anyio.create_task_group() as tg:
 
         async def main(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-            try:
-                await pilot.run(task_status=task_status)
-            finally:
-                tg.cancel_scope.cancel()
+            # No cancel in a `finally`: a refusal before the first connection (token,
+            # certificate) must reach `tg.start` as itself, not as a cancellation that
+            # would end the process with status 0. A failure later cancels the group anyway.
+            await pilot.run(task_status=task_status)
+            tg.cancel_scope.cancel()
 
         await tg.start(main)
 
