@@ -30,11 +30,13 @@ kind).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 
 PROTO_VERSION = 1
+
+T = TypeVar("T")
 
 Role = Literal["client", "pilot", "agent"]
 
@@ -749,22 +751,31 @@ def encode_json(value: object) -> str:
     return _json_encoder.encode(value).decode()
 
 
-client_decoder: msgspec.msgpack.Decoder[ClientToController] = msgspec.msgpack.Decoder(
-    ClientToController
-)
-to_client_decoder: msgspec.msgpack.Decoder[ControllerToClient] = msgspec.msgpack.Decoder(
-    ControllerToClient
-)
-pilot_decoder: msgspec.msgpack.Decoder[PilotToController] = msgspec.msgpack.Decoder(
-    PilotToController
-)
-to_pilot_decoder: msgspec.msgpack.Decoder[ControllerToPilot] = msgspec.msgpack.Decoder(
-    ControllerToPilot
-)
-agent_decoder: msgspec.msgpack.Decoder[AgentToController] = msgspec.msgpack.Decoder(
-    AgentToController
-)
-to_agent_decoder: msgspec.msgpack.Decoder[ControllerToAgent] = msgspec.msgpack.Decoder(
-    ControllerToAgent
-)
-hello_decoder: msgspec.msgpack.Decoder[Hello] = msgspec.msgpack.Decoder(Hello)
+class Decoder(Generic[T]):
+    """A msgpack decoder for one direction whose every failure is a msgspec error.
+
+    msgspec raises UnicodeDecodeError for a string that is not UTF-8 and
+    RecursionError for a value nested deep enough; a hostile frame must get the
+    same clean "malformed frame" answer as any other, so both become
+    :class:`msgspec.DecodeError`.
+    """
+
+    def __init__(self, type_: type[T] | Any) -> None:
+        self._decoder: msgspec.msgpack.Decoder[T] = msgspec.msgpack.Decoder(type_)
+
+    def decode(self, data: bytes) -> T:
+        try:
+            return self._decoder.decode(data)
+        except UnicodeDecodeError as exc:
+            raise msgspec.DecodeError(f"a string is not valid UTF-8 ({exc.reason})") from None
+        except RecursionError:
+            raise msgspec.DecodeError("the frame is nested too deeply") from None
+
+
+client_decoder: Decoder[ClientToController] = Decoder(ClientToController)
+to_client_decoder: Decoder[ControllerToClient] = Decoder(ControllerToClient)
+pilot_decoder: Decoder[PilotToController] = Decoder(PilotToController)
+to_pilot_decoder: Decoder[ControllerToPilot] = Decoder(ControllerToPilot)
+agent_decoder: Decoder[AgentToController] = Decoder(AgentToController)
+to_agent_decoder: Decoder[ControllerToAgent] = Decoder(ControllerToAgent)
+hello_decoder: Decoder[Hello] = Decoder(Hello)

@@ -31,7 +31,7 @@ from .core import Controller, PilotRec, Principal
 log = logging.getLogger("tidewater.controller.app")
 
 _peer_ids = itertools.count(1)
-_any_decoder = msgspec.msgpack.Decoder()
+_any_decoder: P.Decoder[Any] = P.Decoder(Any)
 
 
 class WsPeer:
