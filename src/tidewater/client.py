@@ -351,18 +351,21 @@ class Client:
         gpus: int = 0, timeout: float | None = None, max_retries: int = 3,
         env: Mapping[str, str] | None = None, workdir: str | None = None,
         resources: P.Resources | None = None, wall_time: float | None = None,
+        parents: Sequence[Task | int] = (),
     ) -> Task:
         """Submit one task; returns once the controller has stored it.
 
         ``resources`` (nodes, ranks, threads, GPUs per rank, packing) replaces
         ``cores``/``gpus``; ``wall_time`` is the run-time estimate in seconds
         a batch job must still have left for the task to start in it.
+        ``parents`` must all finish first (AWAITING_PARENTS until then); if one
+        fails or is killed, so is this task, with the parent named as the reason.
         """
         spec = TaskSpec(
             app=app, site=site, params=dict(params or {}), tags=dict(tags or {}),
             priority=priority, resources=resources or P.Resources(cores=cores, gpus=gpus),
             timeout=timeout, max_retries=max_retries, env=dict(env or {}), workdir=workdir,
-            wall_time=wall_time,
+            wall_time=wall_time, parents=[p.id if isinstance(p, Task) else p for p in parents],
         )
         (task,) = await self.submit_many([spec])
         return task

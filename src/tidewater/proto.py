@@ -112,6 +112,8 @@ class TaskSpec(Struct):
     workdir: str | None = None
     wall_time: float | None = None
     """Estimated run time in seconds: a pilot whose allocation ends sooner does not start it."""
+    parents: list[int] = []
+    """Ids of tasks (yours) that must finish first; a failed or killed one fails or kills this."""
 
 
 class TaskInfo(Struct):

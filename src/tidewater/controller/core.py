@@ -123,6 +123,8 @@ class LiveTask:
     num_nodes: int = 1
     packing: int = 0
     wall_time: float | None = None
+    waiting: int = 0
+    """Parents not yet finished (in AWAITING_PARENTS)."""
     extra_j: str = ""
     """Launch resources and wall time, as stored JSON, when any differs from its default."""
 
@@ -222,6 +224,10 @@ class Controller:
         self.batch = BatchJobs(self)
         self.tokens = Tokens(self)
         self._demand_dirty: set[int] = set()
+        # Live parent -> children waiting for it. A parent's final transition moves
+        # its children (READY, or FAILED / KILLED) in the same commit.
+        self._children: dict[int, list[int]] = {}
+        self._cascade: list[Touched] = []
         self.leases = Leases(config.timeouts.lease_timeout)
         self._watchers: dict[int, dict[tuple[int, int], WatchSub]] = {}
         self._waiters: dict[int, list[tuple[Peer, int]]] = {}
@@ -310,10 +316,36 @@ class Controller:
             elif t.state in states.RUNNABLE:
                 t.pilot = ""
                 self._enqueue(t)
+        await self._recover_parents(now)
         if rows:
             self._dispatch_hold_until = time.monotonic() + self.t.restart_grace
             log.info("recovered %d live tasks; %d pilots expected back", len(rows),
                      len(self.pilots))
+
+    async def _recover_parents(self, now: float) -> None:
+        """Rebuild the parent -> children links of tasks still waiting for parents."""
+        awaiting = [t.id for t in self.live.values() if t.state == S.AWAITING_PARENTS]
+        for chunk in _chunks(awaiting, 500):
+            marks = ",".join("?" * len(chunk))
+            for child, parent in await self.store.fetchall(
+                f"SELECT child, parent FROM task_parents WHERE child IN ({marks})", chunk
+            ):
+                p = self.live.get(parent)
+                if p is not None and p.state not in states.FINAL:
+                    self.live[child].waiting += 1
+                    self._children.setdefault(parent, []).append(child)
+        # A parent's finish moves its children in the same commit, so none should be
+        # left waiting on nothing; should one be, it goes on now rather than never.
+        stmts: list[tuple[Stmt, Any]] = []
+        touched: list[Touched] = []
+        for tid in awaiting:
+            t = self.live[tid]
+            if t.waiting == 0:
+                s, events = self._transition(t, [S.READY, S.STAGED_IN], now)
+                stmts.extend(s)
+                touched.append((t, events, t.state))
+        if stmts:
+            self._write_soon(stmts, lambda: self._after_commit(touched))
 
     # ================================================================== auth
 
@@ -337,7 +369,35 @@ class Controller:
             stmts.append((st.INSERT_EVENT, (eid, t.id, src.value, dst.value, now, blob)))
             events.append((eid, src.value, dst.value, now, payload))
         t.state = path[-1]
+        if t.state in states.FINAL and t.id in self._children:
+            stmts.extend(self._release_children(t, now))
         return stmts, events
+
+    def _release_children(self, t: LiveTask, now: float) -> list[tuple[Stmt, Any]]:
+        """A parent reached a final state: move its waiting children in the same commit.
+
+        Finished: a child whose last parent this was becomes READY. Failed or
+        killed: every waiting child fails or is killed, naming the parent, and
+        so on down (the child's own final transition comes back here).
+        """
+        out: list[tuple[Stmt, Any]] = []
+        for cid in self._children.pop(t.id, ()):
+            c = self.live.get(cid)
+            if c is None or c.state != S.AWAITING_PARENTS:
+                continue
+            if t.state == S.JOB_FINISHED:
+                c.waiting -= 1
+                if c.waiting > 0:
+                    continue
+                s, events = self._transition(c, [S.READY, S.STAGED_IN], now, {"parent": t.id})
+            else:
+                verb = "failed" if t.state == S.FAILED else "was killed"
+                c.error, c.finished_at = f"parent task {t.id} {verb}", now
+                s, events = self._transition(c, [t.state], now,
+                                             {"parent": t.id, "reason": c.error})
+            out.extend(s)
+            self._cascade.append((c, events, c.state))
+        return out
 
     def _transition(
         self, t: LiveTask, path: list[S], now: float, data: dict[str, Any] | None = None
@@ -574,12 +634,17 @@ class Controller:
                 return
         now = time.time()
         prepared = [self._prepare(who, i, spec, now) for i, spec in enumerate(msg.tasks)]
+        parent_state = await self._parent_states(who, msg.tasks)
         stmts: list[tuple[Stmt, Any]] = []
         created: list[tuple[LiveTask, list[Ev]]] = []
-        for t in prepared:
+        for t, spec in zip(prepared, msg.tasks, strict=True):
             t.id = self._next_task
             self._next_task += 1
-            ev_stmts, events = self._event_rows(t, states.submit_path(), now)
+            path = states.submit_path()
+            if spec.parents:
+                path = self._wait_for_parents(t, spec.parents, parent_state, now)
+                stmts.extend((st.INSERT_PARENT, (t.id, pid)) for pid in set(spec.parents))
+            ev_stmts, events = self._event_rows(t, path, now)
             stmts.append((st.INSERT_TASK, t.insert_row()))
             stmts.extend(ev_stmts)
             for k, v in t.tags.items():
@@ -601,10 +666,60 @@ class Controller:
             peer.send(P.Submitted(req_id=msg.req_id, ids=ids))
             for t, events in created:
                 self._emit(t, events)
-                if t.state in states.RUNNABLE and not t.pilot and t.id in self.live:
+                if t.state in states.FINAL:
+                    self._finished(t)  # a parent had already failed
+                elif t.state in states.RUNNABLE and not t.pilot and t.id in self.live:
                     self._enqueue(t)
 
         await self._write(stmts, committed)
+
+    async def _parent_states(self, who: Principal, specs: list[P.TaskSpec]) -> dict[int, S]:
+        """The state of every parent named in ``specs``; NotFound for one ``who`` does not own."""
+        wanted: dict[int, int] = {}  # parent id -> index of the first task naming it
+        for i, spec in enumerate(specs):
+            if len(spec.parents) > 10_000:
+                raise LimitExceeded(f"task {i}: {len(spec.parents)} parents; the limit is 10000")
+            for pid in spec.parents:
+                wanted.setdefault(pid, i)
+        out: dict[int, S] = {}
+        rest: list[int] = []
+        for pid in wanted:
+            t = self._owned_live(who, pid)
+            if t is not None:
+                out[pid] = t.state
+            else:
+                rest.append(pid)
+        for chunk in _chunks(rest, 500):
+            marks = ",".join("?" * len(chunk))
+            for tid, state in await self.store.fetchall(
+                f"SELECT id, state FROM tasks WHERE owner_id = ? AND id IN ({marks})",
+                (who.user_id, *chunk),
+            ):
+                out[tid] = S(state)
+        for pid, i in wanted.items():
+            if pid not in out:
+                raise NotFound(f"task {i}: parent task {pid} not found")
+        return out
+
+    def _wait_for_parents(self, t: LiveTask, parents: list[int], state: dict[int, S],
+                          now: float) -> list[S]:
+        """The creating path of a task with parents; registers it with the unfinished ones."""
+        waiting: list[int] = []
+        for pid in dict.fromkeys(parents):
+            ps = state[pid]
+            if ps == S.JOB_FINISHED:
+                continue
+            if ps in (S.FAILED, S.KILLED):
+                verb = "failed" if ps == S.FAILED else "was killed"
+                t.error, t.finished_at = f"parent task {pid} {verb}", now
+                return [S.AWAITING_PARENTS, ps]
+            waiting.append(pid)
+        if not waiting:
+            return [S.AWAITING_PARENTS, S.READY, S.STAGED_IN]
+        t.waiting = len(waiting)
+        for pid in waiting:
+            self._children.setdefault(pid, []).append(t.id)
+        return [S.AWAITING_PARENTS]
 
     def _remember_key(self, owner: int, key: str, span: tuple[int, int]) -> None:
         self._recent_keys[(owner, key)] = span
@@ -942,10 +1057,15 @@ class Controller:
         # await in between, and committed in queue order: once this op is
         # committed, so is every event id allocated before it was queued.
         mark = self._next_event - 1
+        # Children moved by the final transitions in this write: their effects
+        # (events, waiters, the queue) follow the same commit.
+        cascade, self._cascade = self._cascade, []
 
         def committed() -> None:
             self._committed_event = max(self._committed_event, mark)
             cb()
+            if cascade:
+                self._after_commit(cascade)
 
         return committed
 

@@ -40,7 +40,7 @@ from ...errors import StoreError
 
 log = logging.getLogger("tidewater.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _FINAL_SQL = "('JOB_FINISHED', 'FAILED', 'KILLED')"
 
@@ -197,6 +197,15 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX audit_user ON audit (user_id, id);
     """,
+    # 4: task dependencies
+    """
+    CREATE TABLE task_parents (
+        child INTEGER NOT NULL,
+        parent INTEGER NOT NULL,
+        PRIMARY KEY (child, parent)
+    ) WITHOUT ROWID;
+    CREATE INDEX task_parents_parent ON task_parents (parent);
+    """,
 ]
 
 
@@ -246,6 +255,7 @@ UPDATE_TASK = Stmt(
 INSERT_EVENT = Stmt(
     30, "INSERT INTO events (id, task_id, from_state, to_state, time, data) VALUES (?, ?, ?, ?, ?, ?)"
 )
+INSERT_PARENT = Stmt(12, "INSERT OR IGNORE INTO task_parents (child, parent) VALUES (?, ?)")
 INSERT_TAG = Stmt(40, "INSERT OR IGNORE INTO task_tags (key, value, task_id) VALUES (?, ?, ?)")
 INSERT_SUBMISSION = Stmt(
     50, "INSERT OR IGNORE INTO submissions (owner_id, key, ids, created_at) VALUES (?, ?, ?, ?)"
