@@ -209,3 +209,29 @@ async def test_metrics_are_for_admins_only(tmp_path: Path) -> None:
                 assert r.status == 200 and "tidewater_live_tasks" in await r.text()
             async with http.get(url.replace("/metrics", "/health")) as r:
                 assert r.status == 200 and (await r.json())["status"] == "ok"
+
+
+async def test_pilot_picks_up_a_rotated_token_from_its_file(tmp_path: Path) -> None:
+    from .procs import HEARTBEAT, Proc
+
+    async with cluster(tmp_path) as c:
+        await c.start_controller()
+        token = await c.add_user("alice")
+        async with tidewater.connect(c.url, token=token) as alice:
+            _site, old = await alice.add_site("laptop")
+            await alice.add_app("laptop", "hello", "echo {x}")
+            token_file = tmp_path / "pilot-token"
+            token_file.write_text(old + "\n")
+            proc = await anyio.open_process(
+                [PY, "-m", "tidewater", "pilot", "--token-file", str(token_file), "--pilot-id",
+                 "rot", "--workdir", str(tmp_path / "work"), "--heartbeat", str(HEARTBEAT)],
+                env={**c.env, "TIDEWATER_TOKEN": ""}, stdout=None)
+            pilot = Proc("pilot rot", proc, c.tg)
+            c.pilots["rot"] = pilot
+            await pilot.wait_for("pilot rot connected")
+            _info, new = await alice.create_token(site="laptop", name="rotated")
+            token_file.write_text(new + "\n")
+            await alice.revoke_token(old[4:20])
+            await pilot.wait_for("pilot rot connected", count=2)
+            t = await alice.submit("hello", site="laptop", params={"x": "after rotation"})
+            assert (await t.result()).stdout_tail == "after rotation\n"
