@@ -30,13 +30,17 @@ kind).
 
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
 
 PROTO_VERSION = 1
 
 T = TypeVar("T")
+
+I64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+"""Every integer on the wire fits the store's 64-bit integers: larger ones are refused
+when the frame is decoded, instead of overflowing where they are written."""
 
 Role = Literal["client", "pilot", "agent"]
 
@@ -59,7 +63,7 @@ class ParamSpec(Struct):
     name: str
     type: Literal["str", "int", "float", "bool"] = "str"
     required: bool = True
-    default: str | int | float | bool | None = None
+    default: str | I64 | float | bool | None = None
 
 
 class AppInfo(Struct):
@@ -73,9 +77,9 @@ class AppInfo(Struct):
 class SiteInfo(Struct):
     name: str
     created_at: float
-    pilots: int = 0
-    cores: int = 0
-    gpus: int = 0
+    pilots: I64 = 0
+    cores: I64 = 0
+    gpus: I64 = 0
 
 
 class Resources(Struct):
@@ -87,13 +91,13 @@ class Resources(Struct):
     least ``1/node_packing_count`` of its node.
     """
 
-    cores: int = 1
-    gpus: int = 0
-    num_nodes: int = 1
-    ranks_per_node: int = 1
-    threads_per_rank: int = 1
-    gpus_per_rank: int = 0
-    node_packing_count: int = 0
+    cores: I64 = 1
+    gpus: I64 = 0
+    num_nodes: I64 = 1
+    ranks_per_node: I64 = 1
+    threads_per_rank: I64 = 1
+    gpus_per_rank: I64 = 0
+    node_packing_count: I64 = 0
     """At most this many such tasks share one node (0: no limit)."""
 
 
@@ -102,34 +106,34 @@ class TaskSpec(Struct):
 
     app: str
     site: str
-    params: dict[str, str | int | float | bool] = {}
+    params: dict[str, str | I64 | float | bool] = {}
     tags: dict[str, str] = {}
-    priority: int = 0
+    priority: I64 = 0
     resources: Resources = Resources()
     timeout: float | None = None
-    max_retries: int = 3
+    max_retries: I64 = 3
     env: dict[str, str] = {}
     workdir: str | None = None
     wall_time: float | None = None
     """Estimated run time in seconds: a pilot whose allocation ends sooner does not start it."""
-    parents: list[int] = []
+    parents: list[I64] = []
     """Ids of tasks (yours) that must finish first; a failed or killed one fails or kills this."""
 
 
 class TaskInfo(Struct):
     """The controller's view of one task, as listed and watched."""
 
-    id: int
+    id: I64
     app: str
     site: str
     state: str
-    params: dict[str, str | int | float | bool] = {}
+    params: dict[str, str | I64 | float | bool] = {}
     tags: dict[str, str] = {}
-    priority: int = 0
-    attempt: int = 0
-    retries: int = 0
-    max_retries: int = 0
-    exit_code: int | None = None
+    priority: I64 = 0
+    attempt: I64 = 0
+    retries: I64 = 0
+    max_retries: I64 = 0
+    exit_code: I64 | None = None
     error: str = ""
     stdout_tail: str = ""
     stderr_tail: str = ""
@@ -143,12 +147,12 @@ class TaskInfo(Struct):
 class TaskEvent(Struct):
     """One committed state transition; ``id`` grows monotonically."""
 
-    id: int
-    task_id: int
+    id: I64
+    task_id: I64
     from_state: str
     to_state: str
     time: float
-    data: dict[str, str | int | float | None] = {}
+    data: dict[str, str | I64 | float | None] = {}
     tags: dict[str, str] = {}
 
 
@@ -156,17 +160,17 @@ class NodeInfo(Struct):
     """One node a pilot serves."""
 
     host: str
-    cores: int
-    gpus: int = 0
+    cores: I64
+    gpus: I64 = 0
 
 
 class SiteLimits(Struct):
     """What a site's agent says its scheduler allows (None: unknown, not checked)."""
 
-    cores_per_node: int | None = None
-    gpus_per_node: int | None = None
-    max_nodes_per_job: int | None = None
-    max_wall_time_min: int | None = None
+    cores_per_node: I64 | None = None
+    gpus_per_node: I64 | None = None
+    max_nodes_per_job: I64 | None = None
+    max_wall_time_min: I64 | None = None
     queues: list[str] = []
     projects: list[str] = []
     scheduler: str = ""
@@ -176,8 +180,8 @@ class JobSpec(Struct):
     """A batch job asked for by a user or by the site's autoscaler."""
 
     site: str
-    nodes: int = 1
-    wall_time_min: int = 30
+    nodes: I64 = 1
+    wall_time_min: I64 = 30
     queue: str = ""
     project: str = ""
 
@@ -185,11 +189,11 @@ class JobSpec(Struct):
 class BatchJobInfo(Struct):
     """The controller's view of one batch job."""
 
-    id: int
+    id: I64
     site: str
     state: str
-    nodes: int
-    wall_time_min: int
+    nodes: I64
+    wall_time_min: I64
     queue: str = ""
     project: str = ""
     scheduler_id: str = ""
@@ -202,7 +206,7 @@ class BatchJobInfo(Struct):
     """The scheduler's word on the job: pending reason, TIMEOUT, CANCELLED, exit code."""
     error: str = ""
     """Why submitting or cancelling failed, with the command and what it printed."""
-    pilots: int = 0
+    pilots: I64 = 0
     """Pilots of this job connected now."""
     first_pilot_at: float | None = None
     """When the job's first pilot connected (since the controller started)."""
@@ -218,7 +222,7 @@ class TokenInfo(Struct):
     id: str
     kind: str
     site: str = ""
-    batch_job: int = 0
+    batch_job: I64 = 0
     name: str = ""
     created_at: float = 0.0
     expires_at: float | None = None
@@ -235,7 +239,7 @@ class UserInfo(Struct):
 class AuditEntry(Struct):
     """Who did what, when, from where."""
 
-    id: int
+    id: I64
     time: float
     user: str
     token_id: str
@@ -246,7 +250,7 @@ class AuditEntry(Struct):
 
 
 class TaskFilter(Struct):
-    ids: list[int] = []
+    ids: list[I64] = []
     states: list[str] = []
     tags: dict[str, str] = {}
     site: str | None = None
@@ -259,24 +263,24 @@ class TaskFilter(Struct):
 
 class Hello(Msg, tag="hello"):
     role: Role
-    proto_version: int
+    proto_version: I64
     token: str
     name: str = ""
     # Pilot only ------------------------------------------------------------
     site: str = ""
     pilot_id: str = ""
     hostname: str = ""
-    cores: int = 0
-    gpus: int = 0
+    cores: I64 = 0
+    gpus: I64 = 0
     # Credit the pilot grants at (re)connection: free resources plus prefetch.
-    credit_cores: int = 0
-    credit_gpus: int = 0
+    credit_cores: I64 = 0
+    credit_gpus: I64 = 0
     # (task_id, attempt) the pilot holds: queued, running, or finished with a
     # report still in its outbox. Lets the controller reconcile after a
     # reconnect or a controller restart.
-    held: list[tuple[int, int]] = []
+    held: list[tuple[I64, I64]] = []
     # Pilot inside a batch job (with a pilot token) ------------------------
-    batch_job: int = 0
+    batch_job: I64 = 0
     nodes: list[NodeInfo] = []
     """Head mode: every node the pilot launches on; node mode: its own node (or empty)."""
     end_time: float | None = None
@@ -287,14 +291,14 @@ class Hello(Msg, tag="hello"):
 
 
 class Welcome(Msg, tag="welcome"):
-    proto_version: int
+    proto_version: I64
     server_id: str
     user: str = ""
     site: str = ""
     heartbeat_interval: float = 5.0
     lease_timeout: float = 30.0
-    max_frame_bytes: int = 0
-    max_tasks_per_submit: int = 0
+    max_frame_bytes: I64 = 0
+    max_tasks_per_submit: I64 = 0
     site_tag: str = ""
     """Agents: a short tag unique to this site on this controller's store (job names carry it)."""
 
@@ -307,7 +311,7 @@ class Reject(Msg, tag="reject"):
 class Error(Msg, tag="error"):
     """A request failed; nothing it asked for was changed."""
 
-    req_id: int
+    req_id: I64
     code: str
     message: str
 
@@ -321,7 +325,7 @@ class Ping(Msg, tag="ping"):
 
 
 class Submit(Msg, tag="submit"):
-    req_id: int
+    req_id: I64
     tasks: list[TaskSpec]
     # Client-chosen idempotency key: a resent Submit with the same key returns
     # the ids created the first time instead of creating tasks again.
@@ -332,50 +336,50 @@ class Submit(Msg, tag="submit"):
 
 
 class Query(Msg, tag="query"):
-    req_id: int
+    req_id: I64
     filter: TaskFilter = TaskFilter()
-    limit: int = 1000
-    after_id: int = 0
+    limit: I64 = 1000
+    after_id: I64 = 0
     # The newest ``limit`` matches (still listed oldest first) instead of the oldest.
     newest: bool = False
 
 
 class Watch(Msg, tag="watch"):
-    req_id: int
+    req_id: I64
     filter: TaskFilter = TaskFilter()
     # Replay committed events with id greater than this before live ones
     # (0: live only). A reconnecting client passes the last id it saw.
-    since_event: int = 0
+    since_event: I64 = 0
 
 
 class Unwatch(Msg, tag="unwatch"):
-    req_id: int
-    watch_id: int
+    req_id: I64
+    watch_id: I64
 
 
 class Wait(Msg, tag="wait"):
     """Ask for each task's final result as soon as it reaches a final state."""
 
-    req_id: int
-    ids: list[int]
+    req_id: I64
+    ids: list[I64]
 
 
 class Cancel(Msg, tag="cancel"):
-    req_id: int
-    ids: list[int]
+    req_id: I64
+    ids: list[I64]
 
 
 class AddSite(Msg, tag="add_site"):
-    req_id: int
+    req_id: I64
     name: str
 
 
 class ListSites(Msg, tag="list_sites"):
-    req_id: int
+    req_id: I64
 
 
 class AddApp(Msg, tag="add_app"):
-    req_id: int
+    req_id: I64
     site: str
     name: str
     command: str
@@ -385,29 +389,29 @@ class AddApp(Msg, tag="add_app"):
 
 
 class ListApps(Msg, tag="list_apps"):
-    req_id: int
+    req_id: I64
     site: str | None = None
 
 
 class AddJob(Msg, tag="add_job"):
-    req_id: int
+    req_id: I64
     job: JobSpec
 
 
 class ListJobs(Msg, tag="list_jobs"):
-    req_id: int
+    req_id: I64
     site: str | None = None
     include_finished: bool = False
-    limit: int = 100
+    limit: I64 = 100
 
 
 class CancelJob(Msg, tag="cancel_job"):
-    req_id: int
-    id: int
+    req_id: I64
+    id: I64
 
 
 class CreateToken(Msg, tag="create_token"):
-    req_id: int
+    req_id: I64
     kind: Literal["user", "site"] = "user"
     site: str | None = None
     name: str = ""
@@ -416,19 +420,19 @@ class CreateToken(Msg, tag="create_token"):
 
 
 class ListTokens(Msg, tag="list_tokens"):
-    req_id: int
+    req_id: I64
     include_revoked: bool = False
 
 
 class RevokeToken(Msg, tag="revoke_token"):
-    req_id: int
+    req_id: I64
     id: str
 
 
 class AddUser(Msg, tag="add_user"):
     """Admins only."""
 
-    req_id: int
+    req_id: I64
     name: str
     admin: bool = False
     expires_in: float | None = None
@@ -437,17 +441,17 @@ class AddUser(Msg, tag="add_user"):
 class RemoveUser(Msg, tag="remove_user"):
     """Admins only: the user's tokens are revoked and connections closed; data is kept."""
 
-    req_id: int
+    req_id: I64
     name: str
 
 
 class ListUsers(Msg, tag="list_users"):
-    req_id: int
+    req_id: I64
 
 
 class ListAudit(Msg, tag="list_audit"):
-    req_id: int
-    limit: int = 100
+    req_id: I64
+    limit: I64 = 100
     everyone: bool = False
     """Admins: every user's entries."""
 
@@ -464,103 +468,103 @@ ClientToController = (
 
 
 class Submitted(Msg, tag="submitted"):
-    req_id: int
-    ids: list[int]
+    req_id: I64
+    ids: list[I64]
 
 
 class TaskList(Msg, tag="task_list"):
-    req_id: int
+    req_id: I64
     tasks: list[TaskInfo]
 
 
 class Watching(Msg, tag="watching"):
-    req_id: int
-    watch_id: int
+    req_id: I64
+    watch_id: I64
     # Every event up to this id was committed before the watch began; later
     # ones are pushed. A client that reconnects before seeing any event
     # resumes from here.
-    start_event: int = 0
+    start_event: I64 = 0
 
 
 class Events(Msg, tag="events"):
-    watch_id: int
+    watch_id: I64
     events: list[TaskEvent]
 
 
 class Results(Msg, tag="results"):
     """Final results for some of the ids of a Wait; more may follow."""
 
-    req_id: int
+    req_id: I64
     tasks: list[TaskInfo]
 
 
 class Cancelled(Msg, tag="cancelled"):
-    req_id: int
-    ids: list[int]
+    req_id: I64
+    ids: list[I64]
 
 
 class SiteAdded(Msg, tag="site_added"):
-    req_id: int
+    req_id: I64
     site: SiteInfo
     token: str
 
 
 class SiteList(Msg, tag="site_list"):
-    req_id: int
+    req_id: I64
     sites: list[SiteInfo]
 
 
 class AppAdded(Msg, tag="app_added"):
-    req_id: int
+    req_id: I64
     app: AppInfo
 
 
 class AppList(Msg, tag="app_list"):
-    req_id: int
+    req_id: I64
     apps: list[AppInfo]
 
 
 class JobAdded(Msg, tag="job_added"):
-    req_id: int
+    req_id: I64
     job: BatchJobInfo
 
 
 class JobList(Msg, tag="job_list"):
-    req_id: int
+    req_id: I64
     jobs: list[BatchJobInfo]
 
 
 class TokenCreated(Msg, tag="token_created"):
-    req_id: int
+    req_id: I64
     info: TokenInfo
     token: str
 
 
 class TokenList(Msg, tag="token_list"):
-    req_id: int
+    req_id: I64
     tokens: list[TokenInfo]
 
 
 class UserAdded(Msg, tag="user_added"):
-    req_id: int
+    req_id: I64
     name: str
     token: str
 
 
 class UserList(Msg, tag="user_list"):
-    req_id: int
+    req_id: I64
     users: list[UserInfo]
 
 
 class AuditList(Msg, tag="audit_list"):
-    req_id: int
+    req_id: I64
     entries: list[AuditEntry]
 
 
 class Done(Msg, tag="done"):
     """A request with no other payload succeeded."""
 
-    req_id: int
+    req_id: I64
 
 
 ControllerToClient = (
@@ -577,23 +581,23 @@ ControllerToClient = (
 class Assignment(Struct):
     """One task pushed to a pilot. ``argv`` runs directly; ``shell`` via /bin/sh."""
 
-    task_id: int
-    attempt: int
+    task_id: I64
+    attempt: I64
     argv: list[str] = []
     shell: str = ""
     env: dict[str, str] = {}
     workdir: str = ""
-    cores: int = 1
-    gpus: int = 0
+    cores: I64 = 1
+    gpus: I64 = 0
     timeout: float | None = None
     wall_time: float | None = None
     # Through the MPI launcher (ranks_per_node > 1 or several hosts): ----------
     hosts: list[str] = []
     """Nodes reserved for the task, the receiving pilot's own first (empty: its node)."""
-    num_nodes: int = 1
-    ranks_per_node: int = 1
-    threads_per_rank: int = 1
-    gpus_per_rank: int = 0
+    num_nodes: I64 = 1
+    ranks_per_node: I64 = 1
+    threads_per_rank: I64 = 1
+    gpus_per_rank: I64 = 0
 
 
 class RunTasks(Msg, tag="run"):
@@ -603,44 +607,44 @@ class RunTasks(Msg, tag="run"):
 class Kill(Msg, tag="kill"):
     """Stop these task attempts; their reports will be ignored."""
 
-    tasks: list[tuple[int, int]]
+    tasks: list[tuple[I64, I64]]
     reason: str = ""
 
 
 class Report(Struct):
     """What happened to one task attempt on a pilot."""
 
-    task_id: int
-    attempt: int
+    task_id: I64
+    attempt: I64
     kind: Literal["started", "done", "error", "timeout", "killed", "lost"]
     time: float
-    exit_code: int | None = None
+    exit_code: I64 | None = None
     stdout_tail: str = ""
     stderr_tail: str = ""
     message: str = ""
 
 
 class Reports(Msg, tag="reports"):
-    seq: int
+    seq: I64
     reports: list[Report]
 
 
 class Ack(Msg, tag="ack"):
     """Everything up to and including ``seq`` is committed."""
 
-    seq: int
+    seq: I64
 
 
 class Credit(Msg, tag="credit"):
     """Resources the pilot frees for new work (an increment, never resent)."""
 
-    cores: int = 0
-    gpus: int = 0
+    cores: I64 = 0
+    gpus: I64 = 0
 
 
 class Heartbeat(Msg, tag="heartbeat"):
     time: float
-    running: list[tuple[int, int]] = []
+    running: list[tuple[I64, I64]] = []
 
 
 class Drain(Msg, tag="drain"):
@@ -656,7 +660,7 @@ class Bye(Msg, tag="bye"):
 
 
 PilotToController = Hello | Reports | Credit | Heartbeat | Drain | Bye | Ping
-ControllerToPilot = Welcome | Reject | RunTasks | Kill | Ack | Ping
+ControllerToPilot = Welcome | Reject | RunTasks | Kill | Ack | Ping | Error
 
 
 # --------------------------------------------------------------------------
@@ -675,7 +679,7 @@ ControllerToPilot = Welcome | Reject | RunTasks | Kill | Ack | Ping
 class JobUpdate(Struct):
     """What the agent learned about one batch job (from a command or the scheduler)."""
 
-    job_id: int
+    job_id: I64
     state: str
     scheduler_id: str = ""
     time: float = 0.0
@@ -686,7 +690,7 @@ class JobUpdate(Struct):
 
 
 class JobUpdates(Msg, tag="job_updates"):
-    seq: int
+    seq: I64
     updates: list[JobUpdate]
 
 
@@ -716,22 +720,22 @@ class StartJob(Msg, tag="start_job"):
 
 
 class StopJob(Msg, tag="stop_job"):
-    job_id: int
+    job_id: I64
     scheduler_id: str = ""
 
 
 class Demand(Msg, tag="demand"):
     """Runnable work of the site not yet sent to a pilot, for the autoscaler."""
 
-    tasks: int
-    cores: int = 0
+    tasks: I64
+    cores: I64 = 0
     """Cores the single-node tasks among them need, summed."""
-    gpus: int = 0
+    gpus: I64 = 0
     node_demand: float = 0.0
     """Whole nodes the multi-node tasks among them need, summed."""
-    idle_nodes: int = 0
+    idle_nodes: I64 = 0
     """Connected pilot nodes with nothing to do."""
-    busy_nodes: int = 0
+    busy_nodes: I64 = 0
     max_wall_time: float | None = None
     """The longest wall-time estimate (seconds) among those tasks: jobs must be at least as long."""
 

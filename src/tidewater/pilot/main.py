@@ -314,6 +314,8 @@ class Pilot:
                     self._changed.set()
                 case P.Reject():
                     raise AuthError(msg.reason)
+                case P.Error():
+                    log.warning("the controller refused a frame of this pilot: %s", msg.message)
                 case _:
                     pass
 
