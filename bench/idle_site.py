@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import PY, SITE, Spread, _spawn, cluster, log_tail, machine_line, stop_processes, table  # noqa: E402
 
-from tidewater.agents.settings import DEFAULT_TEMPLATE  # noqa: E402
+from tidewater.agents.settings import DEFAULT_TEMPLATE, write_token  # noqa: E402
 from tidewater.client import Client  # noqa: E402
 
 
@@ -70,7 +70,7 @@ max_queued_jobs = 1
 max_total_nodes = 1
 """)
     (d / "job-template.sh").write_text(DEFAULT_TEMPLATE)
-    (d / "token").write_text(token + "\n")
+    write_token(d / "token", token)
 
 
 async def until_idle(client: Client) -> None:

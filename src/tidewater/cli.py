@@ -411,9 +411,10 @@ def site_ls(ctx: click.Context) -> None:
         async with _client(ctx) as c:
             return await c.sites()
 
-    table = Table("site", "pilots", "cores", "gpus", "created")
+    table = Table("site", "agent", "batch jobs", "pilots", "cores", "gpus", "created")
     for s in _run(go):
-        table.add_row(s.name, str(s.pilots), str(s.cores), str(s.gpus),
+        table.add_row(s.name, "connected" if s.agent else "-", str(s.batch_jobs), str(s.pilots),
+                      str(s.cores), str(s.gpus),
                       f"{datetime.fromtimestamp(s.created_at):%Y-%m-%d %H:%M}")
     out.print(table)
 

@@ -31,6 +31,7 @@ from .agents.settings import (
     JobSection,
     SiteSection,
     SiteSettings,
+    write_token,
 )
 from .agents.site import Agent
 from .client import Client
@@ -78,7 +79,7 @@ async def run_demo(*, frames: int, pilots: int, cores: int, keep: Path | None) -
             )
             site_dir = base / "site"
             site_dir.mkdir(exist_ok=True)
-            (site_dir / "token").write_text(site_token + "\n")
+            write_token(site_dir / "token", site_token)
             (site_dir / "job-template.sh").write_text(DEFAULT_TEMPLATE)
             settings = SiteSettings(
                 site=SiteSection(name="local", controller=server.url, scheduler="local",

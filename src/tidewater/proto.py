@@ -80,6 +80,10 @@ class SiteInfo(Struct):
     pilots: I64 = 0
     cores: I64 = 0
     gpus: I64 = 0
+    agent: bool = False
+    """The site's agent is connected now."""
+    batch_jobs: I64 = 0
+    """Batch jobs of the site not yet ended."""
 
 
 class Resources(Struct):

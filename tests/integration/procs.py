@@ -195,7 +195,7 @@ def write_site(
     sections: dict[str, dict[str, object]] | None = None,
 ) -> Path:
     """A site directory as `tidewater site init` makes it, with settings for tests."""
-    from tidewater.agents.settings import DEFAULT_TEMPLATE
+    from tidewater.agents.settings import DEFAULT_TEMPLATE, write_token
 
     directory.mkdir(parents=True, exist_ok=True)
     base: dict[str, dict[str, object]] = {
@@ -213,7 +213,7 @@ def write_site(
         text += [f"{k} = {_toml(v)}" for k, v in values.items()]
     (directory / "settings.toml").write_text("\n".join(text) + "\n")
     (directory / "job-template.sh").write_text(DEFAULT_TEMPLATE)
-    (directory / "token").write_text(token + "\n")
+    write_token(directory / "token", token)
     return directory
 
 

@@ -142,6 +142,8 @@ async def test_cli_site_init_start_and_queue(tmp_path: Path) -> None:
             int(job_id), "running", 90, "debug")
         _, out, _ = await tw("queue", "ls")
         assert "running" in out and job["scheduler_id"] in out
+        _, out, _ = await tw("site", "ls")
+        assert "connected" in out  # the agent
         await tw("queue", "cancel", job_id)
         with anyio.fail_after(30):
             while True:

@@ -121,14 +121,28 @@ def load(directory: str | Path) -> SiteSettings:
 
 
 def read_token(s: SiteSettings) -> str:
+    """The site token from its file; ConfigError if the file is missing, empty or readable
+    by other users (like ssh with a private key, the agent will not use it then)."""
     f = s.path(s.site.token_file)
     try:
+        mode = f.stat().st_mode
         token = f.read_text().strip()
     except FileNotFoundError:
         raise ConfigError(f"site token file {f} not found") from None
+    if mode & 0o077:
+        raise ConfigError(f"site token file {f} is readable by other users: "
+                          f"chmod 600 {f}")
     if not token:
         raise ConfigError(f"site token file {f} is empty")
     return token
+
+
+def write_token(path: str | Path, token: str) -> None:
+    """Write a token file readable by its owner only (mode 0600, also if it existed)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
 
 
 def _toml_str(v: str) -> str:
@@ -203,10 +217,7 @@ def init_site(
     t = d / "job-template.sh"
     if not t.exists():
         t.write_text(DEFAULT_TEMPLATE)
-    tok = d / "token"
-    fd = os.open(tok, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
+    write_token(d / "token", token)
     load(d)  # what was written must read back
     return d
 

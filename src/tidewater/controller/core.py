@@ -534,6 +534,9 @@ class Controller:
             out.append(P.SiteInfo(
                 name=rec.name, created_at=rec.created_at, pilots=len(pilots),
                 cores=sum(p.cores for p in pilots), gpus=sum(p.gpus for p in pilots),
+                agent=rec.id in self.batch.agents,
+                batch_jobs=sum(1 for j in self.batch.jobs.values()
+                               if j.site_id == rec.id and j.state not in states.JOB_FINAL),
             ))
         peer.send(P.SiteList(req_id=msg.req_id, sites=out))
 
