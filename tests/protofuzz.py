@@ -110,6 +110,8 @@ class Frames:
             return self.floats
         if isinstance(t, mi.StrType):
             return self.text
+        if isinstance(t, mi.BytesType):
+            return st.binary(max_size=32)
         if isinstance(t, mi.NoneType):
             return st.none()
         if isinstance(t, mi.LiteralType):

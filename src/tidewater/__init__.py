@@ -8,10 +8,20 @@ The public API::
         info = await task.result()
 """
 
-from .client import Client, SyncClient, SyncTask, Task, Watcher, connect, connect_sync
+from .client import (
+    Client,
+    RemoteExecutor,
+    SyncClient,
+    SyncTask,
+    Task,
+    Watcher,
+    connect,
+    connect_sync,
+)
 from .errors import (
     AppError,
     AuthError,
+    CodecError,
     ConfigError,
     ConnectionBroken,
     ConnectionClosed,
@@ -44,6 +54,7 @@ __all__ = [
     "AuthError",
     "BatchJobInfo",
     "Client",
+    "CodecError",
     "ConfigError",
     "ConnectionBroken",
     "ConnectionClosed",
@@ -53,6 +64,7 @@ __all__ = [
     "NotFound",
     "ParamError",
     "ParamSpec",
+    "RemoteExecutor",
     "Resources",
     "SchedulerCommandError",
     "SchedulerError",

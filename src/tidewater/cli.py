@@ -586,15 +586,21 @@ def app() -> None:
                    "Without any, every {placeholder} is a required string.")
 @click.option("--description", default="")
 @click.option("--replace", is_flag=True, help="Replace an existing app of that name.")
+@click.option("--function", default="",
+              help="A Python function app instead of COMMAND: the callable's import path on "
+                   "the site, e.g. mypkg.analysis:integrate.")
 @click.argument("name")
-@click.argument("command")
+@click.argument("command", required=False, default="")
 @click.pass_context
 def app_add(ctx: click.Context, site: str, params: tuple[str, ...], description: str,
-            replace: bool, name: str, command: str) -> None:
-    """Register NAME on a site to run COMMAND, e.g. 'echo hello {name}'.
+            replace: bool, function: str, name: str, command: str) -> None:
+    """Register NAME on a site to run COMMAND, e.g. 'echo hello {name}'
+    (or, with --function, a Python callable that exists on the site).
 
     Parameter values are always inserted shell-quoted, as one word.
     """
+    if bool(command) == bool(function):
+        raise click.UsageError("give either COMMAND or --function")
     try:
         specs: list[ParamSpec] | None = [appmod.parse_param_decl(p) for p in params] or None
     except TidewaterError as exc:
@@ -603,9 +609,12 @@ def app_add(ctx: click.Context, site: str, params: tuple[str, ...], description:
     async def go() -> Any:
         async with _client(ctx) as c:
             return await c.add_app(site, name, command, params=specs, description=description,
-                                   replace=replace)
+                                   replace=replace, function=function)
 
     info = _run(go)
+    if info.function:
+        err.print(f"app {info.name!r} on {info.site!r}: Python function {info.function}")
+        return
     decl = ", ".join(
         f"{p.name}:{p.type}" + ("" if p.required else f"={p.default}") for p in info.params
     )
@@ -722,13 +731,26 @@ def _progress() -> Progress:
 @click.option("--params-file", type=click.File("r"), default=None,
               help="JSON lines, one object of parameters per task: submit many at once.")
 @click.option("--wait", is_flag=True, help="Wait for the tasks and show their results.")
+@click.option("--args", "call_args", default=None,
+              help="A function app's arguments as a JSON list (e.g. '[3, \"x\"]').")
 @click.argument("app")
 @click.argument("params", nargs=-1)
 @click.pass_context
 def submit(ctx: click.Context, site: str, tags: tuple[str, ...], priority: int, cores: int,
            gpus: int, timeout: float | None, retries: int, params_file: Any, wait: bool,
-           app: str, params: tuple[str, ...]) -> None:
+           call_args: str | None, app: str, params: tuple[str, ...]) -> None:
     """Submit APP with PARAMS (name=value ...); prints the task ids."""
+    from . import codec
+
+    blob = b""
+    if call_args is not None:
+        try:
+            values = json.loads(call_args)
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"--args: {exc}") from None
+        if not isinstance(values, list):
+            raise click.BadParameter("--args must be a JSON list")
+        blob = codec.encode_call(tuple(values), {})
     base: dict[str, Any] = dict(_kv(params, "parameter"))
     rows: list[dict[str, Any]] = [base]
     if params_file is not None:
@@ -738,7 +760,7 @@ def submit(ctx: click.Context, site: str, tags: tuple[str, ...], priority: int, 
             raise click.BadParameter(f"--params-file: {exc}") from None
     specs = [TaskSpec(app=app, site=site, params=r, tags=_kv(tags, "tag"), priority=priority,
                       resources=Resources(cores=cores, gpus=gpus), timeout=timeout,
-                      max_retries=retries) for r in rows]
+                      max_retries=retries, args=blob) for r in rows]
 
     async def go() -> int:
         async with _client(ctx) as c:
@@ -776,6 +798,14 @@ def _show(i: TaskInfo) -> None:
         out.print(f"error: {i.error}")
     if i.started_at and i.finished_at:
         out.print(f"queued {i.started_at - i.created_at:.3f}s, ran {i.finished_at - i.started_at:.3f}s")
+    if i.result is not None:
+        from . import codec
+
+        try:
+            shown = repr(codec.decode(i.result))
+        except ValueError as exc:
+            shown = f"(cannot decode: {exc})"
+        out.print(f"result: {shown[:2000]}", markup=False, highlight=False)
     if i.stdout_tail:
         out.print("--- stdout (tail) ---", style="dim")
         out.print(i.stdout_tail, end="" if i.stdout_tail.endswith("\n") else "\n", markup=False,

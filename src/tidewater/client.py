@@ -17,6 +17,7 @@ last event they delivered.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import uuid
@@ -31,6 +32,7 @@ import msgspec
 from anyio.abc import TaskStatus
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from . import codec
 from . import proto as P
 from .config import Timeouts
 from .errors import (
@@ -78,6 +80,15 @@ class Task:
         """
         (info,) = await self.client.wait([self], timeout=timeout, check=check)
         return info
+
+    async def value(self, *, timeout: float | None = None) -> Any:
+        """Wait for a function task and return what its function returned (decoded).
+
+        Raises :class:`TaskFailed` (with the function's exception in ``error``)
+        if the task did not finish. Cancel-safe.
+        """
+        info = await self.result(timeout=timeout, check=True)
+        return codec.decode(info.result) if info.result is not None else None
 
     async def cancel(self) -> bool:
         """Cancel the task; False if it had already ended."""
@@ -328,14 +339,16 @@ class Client:
         await self._request(lambda i: P.CancelJob(req_id=i, id=job_id))
 
     async def add_app(
-        self, site: str, name: str, command: str, *, params: Sequence[ParamSpec] | None = None,
-        description: str = "", replace: bool = False,
+        self, site: str, name: str, command: str = "", *,
+        params: Sequence[ParamSpec] | None = None, description: str = "", replace: bool = False,
+        function: str = "",
     ) -> P.AppInfo:
-        """Register a command template on a site (placeholders ``{name}``)."""
+        """Register an app on a site: a command template (placeholders ``{name}``), or with
+        ``function="pkg.mod:name"`` a Python callable that exists in the site's environment."""
         r = await self._request(lambda i: P.AddApp(
             req_id=i, site=site, name=name, command=command,
             params=list(params) if params is not None else None, description=description,
-            replace=replace,
+            replace=replace, function=function,
         ))
         return r.app  # type: ignore[no-any-return]
 
@@ -352,6 +365,7 @@ class Client:
         env: Mapping[str, str] | None = None, workdir: str | None = None,
         resources: P.Resources | None = None, wall_time: float | None = None,
         parents: Sequence[Task | int] = (),
+        args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
     ) -> Task:
         """Submit one task; returns once the controller has stored it.
 
@@ -360,12 +374,16 @@ class Client:
         a batch job must still have left for the task to start in it.
         ``parents`` must all finish first (AWAITING_PARENTS until then); if one
         fails or is killed, so is this task, with the parent named as the reason.
+        ``args``/``kwargs`` are the call of a function app (msgpack, numpy arrays
+        included); ``await task.value()`` gives what it returned. Raises
+        ``tidewater.codec.CodecError`` for an argument that cannot be encoded.
         """
         spec = TaskSpec(
             app=app, site=site, params=dict(params or {}), tags=dict(tags or {}),
             priority=priority, resources=resources or P.Resources(cores=cores, gpus=gpus),
             timeout=timeout, max_retries=max_retries, env=dict(env or {}), workdir=workdir,
             wall_time=wall_time, parents=[p.id if isinstance(p, Task) else p for p in parents],
+            args=codec.encode_call(tuple(args), dict(kwargs or {})) if args or kwargs else b"",
         )
         (task,) = await self.submit_many([spec])
         return task
@@ -664,8 +682,57 @@ class SyncTask:
         info: TaskInfo = self._client._call(self._task.result, timeout=timeout, check=check)
         return info
 
+    def value(self, *, timeout: float | None = None) -> Any:
+        return self._client._call(self._task.value, timeout=timeout)
+
     def cancel(self) -> bool:
         return bool(self._client._call(self._task.cancel))
+
+
+class RemoteExecutor(concurrent.futures.Executor):
+    """A :class:`concurrent.futures.Executor` whose calls run as function tasks on a site.
+
+    ``executor.submit("integrate", x)`` runs the site's function app
+    ``integrate`` with ``x`` and returns a Future of its return value; ``map``
+    comes with it. A task that fails sets the Future's exception to
+    :class:`TaskFailed`. Made by :meth:`SyncClient.executor`.
+    """
+
+    def __init__(self, client: SyncClient, site: str, **task_options: Any) -> None:
+        self._client = client
+        self._site = site
+        self._options = task_options
+        self._futures: set[concurrent.futures.Future[Any]] = set()
+        self._shutdown = False
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        """``fn``: the name of a function app on the site."""
+        if self._shutdown:
+            raise RuntimeError("cannot submit after shutdown")
+        if not isinstance(fn, str):
+            raise TypeError("submit() takes the name of a function app on the site, "
+                            f"not {type(fn).__name__} (code is never shipped to a site)")
+        portal = self._client._portal
+        assert portal is not None, "use the executor inside `with connect_sync(...)`"
+        future: concurrent.futures.Future[Any] = portal.start_task_soon(
+            self._run, fn, args, kwargs)
+        self._futures.add(future)
+        future.add_done_callback(self._futures.discard)
+        return future
+
+    async def _run(self, app: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        task = await self._client._async.submit(app, site=self._site, args=args, kwargs=kwargs,
+                                                **self._options)
+        return await task.value()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._shutdown = True
+        pending = list(self._futures)
+        if cancel_futures:
+            for f in pending:
+                f.cancel()
+        if wait:
+            concurrent.futures.wait(pending)
 
 
 class SyncClient(AbstractContextManager["SyncClient"]):
@@ -732,7 +799,11 @@ class SyncClient(AbstractContextManager["SyncClient"]):
     def queue_cancel(self, job_id: int) -> None:
         self._call(self._async.queue_cancel, job_id)
 
-    def add_app(self, site: str, name: str, command: str, **kwargs: Any) -> P.AppInfo:
+    def executor(self, site: str, **task_options: Any) -> RemoteExecutor:
+        """A concurrent.futures Executor running the site's function apps (see RemoteExecutor)."""
+        return RemoteExecutor(self, site, **task_options)
+
+    def add_app(self, site: str, name: str, command: str = "", **kwargs: Any) -> P.AppInfo:
         return self._call(self._async.add_app, site, name, command, **kwargs)  # type: ignore[no-any-return]
 
     def watch(self, **kwargs: Any) -> Iterator[TaskEvent]:

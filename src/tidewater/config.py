@@ -36,6 +36,8 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     """Write operations waiting for the store before readers stop reading."""
     tail_bytes: int = 4096
     """How much of a task's stdout/stderr tail comes back in its result."""
+    max_inline_bytes: int = 1024 * 1024
+    """Largest arguments, or return value, of one function task (they travel in messages)."""
     requests_per_second: float = 5_000.0
     """Requests one client connection may send per second, on average (burst: 2 s worth)."""
     max_watches: int = 1_000

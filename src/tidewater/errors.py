@@ -13,6 +13,7 @@
     │   ├── ConnectionBroken        it broke (reset, timeout, refused)
     │   └── TLSError                the TLS handshake failed: certificate not verified, TLS mismatch
     ├── StoreError                  the database failed
+    ├── CodecError (also ValueError) a function task's value cannot be encoded or decoded
     ├── SchedulerError              a batch scheduler refused or failed
     │   ├── SchedulerCommandError   a scheduler command exited non-zero (argv, stdout, stderr, rc)
     │   └── SchedulerOutputError    a scheduler command's output could not be read
@@ -106,6 +107,10 @@ class TLSError(ConnectionError_):
 
 class StoreError(TidewaterError):
     pass
+
+
+class CodecError(TidewaterError, ValueError):
+    """A value that cannot be encoded for a function task, or bytes that are not a valid encoding."""
 
 
 class SchedulerError(TidewaterError):

@@ -72,6 +72,8 @@ class AppInfo(Struct):
     command: str
     params: list[ParamSpec] = []
     description: str = ""
+    function: str = ""
+    """A Python function app: the callable's import path on the site (``pkg.mod:name``)."""
 
 
 class SiteInfo(Struct):
@@ -122,6 +124,8 @@ class TaskSpec(Struct):
     """Estimated run time in seconds: a pilot whose allocation ends sooner does not start it."""
     parents: list[I64] = []
     """Ids of tasks (yours) that must finish first; a failed or killed one fails or kills this."""
+    args: bytes = b""
+    """Function apps: the call's arguments, ``tidewater.codec.encode_call(args, kwargs)``."""
 
 
 class TaskInfo(Struct):
@@ -146,6 +150,8 @@ class TaskInfo(Struct):
     finished_at: float | None = None
     pilot: str = ""
     workdir: str = ""
+    result: bytes | None = None
+    """Function apps: the return value, ``tidewater.codec`` msgpack (``Task.value()`` decodes it)."""
 
 
 class TaskEvent(Struct):
@@ -390,6 +396,8 @@ class AddApp(Msg, tag="add_app"):
     params: list[ParamSpec] | None = None
     description: str = ""
     replace: bool = False
+    function: str = ""
+    """Instead of ``command``: a Python callable's import path on the site (``pkg.mod:name``)."""
 
 
 class ListApps(Msg, tag="list_apps"):
@@ -602,6 +610,9 @@ class Assignment(Struct):
     ranks_per_node: I64 = 1
     threads_per_rank: I64 = 1
     gpus_per_rank: I64 = 0
+    # Function apps: run in a warm worker process instead of a command ----------
+    function: str = ""
+    args: bytes = b""
 
 
 class RunTasks(Msg, tag="run"):
@@ -626,6 +637,8 @@ class Report(Struct):
     stdout_tail: str = ""
     stderr_tail: str = ""
     message: str = ""
+    result: bytes | None = None
+    """A function task's return value (codec msgpack)."""
 
 
 class Reports(Msg, tag="reports"):

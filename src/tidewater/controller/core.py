@@ -27,8 +27,8 @@ import msgspec
 from anyio.abc import TaskStatus
 
 from .. import apps as appmod
+from .. import codec, states
 from .. import proto as P
-from .. import states
 from ..config import ControllerConfig
 from ..errors import AppError, InvalidRequest, LimitExceeded, NotFound, ParamError
 from ..states import TaskState as S
@@ -86,6 +86,7 @@ class AppRec:
     command: str
     params: list[P.ParamSpec]
     description: str
+    function: str = ""
 
 
 @dataclass(slots=True)
@@ -125,6 +126,9 @@ class LiveTask:
     wall_time: float | None = None
     waiting: int = 0
     """Parents not yet finished (in AWAITING_PARENTS)."""
+    func: str = ""
+    args: bytes | None = None
+    result: bytes | None = None
     extra_j: str = ""
     """Launch resources and wall time, as stored JSON, when any differs from its default."""
 
@@ -152,7 +156,7 @@ class LiveTask:
         return (
             self.state.value, self.retries, self.attempt, self.pilot, self.exit_code,
             self.error, self.stdout_tail, self.stderr_tail, self.started_at,
-            self.finished_at, self.id,
+            self.finished_at, self.result, self.id,
         )
 
     def insert_row(self) -> tuple[Any, ...]:
@@ -162,7 +166,7 @@ class LiveTask:
             self.max_retries, self.retries, self.attempt, self.pilot, self.argv_j,
             self.shell, self.env_j, self.workdir, self.exit_code, self.error,
             self.stdout_tail, self.stderr_tail, self.created_at, self.started_at,
-            self.finished_at, self.extra_j,
+            self.finished_at, self.extra_j, self.func, self.args, self.result,
         )
 
     @property
@@ -280,11 +284,11 @@ class Controller:
             self.sites[sid] = SiteRec(sid, owner, name, created)
             self.site_names[(owner, name)] = sid
             self._next_site = max(self._next_site, sid + 1)
-        for site_id, name, command, params, desc in await s.fetchall(
-            "SELECT site_id, name, command, params, description FROM apps"
+        for site_id, name, command, params, desc, function in await s.fetchall(
+            "SELECT site_id, name, command, params, description, function FROM apps"
         ):
             specs = msgspec.json.decode(params, type=list[P.ParamSpec])
-            self.apps[(site_id, name)] = AppRec(site_id, name, command, specs, desc)
+            self.apps[(site_id, name)] = AppRec(site_id, name, command, specs, desc, function)
         now = time.time()
         rows = await s.fetchall(
             f"SELECT {st.TASK_COLUMNS} FROM tasks INDEXED BY tasks_live "
@@ -298,7 +302,7 @@ class Controller:
                 attempt=r[13], pilot=r[14], argv_j=r[15], shell=r[16],
                 env_j=self._share(r[17]), workdir=r[18], exit_code=r[19], error=r[20],
                 stdout_tail=r[21], stderr_tail=r[22], created_at=r[23], started_at=r[24],
-                finished_at=r[25], extra_j=r[26],
+                finished_at=r[25], extra_j=r[26], func=r[27], args=r[28], result=r[29],
             )
             extra = t.extra
             t.num_nodes = int(extra.get("num_nodes", 1))
@@ -486,7 +490,7 @@ class Controller:
             retries=t.retries, max_retries=t.max_retries, exit_code=t.exit_code,
             error=t.error, stdout_tail=t.stdout_tail, stderr_tail=t.stderr_tail,
             created_at=t.created_at, started_at=t.started_at, finished_at=t.finished_at,
-            pilot=t.pilot, workdir=t.workdir,
+            pilot=t.pilot, workdir=t.workdir, result=t.result,
         )
 
     def _row_info(self, r: tuple[Any, ...]) -> P.TaskInfo:
@@ -496,7 +500,7 @@ class Controller:
             params=_json_dec.decode(r[5]), tags=_json_dec.decode(r[6]), priority=r[7],
             attempt=r[13], retries=r[12], max_retries=r[11], exit_code=r[19], error=r[20],
             stdout_tail=r[21], stderr_tail=r[22], created_at=r[23], started_at=r[24],
-            finished_at=r[25], pilot=r[14], workdir=r[18],
+            finished_at=r[25], pilot=r[14], workdir=r[18], result=r[29],
         )
 
     def _site_of(self, who: Principal, name: str) -> SiteRec:
@@ -543,20 +547,29 @@ class Controller:
     async def add_app(self, who: Principal, peer: Peer, msg: P.AddApp) -> None:
         site = self._site_of(who, msg.site)
         appmod.check_name("app", msg.name)
-        specs = appmod.declare_params(msg.command, msg.params)
+        if msg.function:
+            if msg.command or msg.params:
+                raise AppError("a function app has an import path, not a command or parameters")
+            try:
+                codec.check_import_path(msg.function)
+            except ValueError as exc:
+                raise AppError(str(exc)) from None
+            specs: list[P.ParamSpec] = []
+        else:
+            specs = appmod.declare_params(msg.command, msg.params)
         if (site.id, msg.name) in self.apps and not msg.replace:
             raise AppError(
                 f"app {msg.name!r} already exists on site {site.name!r} (pass replace to change it)"
             )
-        rec = AppRec(site.id, msg.name, msg.command, specs, msg.description)
+        rec = AppRec(site.id, msg.name, msg.command, specs, msg.description, msg.function)
         self.apps[(site.id, msg.name)] = rec
         info = P.AppInfo(site=site.name, name=rec.name, command=rec.command, params=specs,
-                         description=rec.description)
+                         description=rec.description, function=rec.function)
         await self._write(
             [(st.UPSERT_APP, (site.id, msg.name, msg.command, _j(specs), msg.description,
-                              time.time())),
-             self.tokens.audit(who, "app.add", f"{site.name}/{msg.name}", command=msg.command,
-                               replace=msg.replace)],
+                              time.time(), msg.function)),
+             self.tokens.audit(who, "app.add", f"{site.name}/{msg.name}",
+                               command=msg.command or msg.function, replace=msg.replace)],
             lambda: peer.send(P.AppAdded(req_id=msg.req_id, app=info)),
         )
 
@@ -567,6 +580,7 @@ class Controller:
             if site.owner_id != who.user_id or (msg.site is not None and msg.site != site.name):
                 continue
             out.append(P.AppInfo(site=site.name, name=rec.name, command=rec.command,
+                                 function=rec.function,
                                  params=rec.params, description=rec.description))
         peer.send(P.AppList(req_id=msg.req_id, apps=out))
 
@@ -587,8 +601,22 @@ class Controller:
                     f"{size} bytes of parameters, tags and environment; the limit is "
                     f"{self.limits.max_params_bytes} (pass large data as files)"
                 )
-            values = appmod.validate_params(app.name, app.params, spec.params)
-            argv, shell = appmod.render(app.command, values)
+            if app.function:
+                if spec.params:
+                    raise ParamError(f"app {app.name!r} is a Python function: pass args, "
+                                     "not params")
+                if len(spec.args) > self.limits.max_inline_bytes:
+                    raise LimitExceeded(
+                        f"{len(spec.args)} bytes of arguments; the limit is "
+                        f"{self.limits.max_inline_bytes} (pass large data as files)")
+                values: dict[str, Any] = {}
+                argv: list[str] = []
+                shell = ""
+            else:
+                if spec.args:
+                    raise ParamError(f"app {app.name!r} is a command: pass params, not args")
+                values = appmod.validate_params(app.name, app.params, spec.params)
+                argv, shell = appmod.render(app.command, values)
             res = spec.resources
             extra = check_resources(res, spec.wall_time)
             check_task_fits(site.name, res, self.batch.limits.get(site.id), spec.wall_time)
@@ -616,6 +644,7 @@ class Controller:
             workdir=workdir, exit_code=None, error="",
             stdout_tail="", stderr_tail="", created_at=now, started_at=None, finished_at=None,
             num_nodes=res.num_nodes, packing=res.node_packing_count, wall_time=spec.wall_time,
+            func=app.function, args=spec.args if app.function else None,
             extra_j=self._share(_j(extra)) if extra else "",
         )
 
@@ -1146,6 +1175,14 @@ class Controller:
                     continue
                 t.exit_code, t.finished_at = r.exit_code, now
                 t.stdout_tail, t.stderr_tail = r.stdout_tail, r.stderr_tail
+                if r.result is not None and len(r.result) > self.limits.max_inline_bytes:
+                    s, events = self._fail_attempt(
+                        t, S.RUN_ERROR, now, f"the return value is {len(r.result)} bytes; the "
+                        f"limit is {self.limits.max_inline_bytes} (write large results to files)")
+                    stmts.extend(s)
+                    touched.append((t, events, t.state))
+                    continue
+                t.result = r.result
                 self._attempt_over(t)
                 s, events = self._transition(t, states.finish_path(), now, {"exit_code": 0})
             elif r.kind in ("error", "timeout"):
@@ -1292,7 +1329,7 @@ class Controller:
             task_id=t.id, attempt=t.attempt, argv=t.argv, shell=t.shell,
             env=t.env, workdir=t.workdir or f"tasks/{t.id}", cores=cores,
             gpus=gpus, timeout=t.timeout, wall_time=t.wall_time, hosts=hosts,
-            num_nodes=t.num_nodes,
+            num_nodes=t.num_nodes, function=t.func, args=t.args or b"",
             ranks_per_node=int(extra.get("ranks_per_node", 1)),
             threads_per_rank=int(extra.get("threads_per_rank", 1)),
             gpus_per_rank=int(extra.get("gpus_per_rank", 0)),

@@ -31,7 +31,8 @@ from ..errors import AuthError, ConfigError, ConnectionBroken, TidewaterError
 from ..transport import Link, backoff, is_retryable, open_link
 from . import launchers
 from .nodes import Node, admits
-from .runner import Outcome, TaskProcess, WorkdirError
+from .runner import STDERR, STDOUT, Outcome, TaskProcess, WorkdirError, tail_file, task_dir
+from .workers import WorkerPool
 
 log = logging.getLogger("tidewater.pilot")
 
@@ -115,6 +116,7 @@ class Pilot:
         self.total_cores = self.free_cores
         self.total_gpus = self.free_gpus
         self.last_busy = time.monotonic()
+        self.pool: WorkerPool | None = None
         self.queue: deque[P.Assignment] = deque()
         # Keyed by (task, attempt): a new attempt may start while an old one is being killed.
         self.running: dict[tuple[int, int], Running] = {}
@@ -138,7 +140,10 @@ class Pilot:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until :meth:`stop` (or a refused token). Reports started once first connected."""
         self.root.mkdir(parents=True, exist_ok=True)
-        async with anyio.create_task_group() as tg:
+        # Warm Python workers for function tasks: started on the first one, kept between them.
+        async with WorkerPool(size=max(1, self.total_cores), env=self._base_env) as pool, \
+                anyio.create_task_group() as tg:
+            self.pool = pool
             self._tg = tg
             await tg.start(self._connection_loop)
             if self.cfg.end_time is not None:
@@ -476,11 +481,14 @@ class Pilot:
         try:
             outcome = await self._supervise(r)
             if not r.silent:
-                out, err = r.proc.tails(self.cfg.limits.tail_bytes) if r.proc else ("", "")
+                if outcome.tails is not None:
+                    out, err = outcome.tails
+                else:
+                    out, err = r.proc.tails(self.cfg.limits.tail_bytes) if r.proc else ("", "")
                 self._report(P.Report(
                     task_id=a.task_id, attempt=a.attempt, kind=outcome.kind,  # type: ignore[arg-type]
                     time=time.time(), exit_code=outcome.exit_code, message=outcome.message,
-                    stdout_tail=out, stderr_tail=err,
+                    stdout_tail=out, stderr_tail=err, result=outcome.result,
                 ))
         finally:
             if r.proc is not None:
@@ -494,8 +502,40 @@ class Pilot:
             self._changed.set()
             self._schedule()
 
+    async def _call_function(self, r: Running) -> Outcome:
+        """A function task: one call in a warm worker; its prints go to the task's files."""
+        a = r.a
+        limit = self.cfg.limits.tail_bytes
+        try:
+            wd = task_dir(self.root, a.workdir)
+            wd.mkdir(parents=True, exist_ok=True)
+        except (WorkdirError, OSError) as exc:
+            self._report(P.Report(task_id=a.task_id, attempt=a.attempt, kind="started",
+                                  time=time.time()))
+            return Outcome("error", None, str(exc))
+        out, err = wd / STDOUT, wd / STDERR
+        self._report(P.Report(task_id=a.task_id, attempt=a.attempt, kind="started",
+                              time=time.time()))
+        with r.scope:
+            if a.timeout is not None:
+                r.scope.deadline = anyio.current_time() + a.timeout
+            assert self.pool is not None
+            res = await self.pool.call(a.function, a.args, timeout=None, cwd=str(wd),
+                                       stdout=str(out), stderr=str(err))
+            tails = (tail_file(out, limit), tail_file(err, limit))
+            if res.ok:
+                return Outcome("done", 0, "", result=res.result, tails=tails)
+            stderr = (tails[1] + res.traceback)[-limit:] if res.traceback else tails[1]
+            return Outcome("error", 1, res.error, tails=(tails[0], stderr))
+        tails = (tail_file(out, limit), tail_file(err, limit))
+        if not r.kill_reason:
+            return Outcome("timeout", None, f"timed out after {a.timeout:g}s", tails=tails)
+        return Outcome("killed", None, r.kill_reason, tails=tails)
+
     async def _supervise(self, r: Running) -> Outcome:
         a = r.a
+        if a.function:
+            return await self._call_function(r)
         try:
             r.proc = TaskProcess.start(self._launch_form(r), self.root, self._base_env)
         except (WorkdirError, ConfigError) as exc:

@@ -44,6 +44,8 @@ class Outcome:
     kind: str  # done | error | timeout | killed
     exit_code: int | None
     message: str = ""
+    result: bytes | None = None  # a function task's return value
+    tails: tuple[str, str] | None = None  # (stdout, stderr) when there is no process to read
 
 
 _devnull: int | None = None
@@ -55,6 +57,18 @@ def _stdin() -> int:
     if _devnull is None:
         _devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     return _devnull
+
+
+def tail_file(path: Path, limit: int) -> str:
+    """The last ``limit`` bytes of a file as text ('' if it is missing)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return ""
+    try:
+        return _tail_fd(fd, limit)
+    finally:
+        os.close(fd)
 
 
 def _tail_fd(fd: int, limit: int) -> str:

@@ -40,7 +40,7 @@ from ...errors import StoreError
 
 log = logging.getLogger("tidewater.store")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _FINAL_SQL = "('JOB_FINISHED', 'FAILED', 'KILLED')"
 
@@ -206,6 +206,13 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX task_parents_parent ON task_parents (parent);
     """,
+    # 5: Python function apps: the callable's import path, msgpack arguments and result
+    """
+    ALTER TABLE apps ADD COLUMN function TEXT NOT NULL DEFAULT '';
+    ALTER TABLE tasks ADD COLUMN func TEXT NOT NULL DEFAULT '';
+    ALTER TABLE tasks ADD COLUMN args BLOB;
+    ALTER TABLE tasks ADD COLUMN result BLOB;
+    """,
 ]
 
 
@@ -229,7 +236,7 @@ class Stmt:
 TASK_COLUMNS = (
     "id, owner_id, site_id, app, state, params, tags, priority, cores, gpus, timeout, "
     "max_retries, retries, attempt, pilot, argv, shell, env, workdir, exit_code, error, "
-    "stdout_tail, stderr_tail, created_at, started_at, finished_at, extra"
+    "stdout_tail, stderr_tail, created_at, started_at, finished_at, extra, func, args, result"
 )
 
 INSERT_USER = Stmt(
@@ -240,17 +247,19 @@ INSERT_SITE = Stmt(
 )
 UPSERT_APP = Stmt(
     2,
-    "INSERT INTO apps (site_id, name, command, params, description, created_at) "
-    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (site_id, name) DO UPDATE SET "
-    "command = excluded.command, params = excluded.params, description = excluded.description",
+    "INSERT INTO apps (site_id, name, command, params, description, created_at, function) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (site_id, name) DO UPDATE SET "
+    "command = excluded.command, params = excluded.params, description = excluded.description, "
+    "function = excluded.function",
 )
 INSERT_TASK = Stmt(
-    10, f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 27)})"
+    10, f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 30)})"
 )
 UPDATE_TASK = Stmt(
     20,
     "UPDATE tasks SET state = ?, retries = ?, attempt = ?, pilot = ?, exit_code = ?, "
-    "error = ?, stdout_tail = ?, stderr_tail = ?, started_at = ?, finished_at = ? WHERE id = ?",
+    "error = ?, stdout_tail = ?, stderr_tail = ?, started_at = ?, finished_at = ?, result = ? "
+    "WHERE id = ?",
 )
 INSERT_EVENT = Stmt(
     30, "INSERT INTO events (id, task_id, from_state, to_state, time, data) VALUES (?, ?, ?, ?, ?, ?)"

@@ -1,0 +1,112 @@
+"""Functions for the function-app tests, imported by warm workers as ``tests.fnapps:<name>``.
+
+The workers import this module in their own process (the tests put the
+project root on ``PYTHONPATH``); the tests call the same functions locally to
+compare results.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+
+def add(a: Any, b: Any) -> Any:
+    return a + b
+
+
+def noop() -> None:
+    return None
+
+
+def echo(*args: Any, **kwargs: Any) -> Any:
+    return [list(args), kwargs]
+
+
+def integrate(x: npt.NDArray[np.float64], dx: float = 1.0) -> float:
+    """The trapezoid rule: a float from an array."""
+    return float(np.sum((x[1:] + x[:-1]) * (dx / 2)))
+
+
+def scale(x: npt.NDArray[Any], k: float) -> npt.NDArray[Any]:
+    return x * k
+
+
+def boom(message: str) -> None:
+    raise ValueError(message)
+
+
+def slow(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def announce_then_sleep(seconds: float) -> None:
+    """Print this process's pid and a child's pid (flushed), then sleep: for timeouts."""
+    child = subprocess.Popen(["sleep", str(seconds)])
+    print(os.getpid(), child.pid, flush=True)  # noqa: T201 - the test reads it
+    time.sleep(seconds)
+
+
+def crash(code: int) -> None:
+    os._exit(code)
+
+
+def segfault() -> None:
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def exits(code: int) -> None:
+    sys.exit(code)
+
+
+def whoami() -> int:
+    return os.getpid()
+
+
+def getcwd() -> str:
+    return os.getcwd()
+
+
+def getenv(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def noisy(n: int) -> int:
+    """Write to stdout from Python and from the fd, to stderr, and read stdin."""
+    for i in range(n):
+        print(f"line {i}")  # noqa: T201 - printing is the point
+    os.write(1, b"raw fd 1\n")
+    print("to stderr", file=sys.stderr)  # noqa: T201
+    sys.stdin.read()
+    return n
+
+
+def unsendable() -> set[int]:
+    return {1, 2}
+
+
+class Thing:
+    @staticmethod
+    def double(x: int) -> int:
+        return 2 * x
+
+
+NOT_CALLABLE = 42
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no")
+
+
+def raise_unprintable() -> None:
+    raise Unprintable()
