@@ -91,6 +91,18 @@ class Link:
     async def send(self, msg: P.Msg) -> None:
         await self.send_raw(P.encode(msg))
 
+    async def recv_within(self, silence: float) -> bytes:
+        """The next frame; ConnectionBroken if the controller says nothing for ``silence`` s.
+
+        The controller answers every heartbeat, so a whole lease of silence means
+        the link is dead even if TCP has not noticed. Cancel-safe.
+        """
+        try:
+            with anyio.fail_after(silence):
+                return await self.recv()
+        except TimeoutError:
+            raise ConnectionBroken(f"no word from the controller for {silence:g}s") from None
+
     async def send_raw(self, data: bytes) -> None:
         try:
             await self._ws.send(data)

@@ -4,27 +4,35 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Awaitable
 from pathlib import Path
 
 import anyio
 import pytest
 
-from .procs import PY, cluster
+from .procs import PY, Cluster, cluster
 
 pytestmark = pytest.mark.integration
+
+CliResult = tuple[int, str, str]
+
+
+async def run_cli(c: Cluster, *args: str, token: str = "", check: bool = True) -> CliResult:
+    """``tidewater ARGS`` against the cluster: exit code, stdout, stderr."""
+    env = {**c.env, "TIDEWATER_TOKEN": token}
+    r = await anyio.run_process([PY, "-m", "tidewater", *args], env=env, check=False)
+    out, err = r.stdout.decode(), r.stderr.decode()
+    if check and r.returncode != 0:
+        raise AssertionError(f"tidewater {' '.join(args)} -> {r.returncode}\n{err}")
+    return r.returncode, out, err
 
 
 async def test_cli_flow(tmp_path: Path) -> None:
     async with cluster(tmp_path) as c:
         await c.start_controller()
 
-        async def tw(*args: str, token: str = "", check: bool = True) -> tuple[int, str, str]:
-            env = {**c.env, "TIDEWATER_TOKEN": token}
-            r = await anyio.run_process([PY, "-m", "tidewater", *args], env=env, check=False)
-            out, err = r.stdout.decode(), r.stderr.decode()
-            if check and r.returncode != 0:
-                raise AssertionError(f"tidewater {' '.join(args)} -> {r.returncode}\n{err}")
-            return r.returncode, out, err
+        def tw(*args: str, token: str = "", check: bool = True) -> Awaitable[CliResult]:
+            return run_cli(c, *args, token=token, check=check)
 
         _, out, err = await tw("user", "add", "alice", "--db", c.db)
         token = out.strip()
@@ -100,13 +108,8 @@ async def test_cli_site_init_start_and_queue(tmp_path: Path) -> None:
         await c.start_controller()
         token = await c.add_user("alice")
 
-        async def tw(*args: str, check: bool = True) -> tuple[int, str, str]:
-            env = {**c.env, "TIDEWATER_TOKEN": token}
-            r = await anyio.run_process([PY, "-m", "tidewater", *args], env=env, check=False)
-            out, err = r.stdout.decode(), r.stderr.decode()
-            if check and r.returncode != 0:
-                raise AssertionError(f"tidewater {' '.join(args)} -> {r.returncode}\n{err}")
-            return r.returncode, out, err
+        def tw(*args: str, check: bool = True) -> Awaitable[CliResult]:
+            return run_cli(c, *args, token=token, check=check)
 
         site_dir = tmp_path / "tw-site"
         _, _, err = await tw("site", "init", str(site_dir), "--scheduler", "local",
@@ -172,13 +175,8 @@ async def test_cli_tokens_users_and_audit(tmp_path: Path) -> None:
     async with cluster(tmp_path) as c:
         await c.start_controller()
 
-        async def tw(*args: str, token: str = "", check: bool = True) -> tuple[int, str, str]:
-            env = {**c.env, "TIDEWATER_TOKEN": token}
-            r = await anyio.run_process([PY, "-m", "tidewater", *args], env=env, check=False)
-            out, err = r.stdout.decode(), r.stderr.decode()
-            if check and r.returncode != 0:
-                raise AssertionError(f"tidewater {' '.join(args)} -> {r.returncode}\n{err}")
-            return r.returncode, out, err
+        def tw(*args: str, token: str = "", check: bool = True) -> Awaitable[CliResult]:
+            return run_cli(c, *args, token=token, check=check)
 
         _, out, _ = await tw("user", "add", "root", "--db", c.db)
         root = out.strip()

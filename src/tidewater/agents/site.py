@@ -217,11 +217,7 @@ class Agent:
     async def _reader(self, link: Link, welcome: P.Welcome) -> None:
         silence = max(welcome.lease_timeout, 3 * welcome.heartbeat_interval)
         while True:
-            try:
-                with anyio.fail_after(silence):
-                    data = await link.recv()
-            except TimeoutError:
-                raise ConnectionBroken(f"no word from the controller for {silence:g}s") from None
+            data = await link.recv_within(silence)
             try:
                 msg = P.to_agent_decoder.decode(data)
             except msgspec.MsgspecError:

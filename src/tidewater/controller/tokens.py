@@ -26,6 +26,7 @@ import anyio
 
 from .. import apps as appmod
 from .. import proto as P
+from .. import states
 from ..errors import InvalidRequest, NotFound
 from . import auth
 from .store import sqlite as st
@@ -86,7 +87,7 @@ class Tokens:
             who.site_id = site_id
         elif kind == "pilot":
             job = self.c.batch.jobs.get(batch_job)
-            if job is None or job.state in ("finished", "submit_failed"):
+            if job is None or job.state in states.JOB_FINAL:
                 raise InvalidRequest(f"batch job {batch_job} has ended; its token with it", "auth")
             who.site_id, who.batch_job = job.site_id, job.id
         return who

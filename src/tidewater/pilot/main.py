@@ -27,7 +27,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from .. import proto as P
 from ..config import Limits, Timeouts
-from ..errors import AuthError, ConfigError, ConnectionBroken, TidewaterError
+from ..errors import AuthError, ConfigError, TidewaterError
 from ..transport import Link, backoff, is_retryable, open_link
 from . import launchers
 from .nodes import Node, admits
@@ -286,15 +286,9 @@ class Pilot:
                 await link.aclose()
 
     async def _reader(self, link: Link) -> None:
-        # The controller answers every heartbeat; silence for a whole lease
-        # means the link is dead even if TCP has not noticed.
         silence = max(self.lease_timeout, 3 * self.heartbeat_interval)
         while True:
-            try:
-                with anyio.fail_after(silence):
-                    data = await link.recv()
-            except TimeoutError:
-                raise ConnectionBroken(f"no word from the controller for {silence:g}s") from None
+            data = await link.recv_within(silence)
             try:
                 msg = P.to_pilot_decoder.decode(data)
             except msgspec.MsgspecError:
