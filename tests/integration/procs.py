@@ -19,6 +19,7 @@ import anyio
 from anyio.abc import Process, TaskGroup
 
 from tidewater.controller.users import add_user
+from tidewater.proto import TaskInfo
 
 PY = sys.executable
 # Test time scale: heartbeats and leases short enough to make failure tests quick.
@@ -240,3 +241,18 @@ async def until(check: Callable[[], Awaitable[bool]], *, timeout: float = 30,
                 await anyio.sleep(0.05)
     except TimeoutError:
         raise AssertionError(f"timed out after {timeout:g} s waiting for {what}") from None
+
+
+# A task script for MPI tests: each rank writes its own file in the task's
+# work directory. Hydra forwards the ranks' stdout streams concurrently, so
+# their lines on the task's stdout may interleave mid-line.
+RANK_REPORT = 'echo "rank $PMI_RANK of $PMI_SIZE" > rank.$PMI_RANK'
+
+
+def ranks_reported(site_dir: Path, task: TaskInfo) -> list[str]:
+    """What each rank of a ``RANK_REPORT`` task wrote, in rank order.
+
+    The task's directory is under the work root `write_site` gave the site.
+    """
+    wd = site_dir / "work" / (task.workdir or f"tasks/{task.id}")
+    return [p.read_text() for p in sorted(wd.glob("rank.*"))]

@@ -22,7 +22,7 @@ import tidewater
 from tidewater import Client
 from tidewater.proto import BatchJobInfo, Resources
 
-from .procs import cluster, until, write_site
+from .procs import RANK_REPORT, cluster, ranks_reported, until, write_site
 
 pytestmark = [pytest.mark.integration, pytest.mark.mpi]
 
@@ -62,13 +62,13 @@ async def test_agent_runs_tasks_through_a_fake_scheduler(
             job = await client.queue_submit(kind, nodes=1, wall_time_min=10)
             tasks = [await client.submit("hello", site=kind, params={"n": i}) for i in range(5)]
             mpi = await client.submit("sh", site=kind,
-                                      params={"script": 'echo "rank $PMI_RANK of $PMI_SIZE"'},
+                                      params={"script": RANK_REPORT},
                                       resources=Resources(ranks_per_node=2))
             with anyio.fail_after(60):
                 results = await client.wait([*tasks, mpi])
             assert [r.state for r in results] == ["JOB_FINISHED"] * 6, results
             assert {r.stdout_tail for r in results[:5]} == {f"hello {i}\n" for i in range(5)}
-            assert sorted(results[5].stdout_tail.splitlines()) == ["rank 0 of 2", "rank 1 of 2"]
+            assert ranks_reported(site_dir, results[5]) == ["rank 0 of 2\n", "rank 1 of 2\n"]
             j = await job_state(client, job.id)
             assert j.state == "running" and j.scheduler_id and j.pilots == 1
             assert {r.pilot.split("-")[0] for r in results} == {f"job{job.id}"}
