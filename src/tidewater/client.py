@@ -18,6 +18,8 @@ last event they delivered.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
+import hashlib
 import logging
 import os
 import uuid
@@ -25,6 +27,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -89,6 +92,15 @@ class Task:
         """
         info = await self.result(timeout=timeout, check=True)
         return codec.decode(info.result) if info.result is not None else None
+
+    async def output(self, name: str, *, timeout: float | None = None) -> bytes:
+        """Wait for the task to finish and return the bytes of its output ``name``.
+
+        For outputs of any size; to write a large one to disk use
+        :meth:`Client.download`. Raises :class:`TaskFailed` if the task did not finish.
+        """
+        await self.result(timeout=timeout, check=True)
+        return await self.client.read_output(self, name)
 
     async def cancel(self) -> bool:
         """Cancel the task; False if it had already ended."""
@@ -341,14 +353,18 @@ class Client:
     async def add_app(
         self, site: str, name: str, command: str = "", *,
         params: Sequence[ParamSpec] | None = None, description: str = "", replace: bool = False,
-        function: str = "",
+        function: str = "", hooks: P.AppHooks | None = None,
     ) -> P.AppInfo:
         """Register an app on a site: a command template (placeholders ``{name}``), or with
-        ``function="pkg.mod:name"`` a Python callable that exists in the site's environment."""
+        ``function="pkg.mod:name"`` a Python callable that exists in the site's environment.
+
+        ``hooks`` names callables on the site run around each task: preprocess,
+        postprocess, and error/timeout handlers that choose retry or fail
+        (:mod:`tidewater.hooks`)."""
         r = await self._request(lambda i: P.AddApp(
             req_id=i, site=site, name=name, command=command,
             params=list(params) if params is not None else None, description=description,
-            replace=replace, function=function,
+            replace=replace, function=function, hooks=hooks,
         ))
         return r.app  # type: ignore[no-any-return]
 
@@ -366,6 +382,8 @@ class Client:
         resources: P.Resources | None = None, wall_time: float | None = None,
         parents: Sequence[Task | int] = (),
         args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
+        inputs: Mapping[str, InputSource] | Iterable[P.Input] = (),
+        outputs: Mapping[str, str] | Iterable[str | P.Output] = (),
     ) -> Task:
         """Submit one task; returns once the controller has stored it.
 
@@ -377,6 +395,14 @@ class Client:
         ``args``/``kwargs`` are the call of a function app (msgpack, numpy arrays
         included); ``await task.value()`` gives what it returned. Raises
         ``tidewater.codec.CodecError`` for an argument that cannot be encoded.
+
+        ``inputs`` maps a path in the task's work directory to its source: a URL
+        (``file://``, ``sftp://user@host/path``, ``globus://ENDPOINT/path``, fetched
+        by the site's agent before the task runs), ``bytes`` (inline, small), or
+        ``(parent_task, "output name")`` (that task becomes a parent).
+        ``outputs`` names what the task leaves behind: a list of paths (small
+        ones come back inline: :meth:`Task.output`, :meth:`download`), or a
+        mapping path -> URL the site's agent sends it to after the run.
         """
         spec = TaskSpec(
             app=app, site=site, params=dict(params or {}), tags=dict(tags or {}),
@@ -384,9 +410,55 @@ class Client:
             timeout=timeout, max_retries=max_retries, env=dict(env or {}), workdir=workdir,
             wall_time=wall_time, parents=[p.id if isinstance(p, Task) else p for p in parents],
             args=codec.encode_call(tuple(args), dict(kwargs or {})) if args or kwargs else b"",
+            inputs=_inputs(inputs), outputs=_outputs(outputs),
         )
         (task,) = await self.submit_many([spec])
         return task
+
+    async def read_output(self, task: Task | int, name: str) -> bytes:
+        """The whole of a finished task's output ``name``, in memory (see :meth:`download`)."""
+        return b"".join([chunk async for chunk in self._fetch(task, name)])
+
+    async def download(self, task: Task | int, name: str, dest: str | os.PathLike[str]) -> Path:
+        """Write a finished task's output ``name`` to ``dest`` (a file, or a directory to
+        put it in); returns the path written.
+
+        Small outputs come from the controller; larger ones kept on the site
+        are read through the site's agent in 1 MiB pieces. The file appears
+        only once complete, and its SHA-256 is checked against the site's.
+        """
+        target = anyio.Path(dest)
+        if await target.is_dir():
+            target = target / Path(name).name
+        tmp = target.with_name(f".tw-partial-{uuid.uuid4().hex[:8]}-{target.name}")
+        try:
+            async with await anyio.open_file(tmp, "wb") as f:
+                async for chunk in self._fetch(task, name):
+                    await f.write(chunk)
+            await tmp.replace(target)
+        finally:
+            await tmp.unlink(missing_ok=True)
+        return Path(target)
+
+    async def _fetch(self, task: Task | int, name: str) -> AsyncIterator[bytes]:
+        tid = task.id if isinstance(task, Task) else task
+        offset, h = 0, hashlib.sha256()
+        while True:
+            build = functools.partial(_download_msg, task_id=tid, path=name, offset=offset)
+            r: P.FileData = await self._request(build)
+            if r.offset != offset:
+                raise TidewaterError(f"download of {name!r}: asked for offset {offset}, "
+                                     f"got {r.offset}")
+            yield r.data
+            h.update(r.data)
+            offset += len(r.data)
+            if offset >= r.size or not r.data:
+                if offset != r.size:
+                    raise TidewaterError(f"download of {name!r}: got {offset} of {r.size} "
+                                         "bytes (the file changed on the site?)")
+                if r.sha256 and r.sha256 != h.hexdigest():
+                    raise TidewaterError(f"download of {name!r}: SHA-256 mismatch")
+                return
 
     async def submit_many(
         self, specs: Iterable[TaskSpec], *, progress: Callable[[int], None] | None = None
@@ -669,6 +741,39 @@ def connect(
 # ---------------------------------------------------------------------- sync facade
 
 
+def _download_msg(req_id: int, *, task_id: int, path: str, offset: int) -> P.Msg:
+    return P.Download(req_id=req_id, task_id=task_id, path=path, offset=offset, length=1 << 20)
+
+
+InputSource = str | bytes | tuple["Task | int", str]
+"""A URL, inline bytes, or (parent task, output name)."""
+
+
+def _inputs(inputs: Mapping[str, InputSource] | Iterable[P.Input]) -> list[P.Input]:
+    if not isinstance(inputs, Mapping):
+        return list(inputs)
+    out = []
+    for path, src in inputs.items():
+        if isinstance(src, bytes | bytearray | memoryview):
+            out.append(P.Input(path=path, data=bytes(src)))
+        elif isinstance(src, str):
+            out.append(P.Input(path=path, url=src))
+        elif isinstance(src, tuple) and len(src) == 2:
+            t, name = src
+            out.append(P.Input(path=path, task=t.id if isinstance(t, Task) else int(t),
+                               output=name))
+        else:
+            raise TypeError(f"input {path!r}: give a URL, bytes, or (task, output name), "
+                            f"not {type(src).__name__}")
+    return out
+
+
+def _outputs(outputs: Mapping[str, str] | Iterable[str | P.Output]) -> list[P.Output]:
+    if isinstance(outputs, Mapping):
+        return [P.Output(path=p, url=u) for p, u in outputs.items()]
+    return [o if isinstance(o, P.Output) else P.Output(path=o) for o in outputs]
+
+
 class SyncTask:
     def __init__(self, client: SyncClient, task: Task) -> None:
         self._client = client
@@ -684,6 +789,9 @@ class SyncTask:
 
     def value(self, *, timeout: float | None = None) -> Any:
         return self._client._call(self._task.value, timeout=timeout)
+
+    def output(self, name: str, *, timeout: float | None = None) -> bytes:
+        return self._client._call(self._task.output, name, timeout=timeout)  # type: ignore[no-any-return]
 
     def cancel(self) -> bool:
         return bool(self._client._call(self._task.cancel))
@@ -798,6 +906,10 @@ class SyncClient(AbstractContextManager["SyncClient"]):
 
     def queue_cancel(self, job_id: int) -> None:
         self._call(self._async.queue_cancel, job_id)
+
+    def download(self, task: SyncTask | int, name: str, dest: str | os.PathLike[str]) -> Path:
+        tid = task.id if isinstance(task, SyncTask) else task
+        return self._call(self._async.download, tid, name, dest)  # type: ignore[no-any-return]
 
     def executor(self, site: str, **task_options: Any) -> RemoteExecutor:
         """A concurrent.futures Executor running the site's function apps (see RemoteExecutor)."""

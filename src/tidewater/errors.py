@@ -17,6 +17,7 @@
     ├── SchedulerError              a batch scheduler refused or failed
     │   ├── SchedulerCommandError   a scheduler command exited non-zero (argv, stdout, stderr, rc)
     │   └── SchedulerOutputError    a scheduler command's output could not be read
+    ├── TransferError               moving a task's input or output failed (url, retryable)
     └── TaskFailed                  ``Task.result(check=True)`` on a task that did not finish
 
 Errors raised by websockets, aiohttp and aiosqlite are translated at the
@@ -169,3 +170,19 @@ def from_code(code: str, message: str) -> InvalidRequest:
     """Rebuild the exception the controller raised from its wire ``Error``."""
     cls = _BY_CODE.get(code, InvalidRequest)
     return cls(message, code)
+
+
+class TransferError(TidewaterError):
+    """Moving one input or output failed.
+
+    ``url`` is the remote side, ``message`` the backend's own words (what
+    the user sees on the failed task). ``retryable`` is False when trying
+    again cannot help (a missing remote path, a refused key, a bad URL).
+    """
+
+    def __init__(self, url: str, message: str, *, retryable: bool = True) -> None:
+        self.url = url
+        self.message = message
+        self.retryable = retryable
+        super().__init__(f"{url}: {message}")
+

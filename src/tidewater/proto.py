@@ -66,6 +66,22 @@ class ParamSpec(Struct):
     default: str | I64 | float | bool | None = None
 
 
+class AppHooks(Struct):
+    """Callables on the site (``pkg.mod:name``) run by the pilot around each task.
+
+    ``preprocess(ctx)`` before the run and ``postprocess(ctx)`` after a
+    successful one (raising fails the attempt); ``on_error(ctx)`` and
+    ``on_timeout(ctx)`` return ``"retry"`` or ``"fail"``. ``ctx`` is a
+    :class:`tidewater.hooks.HookContext` (task id, attempt, work directory,
+    exit code, stdout/stderr tails, retries left).
+    """
+
+    preprocess: str = ""
+    postprocess: str = ""
+    on_error: str = ""
+    on_timeout: str = ""
+
+
 class AppInfo(Struct):
     site: str
     name: str
@@ -74,6 +90,7 @@ class AppInfo(Struct):
     description: str = ""
     function: str = ""
     """A Python function app: the callable's import path on the site (``pkg.mod:name``)."""
+    hooks: AppHooks | None = None
 
 
 class SiteInfo(Struct):
@@ -107,6 +124,60 @@ class Resources(Struct):
     """At most this many such tasks share one node (0: no limit)."""
 
 
+class Input(Struct):
+    """A file or directory a task needs in its work directory before it runs.
+
+    Exactly one source: ``url`` (fetched by the site's agent: ``file://``,
+    ``sftp://user@host/path``, ``globus://ENDPOINT/path``), ``data`` (inline,
+    up to the controller's ``max_inline_bytes``, written by the pilot), or
+    ``task`` + ``output``: a parent task's output by reference.
+    """
+
+    path: str
+    """Where it goes, relative to the task's work directory."""
+    url: str = ""
+    data: bytes | None = None
+    task: I64 = 0
+    output: str = ""
+    sha256: str = ""
+    """Expected SHA-256 (hex); a transfer that lands anything else fails."""
+
+
+class Output(Struct):
+    """A file or directory the task leaves in its work directory; its name is its path.
+
+    With ``url`` the site's agent sends it there after a successful run.
+    Without, it comes back inline when it is at most ``max_inline_bytes``
+    (``client.download``), else it stays on the site for children to use.
+    """
+
+    path: str
+    url: str = ""
+
+
+class FileInfo(Struct):
+    """One input or output of a task and what became of it.
+
+    ``state``: ``pending`` (not moved yet), ``done`` (moved by the agent),
+    ``inline`` (held by the controller), ``on_site`` (left in the task's work
+    directory on the site), ``failed``.
+    """
+
+    direction: Literal["in", "out"]
+    path: str
+    url: str = ""
+    task: I64 = 0
+    output: str = ""
+    state: str = "pending"
+    size: I64 | None = None
+    sha256: str = ""
+    error: str = ""
+    attempts: I64 = 0
+    site_path: str = ""
+    """Where a parent's output is on the site, relative to its work root (references)."""
+    expect_sha256: str = ""
+
+
 class TaskSpec(Struct):
     """What a client asks to run."""
 
@@ -126,6 +197,8 @@ class TaskSpec(Struct):
     """Ids of tasks (yours) that must finish first; a failed or killed one fails or kills this."""
     args: bytes = b""
     """Function apps: the call's arguments, ``tidewater.codec.encode_call(args, kwargs)``."""
+    inputs: list[Input] = []
+    outputs: list[Output] = []
 
 
 class TaskInfo(Struct):
@@ -152,6 +225,8 @@ class TaskInfo(Struct):
     workdir: str = ""
     result: bytes | None = None
     """Function apps: the return value, ``tidewater.codec`` msgpack (``Task.value()`` decodes it)."""
+    files: list[FileInfo] = []
+    """Inputs and outputs with their transfer state (no inline bytes: ``client.download``)."""
 
 
 class TaskEvent(Struct):
@@ -379,6 +454,20 @@ class Cancel(Msg, tag="cancel"):
     ids: list[I64]
 
 
+class Download(Msg, tag="download"):
+    """Read part of a task's output: inline from the controller, or from the site.
+
+    ``offset``/``length`` page through a large file kept on the site; the
+    answer is a :class:`FileData`.
+    """
+
+    req_id: I64
+    task_id: I64
+    path: str
+    offset: I64 = 0
+    length: I64 = 1 << 20
+
+
 class AddSite(Msg, tag="add_site"):
     req_id: I64
     name: str
@@ -398,6 +487,7 @@ class AddApp(Msg, tag="add_app"):
     replace: bool = False
     function: str = ""
     """Instead of ``command``: a Python callable's import path on the site (``pkg.mod:name``)."""
+    hooks: AppHooks | None = None
 
 
 class ListApps(Msg, tag="list_apps"):
@@ -471,7 +561,7 @@ class ListAudit(Msg, tag="list_audit"):
 ClientToController = (
     Hello | Ping | Submit | Query | Watch | Unwatch | Wait | Cancel | AddSite | ListSites
     | AddApp | ListApps | AddJob | ListJobs | CancelJob | CreateToken | ListTokens | RevokeToken
-    | AddUser | RemoveUser | ListUsers | ListAudit
+    | AddUser | RemoveUser | ListUsers | ListAudit | Download
 )
 
 
@@ -579,10 +669,21 @@ class Done(Msg, tag="done"):
     req_id: I64
 
 
+class FileData(Msg, tag="file_data"):
+    """Part of an output: ``data`` from ``offset``; ``size`` is the whole file's."""
+
+    req_id: I64
+    offset: I64
+    data: bytes
+    size: I64
+    sha256: str = ""
+    """Of the whole file, when known (inline outputs, and the site's last chunk)."""
+
+
 ControllerToClient = (
     Welcome | Reject | Error | Ping | Submitted | TaskList | Watching | Events | Results
     | Cancelled | SiteAdded | SiteList | AppAdded | AppList | JobAdded | JobList | TokenCreated
-    | TokenList | UserAdded | UserList | AuditList | Done
+    | TokenList | UserAdded | UserList | AuditList | Done | FileData
 )
 
 
@@ -613,6 +714,13 @@ class Assignment(Struct):
     # Function apps: run in a warm worker process instead of a command ----------
     function: str = ""
     args: bytes = b""
+    # Data ----------------------------------------------------------------------
+    inputs: list[tuple[str, bytes]] = []
+    """Inline inputs: (path in the work directory, content), written before the run."""
+    outputs: list[str] = []
+    """Outputs to send back inline after a successful run, if at most ``inline_limit``."""
+    inline_limit: I64 = 0
+    hooks: AppHooks | None = None
 
 
 class RunTasks(Msg, tag="run"):
@@ -639,6 +747,20 @@ class Report(Struct):
     message: str = ""
     result: bytes | None = None
     """A function task's return value (codec msgpack)."""
+    outputs: list[OutputFile] = []
+    """After "done": each of the Assignment's ``outputs`` as found in the work directory."""
+    hook: str = ""
+    """After "error"/"timeout": the app's handler chose "retry" or "fail" ("": no handler)."""
+
+
+class OutputFile(Struct):
+    """An output as the pilot found it: inline ``data`` when small, else only its size."""
+
+    path: str
+    size: I64 | None = None
+    """None: the task did not produce it."""
+    data: bytes | None = None
+    sha256: str = ""
 
 
 class Reports(Msg, tag="reports"):
@@ -757,8 +879,90 @@ class Demand(Msg, tag="demand"):
     """The longest wall-time estimate (seconds) among those tasks: jobs must be at least as long."""
 
 
-AgentToController = Hello | JobUpdates | RequestJob | Heartbeat | Ping
-ControllerToAgent = Welcome | Reject | Jobs | StartJob | StopJob | Demand | Ack | Error | Ping
+class StageItem(Struct):
+    """One file or directory to move for a task.
+
+    ``path`` is relative to the task's work directory. The other side is
+    ``url``, or for a parent's output on this site ``site_path`` (relative
+    to the site's work root).
+    """
+
+    path: str
+    url: str = ""
+    site_path: str = ""
+    sha256: str = ""
+
+
+class Stage(Struct):
+    """Move a task's inputs in (before it runs) or outputs out (after it ran)."""
+
+    task_id: I64
+    direction: Literal["in", "out"]
+    workdir: str
+    """The task's work directory, relative to the site's work root."""
+    items: list[StageItem]
+
+
+class StageWork(Msg, tag="stage_work"):
+    """Transfers for the agent: after Welcome every pending one, then each as it comes."""
+
+    stages: list[Stage]
+
+
+class Unstage(Msg, tag="unstage"):
+    """The task was cancelled: drop its transfers that have not finished."""
+
+    task_id: I64
+
+
+class ItemResult(Struct):
+    path: str
+    ok: bool
+    size: I64 | None = None
+    sha256: str = ""
+    error: str = ""
+    attempts: I64 = 1
+
+
+class StageResult(Struct):
+    task_id: I64
+    direction: Literal["in", "out"]
+    items: list[ItemResult]
+
+
+class Staged(Msg, tag="staged"):
+    """Finished transfers; kept in the agent's outbox until acknowledged after commit."""
+
+    seq: I64
+    results: list[StageResult]
+
+
+class ReadFile(Msg, tag="read_file"):
+    """Read part of a file under the site's work root, for a client's Download."""
+
+    req_id: I64
+    path: str
+    offset: I64
+    length: I64
+
+
+class FileChunk(Msg, tag="file_chunk"):
+    """The agent's answer to ReadFile (``error`` set: nothing read)."""
+
+    req_id: I64
+    offset: I64 = 0
+    data: bytes = b""
+    size: I64 = 0
+    sha256: str = ""
+    """Of the whole file, sent with the chunk that reaches its end."""
+    error: str = ""
+
+
+AgentToController = Hello | JobUpdates | RequestJob | Heartbeat | Ping | Staged | FileChunk
+ControllerToAgent = (
+    Welcome | Reject | Jobs | StartJob | StopJob | Demand | Ack | Error | Ping | StageWork
+    | Unstage | ReadFile
+)
 
 
 # --------------------------------------------------------------------------

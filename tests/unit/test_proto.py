@@ -14,6 +14,9 @@ TASK_INFO = P.TaskInfo(
     "b": True}, tags={"run": "42"}, priority=2, attempt=1, retries=1, max_retries=3,
     exit_code=None, error="", stdout_tail="out", stderr_tail="err", created_at=1.5,
     started_at=2.5, finished_at=None, pilot="p-1", workdir="runs/7",
+    files=[P.FileInfo(direction="in", path="frames", url="sftp://a@h/d", state="done", size=9,
+                      sha256="ab" * 32, attempts=2),
+           P.FileInfo(direction="out", path="r.txt", state="inline", size=3)],
 )
 TASK_EVENT = P.TaskEvent(
     id=99, task_id=7, from_state="READY", to_state="STAGED_IN", time=3.25,
@@ -25,13 +28,16 @@ APP = P.AppInfo(
     site="laptop", name="hello", command="echo {name}",
     params=[P.ParamSpec(name="name"), P.ParamSpec(name="n", type="int", required=False,
                                                   default=3)],
-    description="says hello",
+    description="says hello", hooks=P.AppHooks(postprocess="lab.hooks:post"),
 )
 SPEC = P.TaskSpec(
     app="hello", site="laptop", params={"name": "world", "n": 2}, tags={"t": "1"}, priority=5,
     resources=P.Resources(cores=2, gpus=1, num_nodes=2, ranks_per_node=4, threads_per_rank=2,
                           gpus_per_rank=1, node_packing_count=2),
     timeout=30.0, max_retries=1, env={"A": "b"}, workdir="w/1", wall_time=120.0,
+    inputs=[P.Input(path="a", url="file:///d/a", sha256="ab" * 32), P.Input(path="b", data=b"x"),
+            P.Input(path="c", task=3, output="out")],
+    outputs=[P.Output(path="out"), P.Output(path="big", url="sftp://a@h/r/big")],
 )
 
 JOB = P.BatchJobInfo(
@@ -121,19 +127,38 @@ SAMPLES: dict[type[P.Msg], P.Msg] = {
         P.Assignment(task_id=1, attempt=2, argv=["prog", "a b"], env={"X": "1"},
                      workdir="w", cores=2, gpus=1, timeout=5.0, wall_time=60.0,
                      hosts=["n1", "n2"], ranks_per_node=2, threads_per_rank=3, gpus_per_rank=1),
-        P.Assignment(task_id=2, attempt=0, shell="echo hi | cat"),
+        P.Assignment(task_id=2, attempt=0, shell="echo hi | cat",
+                     inputs=[("cfg.json", b"{}")], outputs=["out.txt"], inline_limit=1024,
+                     hooks=P.AppHooks(preprocess="m:pre", on_error="m:err")),
     ]),
     P.Kill: P.Kill(tasks=[(1, 2)], reason="cancelled"),
     P.Reports: P.Reports(seq=3, reports=[
         P.Report(task_id=1, attempt=2, kind="done", time=4.5, exit_code=0, stdout_tail="o",
                  stderr_tail="e", message="m"),
         P.Report(task_id=2, attempt=0, kind="started", time=4.0),
+        P.Report(task_id=3, attempt=1, kind="done", time=4.0, outputs=[
+            P.OutputFile(path="o", size=2, data=b"hi", sha256="aa" * 32),
+            P.OutputFile(path="big", size=1 << 30), P.OutputFile(path="missing")]),
+        P.Report(task_id=4, attempt=1, kind="error", time=4.0, hook="retry"),
     ]),
     P.Ack: P.Ack(seq=3),
     P.Credit: P.Credit(cores=4, gpus=1),
     P.Heartbeat: P.Heartbeat(time=5.0, running=[(1, 2)]),
     P.Bye: P.Bye(reason="walltime"),
     P.Drain: P.Drain(reason="walltime near"),
+    P.Download: P.Download(req_id=22, task_id=3, path="out/result.h5", offset=4096,
+                           length=65536),
+    P.FileData: P.FileData(req_id=22, offset=4096, data=b"\x00\x01", size=8192,
+                           sha256="ab" * 32),
+    P.StageWork: P.StageWork(stages=[P.Stage(task_id=3, direction="in", workdir="tasks/3", items=[
+        P.StageItem(path="frames", url="sftp://alice@dtn/data/frames", sha256="cd" * 32),
+        P.StageItem(path="ref.h5", site_path="tasks/2/ref.h5")])]),
+    P.Unstage: P.Unstage(task_id=3),
+    P.Staged: P.Staged(seq=4, results=[P.StageResult(task_id=3, direction="out", items=[
+        P.ItemResult(path="a", ok=True, size=10, sha256="ef" * 32, attempts=2),
+        P.ItemResult(path="b", ok=False, error="No such file", attempts=4)])]),
+    P.ReadFile: P.ReadFile(req_id=5, path="tasks/3/out", offset=0, length=1024),
+    P.FileChunk: P.FileChunk(req_id=5, offset=0, data=b"xyz", size=3, sha256="01" * 32),
 }
 
 DIRECTIONS = {

@@ -79,12 +79,44 @@ class AutoscaleSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     retry_after: float = 30.0
 
 
+class TransfersSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How the agent moves tasks' inputs and outputs (see docs/data.md)."""
+
+    max_concurrency: int = 4
+    """Items moved at once per remote (one SFTP server, one Globus endpoint pair)."""
+    max_batch: int = 64
+    """Items handed to a backend in one batch (one connection, one Globus task)."""
+    retries: int = 3
+    """Further attempts after a failed one, with exponential backoff."""
+    retry_delay: float = 1.0
+    """Seconds before the first retry; doubles each time, up to 60 s."""
+    checksum: bool = True
+    """Compute the SHA-256 of what lands (and compare with an item's expected one)."""
+    file_link: bool = False
+    """file:// inputs on the work root's filesystem are hard-linked instead of copied."""
+    sftp_identity: str = ""
+    """Private key for sftp:// ("": the user's ~/.ssh keys and agent)."""
+    sftp_known_hosts: str = ""
+    """known_hosts for sftp:// host keys ("": ~/.ssh/known_hosts). Checking is always on."""
+    sftp_connect_timeout: float = 15.0
+    globus_endpoint: str = ""
+    """This site's own Globus collection id, through which the work root is reached."""
+    globus_work_root: str = ""
+    """The work root's path as that collection sees it ("": the same as work_root)."""
+    globus_token_file: str = ""
+    """A Globus Transfer access token, read at each batch (mode 0600)."""
+    globus_base_url: str = ""
+    """The Transfer API's address ("": Globus's own)."""
+    globus_poll_interval: float = 2.0
+
+
 class SiteSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     site: SiteSection
     scheduler: dict[str, str | int | float | bool] = {}
     job: JobSection = JobSection()
     limits: LimitsSection = LimitsSection()
     autoscale: AutoscaleSection = AutoscaleSection()
+    transfers: TransfersSection = TransfersSection()
     directory: str = ""
     """Where the settings were read from (set by :func:`load`)."""
 
@@ -211,6 +243,18 @@ def init_site(
         "min_nodes_per_job = 1",
         "max_nodes_per_job = 1",
         "wall_time_min = 0     # 0: the [job] wall time",
+        "",
+        "[transfers]           # moving tasks' inputs and outputs (docs/data.md)",
+        "max_concurrency = 4   # items at once per remote",
+        "retries = 3           # further attempts, with backoff from retry_delay seconds",
+        "retry_delay = 1.0",
+        "checksum = true       # SHA-256 of everything that lands",
+        "file_link = false     # hard-link file:// inputs on the same filesystem",
+        'sftp_identity = ""    # private key; "": ~/.ssh keys and the ssh agent',
+        'sftp_known_hosts = "" # "": ~/.ssh/known_hosts (host keys are always checked)',
+        'globus_endpoint = ""  # this site\'s Globus collection id',
+        'globus_work_root = "" # the work root as that collection sees it',
+        'globus_token_file = ""',
         "",
     ]
     f.write_text("\n".join(lines))

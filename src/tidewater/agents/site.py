@@ -43,6 +43,7 @@ from . import autoscale
 from .schedulers import get_scheduler
 from .schedulers.base import JobRequest, JobStatus, SchedulerClient
 from .settings import SiteSettings, pilot_argv, read_token, render_body
+from .transfers.engine import Engine, read_chunk
 
 log = logging.getLogger("tidewater.agent")
 
@@ -122,6 +123,8 @@ class Agent:
         self._tg: anyio.abc.TaskGroup | None = None
         self.decisions = 0
         self.last_decision = autoscale.Decision()
+        self.engine = Engine(settings, self._staged)
+        self.staged: list[P.StageResult] = []
 
     # ------------------------------------------------------------------ life
 
@@ -132,6 +135,7 @@ class Agent:
             self._tg = tg
             tg.start_soon(self._reconcile_loop)
             tg.start_soon(self._autoscale_loop)
+            await tg.start(self.engine.run)
             await tg.start(self._connection_loop)
             task_status.started()
 
@@ -234,6 +238,14 @@ class Agent:
                 case P.Demand():
                     self.demand = msg
                     self._rescale.set()
+                case P.StageWork():
+                    for stage in msg.stages:
+                        self.engine.submit(stage)
+                case P.Unstage():
+                    self.engine.cancel(msg.task_id)
+                case P.ReadFile():
+                    assert self._tg is not None
+                    self._tg.start_soon(self._read_file, msg)
                 case P.Ack():
                     for seq in [q for q in self.outbox if q <= msg.seq]:
                         del self.outbox[seq]
@@ -255,6 +267,12 @@ class Agent:
                     frame = P.encode(P.JobUpdates(seq=self.seq, updates=batch))
                     self.outbox[self.seq] = frame
                     await link.send_raw(frame)
+                if self.staged:
+                    self.seq += 1
+                    results, self.staged = self.staged, []
+                    frame = P.encode(P.Staged(seq=self.seq, results=results))
+                    self.outbox[self.seq] = frame
+                    await link.send_raw(frame)
                 while self.requests_out:
                     await link.send(self.requests_out.pop(0))
         finally:
@@ -267,6 +285,17 @@ class Agent:
                 await link.send(P.Ping(time=time.time()))
         finally:
             scope.cancel()
+
+    def _staged(self, result: P.StageResult) -> None:
+        """A task's transfers are over: report them (kept until acknowledged)."""
+        self.staged.append(result)
+        self._wake_sender.set()
+
+    async def _read_file(self, msg: P.ReadFile) -> None:
+        root = self.s.path(self.s.site.work_root)
+        chunk = await anyio.to_thread.run_sync(read_chunk, root, msg.path, msg.offset,
+                                               msg.length)
+        self._send_request(msgspec.structs.replace(chunk, req_id=msg.req_id))
 
     def _send_request(self, msg: P.Msg) -> None:
         self.requests_out.append(msg)

@@ -277,6 +277,8 @@ class ControllerApp:
                         await c.tokens.remove_user(who, peer, msg)
                     case P.ListUsers():
                         await c.tokens.list_users(who, peer, msg)
+                    case P.Download():
+                        await c.staging.download(who, peer, msg)
                     case P.ListAudit():
                         await c.tokens.list_audit(who, peer, msg)
                     case P.Ping():
@@ -360,6 +362,10 @@ class ControllerApp:
                             await c.batch.job_updates(site_id, peer, msg)
                         case P.RequestJob():
                             await c.batch.request_job(site_id, peer, msg)
+                        case P.Staged():
+                            await c.staging.staged(site_id, peer, msg)
+                        case P.FileChunk():
+                            c.staging.file_chunk(msg)
                         case P.Heartbeat() | P.Ping():
                             peer.send(P.Ping(time=msg.time))
                         case P.Hello():
@@ -368,6 +374,7 @@ class ControllerApp:
                     peer.send(P.Error(req_id=0, code=exc.code, message=exc.message))
         finally:
             c.batch.agent_gone(site_id, peer)
+            c.staging.agent_gone(peer)
 
 
 class RateLimit:

@@ -299,7 +299,11 @@ class BatchJobs:
                 self.c.tokens.close_sessions([j.token_id], "replaced by a new pilot token")
                 j.token_id, token = minted.id, minted.token
             out.append(P.AgentJob(job=self.info(j), pilot_token=token))
-        await self.c._write(stmts, lambda: peer.send(P.Jobs(jobs=out)))
+        def committed() -> None:
+            peer.send(P.Jobs(jobs=out))
+            self.c.staging.agent_connected(site.id, peer)
+
+        await self.c._write(stmts, committed)
         self.c._demand_dirty.add(site.id)
         self.c._wake.set()
         log.info("agent of site %s connected (%d live batch jobs)", site.name, len(out))

@@ -35,6 +35,7 @@ from ..states import TaskState as S
 from .batchjobs import BatchJobs, check_task_fits
 from .dispatch import Dispatcher, PilotSlot
 from .leases import Leases
+from .staging import Staging, check_files, needs_agent, resolve
 from .store import sqlite as st
 from .store.sqlite import SqliteStore, Stmt
 from .tokens import Tokens
@@ -47,6 +48,18 @@ _json_dec = msgspec.json.Decoder()
 
 def _j(value: Any) -> str:
     return _json_enc.encode(value).decode()
+
+
+_files_enc = msgspec.msgpack.Encoder()
+_files_dec = msgspec.msgpack.Decoder(list[P.FileInfo])
+
+
+def encode_files(files: list[P.FileInfo] | None) -> bytes | None:
+    return _files_enc.encode(files) if files else None
+
+
+def decode_files(blob: bytes | None) -> list[P.FileInfo] | None:
+    return _files_dec.decode(blob) if blob else None
 
 
 class Peer(Protocol):
@@ -87,6 +100,7 @@ class AppRec:
     params: list[P.ParamSpec]
     description: str
     function: str = ""
+    hooks: P.AppHooks | None = None
 
 
 @dataclass(slots=True)
@@ -131,6 +145,12 @@ class LiveTask:
     result: bytes | None = None
     extra_j: str = ""
     """Launch resources and wall time, as stored JSON, when any differs from its default."""
+    files: list[P.FileInfo] | None = None
+    """Inputs and outputs with their transfer state (None: the task has none)."""
+    in_data: dict[str, bytes] | None = None
+    """Inline inputs' bytes, sent with the task to its pilot."""
+    out_data: dict[str, bytes] | None = None
+    """Inline outputs' bytes from the last report, for children referring to them."""
 
     @property
     def task_id(self) -> int:
@@ -156,7 +176,7 @@ class LiveTask:
         return (
             self.state.value, self.retries, self.attempt, self.pilot, self.exit_code,
             self.error, self.stdout_tail, self.stderr_tail, self.started_at,
-            self.finished_at, self.result, self.id,
+            self.finished_at, self.result, encode_files(self.files), self.id,
         )
 
     def insert_row(self) -> tuple[Any, ...]:
@@ -167,6 +187,7 @@ class LiveTask:
             self.shell, self.env_j, self.workdir, self.exit_code, self.error,
             self.stdout_tail, self.stderr_tail, self.created_at, self.started_at,
             self.finished_at, self.extra_j, self.func, self.args, self.result,
+            encode_files(self.files),
         )
 
     @property
@@ -227,6 +248,7 @@ class Controller:
         self.dispatcher = Dispatcher()
         self.batch = BatchJobs(self)
         self.tokens = Tokens(self)
+        self.staging = Staging(self)
         self._demand_dirty: set[int] = set()
         # Live parent -> children waiting for it. A parent's final transition moves
         # its children (READY, or FAILED / KILLED) in the same commit.
@@ -284,11 +306,13 @@ class Controller:
             self.sites[sid] = SiteRec(sid, owner, name, created)
             self.site_names[(owner, name)] = sid
             self._next_site = max(self._next_site, sid + 1)
-        for site_id, name, command, params, desc, function in await s.fetchall(
-            "SELECT site_id, name, command, params, description, function FROM apps"
+        for site_id, name, command, params, desc, function, hooks in await s.fetchall(
+            "SELECT site_id, name, command, params, description, function, hooks FROM apps"
         ):
             specs = msgspec.json.decode(params, type=list[P.ParamSpec])
-            self.apps[(site_id, name)] = AppRec(site_id, name, command, specs, desc, function)
+            self.apps[(site_id, name)] = AppRec(
+                site_id, name, command, specs, desc, function,
+                msgspec.json.decode(hooks, type=P.AppHooks) if hooks else None)
         now = time.time()
         rows = await s.fetchall(
             f"SELECT {st.TASK_COLUMNS} FROM tasks INDEXED BY tasks_live "
@@ -303,6 +327,7 @@ class Controller:
                 env_j=self._share(r[17]), workdir=r[18], exit_code=r[19], error=r[20],
                 stdout_tail=r[21], stderr_tail=r[22], created_at=r[23], started_at=r[24],
                 finished_at=r[25], extra_j=r[26], func=r[27], args=r[28], result=r[29],
+                files=decode_files(r[30]),
             )
             extra = t.extra
             t.num_nodes = int(extra.get("num_nodes", 1))
@@ -320,11 +345,30 @@ class Controller:
             elif t.state in states.RUNNABLE:
                 t.pilot = ""
                 self._enqueue(t)
+        await self._recover_data()
         await self._recover_parents(now)
         if rows:
             self._dispatch_hold_until = time.monotonic() + self.t.restart_grace
             log.info("recovered %d live tasks; %d pilots expected back", len(rows),
                      len(self.pilots))
+
+    async def _recover_data(self) -> None:
+        """Inline bytes of live tasks: inputs still to send, outputs children may refer to."""
+        ids = [t.id for t in self.live.values() if t.files and any(
+            f.state == "inline" for f in t.files)]
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            for tid, direction, path, data in await self.store.fetchall(
+                f"SELECT task_id, direction, path, data FROM task_data WHERE task_id IN ({marks})",
+                chunk,
+            ):
+                t = self.live[tid]
+                if direction == "in":
+                    t.in_data = t.in_data or {}
+                    t.in_data[path] = bytes(data)
+                else:
+                    t.out_data = t.out_data or {}
+                    t.out_data[path] = bytes(data)
 
     async def _recover_parents(self, now: float) -> None:
         """Rebuild the parent -> children links of tasks still waiting for parents."""
@@ -391,9 +435,21 @@ class Controller:
                 continue
             if t.state == S.JOB_FINISHED:
                 c.waiting -= 1
-                if c.waiting > 0:
+                try:
+                    out.extend(self._resolve_refs(c, t))
+                except InvalidRequest as exc:
+                    c.error, c.finished_at = exc.message, now
+                    s, events = self._transition(c, [S.FAILED], now,
+                                                 {"parent": t.id, "reason": c.error})
+                    out.extend(s)
+                    self._cascade.append((c, events, c.state))
                     continue
-                s, events = self._transition(c, [S.READY, S.STAGED_IN], now, {"parent": t.id})
+                if c.waiting > 0:
+                    if c.files and any(f.task == t.id for f in c.files):
+                        out.append((st.UPDATE_TASK, c.update_row()))
+                    continue
+                path = [S.READY] if needs_agent(c.files, "in") else [S.READY, S.STAGED_IN]
+                s, events = self._transition(c, path, now, {"parent": t.id})
             else:
                 verb = "failed" if t.state == S.FAILED else "was killed"
                 c.error, c.finished_at = f"parent task {t.id} {verb}", now
@@ -401,6 +457,28 @@ class Controller:
                                              {"parent": t.id, "reason": c.error})
             out.extend(s)
             self._cascade.append((c, events, c.state))
+        return out
+
+    def _resolve_refs(self, c: LiveTask, parent: LiveTask) -> list[tuple[Stmt, Any]]:
+        """Make ``c``'s inputs that name ``parent``'s outputs concrete. Raises InvalidRequest."""
+        if not c.files or not any(f.task == parent.id for f in c.files):
+            return []
+        out: list[tuple[Stmt, Any]] = []
+        files = []
+        for f in c.files:
+            if f.direction == "in" and f.task == parent.id and f.state == "pending" and not (
+                f.url or f.site_path
+            ):
+                data = parent.out_data.get(f.output) if parent.out_data else None
+                f, got = resolve(f, parent.files, data, parent_site=parent.site_id,
+                                 site=c.site_id, parent_workdir=parent.workdir
+                                 or f"tasks/{parent.id}")
+                if got is not None:
+                    c.in_data = c.in_data or {}
+                    c.in_data[f.path] = got
+                    out.append((st.UPSERT_DATA, (c.id, "in", f.path, got)))
+            files.append(f)
+        c.files = files
         return out
 
     def _transition(
@@ -490,7 +568,7 @@ class Controller:
             retries=t.retries, max_retries=t.max_retries, exit_code=t.exit_code,
             error=t.error, stdout_tail=t.stdout_tail, stderr_tail=t.stderr_tail,
             created_at=t.created_at, started_at=t.started_at, finished_at=t.finished_at,
-            pilot=t.pilot, workdir=t.workdir, result=t.result,
+            pilot=t.pilot, workdir=t.workdir, result=t.result, files=t.files or [],
         )
 
     def _row_info(self, r: tuple[Any, ...]) -> P.TaskInfo:
@@ -501,6 +579,7 @@ class Controller:
             attempt=r[13], retries=r[12], max_retries=r[11], exit_code=r[19], error=r[20],
             stdout_tail=r[21], stderr_tail=r[22], created_at=r[23], started_at=r[24],
             finished_at=r[25], pilot=r[14], workdir=r[18], result=r[29],
+            files=decode_files(r[30]) or [],
         )
 
     def _site_of(self, who: Principal, name: str) -> SiteRec:
@@ -557,17 +636,24 @@ class Controller:
             specs: list[P.ParamSpec] = []
         else:
             specs = appmod.declare_params(msg.command, msg.params)
+        hooks = msg.hooks if msg.hooks and any(msgspec.structs.astuple(msg.hooks)) else None
+        for hook, path in (msgspec.structs.asdict(hooks) if hooks else {}).items():
+            if path:
+                try:
+                    codec.check_import_path(path)
+                except ValueError as exc:
+                    raise AppError(f"hook {hook}: {exc}") from None
         if (site.id, msg.name) in self.apps and not msg.replace:
             raise AppError(
                 f"app {msg.name!r} already exists on site {site.name!r} (pass replace to change it)"
             )
-        rec = AppRec(site.id, msg.name, msg.command, specs, msg.description, msg.function)
+        rec = AppRec(site.id, msg.name, msg.command, specs, msg.description, msg.function, hooks)
         self.apps[(site.id, msg.name)] = rec
         info = P.AppInfo(site=site.name, name=rec.name, command=rec.command, params=specs,
-                         description=rec.description, function=rec.function)
+                         description=rec.description, function=rec.function, hooks=hooks)
         await self._write(
             [(st.UPSERT_APP, (site.id, msg.name, msg.command, _j(specs), msg.description,
-                              time.time(), msg.function)),
+                              time.time(), msg.function, _j(hooks) if hooks else "")),
              self.tokens.audit(who, "app.add", f"{site.name}/{msg.name}",
                                command=msg.command or msg.function, replace=msg.replace)],
             lambda: peer.send(P.AppAdded(req_id=msg.req_id, app=info)),
@@ -580,11 +666,13 @@ class Controller:
             if site.owner_id != who.user_id or (msg.site is not None and msg.site != site.name):
                 continue
             out.append(P.AppInfo(site=site.name, name=rec.name, command=rec.command,
-                                 function=rec.function,
+                                 function=rec.function, hooks=rec.hooks,
                                  params=rec.params, description=rec.description))
         peer.send(P.AppList(req_id=msg.req_id, apps=out))
 
-    def _prepare(self, who: Principal, i: int, spec: P.TaskSpec, now: float) -> LiveTask:
+    def _prepare(
+        self, who: Principal, i: int, spec: P.TaskSpec, now: float
+    ) -> tuple[LiveTask, list[int]]:
         where = f"task {i}" if i else "task"
         try:
             site = self._site_of(who, spec.site)
@@ -631,6 +719,7 @@ class Controller:
                 if "\x00" in k or "\x00" in v:
                     raise InvalidRequest("NUL bytes are not allowed in env or tags")
             workdir = check_workdir(spec.workdir) if spec.workdir else ""
+            files, in_data, refs = check_files(spec, self.limits.max_inline_bytes)
         except InvalidRequest as exc:
             raise type(exc)(f"{where}: {exc.message}", exc.code) from None
         return LiveTask(
@@ -645,8 +734,8 @@ class Controller:
             stdout_tail="", stderr_tail="", created_at=now, started_at=None, finished_at=None,
             num_nodes=res.num_nodes, packing=res.node_packing_count, wall_time=spec.wall_time,
             func=app.function, args=spec.args if app.function else None,
-            extra_j=self._share(_j(extra)) if extra else "",
-        )
+            extra_j=self._share(_j(extra)) if extra else "", files=files, in_data=in_data,
+        ), refs
 
     async def submit(self, who: Principal, peer: Peer, msg: P.Submit) -> None:
         if not msg.tasks:
@@ -666,16 +755,29 @@ class Controller:
                 return
         now = time.time()
         prepared = [self._prepare(who, i, spec, now) for i, spec in enumerate(msg.tasks)]
-        parent_state = await self._parent_states(who, msg.tasks)
+        parents = [list(dict.fromkeys([*spec.parents, *refs]))
+                   for spec, (_t, refs) in zip(msg.tasks, prepared, strict=True)]
+        for _ in range(5):
+            parent_state = await self._parent_states(who, parents)
+            await self._resolve_at_submit(who, prepared, parent_state)
+            # A parent that finished while the store was read must be seen finished.
+            if all(p in self.live for p, ps in parent_state.items() if ps not in states.FINAL):
+                break
+        else:
+            raise InvalidRequest("parents changed state during the submit; try again", "retry")
         stmts: list[tuple[Stmt, Any]] = []
         created: list[tuple[LiveTask, list[Ev]]] = []
-        for t, spec in zip(prepared, msg.tasks, strict=True):
+        for (t, _refs), pids in zip(prepared, parents, strict=True):
             t.id = self._next_task
             self._next_task += 1
             path = states.submit_path()
-            if spec.parents:
-                path = self._wait_for_parents(t, spec.parents, parent_state, now)
-                stmts.extend((st.INSERT_PARENT, (t.id, pid)) for pid in set(spec.parents))
+            if pids:
+                path = self._wait_for_parents(t, pids, parent_state, now)
+                stmts.extend((st.INSERT_PARENT, (t.id, pid)) for pid in set(pids))
+            if path[-1] == S.STAGED_IN and needs_agent(t.files, "in"):
+                path = path[:-1]  # READY until the site's agent has brought the inputs
+            if t.in_data:
+                stmts.extend((st.UPSERT_DATA, (t.id, "in", k, v)) for k, v in t.in_data.items())
             ev_stmts, events = self._event_rows(t, path, now)
             stmts.append((st.INSERT_TASK, t.insert_row()))
             stmts.extend(ev_stmts)
@@ -702,16 +804,18 @@ class Controller:
                     self._finished(t)  # a parent had already failed
                 elif t.state in states.RUNNABLE and not t.pilot and t.id in self.live:
                     self._enqueue(t)
+                elif t.state == S.READY:
+                    self.staging.push(t, "in")
 
         await self._write(stmts, committed)
 
-    async def _parent_states(self, who: Principal, specs: list[P.TaskSpec]) -> dict[int, S]:
-        """The state of every parent named in ``specs``; NotFound for one ``who`` does not own."""
+    async def _parent_states(self, who: Principal, parents: list[list[int]]) -> dict[int, S]:
+        """The state of every parent named; NotFound for one ``who`` does not own."""
         wanted: dict[int, int] = {}  # parent id -> index of the first task naming it
-        for i, spec in enumerate(specs):
-            if len(spec.parents) > 10_000:
-                raise LimitExceeded(f"task {i}: {len(spec.parents)} parents; the limit is 10000")
-            for pid in spec.parents:
+        for i, pids in enumerate(parents):
+            if len(pids) > 10_000:
+                raise LimitExceeded(f"task {i}: {len(pids)} parents; the limit is 10000")
+            for pid in pids:
                 wanted.setdefault(pid, i)
         out: dict[int, S] = {}
         rest: list[int] = []
@@ -732,6 +836,56 @@ class Controller:
             if pid not in out:
                 raise NotFound(f"task {i}: parent task {pid} not found")
         return out
+
+    async def _resolve_at_submit(
+        self, who: Principal, prepared: list[tuple[LiveTask, list[int]]], state: dict[int, S]
+    ) -> None:
+        """Check every reference to a parent's output; resolve those of finished parents.
+
+        Raises InvalidRequest (nothing changed) for an output the parent does not declare.
+        """
+        for i, (t, refs) in enumerate(prepared):
+            if not refs:
+                continue
+            files = []
+            for f in t.files or []:
+                if not f.task or f.direction != "in":
+                    files.append(f)
+                    continue
+                p_files, p_site, p_workdir, p_data = await self._parent_output(who, f)
+                if not any(x.direction == "out" and x.path == f.output for x in p_files or []):
+                    raise InvalidRequest(f"task {i}: input {f.path!r}: task {f.task} has no "
+                                         f"output {f.output!r}")
+                if state[f.task] == S.JOB_FINISHED:
+                    try:
+                        f, got = resolve(f, p_files, p_data, parent_site=p_site,
+                                         site=t.site_id, parent_workdir=p_workdir)
+                    except InvalidRequest as exc:
+                        raise InvalidRequest(f"task {i}: {exc.message}") from None
+                    if got is not None:
+                        t.in_data = t.in_data or {}
+                        t.in_data[f.path] = got
+                files.append(f)
+            t.files = files
+
+    async def _parent_output(
+        self, who: Principal, f: P.FileInfo
+    ) -> tuple[list[P.FileInfo] | None, int, str, bytes | None]:
+        """A parent's files, site, work directory and the named output's inline bytes."""
+        p = self._owned_live(who, f.task)
+        if p is not None:
+            data = p.out_data.get(f.output) if p.out_data else None
+            return p.files, p.site_id, p.workdir or f"tasks/{p.id}", data
+        row = await self.store.fetchone(
+            "SELECT files, site_id, workdir FROM tasks WHERE id = ? AND owner_id = ?",
+            (f.task, who.user_id))
+        if row is None:
+            raise NotFound(f"parent task {f.task} not found")
+        drow = await self.store.fetchone(
+            "SELECT data FROM task_data WHERE task_id = ? AND direction = 'out' AND path = ?",
+            (f.task, f.output))
+        return (decode_files(row[0]), row[1], row[2] or f"tasks/{f.task}",
+                bytes(drow[0]) if drow else None)
 
     def _wait_for_parents(self, t: LiveTask, parents: list[int], state: dict[int, S],
                           now: float) -> list[S]:
@@ -818,6 +972,7 @@ class Controller:
             if t.state in states.FINAL:
                 continue
             pilot = t.pilot
+            self.staging.cancelled(t, t.state)
             t.error = "cancelled by user"
             if pilot:
                 self._unassign(t)
@@ -1115,10 +1270,15 @@ class Controller:
         self.dispatcher.release(t.id)
 
     def _fail_attempt(
-        self, t: LiveTask, kind: S, now: float, why: str, *, exit_code: int | None = None
+        self, t: LiveTask, kind: S, now: float, why: str, *, exit_code: int | None = None,
+        give_up: bool = False,
     ) -> tuple[list[tuple[Stmt, Any]], list[Ev]]:
-        """RUN_ERROR/RUN_TIMEOUT, then RESTART_READY or FAILED. Caller enqueues after commit."""
-        path = states.failure_path(kind, retries=t.retries, max_retries=t.max_retries)
+        """RUN_ERROR/RUN_TIMEOUT, then RESTART_READY or FAILED. Caller enqueues after commit.
+
+        ``give_up``: the app's handler chose to fail; no retry whatever remains.
+        """
+        path = states.failure_path(kind, retries=t.retries,
+                                   max_retries=t.retries if give_up else t.max_retries)
         t.error = why
         t.exit_code = exit_code
         t.finished_at = now
@@ -1147,6 +1307,8 @@ class Controller:
                 and t.id in self.live
             ):
                 self._enqueue(t)
+            elif written == t.state and written in (S.READY, S.RUN_DONE):
+                self.staging.push(t, "in" if written == S.READY else "out")
 
     async def reports(self, rec: PilotRec, msg: P.Reports) -> None:
         self.leases.touch(rec.pilot_id, time.time())
@@ -1183,8 +1345,16 @@ class Controller:
                     touched.append((t, events, t.state))
                     continue
                 t.result = r.result
+                missing = self._outputs_arrived(t, r.outputs, s)
+                if missing:
+                    s2, events = self._fail_attempt(t, S.RUN_ERROR, now, missing, exit_code=0)
+                    stmts.extend(s + s2)
+                    touched.append((t, events, t.state))
+                    continue
                 self._attempt_over(t)
-                s, events = self._transition(t, states.finish_path(), now, {"exit_code": 0})
+                path = [S.RUN_DONE] if needs_agent(t.files, "out") else states.finish_path()
+                s2, events = self._transition(t, path, now, {"exit_code": 0})
+                s.extend(s2)
             elif r.kind in ("error", "timeout"):
                 if t.state != S.RUNNING:
                     continue
@@ -1193,7 +1363,10 @@ class Controller:
                 why = r.message or (
                     f"exit code {r.exit_code}" if r.kind == "error" else "timed out"
                 )
-                s, events = self._fail_attempt(t, kind, now, why, exit_code=r.exit_code)
+                if r.hook:
+                    why = f"{why} (the app's handler chose {r.hook})"
+                s, events = self._fail_attempt(t, kind, now, why, exit_code=r.exit_code,
+                                               give_up=r.hook == "fail")
             else:  # killed or lost on the pilot without our asking
                 if t.state == S.RUNNING:
                     s, events = self._fail_attempt(
@@ -1214,6 +1387,37 @@ class Controller:
                 peer.send(P.Ack(seq=seq))
 
         await self._write(stmts, committed)
+
+    def _outputs_arrived(
+        self, t: LiveTask, found: list[P.OutputFile], stmts: list[tuple[Stmt, Any]]
+    ) -> str:
+        """Record the outputs a pilot found after a successful run; say which are missing."""
+        if not t.files:
+            return ""
+        by_path = {o.path: o for o in found}
+        limit = self.limits.max_inline_bytes
+        missing: list[str] = []
+        files = []
+        for f in t.files:
+            o = by_path.get(f.path)
+            if f.direction != "out" or f.url or o is None:
+                files.append(f)
+                continue
+            if o.size is None:
+                missing.append(f.path)
+            elif o.data is not None and len(o.data) == o.size <= limit:
+                f = msgspec.structs.replace(f, state="inline", size=o.size, sha256=o.sha256)
+                t.out_data = t.out_data or {}
+                t.out_data[f.path] = o.data
+                stmts.append((st.UPSERT_DATA, (t.id, "out", f.path, o.data)))
+            else:
+                f = msgspec.structs.replace(f, state="on_site", size=o.size, sha256=o.sha256)
+            files.append(f)
+        t.files = files
+        if missing:
+            return ("the task exited 0 but did not produce "
+                    + ", ".join(f"output {m!r}" for m in missing))
+        return ""
 
     def credit(self, rec: PilotRec, msg: P.Credit) -> None:
         self.dispatcher.grant(rec.pilot_id, msg.cores, msg.gpus)
@@ -1333,6 +1537,11 @@ class Controller:
             ranks_per_node=int(extra.get("ranks_per_node", 1)),
             threads_per_rank=int(extra.get("threads_per_rank", 1)),
             gpus_per_rank=int(extra.get("gpus_per_rank", 0)),
+            inputs=list(t.in_data.items()) if t.in_data else [],
+            outputs=[f.path for f in t.files if f.direction == "out" and not f.url]
+            if t.files else [],
+            inline_limit=self.limits.max_inline_bytes,
+            hooks=app.hooks if (app := self.apps.get((t.site_id, t.app))) else None,
         )
 
     async def _lease_loop(self) -> None:

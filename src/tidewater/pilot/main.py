@@ -25,13 +25,16 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
+from .. import codec
 from .. import proto as P
 from ..config import Limits, Timeouts
 from ..errors import AuthError, ConfigError, TidewaterError
+from ..hooks import HOOK_TIMEOUT
 from ..transport import Link, backoff, is_retryable, open_link
 from . import launchers
 from .nodes import Node, admits
 from .runner import STDERR, STDOUT, Outcome, TaskProcess, WorkdirError, tail_file, task_dir
+from .taskfiles import TaskFileError, collect_outputs, write_inputs
 from .workers import WorkerPool
 
 log = logging.getLogger("tidewater.pilot")
@@ -479,10 +482,17 @@ class Pilot:
                     out, err = outcome.tails
                 else:
                     out, err = r.proc.tails(self.cfg.limits.tail_bytes) if r.proc else ("", "")
+                outputs: list[P.OutputFile] = []
+                decision = ""
+                if outcome.kind == "done":
+                    outcome, outputs = await self._after_success(r, outcome, out, err)
+                if outcome.kind in ("error", "timeout"):
+                    decision = await self._on_failure(r, outcome, out, err)
                 self._report(P.Report(
                     task_id=a.task_id, attempt=a.attempt, kind=outcome.kind,  # type: ignore[arg-type]
                     time=time.time(), exit_code=outcome.exit_code, message=outcome.message,
-                    stdout_tail=out, stderr_tail=err, result=outcome.result,
+                    stdout_tail=out, stderr_tail=err, result=outcome.result, outputs=outputs,
+                    hook=decision,
                 ))
         finally:
             if r.proc is not None:
@@ -526,8 +536,96 @@ class Pilot:
             return Outcome("timeout", None, f"timed out after {a.timeout:g}s", tails=tails)
         return Outcome("killed", None, r.kill_reason, tails=tails)
 
+    # ------------------------------------------------------------------ files and hooks
+
+    async def _prepare(self, r: Running) -> str:
+        """Inline inputs and the preprocess hook, before the run; an error message or ""."""
+        a = r.a
+        if not (a.inputs or (a.hooks and a.hooks.preprocess)):
+            return ""
+        try:
+            wd = task_dir(self.root, a.workdir)
+            wd.mkdir(parents=True, exist_ok=True)
+            if a.inputs:
+                await anyio.to_thread.run_sync(write_inputs, wd, a.inputs)
+        except (WorkdirError, TaskFileError, OSError) as exc:
+            return str(exc)
+        if a.hooks and a.hooks.preprocess:
+            return await self._hook(r, "preprocess", a.hooks.preprocess, Outcome("", None))
+        return ""
+
+    async def _after_success(
+        self, r: Running, outcome: Outcome, out: str, err: str
+    ) -> tuple[Outcome, list[P.OutputFile]]:
+        a = r.a
+        if a.hooks and a.hooks.postprocess:
+            why = await self._hook(r, "postprocess", a.hooks.postprocess, outcome, out, err)
+            if why:
+                return Outcome("error", outcome.exit_code, why, result=outcome.result), []
+        if not a.outputs:
+            return outcome, []
+        try:
+            wd = task_dir(self.root, a.workdir)
+            found = await anyio.to_thread.run_sync(collect_outputs, wd, a.outputs,
+                                                   a.inline_limit)
+        except (WorkdirError, OSError) as exc:
+            return Outcome("error", outcome.exit_code, f"cannot read outputs: {exc}"), []
+        return outcome, found
+
+    async def _on_failure(self, r: Running, outcome: Outcome, out: str, err: str) -> str:
+        """The app's error or timeout handler's choice: "retry", "fail" or "" (none)."""
+        h = r.a.hooks
+        path = (h.on_error if outcome.kind == "error" else h.on_timeout) if h else ""
+        if not path:
+            return ""
+        stage = "on_error" if outcome.kind == "error" else "on_timeout"
+        choice: list[str] = []
+        why = await self._hook(r, stage, path, outcome, out, err, choice)
+        if why:
+            outcome.message = f"{outcome.message}; {why}" if outcome.message else why
+            return "fail"
+        return choice[0] if choice else "fail"
+
+    async def _hook(
+        self, r: Running, stage: str, path: str, outcome: Outcome, out: str = "",
+        err: str = "", choice: list[str] | None = None,
+    ) -> str:
+        """Call one hook in a warm worker; "" when it succeeded, else what went wrong."""
+        a = r.a
+        if self.pool is None:
+            return f"{stage} hook {path}: this pilot runs no Python workers"
+        try:
+            wd = task_dir(self.root, a.workdir)
+            wd.mkdir(parents=True, exist_ok=True)
+        except (WorkdirError, OSError) as exc:
+            return f"{stage} hook: {exc}"
+        ctx = {"task_id": a.task_id, "attempt": a.attempt, "workdir": str(wd), "stage": stage,
+               "exit_code": outcome.exit_code, "error": outcome.message,
+               "stdout_tail": out, "stderr_tail": err}
+        try:
+            res = await self.pool.call(path, codec.encode_call((ctx,), {}),
+                                       timeout=HOOK_TIMEOUT, cwd=str(wd),
+                                       stdout=str(wd / STDOUT), stderr=str(wd / STDERR))
+        except TimeoutError:
+            return f"{stage} hook {path} timed out after {HOOK_TIMEOUT:g}s"
+        except (ValueError, RuntimeError, OSError) as exc:
+            return f"{stage} hook {path}: {exc}"
+        if not res.ok:
+            return f"{stage} hook {path} failed: {res.error}"
+        if choice is not None:
+            value = codec.decode(res.result) if res.result else None
+            if value not in ("retry", "fail"):
+                return f"{stage} hook {path} returned {value!r}, not 'retry' or 'fail'"
+            choice.append(str(value))
+        return ""
+
     async def _supervise(self, r: Running) -> Outcome:
         a = r.a
+        why = await self._prepare(r)
+        if why:
+            self._report(P.Report(task_id=a.task_id, attempt=a.attempt, kind="started",
+                                  time=time.time()))
+            return Outcome("error", None, why)
         if a.function:
             return await self._call_function(r)
         try:

@@ -40,7 +40,7 @@ from ...errors import StoreError
 
 log = logging.getLogger("tidewater.store")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _FINAL_SQL = "('JOB_FINISHED', 'FAILED', 'KILLED')"
 
@@ -213,6 +213,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE tasks ADD COLUMN args BLOB;
     ALTER TABLE tasks ADD COLUMN result BLOB;
     """,
+    # 6: inputs and outputs: their specs and transfer states, and the inline bytes
+    """
+    ALTER TABLE tasks ADD COLUMN files BLOB;
+    ALTER TABLE apps ADD COLUMN hooks TEXT NOT NULL DEFAULT '';
+    CREATE TABLE task_data (
+        task_id INTEGER NOT NULL,
+        direction TEXT NOT NULL,
+        path TEXT NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (task_id, direction, path)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 
@@ -236,7 +248,8 @@ class Stmt:
 TASK_COLUMNS = (
     "id, owner_id, site_id, app, state, params, tags, priority, cores, gpus, timeout, "
     "max_retries, retries, attempt, pilot, argv, shell, env, workdir, exit_code, error, "
-    "stdout_tail, stderr_tail, created_at, started_at, finished_at, extra, func, args, result"
+    "stdout_tail, stderr_tail, created_at, started_at, finished_at, extra, func, args, result, "
+    "files"
 )
 
 INSERT_USER = Stmt(
@@ -247,22 +260,25 @@ INSERT_SITE = Stmt(
 )
 UPSERT_APP = Stmt(
     2,
-    "INSERT INTO apps (site_id, name, command, params, description, created_at, function) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (site_id, name) DO UPDATE SET "
+    "INSERT INTO apps (site_id, name, command, params, description, created_at, function, hooks) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (site_id, name) DO UPDATE SET "
     "command = excluded.command, params = excluded.params, description = excluded.description, "
-    "function = excluded.function",
+    "function = excluded.function, hooks = excluded.hooks",
 )
 INSERT_TASK = Stmt(
-    10, f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 30)})"
+    10, f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 31)})"
 )
 UPDATE_TASK = Stmt(
     20,
     "UPDATE tasks SET state = ?, retries = ?, attempt = ?, pilot = ?, exit_code = ?, "
-    "error = ?, stdout_tail = ?, stderr_tail = ?, started_at = ?, finished_at = ?, result = ? "
-    "WHERE id = ?",
+    "error = ?, stdout_tail = ?, stderr_tail = ?, started_at = ?, finished_at = ?, result = ?, "
+    "files = ? WHERE id = ?",
 )
 INSERT_EVENT = Stmt(
     30, "INSERT INTO events (id, task_id, from_state, to_state, time, data) VALUES (?, ?, ?, ?, ?, ?)"
+)
+UPSERT_DATA = Stmt(
+    15, "INSERT OR REPLACE INTO task_data (task_id, direction, path, data) VALUES (?, ?, ?, ?)"
 )
 INSERT_PARENT = Stmt(12, "INSERT OR IGNORE INTO task_parents (child, parent) VALUES (?, ?)")
 INSERT_TAG = Stmt(40, "INSERT OR IGNORE INTO task_tags (key, value, task_id) VALUES (?, ?, ?)")

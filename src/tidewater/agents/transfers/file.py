@@ -1,0 +1,139 @@
+"""``file://``: copy (or hard-link) on the filesystems the site's login node sees.
+
+Copies run in worker threads, at most ``max_concurrency`` at once. With
+``checksum`` on, each file is read once, hashed and written in the same pass;
+with it off, the kernel copies (``copy_file_range``/``sendfile``, like ``cp``)
+and only sizes are checked. With ``file_link`` on, a file input on the same
+filesystem as its destination is hard-linked instead (nothing is copied; the
+task must not modify it).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ...errors import TransferError
+from .base import (
+    CHUNK,
+    Backend,
+    Item,
+    Moved,
+    discard,
+    file_digest,
+    partial_path,
+    place,
+    tree_digest,
+    tree_files,
+)
+
+if TYPE_CHECKING:
+    from ..settings import SiteSettings
+
+
+def copy_file(src: Path, dst: Path, *, checksum: bool) -> Moved:
+    """Copy one regular file; its size is checked against the source's before and after."""
+    before = src.stat().st_size
+    if checksum:
+        h = hashlib.sha256()
+        size = 0
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        with open(src, "rb", buffering=0) as fi, open(dst, "wb", buffering=0) as fo:
+            while n := fi.readinto(buf):
+                h.update(view[:n])
+                fo.write(view[:n])
+                size += n
+        digest = h.hexdigest()
+    else:
+        shutil.copyfile(src, dst)
+        size, digest = dst.stat().st_size, ""
+    after = src.stat().st_size
+    if not size == before == after:
+        raise TransferError(src.as_uri(), f"size changed while copying: {before} bytes before, "
+                            f"{size} copied, {after} after")
+    return Moved(size, digest)
+
+
+def copy_any(src: Path, dst: Path, *, checksum: bool, link: bool = False) -> Moved:
+    """Copy a file or a directory tree from ``src`` to a fresh ``dst``."""
+    if src.is_dir():
+        dst.mkdir(parents=True)
+        entries = []
+        for rel, p in tree_files(src):
+            q = dst / rel
+            q.parent.mkdir(parents=True, exist_ok=True)
+            entries.append((rel, copy_file(p, q, checksum=checksum)))
+        # Empty directories travel too.
+        for dirpath, dirnames, _ in os.walk(src):
+            for d in dirnames:
+                (dst / Path(dirpath).relative_to(src) / d).mkdir(parents=True, exist_ok=True)
+        return tree_digest(entries) if checksum else Moved(sum(m.size for _, m in entries), "")
+    if not src.is_file():
+        raise TransferError(src.as_uri(), "not a regular file or directory")
+    if link:
+        try:
+            os.link(src, dst)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+        else:
+            return file_digest(dst) if checksum else Moved(dst.stat().st_size, "")
+    return copy_file(src, dst, checksum=checksum)
+
+
+class FileBackend(Backend):
+    scheme = "file"
+
+    def __init__(self, settings: SiteSettings) -> None:
+        t = settings.transfers
+        self.checksum = t.checksum
+        self.link = t.file_link
+        self.limiter = anyio.CapacityLimiter(max(1, t.max_concurrency))
+
+    async def run(self, items: Sequence[Item]) -> list[Moved | TransferError]:
+        results: list[Moved | TransferError] = [TransferError("", "not run")] * len(items)
+
+        async def one(i: int, item: Item) -> None:
+            try:
+                results[i] = await anyio.to_thread.run_sync(self._move, item,
+                                                             limiter=self.limiter)
+            except TransferError as exc:
+                results[i] = exc
+            except OSError as exc:
+                results[i] = TransferError(item.remote.url, _os_message(exc))
+
+        async with anyio.create_task_group() as tg:
+            for i, item in enumerate(items):
+                tg.start_soon(one, i, item)
+        return results
+
+    def _move(self, item: Item) -> Moved:
+        remote = Path(item.remote.path)
+        if item.direction == "in":
+            src, final, link = remote, item.local, self.link
+        else:
+            src, final, link = item.local, remote, False
+        if not src.exists():
+            raise TransferError(item.remote.url, f"{src}: no such file or directory")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = partial_path(final)
+        try:
+            moved = copy_any(src, tmp, checksum=self.checksum, link=link)
+            place(tmp, final)
+        except BaseException:
+            discard(tmp)
+            raise
+        return moved
+
+
+def _os_message(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"

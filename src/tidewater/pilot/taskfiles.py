@@ -1,0 +1,64 @@
+"""A task's files on the pilot: inline inputs written before the run, outputs read after.
+
+Every path is confined to the task's work directory (:func:`tidewater.paths.confine`):
+``..``, absolute paths and symbolic links that lead out are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from .. import proto as P
+from ..paths import PathEscape, confine
+
+
+class TaskFileError(Exception):
+    """An input could not be written where the task expects it."""
+
+
+def write_inputs(wd: Path, inputs: list[tuple[str, bytes]]) -> None:
+    """Write inline inputs into ``wd`` (each atomically: a rename of a complete file)."""
+    for rel, data in inputs:
+        try:
+            dest = confine(wd, rel)
+        except PathEscape as exc:
+            raise TaskFileError(f"input {rel!r} refused: {exc}") from None
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".tw-partial-{os.getpid()}-{dest.name}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, dest)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise TaskFileError(f"input {rel!r}: {exc.strerror or exc}") from None
+
+
+def collect_outputs(wd: Path, paths: list[str], limit: int) -> list[P.OutputFile]:
+    """Each named output as found: its bytes when a regular file of at most ``limit``
+    bytes, else its size (a directory's total); ``size=None`` when it is missing or
+    would lead outside ``wd``."""
+    out: list[P.OutputFile] = []
+    for rel in paths:
+        try:
+            p = confine(wd, rel)
+        except PathEscape:
+            out.append(P.OutputFile(path=rel))
+            continue
+        if p.is_file():
+            size = p.stat().st_size
+            if size <= limit:
+                data = p.read_bytes()
+                out.append(P.OutputFile(path=rel, size=len(data), data=data,
+                                        sha256=hashlib.sha256(data).hexdigest()))
+            else:
+                out.append(P.OutputFile(path=rel, size=size))
+        elif p.is_dir():
+            total = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()
+                        and not f.is_symlink())
+            out.append(P.OutputFile(path=rel, size=total))
+        else:
+            out.append(P.OutputFile(path=rel))
+    return out
