@@ -472,7 +472,10 @@ class Client:
         specs = list(specs)
         limit = (self.welcome.max_tasks_per_submit if self.welcome else 0) or 1000
         size = min(limit, 1000)
-        batches = [specs[i : i + size] for i in range(0, len(specs), size)]
+        budget = (self.welcome.max_frame_bytes if self.welcome else 8 << 20) // 2
+        batches = [run for i in range(0, len(specs), size)
+                   for run in P.chunk_by_size(specs[i : i + size], P.payload, budget)]
+        offsets = [sum(len(b) for b in batches[:k]) for k in range(len(batches))]
         results: list[list[int]] = [[] for _ in batches]
         errors: list[BaseException] = []
         sem = anyio.Semaphore(4)
@@ -485,7 +488,7 @@ class Client:
                 try:
                     r = await self._request(lambda i: P.Submit(req_id=i, tasks=batch, key=key))
                 except TidewaterError as exc:
-                    errors.append(_renumber(exc, k * size))
+                    errors.append(_renumber(exc, offsets[k]))
                     return
                 results[k] = list(r.ids)
                 if progress is not None:

@@ -30,6 +30,7 @@ kind).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
@@ -971,6 +972,38 @@ ControllerToAgent = (
 _encoder = msgspec.msgpack.Encoder()
 encode = _encoder.encode
 _json_encoder = msgspec.json.Encoder()
+
+
+def chunk_by_size(items: list[T], size: Callable[[T], int], budget: int) -> list[list[T]]:
+    """Split ``items`` into runs whose ``size`` adds up to at most ``budget`` (each run has at
+    least one item): bulky payloads (inline data, results) spread over several frames."""
+    runs: list[list[T]] = []
+    cur: list[T] = []
+    total = 0
+    for it in items:
+        n = size(it)
+        if cur and total + n > budget:
+            runs.append(cur)
+            cur, total = [], 0
+        cur.append(it)
+        total += n
+    if cur:
+        runs.append(cur)
+    return runs
+
+
+def payload(obj: Assignment | Report | TaskInfo | TaskSpec) -> int:
+    """The bytes an item carries beyond its fixed fields (inline data, args, results)."""
+    match obj:
+        case Assignment():
+            return 512 + len(obj.args) + sum(len(d) for _, d in obj.inputs)
+        case Report():
+            return 512 + len(obj.result or b"") + sum(len(o.data or b"") for o in obj.outputs)
+        case TaskInfo():
+            return 1024 + len(obj.result or b"")
+        case TaskSpec():
+            return 512 + len(obj.args) + sum(len(i.data or b"") for i in obj.inputs)
+    return 512
 
 
 def encode_json(value: object) -> str:

@@ -263,3 +263,24 @@ async def test_an_error_handler_chooses_to_fail_and_postprocess_can_fail(tmp_pat
         assert f.state == "FAILED" and f.retries == 0 and "handler chose fail" in f.error
         assert (work / f"tasks/{failing.id}/handled-1").read_text() == "bad\n"
         assert c.state == "FAILED" and "postprocess found a bad result" in c.error
+
+
+async def test_inline_data_beyond_one_frame_spreads_over_several(tmp_path: Path) -> None:
+    """24 tasks with 700 kB in and 700 kB out each: 17 MB each way, two 8 MiB frames' worth."""
+    async with cluster(tmp_path) as c:
+        await c.start_controller()
+        token = await c.add_user("alice")
+        async with tidewater.connect(c.url, token=token) as client:
+            _site, site_token = await client.add_site("lab")
+            await client.add_app("lab", "sh", "sh -c {script}")
+            blobs = [os.urandom(700_000) for _ in range(24)]
+            specs = [tidewater.proto.TaskSpec(
+                app="sh", site="lab", params={"script": "cp in.bin out.bin"},
+                inputs=[tidewater.proto.Input(path="in.bin", data=b)],
+                outputs=[tidewater.proto.Output(path="out.bin")]) for b in blobs]
+            tasks = await client.submit_many(specs)
+            await c.start_pilot(site_token, pilot_id="wide", cores=24, prefetch=0)
+            infos = await client.wait(tasks, timeout=60)
+            assert [i.state for i in infos] == ["JOB_FINISHED"] * 24
+            for t, b in zip(tasks, blobs, strict=True):
+                assert await t.output("out.bin") == b

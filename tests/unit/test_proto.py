@@ -343,3 +343,19 @@ def test_old_peer_frame_without_new_fields_decodes_with_defaults() -> None:
     hello = P.client_decoder.decode(msgspec.msgpack.encode(frame))
     assert hello == P.Hello(role="client", proto_version=1, token="t")
     assert hello.held == [] and hello.cores == 0
+
+
+def test_chunk_by_size_keeps_order_and_stays_within_budget() -> None:
+    sizes = [5, 5, 5, 12, 1, 1, 9]
+    runs = P.chunk_by_size(sizes, lambda n: n, 10)
+    assert runs == [[5, 5], [5], [12], [1, 1], [9]]  # an item over budget goes alone
+    assert [x for r in runs for x in r] == sizes
+    assert P.chunk_by_size([], lambda n: n, 10) == []
+
+
+def test_payload_counts_inline_bytes() -> None:
+    a = P.Assignment(task_id=1, attempt=1, args=b"x" * 100, inputs=[("a", b"y" * 1000)])
+    r = P.Report(task_id=1, attempt=1, kind="done", time=0.0, result=b"z" * 10,
+                 outputs=[P.OutputFile(path="o", size=3, data=b"abc")])
+    assert P.payload(a) == 512 + 1100
+    assert P.payload(r) == 512 + 13

@@ -557,8 +557,10 @@ class Controller:
             for watch_id, events in by_watch.items():
                 peer.send(P.Events(watch_id=watch_id, events=events))
         self._pending_events.clear()
+        budget = self.limits.max_frame_bytes // 2
         for (_pid, req_id), (peer, infos) in self._pending_results.items():
-            peer.send(P.Results(req_id=req_id, tasks=infos))
+            for run in P.chunk_by_size(infos, P.payload, budget):
+                peer.send(P.Results(req_id=req_id, tasks=run))
         self._pending_results.clear()
 
     def _info(self, t: LiveTask) -> P.TaskInfo:
@@ -683,7 +685,9 @@ class Controller:
                     f"unknown app {spec.app!r} on site {site.name!r} "
                     f"(registered: {', '.join(names) or 'none'})"
                 )
-            size = len(P.encode(spec))
+            # Arguments and inline inputs have their own limit (max_inline_bytes).
+            size = len(P.encode(spec)) - len(spec.args) - sum(
+                len(i.data) for i in spec.inputs if i.data)
             if size > self.limits.max_params_bytes:
                 raise LimitExceeded(
                     f"{size} bytes of parameters, tags and environment; the limit is "
@@ -1015,7 +1019,9 @@ class Controller:
                 del final[tid]
                 self._waiters.setdefault(tid, []).append((peer, msg.req_id))
         if final:
-            peer.send(P.Results(req_id=msg.req_id, tasks=list(final.values())))
+            for run in P.chunk_by_size(list(final.values()), P.payload,
+                                       self.limits.max_frame_bytes // 2):
+                peer.send(P.Results(req_id=msg.req_id, tasks=run))
 
     async def query(self, who: Principal, peer: Peer, msg: P.Query) -> None:
         sql, args = self._filter_sql(who, msg.filter)
@@ -1510,10 +1516,12 @@ class Controller:
             rec.assigned.add(t.id)
             self._demand_dirty.add(rec.site_id)
             out.setdefault(pilot_id, []).append(self._assignment(t, rec))
+        budget = self.limits.max_frame_bytes // 2
         for pilot_id, tasks in out.items():
             rec = self.pilots[pilot_id]
             assert rec.peer is not None
-            rec.peer.send(P.RunTasks(tasks=tasks))
+            for run in P.chunk_by_size(tasks, P.payload, budget):
+                rec.peer.send(P.RunTasks(tasks=run))
 
     def _assignment(self, t: LiveTask, rec: PilotRec) -> P.Assignment:
         slot = self.dispatcher.pilot(rec.pilot_id)

@@ -327,14 +327,16 @@ class Pilot:
                 await self._wake.wait()
                 self._wake = anyio.Event()
                 if self.pending:
-                    self.seq += 1
                     batch, self.pending = self.pending, []
-                    for r in batch:
-                        if r.kind != "started":
-                            self.unacked[r.task_id] = (r.attempt, self.seq)
-                    frame = P.encode(P.Reports(seq=self.seq, reports=batch))
-                    self.outbox[self.seq] = frame
-                    await link.send_raw(frame)
+                    budget = self.cfg.limits.max_frame_bytes // 2
+                    for run in P.chunk_by_size(batch, P.payload, budget):
+                        self.seq += 1
+                        for r in run:
+                            if r.kind != "started":
+                                self.unacked[r.task_id] = (r.attempt, self.seq)
+                        frame = P.encode(P.Reports(seq=self.seq, reports=run))
+                        self.outbox[self.seq] = frame
+                        await link.send_raw(frame)
                 cores, gpus = self.pending_credit
                 if cores or gpus:
                     self.pending_credit = [0, 0]
