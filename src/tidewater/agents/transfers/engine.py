@@ -88,6 +88,9 @@ class Engine:
                 task_status.started()
                 await anyio.sleep_forever()
         finally:
+            for send, _slots in self._lanes.values():
+                send.close()
+            self._lanes.clear()
             with anyio.CancelScope(shield=True):
                 for b in self.backends.values():
                     try:
