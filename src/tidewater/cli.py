@@ -19,12 +19,13 @@ import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from . import apps as appmod
 from .client import Client
 from .config import ControllerConfig, Limits, Timeouts, default_db
 from .errors import TidewaterError
-from .proto import ParamSpec, Resources, TaskInfo, TaskSpec
+from .proto import AppHooks, FileInfo, Input, Output, ParamSpec, Resources, TaskInfo, TaskSpec
 
 T = TypeVar("T")
 # Piped or captured tables are not cut to 80 columns.
@@ -63,6 +64,107 @@ def _kv(pairs: tuple[str, ...], what: str) -> dict[str, str]:
             raise click.BadParameter(f"{what} {p!r} must look like key=value")
         d[k] = v
     return d
+
+
+INLINE_MAX = 1024 * 1024
+"""Largest ``@LOCALFILE`` sent inline (the controller's default ``max_inline_bytes``)."""
+
+
+def _url_problem(url: str) -> str | None:
+    """What is wrong with a transfer URL, or None (the controller checks the same way)."""
+    from .agents.transfers import parse_url
+    from .errors import TransferError
+
+    try:
+        parse_url(url)
+    except TransferError as exc:
+        return exc.message
+    return None
+
+
+def _parse_input(value: str) -> Input:
+    """``PATH=SOURCE`` -> Input; SOURCE is a URL, ``@LOCALFILE`` or ``task:ID:OUTPUT``.
+
+    Reads a ``@LOCALFILE``. Raises click.BadParameter saying what is wrong.
+    """
+    path, eq, src = value.partition("=")
+    if not eq or not path or not src:
+        raise click.BadParameter(
+            f"{value!r} must look like PATH=SOURCE, SOURCE a url (file://, sftp://, "
+            "globus://), @LOCALFILE or task:ID:OUTPUT")
+    if src.startswith("@"):
+        local = Path(src[1:]).expanduser()
+        try:
+            size = local.stat().st_size
+            if not local.is_file():
+                raise click.BadParameter(f"{path}: {str(local)!r} is not a file")
+            if size > INLINE_MAX:
+                raise click.BadParameter(
+                    f"{path}: {str(local)!r} is {size} bytes; files sent inline are at most "
+                    f"1 MiB: give it a url instead ({path}=file://... or sftp://...)")
+            return Input(path=path, data=local.read_bytes())
+        except OSError as exc:
+            raise click.BadParameter(
+                f"{path}: cannot read {str(local)!r}: {exc.strerror or exc}") from None
+    if src.startswith("task:"):
+        tid, colon, output = src[5:].partition(":")
+        if not colon or not tid.isdigit() or int(tid) <= 0 or not output:
+            raise click.BadParameter(
+                f"{path}: {src!r} must look like task:ID:OUTPUT (a task id and one of its "
+                "outputs, e.g. task:12:result.h5)")
+        return Input(path=path, task=int(tid), output=output)
+    if "://" not in src:
+        raise click.BadParameter(
+            f"{path}: {src!r} is not a source: give a url (file:///abs/path, sftp://host/path, "
+            f"globus://ENDPOINT/path), @LOCALFILE or task:ID:OUTPUT")
+    problem = _url_problem(src)
+    if problem:
+        raise click.BadParameter(f"{path}: {problem} ({src!r})")
+    return Input(path=path, url=src)
+
+
+def _parse_output(value: str) -> Output:
+    """``PATH`` or ``PATH=URL`` -> Output. Raises click.BadParameter."""
+    path, eq, url = value.partition("=")
+    if not path:
+        raise click.BadParameter(f"{value!r} must look like PATH or PATH=URL")
+    if eq:
+        if not url:
+            raise click.BadParameter(f"{value!r}: give a url after '=', or only PATH to "
+                                     "keep the output with the task")
+        problem = _url_problem(url)
+        if problem:
+            raise click.BadParameter(f"{path}: {problem} ({url!r})")
+    return Output(path=path, url=url)
+
+
+def _inputs_option(_ctx: click.Context, _param: click.Parameter,
+                   values: tuple[str, ...]) -> list[Input]:
+    return [_parse_input(v) for v in values]
+
+
+def _outputs_option(_ctx: click.Context, _param: click.Parameter,
+                    values: tuple[str, ...]) -> list[Output]:
+    return [_parse_output(v) for v in values]
+
+
+def _parents_option(_ctx: click.Context, _param: click.Parameter,
+                    values: tuple[int, ...]) -> tuple[int, ...]:
+    for v in values:
+        if v <= 0:
+            raise click.BadParameter(f"{v} is not a task id")
+    return values
+
+
+def _hook_option(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    if value:
+        from . import codec
+
+        try:
+            codec.check_import_path(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
 
 
 def _when(t: float | None) -> str:
@@ -589,15 +691,25 @@ def app() -> None:
 @click.option("--function", default="",
               help="A Python function app instead of COMMAND: the callable's import path on "
                    "the site, e.g. mypkg.analysis:integrate.")
+@click.option("--preprocess", default="", callback=_hook_option, metavar="PKG.MOD:NAME",
+              help="Called on the site before each run, in the task's directory.")
+@click.option("--postprocess", default="", callback=_hook_option, metavar="PKG.MOD:NAME",
+              help="Called after each successful run; raising fails the attempt.")
+@click.option("--on-error", default="", callback=_hook_option, metavar="PKG.MOD:NAME",
+              help="Called when a run fails; returns 'retry' or 'fail'.")
+@click.option("--on-timeout", default="", callback=_hook_option, metavar="PKG.MOD:NAME",
+              help="Called when a run times out; returns 'retry' or 'fail'.")
 @click.argument("name")
 @click.argument("command", required=False, default="")
 @click.pass_context
 def app_add(ctx: click.Context, site: str, params: tuple[str, ...], description: str,
-            replace: bool, function: str, name: str, command: str) -> None:
+            replace: bool, function: str, preprocess: str, postprocess: str, on_error: str,
+            on_timeout: str, name: str, command: str) -> None:
     """Register NAME on a site to run COMMAND, e.g. 'echo hello {name}'
     (or, with --function, a Python callable that exists on the site).
 
-    Parameter values are always inserted shell-quoted, as one word.
+    Parameter values are always inserted shell-quoted, as one word. Hooks are
+    callables that exist on the site, like --function (see tidewater.hooks).
     """
     if bool(command) == bool(function):
         raise click.UsageError("give either COMMAND or --function")
@@ -605,20 +717,33 @@ def app_add(ctx: click.Context, site: str, params: tuple[str, ...], description:
         specs: list[ParamSpec] | None = [appmod.parse_param_decl(p) for p in params] or None
     except TidewaterError as exc:
         raise click.BadParameter(str(exc)) from None
+    hooks = AppHooks(preprocess=preprocess, postprocess=postprocess, on_error=on_error,
+                     on_timeout=on_timeout)
 
     async def go() -> Any:
         async with _client(ctx) as c:
             return await c.add_app(site, name, command, params=specs, description=description,
-                                   replace=replace, function=function)
+                                   replace=replace, function=function,
+                                   hooks=hooks if _hooks(hooks) else None)
 
     info = _run(go)
+    shown = f"; hooks {_hooks(info.hooks)}" if _hooks(info.hooks) else ""
     if info.function:
-        err.print(f"app {info.name!r} on {info.site!r}: Python function {info.function}")
+        err.print(f"app {info.name!r} on {info.site!r}: Python function {info.function}{shown}",
+                  markup=False, highlight=False)
         return
     decl = ", ".join(
         f"{p.name}:{p.type}" + ("" if p.required else f"={p.default}") for p in info.params
     )
-    err.print(f"app {info.name!r} on {info.site!r}: {info.command}  ({decl or 'no parameters'})")
+    err.print(f"app {info.name!r} on {info.site!r}: {info.command}  "
+              f"({decl or 'no parameters'}){shown}", markup=False, highlight=False)
+
+
+def _hooks(hooks: AppHooks | None) -> str:
+    """``preprocess=pkg.mod:name, ...`` for the hooks that are set ("" for none)."""
+    if hooks is None:
+        return ""
+    return ", ".join(f"{k}={v}" for k, v in msgspec.structs.asdict(hooks).items() if v)
 
 
 @app.command("ls")
@@ -631,11 +756,14 @@ def app_ls(ctx: click.Context, site: str | None) -> None:
         async with _client(ctx) as c:
             return await c.apps(site)
 
-    table = Table("site", "app", "command", "parameters")
-    for a in _run(go):
+    apps = _run(go)
+    with_hooks = any(_hooks(a.hooks) for a in apps)
+    table = Table("site", "app", "command", "parameters", *(["hooks"] if with_hooks else []))
+    for a in apps:
         decl = ", ".join(f"{p.name}:{p.type}" + ("" if p.required else f"={p.default}")
                          for p in a.params)
-        table.add_row(a.site, a.name, a.command, decl)
+        hooks = [Text(_hooks(a.hooks).replace(", ", "\n"))] if with_hooks else []
+        table.add_row(a.site, a.name, a.command, decl, *hooks)
     out.print(table)
 
 
@@ -733,13 +861,29 @@ def _progress() -> Progress:
 @click.option("--wait", is_flag=True, help="Wait for the tasks and show their results.")
 @click.option("--args", "call_args", default=None,
               help="A function app's arguments as a JSON list (e.g. '[3, \"x\"]').")
+@click.option("--input", "inputs", multiple=True, callback=_inputs_option,
+              metavar="PATH=SOURCE",
+              help="Put SOURCE at PATH in the task's directory before it runs: a url "
+                   "(file://, sftp://, globus://), @LOCALFILE (sent inline, up to 1 MiB) or "
+                   "task:ID:OUTPUT (another task's output). Repeatable.")
+@click.option("--output", "outputs", multiple=True, callback=_outputs_option,
+              metavar="PATH[=URL]",
+              help="A file or directory the task leaves: sent to URL if given, else kept "
+                   "(`tidewater download`). Repeatable.")
+@click.option("--parent", "parents", multiple=True, type=int, callback=_parents_option,
+              metavar="ID",
+              help="A task that must finish first. Repeatable.")
 @click.argument("app")
 @click.argument("params", nargs=-1)
 @click.pass_context
 def submit(ctx: click.Context, site: str, tags: tuple[str, ...], priority: int, cores: int,
            gpus: int, timeout: float | None, retries: int, params_file: Any, wait: bool,
-           call_args: str | None, app: str, params: tuple[str, ...]) -> None:
-    """Submit APP with PARAMS (name=value ...); prints the task ids."""
+           call_args: str | None, inputs: list[Input], outputs: list[Output],
+           parents: tuple[int, ...], app: str, params: tuple[str, ...]) -> None:
+    """Submit APP with PARAMS (name=value ...); prints the task ids.
+
+    --input, --output and --parent apply to every task (also with --params-file).
+    """
     from . import codec
 
     blob = b""
@@ -760,7 +904,8 @@ def submit(ctx: click.Context, site: str, tags: tuple[str, ...], priority: int, 
             raise click.BadParameter(f"--params-file: {exc}") from None
     specs = [TaskSpec(app=app, site=site, params=r, tags=_kv(tags, "tag"), priority=priority,
                       resources=Resources(cores=cores, gpus=gpus), timeout=timeout,
-                      max_retries=retries, args=blob) for r in rows]
+                      max_retries=retries, args=blob, inputs=inputs, outputs=outputs,
+                      parents=list(parents)) for r in rows]
 
     async def go() -> int:
         async with _client(ctx) as c:
@@ -806,6 +951,8 @@ def _show(i: TaskInfo) -> None:
         except ValueError as exc:
             shown = f"(cannot decode: {exc})"
         out.print(f"result: {shown[:2000]}", markup=False, highlight=False)
+    if i.files:
+        _files(i.files)
     if i.stdout_tail:
         out.print("--- stdout (tail) ---", style="dim")
         out.print(i.stdout_tail, end="" if i.stdout_tail.endswith("\n") else "\n", markup=False,
@@ -814,6 +961,21 @@ def _show(i: TaskInfo) -> None:
         out.print("--- stderr (tail) ---", style="dim")
         out.print(i.stderr_tail, end="" if i.stderr_tail.endswith("\n") else "\n", markup=False,
                   highlight=False)
+
+
+def _files(files: list[FileInfo]) -> None:
+    """A task's inputs and outputs: where each comes from or goes, and what became of it."""
+    table = Table("dir", "path", "state", "size", "url / source", "sha256", "error")
+    for f in files:
+        if f.url:
+            where = f.url
+        elif f.task:
+            where = f"task:{f.task}:{f.output}"
+        else:
+            where = "inline" if f.direction == "in" else "-"
+        table.add_row(f.direction, Text(f.path), f.state, "" if f.size is None else str(f.size),
+                      Text(where), f.sha256[:12], Text(f.error))
+    out.print(table)
 
 
 def _table(infos: list[TaskInfo]) -> None:
@@ -872,6 +1034,27 @@ def show(ctx: click.Context, task_id: int, wait: bool) -> None:
     except ValueError:
         err.print(f"[red]error:[/red] no task with id {task_id}")
         sys.exit(1)
+
+
+@main.command()
+@click.argument("task_id", type=int)
+@click.argument("name")
+@click.argument("dest", default=".", type=click.Path(path_type=Path))
+@click.pass_context
+def download(ctx: click.Context, task_id: int, name: str, dest: Path) -> None:
+    """Write output NAME of a finished task to DEST (a file, or a directory to put it in;
+    default: here). Prints the path written and its size."""
+
+    async def go() -> Path:
+        async with _client(ctx) as c:
+            try:
+                return await c.download(task_id, name, dest)
+            except OSError as exc:
+                raise click.ClickException(f"cannot write {str(dest)!r}: "
+                                           f"{exc.strerror or exc}") from None
+
+    path = _run(go)
+    click.echo(f"{path}\t{path.stat().st_size} bytes")
 
 
 @main.command()
