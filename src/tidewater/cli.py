@@ -30,7 +30,7 @@ from .proto import AppHooks, FileInfo, Input, Output, ParamSpec, Resources, Task
 T = TypeVar("T")
 # Piped or captured tables are not cut to 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
 def _run(fn: Callable[[], Awaitable[T]]) -> T:
@@ -206,6 +206,9 @@ def main(ctx: click.Context, url: str, token: str, ca_file: str, verbose: int) -
               show_default=True, type=int)
 @click.option("--max-params-bytes", default=Limits().max_params_bytes, show_default=True,
               type=int, help="Largest parameters + tags + environment of one task.")
+@click.option("--max-inline-bytes", default=Limits().max_inline_bytes, show_default=True,
+              type=int, help="Largest inline data of one task: its inline inputs together, "
+              "a function's arguments or return value, an output sent back inline.")
 @click.option("--max-requests-per-second", default=Limits().requests_per_second,
               show_default=True, type=float, help="Per client connection (bursts of 2 s worth).")
 @click.option("--tls-cert", default="", type=click.Path(dir_okay=False),
@@ -217,7 +220,7 @@ def main(ctx: click.Context, url: str, token: str, ca_file: str, verbose: int) -
 def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float,
            max_frame_bytes: int, max_tasks_per_submit: int, max_params_bytes: int,
            tls_cert: str, tls_key: str, allow_plaintext: bool,
-           max_requests_per_second: float) -> None:
+           max_requests_per_second: float, max_inline_bytes: int) -> None:
     """Run a controller until SIGINT or SIGTERM.
 
     Outside loopback it serves TLS only: give --tls-cert and --tls-key.
@@ -226,12 +229,16 @@ def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float
     from .tls import check_listen
 
     logging.getLogger("tidewater").setLevel(min(logging.getLogger().level, logging.INFO))
+    if not 0 < max_inline_bytes <= max_frame_bytes // 4:
+        raise click.UsageError(
+            f"--max-inline-bytes must be between 1 and a quarter of --max-frame-bytes "
+            f"({max_frame_bytes // 4}): a frame must hold at least one task's inline data")
     cfg = ControllerConfig(
         db=db, host=host, port=port,
         timeouts=Timeouts(lease_timeout=lease_timeout, heartbeat_interval=heartbeat),
         limits=Limits(max_frame_bytes=max_frame_bytes,
                       max_tasks_per_submit=max_tasks_per_submit,
-                      max_params_bytes=max_params_bytes,
+                      max_params_bytes=max_params_bytes, max_inline_bytes=max_inline_bytes,
                       requests_per_second=max_requests_per_second),
         tls_cert=tls_cert, tls_key=tls_key, allow_plaintext=allow_plaintext,
     )

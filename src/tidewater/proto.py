@@ -385,6 +385,8 @@ class Welcome(Msg, tag="welcome"):
     lease_timeout: float = 30.0
     max_frame_bytes: I64 = 0
     max_tasks_per_submit: I64 = 0
+    max_inline_bytes: I64 = 0
+    """Largest inline input (all of a task's together), argument or output."""
     site_tag: str = ""
     """Agents: a short tag unique to this site on this controller's store (job names carry it)."""
 
@@ -957,6 +959,8 @@ class FileChunk(Msg, tag="file_chunk"):
     sha256: str = ""
     """Of the whole file, sent with the chunk that reaches its end."""
     error: str = ""
+    code: str = ""
+    """With ``error``: ``not_found``, or ``bad_request`` (refused, a directory, unreadable)."""
 
 
 AgentToController = Hello | JobUpdates | RequestJob | Heartbeat | Ping | Staged | FileChunk

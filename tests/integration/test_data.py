@@ -107,6 +107,7 @@ async def test_inputs_arrive_before_the_run_and_outputs_go_everywhere(tmp_path: 
         assert files["out", "summary.txt"].state == "inline"
         assert files["out", "reduced.bin"].state == "on_site"
         assert files["out", "reduced.bin"].size == 2621440
+        assert files["out", "reduced.bin"].sha256 == sha(big[:2621440])
         assert files["out", "cake"].state == "done"
 
         summary = await t.output("summary.txt")

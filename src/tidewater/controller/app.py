@@ -197,6 +197,7 @@ class ControllerApp:
             lease_timeout=self.c.t.lease_timeout,
             max_frame_bytes=self.c.limits.max_frame_bytes,
             max_tasks_per_submit=self.c.limits.max_tasks_per_submit,
+            max_inline_bytes=self.c.limits.max_inline_bytes,
         )
 
     async def _reject(self, ws: web.WebSocketResponse, reason: str, code: str) -> None:

@@ -312,7 +312,7 @@ class Staging:
             return
         _agent, peer, req_id = entry
         if msg.error:
-            peer.send(P.Error(req_id=req_id, code="not_found", message=msg.error))
+            peer.send(P.Error(req_id=req_id, code=msg.code or "not_found", message=msg.error))
         else:
             peer.send(P.FileData(req_id=req_id, offset=msg.offset, data=msg.data,
                                  size=msg.size, sha256=msg.sha256))

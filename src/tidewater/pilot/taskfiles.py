@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 
 from .. import proto as P
+from ..agents.transfers.base import digest
+from ..errors import TransferError
 from ..paths import PathEscape, confine
 
 
@@ -38,8 +40,8 @@ def write_inputs(wd: Path, inputs: list[tuple[str, bytes]]) -> None:
 
 def collect_outputs(wd: Path, paths: list[str], limit: int) -> list[P.OutputFile]:
     """Each named output as found: its bytes when a regular file of at most ``limit``
-    bytes, else its size (a directory's total); ``size=None`` when it is missing or
-    would lead outside ``wd``."""
+    bytes, else its size (a directory's total) and SHA-256; ``size=None`` when it is
+    missing or would lead outside ``wd`` (also through a link inside a directory)."""
     out: list[P.OutputFile] = []
     for rel in paths:
         try:
@@ -47,18 +49,17 @@ def collect_outputs(wd: Path, paths: list[str], limit: int) -> list[P.OutputFile
         except PathEscape:
             out.append(P.OutputFile(path=rel))
             continue
-        if p.is_file():
-            size = p.stat().st_size
-            if size <= limit:
-                data = p.read_bytes()
-                out.append(P.OutputFile(path=rel, size=len(data), data=data,
-                                        sha256=hashlib.sha256(data).hexdigest()))
-            else:
-                out.append(P.OutputFile(path=rel, size=size))
-        elif p.is_dir():
-            total = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()
-                        and not f.is_symlink())
-            out.append(P.OutputFile(path=rel, size=total))
+        if p.is_file() and p.stat().st_size <= limit:
+            data = p.read_bytes()
+            out.append(P.OutputFile(path=rel, size=len(data), data=data,
+                                    sha256=hashlib.sha256(data).hexdigest()))
+        elif p.is_file() or p.is_dir():
+            try:
+                m = digest(p)
+            except TransferError:  # a directory holding symbolic links
+                out.append(P.OutputFile(path=rel))
+                continue
+            out.append(P.OutputFile(path=rel, size=m.size, sha256=m.sha256))
         else:
             out.append(P.OutputFile(path=rel))
     return out

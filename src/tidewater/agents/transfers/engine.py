@@ -249,7 +249,7 @@ def read_chunk(root: Path, rel: str, offset: int, length: int) -> P.FileChunk:
     try:
         path = confine(root, rel)
     except PathEscape as exc:
-        return P.FileChunk(req_id=0, error=f"refused: {exc}")
+        return P.FileChunk(req_id=0, error=f"refused: {exc}", code="bad_request")
     try:
         with open(path, "rb") as f:
             size = f.seek(0, 2)
@@ -264,7 +264,11 @@ def read_chunk(root: Path, rel: str, offset: int, length: int) -> P.FileChunk:
                 digest = h.hexdigest()
     except IsADirectoryError:
         return P.FileChunk(req_id=0, error=f"{rel} is a directory: download its files one "
-                           "by one, or give the output a url")
+                           "by one, or give the output a url", code="bad_request")
+    except FileNotFoundError:
+        return P.FileChunk(req_id=0, error=f"{rel} is no longer on the site",
+                           code="not_found")
     except OSError as exc:
-        return P.FileChunk(req_id=0, error=f"{rel}: {exc.strerror or exc}")
+        return P.FileChunk(req_id=0, error=f"{rel}: {exc.strerror or exc}",
+                           code="bad_request")
     return P.FileChunk(req_id=0, offset=offset, data=data, size=size, sha256=digest)
