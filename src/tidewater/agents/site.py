@@ -262,21 +262,22 @@ class Agent:
                 await self._wake_sender.wait()
                 self._wake_sender = anyio.Event()
                 if self.pending:
-                    self.seq += 1
                     batch, self.pending = self.pending, []
-                    frame = P.encode(P.JobUpdates(seq=self.seq, updates=batch))
-                    self.outbox[self.seq] = frame
-                    await link.send_raw(frame)
+                    await self._send_kept(link, P.JobUpdates(seq=self.seq + 1, updates=batch))
                 if self.staged:
-                    self.seq += 1
                     results, self.staged = self.staged, []
-                    frame = P.encode(P.Staged(seq=self.seq, results=results))
-                    self.outbox[self.seq] = frame
-                    await link.send_raw(frame)
+                    await self._send_kept(link, P.Staged(seq=self.seq + 1, results=results))
                 while self.requests_out:
                     await link.send(self.requests_out.pop(0))
         finally:
             scope.cancel()
+
+    async def _send_kept(self, link: Link, msg: P.JobUpdates | P.Staged) -> None:
+        """Send a sequenced message, kept in the outbox until the controller acknowledges it."""
+        self.seq = msg.seq
+        frame = P.encode(msg)
+        self.outbox[msg.seq] = frame
+        await link.send_raw(frame)
 
     async def _pings(self, link: Link, scope: anyio.CancelScope) -> None:
         try:
