@@ -2,7 +2,7 @@
 # Real services for the test suite: a one-node Slurm cluster (munged, slurmctld,
 # slurmd on 127.0.0.1) and MPICH, from Debian packages.
 #
-#   scripts/services.sh install   apt packages (slurm, munge, mpich); quick when present
+#   scripts/services.sh install   apt packages (slurm, munge, mpich, openssh-server); quick when present
 #   scripts/services.sh start     install if needed, write the config, start the daemons,
 #                                 wait until a job runs; idempotent
 #   scripts/services.sh stop      cancel every job, wait for the queue to drain, stop the
@@ -28,7 +28,7 @@ CTLD_PORT=6817
 SLURMD_PORT=6818
 MUNGE_SOCKET=/run/munge/munge.socket.2
 MUNGE_KEY=/etc/munge/munge.key
-PACKAGES=(slurmctld slurmd slurm-client munge mpich)
+PACKAGES=(slurmctld slurmd slurm-client munge mpich openssh-server openssh-sftp-server)
 
 RUN=$DIR/run
 LOG=$DIR/log

@@ -8,11 +8,16 @@ failure.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+
+from .sshd import HOW_TO as HOW_TO_SSHD
+from .sshd import SSHD, Sshd, start_sshd
 
 HOW_TO_SLURM = "run `sudo scripts/services.sh start` (or scripts/test.sh as root) to set it up"
 # States in which the node can take work now (a previous test may still hold it).
@@ -91,3 +96,16 @@ def mpich() -> Mpich:
         "unknown",
     )
     return Mpich(mpiexec=path, version=version)
+
+
+# --------------------------------------------------------------------------- sshd
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    """A real OpenSSH server on a free loopback port, key auth only, its host key in its
+    own known_hosts (tests/integration/sshd.py); skips (with a how-to) without sshd."""
+    if not os.access(SSHD, os.X_OK):
+        pytest.skip(f"{SSHD} not found: {HOW_TO_SSHD}")
+    with start_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server

@@ -82,7 +82,7 @@ API_RETRIES = 1
 """Retries of one API request inside the SDK; the engine retries batches with backoff."""
 
 PERMANENT = frozenset({
-    "FILE_NOT_FOUND", "PERMISSION_DENIED", "AMBIGUOUS_PATH", "INVALID_PATH_NAME",
+    "PERMISSION_DENIED", "AMBIGUOUS_PATH", "INVALID_PATH_NAME",
     "IS_A_DIRECTORY", "IS_A_FILE", "NOT_A_DIRECTORY", "NOT_A_FILE", "INVALID_SYMLINK",
     "NOT_A_SYMLINK", "QUOTA_EXCEEDED", "CANCELED", "EXTERNAL_CHECKSUM_MISMATCH",
     "GSI_DN_MISMATCH", "NO_CREDENTIALS", "INVALID_SERVICE_CREDENTIAL",
@@ -125,7 +125,10 @@ def api_error(url: str, status: int, code: str | None, message: str | None,
     if status == 403:
         return TransferError(url, f"Globus denied access (HTTP 403 {said})", retryable=False)
     if status == 404:
-        return TransferError(url, f"not found at Globus (HTTP 404 {said})", retryable=False)
+        # A missing path is retried (data from an instrument may still be on its way);
+        # a missing collection is not.
+        return TransferError(url, f"not found at Globus (HTTP 404 {said})",
+                             retryable="Endpoint" not in (code or ""))
     if status in (409, 429) or status >= 500:
         return TransferError(url, f"Globus Transfer API is unavailable (HTTP {status} {said})")
     return TransferError(url, f"Globus refused the request (HTTP {status} {said})",
