@@ -206,8 +206,9 @@ def main(ctx: click.Context, url: str, token: str, ca_file: str, verbose: int) -
               show_default=True, type=int)
 @click.option("--max-params-bytes", default=Limits().max_params_bytes, show_default=True,
               type=int, help="Largest parameters + tags + environment of one task.")
-@click.option("--max-inline-bytes", default=Limits().max_inline_bytes, show_default=True,
-              type=int, help="Largest inline data of one task: its inline inputs together, "
+@click.option("--max-inline-bytes", default=None, type=int,
+              show_default=f"{Limits().max_inline_bytes}, at most a quarter of --max-frame-bytes",
+              help="Largest inline data of one task: its inline inputs together, "
               "a function's arguments or return value, an output sent back inline.")
 @click.option("--max-requests-per-second", default=Limits().requests_per_second,
               show_default=True, type=float, help="Per client connection (bursts of 2 s worth).")
@@ -220,7 +221,7 @@ def main(ctx: click.Context, url: str, token: str, ca_file: str, verbose: int) -
 def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float,
            max_frame_bytes: int, max_tasks_per_submit: int, max_params_bytes: int,
            tls_cert: str, tls_key: str, allow_plaintext: bool,
-           max_requests_per_second: float, max_inline_bytes: int) -> None:
+           max_requests_per_second: float, max_inline_bytes: int | None) -> None:
     """Run a controller until SIGINT or SIGTERM.
 
     Outside loopback it serves TLS only: give --tls-cert and --tls-key.
@@ -229,7 +230,9 @@ def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float
     from .tls import check_listen
 
     logging.getLogger("tidewater").setLevel(min(logging.getLogger().level, logging.INFO))
-    if not 0 < max_inline_bytes <= max_frame_bytes // 4:
+    if max_inline_bytes is None:
+        max_inline_bytes = max(1, min(Limits().max_inline_bytes, max_frame_bytes // 4))
+    elif not 0 < max_inline_bytes <= max_frame_bytes // 4:
         raise click.UsageError(
             f"--max-inline-bytes must be between 1 and a quarter of --max-frame-bytes "
             f"({max_frame_bytes // 4}): a frame must hold at least one task's inline data")
