@@ -176,6 +176,14 @@ OPERATIONS: dict[str, tuple[Build, str]] = {
     "submit-parent-queued": (lambda w, i: P.Submit(req_id=i, tasks=[P.TaskSpec(
         app="nap", site="bobsite", params={"s": "0"}, parents=[w.b_queued, w.a_queued])]),
         NOT_FOUND),
+    # Alice's outputs: downloaded, or taken as an input by reference.
+    "download-finished": (lambda w, i: P.Download(req_id=i, task_id=w.a_finished,
+                                                  path="stdout.txt"), NOT_FOUND),
+    "download-queued": (lambda w, i: P.Download(req_id=i, task_id=w.a_queued, path="x"),
+                        NOT_FOUND),
+    "submit-input-reference": (lambda w, i: P.Submit(req_id=i, tasks=[P.TaskSpec(
+        app="nap", site="bobsite", params={"s": "0"},
+        inputs=[P.Input(path="x", task=w.a_finished, output="stdout.txt")])]), NOT_FOUND),
 }
 
 
