@@ -177,19 +177,30 @@ def tree_files(root: Path) -> list[tuple[str, Path]]:
 
     Symbolic links are refused: a tree must not reach outside itself.
     """
-    out: list[tuple[str, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        d = Path(dirpath)
-        for name in [*dirnames, *filenames]:
-            if (d / name).is_symlink():
-                raise TransferError(str(root), f"{(d / name).relative_to(root)} is a symbolic "
-                                    "link; trees with links are not transferred",
-                                    retryable=False)
-        for name in filenames:
-            p = d / name
-            out.append((p.relative_to(root).as_posix(), p))
-    out.sort()
-    return out
+    return tree_walk(root)[0]
+
+
+def tree_walk(root: Path) -> tuple[list[tuple[str, Path]], list[str]]:
+    """:func:`tree_files` of ``root``, and its directories (relative, parents first)."""
+    files: list[tuple[str, Path]] = []
+    dirs: list[str] = []
+    todo = [("", str(root))]
+    while todo:
+        rel, path = todo.pop()
+        with os.scandir(path) as it:
+            for e in it:
+                sub = f"{rel}/{e.name}" if rel else e.name
+                if e.is_symlink():
+                    raise TransferError(str(root), f"{sub} is a symbolic link; trees with "
+                                        "links are not transferred", retryable=False)
+                if e.is_dir():
+                    dirs.append(sub)
+                    todo.append((sub, e.path))
+                elif e.is_file():
+                    files.append((sub, Path(e.path)))
+    files.sort()
+    dirs.sort()
+    return files, dirs
 
 
 def tree_digest(entries: Sequence[tuple[str, Moved]]) -> Moved:

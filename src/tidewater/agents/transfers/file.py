@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import shutil
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +31,7 @@ from .base import (
     partial_path,
     place,
     tree_digest,
-    tree_files,
+    tree_walk,
 )
 
 if TYPE_CHECKING:
@@ -49,6 +48,23 @@ def _hash_file(src: Path, out: list[str]) -> None:
     out.append(h.hexdigest())
 
 
+def _kernel_copy(fi: int, fo: int, size: int) -> int:
+    """Copy ``fi`` to ``fo`` in the kernel (copy_file_range, else sendfile); bytes copied."""
+    done = 0
+    try:
+        while done < size or size == 0:
+            n = os.copy_file_range(fi, fo, max(size - done, CHUNK))
+            if n == 0:
+                break
+            done += n
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+        while n := os.sendfile(fo, fi, done, max(size - done, CHUNK)):
+            done += n
+    return done
+
+
 def copy_file(src: Path, dst: Path, *, checksum: bool) -> Moved:
     """Copy one regular file; its size is checked against the source's before and after.
 
@@ -56,19 +72,26 @@ def copy_file(src: Path, dst: Path, *, checksum: bool) -> Moved:
     second thread hashes the source at the same time (SHA-256 is the slower
     of the two, so this costs about the hashing alone).
     """
-    before = src.stat().st_size
     hashed: list[str] = []
-    hasher = threading.Thread(target=_hash_file, args=(src, hashed), daemon=True)
-    if checksum and before > CHUNK:
-        hasher.start()
-    shutil.copyfile(src, dst)
-    size = dst.stat().st_size
-    if checksum and before > CHUNK:
-        hasher.join()
-    elif checksum:
-        _hash_file(src, hashed)
+    fi = os.open(src, os.O_RDONLY)
+    try:
+        before = os.fstat(fi).st_size
+        hasher = threading.Thread(target=_hash_file, args=(src, hashed), daemon=True)
+        if checksum and before > CHUNK:
+            hasher.start()
+        fo = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            size = _kernel_copy(fi, fo, before)
+        finally:
+            os.close(fo)
+        if checksum and before > CHUNK:
+            hasher.join()
+        elif checksum:
+            _hash_file(src, hashed)
+        after = os.fstat(fi).st_size
+    finally:
+        os.close(fi)
     digest = hashed[0] if hashed else ""
-    after = src.stat().st_size
     if not size == before == after:
         raise TransferError(src.as_uri(), f"size changed while copying: {before} bytes before, "
                             f"{size} copied, {after} after")
@@ -79,15 +102,10 @@ def copy_any(src: Path, dst: Path, *, checksum: bool, link: bool = False) -> Mov
     """Copy a file or a directory tree from ``src`` to a fresh ``dst``."""
     if src.is_dir():
         dst.mkdir(parents=True)
-        entries = []
-        for rel, p in tree_files(src):
-            q = dst / rel
-            q.parent.mkdir(parents=True, exist_ok=True)
-            entries.append((rel, copy_file(p, q, checksum=checksum)))
-        # Empty directories travel too.
-        for dirpath, dirnames, _ in os.walk(src):
-            for d in dirnames:
-                (dst / Path(dirpath).relative_to(src) / d).mkdir(parents=True, exist_ok=True)
+        files, dirs = tree_walk(src)
+        for d in dirs:  # parents first; empty directories travel too
+            os.mkdir(dst / d)
+        entries = [(rel, copy_file(p, dst / rel, checksum=checksum)) for rel, p in files]
         return tree_digest(entries) if checksum else Moved(sum(m.size for _, m in entries), "")
     if not src.is_file():
         raise TransferError(src.as_uri(), "not a regular file or directory")
