@@ -29,10 +29,13 @@ class Scripted(Backend):
         self.batches: list[list[str]] = []
         self.gate = anyio.Event()
         self.gate.set()
+        self.held: set[str] | None = None
+        """Hosts whose batches wait for ``gate`` (None: every host)."""
 
     async def run(self, items: Sequence[Item]) -> list[Moved | TransferError]:
         self.batches.append([i.remote.url for i in items])
-        await self.gate.wait()
+        if self.held is None or any(i.remote.host in self.held for i in items):
+            await self.gate.wait()
         out: list[Moved | TransferError] = []
         for i in items:
             left = self.failures.get(i.remote.url, 0)
@@ -52,12 +55,19 @@ def settings(tmp: Path, **kw: object) -> SiteSettings:
 
 async def run_stages(tmp: Path, backend: Scripted, stages: list[P.Stage],
                      **kw: object) -> list[P.StageResult]:
-    results: list[P.StageResult] = []
+    """Run stages until each has reported every item, or a failure; one result per stage
+    (items in the order they were reported)."""
+    by_task: dict[int, list[P.ItemResult]] = {s.task_id: [] for s in stages}
+    size = {s.task_id: len(s.items) for s in stages}
     done = anyio.Event()
 
+    def over(task: int) -> bool:
+        got = by_task[task]
+        return len(got) == size[task] or any(not i.ok for i in got)
+
     def report(r: P.StageResult) -> None:
-        results.append(r)
-        if len(results) == len(stages):
+        by_task[r.task_id].extend(r.items)
+        if all(over(t) for t in by_task):
             done.set()
 
     engine = Engine(settings(tmp, **kw), report, lambda scheme, s: backend)
@@ -68,7 +78,8 @@ async def run_stages(tmp: Path, backend: Scripted, stages: list[P.Stage],
         with anyio.fail_after(5):
             await done.wait()
         tg.cancel_scope.cancel()
-    return results
+    return [P.StageResult(task_id=s.task_id, direction=s.direction, items=by_task[s.task_id])
+            for s in stages]
 
 
 def stage(task: int, *urls: str, direction: str = "in") -> P.Stage:
@@ -98,13 +109,24 @@ async def test_a_failing_item_is_retried_then_reported_with_the_backends_words(
     tmp_path: Path,
 ) -> None:
     b = Scripted({"sftp://u@a/flaky": 2, "sftp://u@a/dead": 10})
-    (r,) = await run_stages(tmp_path, b, [stage(1, "sftp://u@a/flaky", "sftp://u@a/dead",
-                                                "sftp://u@a/fine")])
-    items = {i.path: i for i in r.items}
-    assert items["f0"].ok and items["f0"].attempts == 3
-    assert not items["f1"].ok and items["f1"].attempts == 3
-    assert items["f1"].error == "Connection refused (after 3 attempts)"
-    assert items["f2"].ok and items["f2"].attempts == 1
+    r1, r2 = await run_stages(tmp_path, b, [stage(1, "sftp://u@a/flaky", "sftp://u@a/fine"),
+                                            stage(2, "sftp://u@a/dead")])
+    # Each item is reported when it is over: the one that needed no retry first.
+    assert [(i.path, i.ok, i.attempts) for i in r1.items] == [("f1", True, 1), ("f0", True, 3)]
+    (dead,) = r2.items
+    assert not dead.ok and dead.attempts == 3
+    assert dead.error == "Connection refused (after 3 attempts)"
+
+
+async def test_an_item_failing_for_good_ends_its_stage(tmp_path: Path) -> None:
+    b = Scripted({"sftp://u@a/dead": 1}, retryable=False)
+    b.gate = anyio.Event()
+    b.held = {"b"}
+    (r,) = await run_stages(tmp_path, b, [stage(1, "sftp://u@a/dead", "sftp://b@b/slow")],
+                            max_batch=1)
+    # The failure is reported at once; the other item (held) is never reported.
+    assert [(i.path, i.ok) for i in r.items] == [("f0", False)]
+    b.gate.set()
 
 
 async def test_a_non_retryable_error_is_not_retried(tmp_path: Path) -> None:

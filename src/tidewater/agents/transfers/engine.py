@@ -9,8 +9,10 @@ connections and Globus tasks.
 
 An item that fails with a retryable error goes back to its lane after
 ``retry_delay`` seconds, doubling each time up to :data:`MAX_DELAY`, at most
-``retries`` more times. A stage (all items of one task in one direction) is
-reported once every item has succeeded or failed for good.
+``retries`` more times. Each item is reported as soon as it has succeeded
+or failed for good (so the user sees a stage of many items progress); an
+item that failed for good ends its stage: what has not started is dropped,
+since the task fails anyway.
 
 Paths on the site are confined to the task's work directory (and, for a
 parent's output, to the work root); anything leading outside is refused
@@ -115,10 +117,12 @@ class Engine:
             except TransferError as exc:
                 job.result = P.ItemResult(path=spec.path, ok=False, error=exc.message,
                                           attempts=0)
-        st.left = sum(1 for j in st.jobs if j.result is None)
-        if st.left == 0:
+        refused = [j.result for j in st.jobs if j.result is not None]
+        if refused:
+            self._report(st, refused)
             self._finish(st)
             return
+        st.left = len(st.jobs)
         for job in st.jobs:
             if job.result is None:
                 self._enqueue(job)
@@ -223,8 +227,9 @@ class Engine:
             suffix = f" (after {job.attempts} attempts)" if job.attempts > 1 else ""
             job.result = P.ItemResult(path=job.spec.path, ok=False,
                                       error=f"{res.message}{suffix}", attempts=job.attempts)
+        self._report(job.stage, [job.result])
         job.stage.left -= 1
-        if job.stage.left == 0:
+        if job.stage.left == 0 or not job.result.ok:
             self._finish(job.stage)
 
     async def _retry_later(self, job: _Job, delay: float) -> None:
@@ -232,14 +237,16 @@ class Engine:
         if not job.stage.cancelled:
             self._enqueue(job)
 
+    def _report(self, st: _Stage, items: list[P.ItemResult]) -> None:
+        self.report(P.StageResult(task_id=st.stage.task_id, direction=st.stage.direction,
+                                  items=items))
+
     def _finish(self, st: _Stage) -> None:
+        """The stage is over: all its items moved, or one failed (the rest are dropped)."""
+        st.cancelled = True
         key = (st.stage.task_id, st.stage.direction)
         if self.stages.get(key) is st:
             del self.stages[key]
-        self.report(P.StageResult(
-            task_id=st.stage.task_id, direction=st.stage.direction,
-            items=[j.result for j in st.jobs if j.result is not None],
-        ))
 
 
 def read_chunk(root: Path, rel: str, offset: int, length: int) -> P.FileChunk:
