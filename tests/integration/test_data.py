@@ -285,3 +285,15 @@ async def test_inline_data_beyond_one_frame_spreads_over_several(tmp_path: Path)
             assert [i.state for i in infos] == ["JOB_FINISHED"] * 24
             for t, b in zip(tasks, blobs, strict=True):
                 assert await t.output("out.bin") == b
+
+
+async def test_a_timeout_handler_retries_until_it_chooses_to_fail(tmp_path: Path) -> None:
+    async with data_site(tmp_path) as (_c, client, _work):
+        await client.add_app("lab", "slow", "sh -c {script}", hooks=tidewater.proto.AppHooks(
+            on_timeout="tests.hookapps:retry_unless_third"))
+        t = await client.submit("slow", site="lab", params={"script": "exec sleep 60"},
+                                timeout=0.3, max_retries=10)
+        info = await t.result(timeout=60)
+        # Attempts 1 and 2 timed out and the handler chose retry; at 3 it chose fail.
+        assert info.state == "FAILED" and info.attempt == 3 and info.retries == 2
+        assert "timed out" in info.error and "handler chose fail" in info.error
