@@ -183,3 +183,14 @@ async def test_a_repeated_stage_is_not_started_twice_and_a_cancelled_one_reports
         tg.cancel_scope.cancel()
     assert [r.task_id for r in results] == [1]
     assert sum(batch.count("sftp://u@a/1") for batch in b.batches) == 1
+
+
+async def test_partials_left_by_an_agent_that_died_are_removed(tmp_path: Path) -> None:
+    wd = tmp_path / "work" / "tasks" / "1"
+    wd.mkdir(parents=True)
+    stale = wd / ".tw-partial-0123abcd-f0"
+    stale.write_bytes(b"half a file")
+    (wd / ".tw-partial-0123abcd-f0x").write_bytes(b"another item's")
+    (r,) = await run_stages(tmp_path, Scripted({}), [stage(1, "sftp://u@a/x")])
+    assert r.items[0].ok
+    assert sorted(p.name for p in wd.iterdir()) == [".tw-partial-0123abcd-f0x"]

@@ -140,6 +140,20 @@ def partial_path(final: Path) -> Path:
     return final.with_name(f".tw-partial-{uuid.uuid4().hex[:8]}-{final.name}")
 
 
+def discard_stale_partials(final: Path) -> int:
+    """Remove partials of ``final`` left by an attempt that died (an agent killed
+    mid-transfer); returns how many. Only this agent writes them, one stage at a time."""
+    n = 0
+    try:
+        stale = list(final.parent.glob(f".tw-partial-????????-{final.name}"))
+    except OSError:
+        return 0
+    for p in stale:
+        discard(p)
+        n += 1
+    return n
+
+
 def place(partial: Path, final: Path) -> None:
     """Put a complete ``partial`` at ``final`` in one rename (replacing what was there)."""
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from ... import proto as P
 from ...errors import TransferError
 from ...paths import PathEscape, confine
 from . import make_backend
-from .base import Backend, Item, Moved, Remote, discard, parse_url
+from .base import Backend, Item, Moved, Remote, discard, discard_stale_partials, parse_url
 
 if TYPE_CHECKING:
     from ..settings import SiteSettings
@@ -189,6 +189,10 @@ class Engine:
                     backend = self.backends[scheme] = self._factory(scheme, self.s)
                 for j in batch:
                     j.attempts += 1
+                fresh = [j.item.local for j in batch
+                         if j.attempts == 1 and j.item is not None and j.item.direction == "in"]
+                if fresh:
+                    await anyio.to_thread.run_sync(_discard_stale, fresh)
                 self.batches += 1
                 items = [j.item for j in batch if j.item is not None]
                 results: list[Moved | TransferError] = await backend.run(items)
@@ -247,6 +251,12 @@ class Engine:
         key = (st.stage.task_id, st.stage.direction)
         if self.stages.get(key) is st:
             del self.stages[key]
+
+
+def _discard_stale(paths: list[Path]) -> None:
+    for p in paths:
+        if n := discard_stale_partials(p):
+            log.info("removed %d partial copies of %s left by an earlier attempt", n, p)
 
 
 def read_chunk(root: Path, rel: str, offset: int, length: int) -> P.FileChunk:
