@@ -83,7 +83,7 @@ def analyze(seed: int, size: int, out_dir: Path) -> dict[str, object]:
     return result
 
 
-def reduce(directory: Path, expect: int) -> dict[str, object]:
+def reduce(directory: Path, expect: int, summary_path: Path | None = None) -> dict[str, object]:
     results = [json.loads(p.read_text()) for p in sorted(directory.glob("frame-*.json"))]
     if len(results) != expect:
         raise SystemExit(f"expected {expect} frame results in {directory}, found {len(results)}")
@@ -96,7 +96,7 @@ def reduce(directory: Path, expect: int) -> dict[str, object]:
         "recall": found / simulated if simulated else 1.0,
         "mean_intensity_per_frame": sum(r["total_intensity"] for r in results) / len(results),
     }
-    (directory / "summary.json").write_text(json.dumps(summary, indent=2))
+    (summary_path or directory / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -110,12 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("reduce")
     r.add_argument("--dir", type=Path, required=True)
     r.add_argument("--expect", type=int, required=True)
+    r.add_argument("--summary", type=Path, default=None,
+                   help="where to write summary.json (default: in --dir)")
     args = ap.parse_args(argv)
     if args.cmd == "analyze":
         res = analyze(args.seed, args.size, args.out_dir)
         print(json.dumps({k: v for k, v in res.items() if k != "peaks"}))  # noqa: T201
     else:
-        print(json.dumps(reduce(args.dir, args.expect)))  # noqa: T201
+        print(json.dumps(reduce(args.dir, args.expect, args.summary)))  # noqa: T201
     return 0
 
 
