@@ -7,7 +7,9 @@
    its autoscaler on: the site is idle, no pilot runs;
 4. submit one ``frame`` task per frame: the agent hears the demand and
    submits a batch job, whose ``--pilots`` pilots start and take the work;
-   progress shows as results are pushed back; then ``reduce`` merges them;
+   progress shows as results are pushed back; ``reduce``, submitted at once
+   as the child of every frame task, starts when the last one is done and
+   returns ``summary.json`` inline;
 5. print per-state counts, the idle site's reaction, throughput and
    latencies; cancel the batch job; fail if anything failed.
 """
