@@ -31,8 +31,12 @@ SITE_ENV = {"PYTHONPATH": os.pathsep.join(
 
 
 @asynccontextmanager
-async def data_site(tmp: Path, **transfers: object) -> AsyncIterator[tuple[Cluster, Client, Path]]:
-    """A controller, a local site with its agent, one running batch job of 1 node."""
+async def data_site(
+    tmp: Path, *, agent: bool = True, batch_job: bool = True, **transfers: object,
+) -> AsyncIterator[tuple[Cluster, Client, Path]]:
+    """A controller, a local site ``lab`` (app ``sh``) with its agent and one running batch
+    job of 1 node; yields the cluster, Alice's client and the site's work root (its
+    parent is the site directory). ``transfers``: the site's [transfers] settings."""
     async with cluster(tmp) as c:
         await c.start_controller()
         token = await c.add_user("alice")
@@ -44,8 +48,10 @@ async def data_site(tmp: Path, **transfers: object) -> AsyncIterator[tuple[Clust
                 sections={"scheduler": {"state_dir": str(tmp / "jobs")},
                           "site": {"cores_per_node": 2},
                           "transfers": {"retries": 2, "retry_delay": 0.05, **transfers}})
-            await c.start_agent(site_dir, env=SITE_ENV)
-            await client.queue_submit("lab", nodes=1, wall_time_min=10)
+            if agent:
+                await c.start_agent(site_dir, env=SITE_ENV)
+            if batch_job:
+                await client.queue_submit("lab", nodes=1, wall_time_min=10)
             yield c, client, site_dir / "work"
 
 

@@ -13,13 +13,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-import tidewater
 from tidewater.agents.settings import write_token
 from tidewater.agents.transfers.base import digest
 
 from ..fakes.globus_service import GlobusService
-from .procs import cluster, until, write_site
-from .test_data import SITE_ENV
+from .procs import until
+from .test_data import data_site
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +30,7 @@ REMOTE = "8e40e7e0-0000-4000-8000-0000000be40e"
 async def test_globus_inputs_and_outputs_with_progress_while_a_task_is_held(
     tmp_path: Path,
 ) -> None:
-    site_dir = tmp_path / "site"
+    site_dir = tmp_path / "site"  # data_site's site directory
     remote = tmp_path / "remote-collection"
     (remote / "run42" / "frames").mkdir(parents=True)
     frames = {f"f{i}.raw": os.urandom(50_000) for i in range(4)}
@@ -43,41 +42,30 @@ async def test_globus_inputs_and_outputs_with_progress_while_a_task_is_held(
     write_token(token_file, TOKEN)
     # The site's collection shows the site directory; the work root is its work/.
     endpoints = {SITE: site_dir, REMOTE: remote}
-    async with GlobusService(endpoints, token=TOKEN) as svc, cluster(tmp_path) as c:
-        await c.start_controller()
-        user = await c.add_user("alice")
-        async with tidewater.connect(c.url, token=user) as client:
-            _site, site_token = await client.add_site("lab")
-            await client.add_app("lab", "sh", "sh -c {script}")
-            write_site(site_dir, name="lab", scheduler="local", url=c.url, token=site_token,
-                       sections={"scheduler": {"state_dir": str(tmp_path / "jobs")},
-                                 "transfers": {"globus_endpoint": SITE,
-                                               "globus_work_root": "/work",
-                                               "globus_token_file": str(token_file),
-                                               "globus_base_url": svc.url,
-                                               "globus_poll_interval": 0.05}})
-            await c.start_agent(site_dir, env=SITE_ENV)
-            await client.queue_submit("lab", nodes=1, wall_time_min=10)
-            svc.gate = anyio.Event()  # Globus tasks stay ACTIVE until the gate opens
-            t = await client.submit(
-                "sh", site="lab",
-                params={"script": "mkdir out; cat frames/* dark.bin > out/all.bin"},
-                inputs={"frames": f"globus://{REMOTE}/run42/frames",
-                        "dark.bin": local.as_uri()},
-                outputs={"out": f"globus://{REMOTE}/run42/reduced"})
+    async with GlobusService(endpoints, token=TOKEN) as svc, data_site(
+        tmp_path, globus_endpoint=SITE, globus_work_root="/work",
+        globus_token_file=str(token_file), globus_base_url=svc.url, globus_poll_interval=0.05,
+    ) as (_c, client, _work):
+        svc.gate = anyio.Event()  # Globus tasks stay ACTIVE until the gate opens
+        t = await client.submit(
+            "sh", site="lab",
+            params={"script": "mkdir out; cat frames/* dark.bin > out/all.bin"},
+            inputs={"frames": f"globus://{REMOTE}/run42/frames",
+                    "dark.bin": local.as_uri()},
+            outputs={"out": f"globus://{REMOTE}/run42/reduced"})
 
-            async def file_item_done() -> bool:
-                (info,) = await client.tasks(ids=[t.id])
-                return any(f.path == "dark.bin" and f.state == "done" for f in info.files)
-
-            await until(file_item_done, what="the file:// input to be reported on its own")
+        async def file_item_done() -> bool:
             (info,) = await client.tasks(ids=[t.id])
-            files = {f.path: f for f in info.files if f.direction == "in"}
-            assert info.state == "READY" and files["frames"].state == "pending"
-            await svc.wait_for_tasks(1)
-            svc.gate.set()
-            info = await t.result(timeout=60)
-            assert info.state == "JOB_FINISHED", info
+            return any(f.path == "dark.bin" and f.state == "done" for f in info.files)
+
+        await until(file_item_done, what="the file:// input to be reported on its own")
+        (info,) = await client.tasks(ids=[t.id])
+        files = {f.path: f for f in info.files if f.direction == "in"}
+        assert info.state == "READY" and files["frames"].state == "pending"
+        await svc.wait_for_tasks(1)
+        svc.gate.set()
+        info = await t.result(timeout=60)
+        assert info.state == "JOB_FINISHED", info
 
     expected = b"".join(frames[n] for n in sorted(frames)) + local.read_bytes()
     assert (remote / "run42" / "reduced" / "all.bin").read_bytes() == expected

@@ -14,12 +14,10 @@ from pathlib import Path
 
 import pytest
 
-import tidewater
 from tidewater.agents.transfers.base import digest
 
-from .procs import cluster, write_site
 from .sshd import Sshd, free_port
-from .test_data import SITE_ENV
+from .test_data import data_site
 
 pytestmark = [pytest.mark.integration, pytest.mark.sshd]
 
@@ -32,6 +30,11 @@ TRANSFORM = (
     "for f in $(cd tree && find . -type f | sort); do "
     "mkdir -p out/tree/$(dirname $f); tr a-z A-Z < tree/$f > out/tree/$f; done"
 )
+
+
+def keys(sshd: Sshd) -> dict[str, object]:
+    """The site's [transfers] settings for the test sshd (host key checked)."""
+    return {"sftp_identity": str(sshd.identity), "sftp_known_hosts": str(sshd.known_hosts)}
 
 
 def reversed_blocks(data: bytes) -> bytes:
@@ -49,28 +52,14 @@ async def test_fifty_megabytes_and_a_tree_in_and_out_over_sftp(
             "tree/a/b/y.txt": b"beta " * 10_000}
     for rel, data in tree.items():
         (remote / rel).write_bytes(data)
-    async with cluster(tmp_path) as c:
-        await c.start_controller()
-        token = await c.add_user("alice")
-        async with tidewater.connect(c.url, token=token) as client:
-            _site, site_token = await client.add_site("lab")
-            await client.add_app("lab", "sh", "sh -c {script}")
-            site_dir = write_site(
-                tmp_path / "site", name="lab", scheduler="local", url=c.url, token=site_token,
-                sections={"scheduler": {"state_dir": str(tmp_path / "jobs")},
-                          "transfers": {"sftp_identity": str(sshd.identity),
-                                        "sftp_known_hosts": str(sshd.known_hosts),
-                                        "retry_delay": 0.05}})
-            await c.start_agent(site_dir, env=SITE_ENV)
-            await client.queue_submit("lab", nodes=1, wall_time_min=10)
-            t = await client.submit(
-                "sh", site="lab", params={"script": TRANSFORM},
-                inputs={"big.bin": sshd.url(remote / "big.bin"),
-                        "tree": sshd.url(remote / "tree")},
-                outputs={"out/big.rev": sshd.url(remote / "results" / "big.rev"),
-                         "out/tree": sshd.url(remote / "results" / "tree")})
-            info = await t.result(timeout=120)
-            assert info.state == "JOB_FINISHED", info
+    async with data_site(tmp_path, **keys(sshd)) as (_c, client, _work):
+        t = await client.submit(
+            "sh", site="lab", params={"script": TRANSFORM},
+            inputs={"big.bin": sshd.url(remote / "big.bin"), "tree": sshd.url(remote / "tree")},
+            outputs={"out/big.rev": sshd.url(remote / "results" / "big.rev"),
+                     "out/tree": sshd.url(remote / "results" / "tree")})
+        info = await t.result(timeout=120)
+        assert info.state == "JOB_FINISHED", info
 
     back = (remote / "results" / "big.rev").read_bytes()
     assert hashlib.sha256(back).hexdigest() == hashlib.sha256(reversed_blocks(big)).hexdigest()
@@ -89,26 +78,14 @@ async def test_a_refused_connection_retries_then_fails_the_task_promptly(
     tmp_path: Path, sshd: Sshd,
 ) -> None:
     closed = free_port()
-    async with cluster(tmp_path) as c:
-        await c.start_controller()
-        token = await c.add_user("alice")
-        async with tidewater.connect(c.url, token=token) as client:
-            _site, site_token = await client.add_site("lab")
-            await client.add_app("lab", "sh", "sh -c {script}")
-            site_dir = write_site(
-                tmp_path / "site", name="lab", scheduler="local", url=c.url, token=site_token,
-                sections={"scheduler": {"state_dir": str(tmp_path / "jobs")},
-                          "transfers": {"sftp_identity": str(sshd.identity),
-                                        "sftp_known_hosts": str(sshd.known_hosts),
-                                        "retries": 2, "retry_delay": 0.05}})
-            await c.start_agent(site_dir, env=SITE_ENV)
-            url = f"sftp://{sshd.user}@127.0.0.1:{closed}/data/frame.raw"
-            missing = sshd.url(tmp_path / "not-there.raw")
-            t1 = await client.submit("sh", site="lab", params={"script": "true"},
-                                     inputs={"frame.raw": url})
-            t2 = await client.submit("sh", site="lab", params={"script": "true"},
-                                     inputs={"frame.raw": missing})
-            refused, absent = await client.wait([t1, t2], timeout=60)
+    async with data_site(tmp_path, batch_job=False, **keys(sshd)) as (_c, client, _work):
+        url = f"sftp://{sshd.user}@127.0.0.1:{closed}/data/frame.raw"
+        missing = sshd.url(tmp_path / "not-there.raw")
+        t1 = await client.submit("sh", site="lab", params={"script": "true"},
+                                 inputs={"frame.raw": url})
+        t2 = await client.submit("sh", site="lab", params={"script": "true"},
+                                 inputs={"frame.raw": missing})
+        refused, absent = await client.wait([t1, t2], timeout=60)
     assert refused.state == "FAILED"
     assert f"connection refused by 127.0.0.1:{closed}" in refused.error
     assert "after 3 attempts" in refused.error
