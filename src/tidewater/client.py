@@ -515,14 +515,19 @@ class Client:
         """List tasks matching every given filter, oldest first.
 
         At most ``limit``: the oldest ones after ``after_id`` (for paging), or
-        with ``newest=True`` the most recent ones.
+        with ``newest=True`` the most recent ones (as many as fit in one reply
+        when their function results are large).
         """
         states = [state] if isinstance(state, str) else list(state or [])
         f = P.TaskFilter(ids=list(ids), states=states, tags=dict(tags or {}), site=site, app=app)
-        r = await self._request(
-            lambda i: P.Query(req_id=i, filter=f, limit=limit, after_id=after_id, newest=newest)
-        )
-        return list(r.tasks)
+        out: list[TaskInfo] = []
+        while True:
+            r: P.TaskList = await self._request(functools.partial(
+                _query_msg, filter=f, limit=limit - len(out), after_id=after_id, newest=newest))
+            out.extend(r.tasks)
+            if not r.truncated or newest or not r.tasks or len(out) >= limit:
+                return out
+            after_id = r.tasks[-1].id
 
     async def wait(
         self, tasks: Iterable[Task | int], *, timeout: float | None = None, check: bool = False
@@ -742,6 +747,11 @@ def connect(
 
 
 # ---------------------------------------------------------------------- sync facade
+
+
+def _query_msg(req_id: int, *, filter: P.TaskFilter, limit: int, after_id: int,
+               newest: bool) -> P.Msg:
+    return P.Query(req_id=req_id, filter=filter, limit=limit, after_id=after_id, newest=newest)
 
 
 def _download_msg(req_id: int, *, task_id: int, path: str, offset: int) -> P.Msg:

@@ -580,6 +580,9 @@ class Submitted(Msg, tag="submitted"):
 class TaskList(Msg, tag="task_list"):
     req_id: I64
     tasks: list[TaskInfo]
+    truncated: bool = False
+    """Fewer than asked for, to keep the frame under its limit (large function results):
+    ask again after the last id for more."""
 
 
 class Watching(Msg, tag="watching"):

@@ -95,3 +95,23 @@ async def test_executor_maps_numpy_functions_like_local_calls(tmp_path: Path) ->
 
         assert got == [integrate(f) for f in frames]
         assert isinstance(failed, TaskFailed) and "ValueError: no" in str(failed)
+
+
+async def test_large_results_are_listed_over_several_frames(tmp_path: Path) -> None:
+    """Ten 900 kB return values with 4 MiB frames: listing and waiting page through them."""
+    async with cluster(tmp_path) as c:
+        await c.start_controller("--max-frame-bytes", str(4 << 20))
+        token = await c.add_user("alice")
+        async with tidewater.connect(c.url, token=token) as client:
+            _site, site_token = await client.add_site("hpc")
+            await client.add_app("hpc", "noop", function=f"{FN}:noop")
+            blobs = [bytes([i]) * 900_000 for i in range(10)]
+            tasks = [await client.submit("noop", site="hpc", args=(b,)) for b in blobs]
+            await c.start_pilot(site_token, pilot_id="p1", cores=2)
+            infos = await client.wait(tasks, timeout=60)
+            assert [i.state for i in infos] == ["JOB_FINISHED"] * 10
+            listed = await client.tasks(limit=100)
+            assert [i.id for i in listed] == [t.id for t in tasks]
+            assert [await t.value() for t in tasks] == blobs
+            newest = await client.tasks(newest=True, limit=100)
+            assert 1 <= len(newest) < 10 and newest[-1].id == tasks[-1].id

@@ -1032,9 +1032,14 @@ class Controller:
             f"ORDER BY id {order} LIMIT ?",
             (*args, msg.after_id, limit),
         )
+        infos = [self._row_info(r) for r in rows]
+        # Function results can be large: keep the frame within its limit (for newest
+        # first, the newest that fit).
+        runs = P.chunk_by_size(infos, P.payload, self.limits.max_frame_bytes // 2)
+        infos = runs[0] if runs else []
         if msg.newest:
-            rows.reverse()
-        peer.send(P.TaskList(req_id=msg.req_id, tasks=[self._row_info(r) for r in rows]))
+            infos.reverse()
+        peer.send(P.TaskList(req_id=msg.req_id, tasks=infos, truncated=len(runs) > 1))
 
     def _filter_sql(self, who: Principal, f: P.TaskFilter) -> tuple[str, list[Any]]:
         where = ["owner_id = ?"]
