@@ -41,6 +41,7 @@ from .config import Timeouts
 from .errors import (
     ConfigError,
     ConnectionBroken,
+    InvalidRequest,
     TaskFailed,
     TidewaterError,
     from_code,
@@ -595,12 +596,17 @@ class Client:
         if self._failure is not None:
             raise ConnectionBroken(f"the client is closed: {self._failure}")
         req_id = self._new_id()
-        req = _Request(build(req_id), on_reply=on_reply, req_id=req_id)
+        msg = build(req_id)
+        try:
+            frame = P.encode(msg)  # what cannot be sent is refused before it is queued
+        except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:
+            raise InvalidRequest(f"the request cannot be encoded: {exc}") from None
+        req = _Request(msg, on_reply=on_reply, req_id=req_id)
         self._pending[req_id] = req
         link = self._link
         if link is not None:
             try:
-                await link.send(req.msg)
+                await link.send_raw(frame)
             except TidewaterError:
                 pass  # the reconnect loop resends it
         return req

@@ -127,7 +127,10 @@ async def test_very_long_value(site: Site) -> None:
     assert out_argv == out_shell == value[-TAIL:]
 
 
-VALUES = st.text(st.characters(exclude_characters="\x00"), max_size=200)
+# Any string a user can send: every Unicode scalar value but NUL (lone surrogates
+# cannot be encoded as UTF-8 at all; the client refuses them, see below).
+VALUES = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)),
+                 max_size=200)
 
 
 @settings(max_examples=30, deadline=None,
@@ -136,3 +139,10 @@ VALUES = st.text(st.characters(exclude_characters="\x00"), max_size=200)
                                max_size=4).map("".join))
 async def test_any_value_arrives_verbatim(site: Site, value: str) -> None:
     assert await round_trip(site, value) == (value, value)
+
+
+async def test_a_string_that_is_not_unicode_text_is_refused_by_the_client(site: Site) -> None:
+    """A lone surrogate cannot be encoded: a clear error, nothing sent, the client goes on."""
+    with pytest.raises(tidewater.InvalidRequest, match="cannot be encoded"):
+        await site.client.submit(ARGV_APP, site="hpc", params={"x": "\ud800"})
+    assert await round_trip(site, "still fine") == ("still fine", "still fine")
