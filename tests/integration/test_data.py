@@ -303,3 +303,21 @@ async def test_a_timeout_handler_retries_until_it_chooses_to_fail(tmp_path: Path
         # Attempts 1 and 2 timed out and the handler chose retry; at 3 it chose fail.
         assert info.state == "FAILED" and info.attempt == 3 and info.retries == 2
         assert "timed out" in info.error and "handler chose fail" in info.error
+
+
+async def test_a_download_needs_the_sites_agent_and_works_again_when_it_is_back(
+    tmp_path: Path,
+) -> None:
+    async with data_site(tmp_path) as (c, client, work):
+        t = await client.submit("sh", site="lab",
+                                params={"script": "head -c 1500000 /dev/urandom > big"},
+                                outputs=["big"])
+        assert (await t.result(timeout=60)).state == "JOB_FINISHED"
+        agent = c.pilots["agent"]
+        agent.kill()
+        await agent.proc.wait()
+        with pytest.raises(tidewater.InvalidRequest, match="agent is not connected"):
+            await client.read_output(t, "big")
+        await c.start_agent(work.parent, env=SITE_ENV)
+        data = await client.read_output(t, "big")
+        assert data == (work / f"tasks/{t.id}/big").read_bytes()

@@ -296,8 +296,9 @@ class Staging:
             (who.user_id, final[msg.task_id].site), -1)
         agent = c.batch.agents.get(site_id)
         if agent is None:
-            raise InvalidRequest(f"output {name!r} is on site {c.sites[site_id].name!r}, whose "
-                                 "agent is not connected (`tidewater site start`)", "unavailable")
+            site = c.sites[site_id].name if site_id in c.sites else "?"
+            raise InvalidRequest(f"output {name!r} is on site {site!r}, whose agent is not "
+                                 "connected (`tidewater site start`)", "unavailable")
         workdir = (workdir_of(t) if t is not None
                    else final[msg.task_id].workdir or f"tasks/{msg.task_id}")
         rid = self._next_read
