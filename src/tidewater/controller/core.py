@@ -35,7 +35,7 @@ from ..states import TaskState as S
 from .batchjobs import BatchJobs, check_task_fits
 from .dispatch import Dispatcher, PilotSlot
 from .leases import Leases
-from .staging import Staging, check_files, needs_agent, resolve
+from .staging import Staging, check_files, needs_agent, resolve, task_workdir, workdir_of
 from .store import sqlite as st
 from .store.sqlite import SqliteStore, Stmt
 from .tokens import Tokens
@@ -471,8 +471,7 @@ class Controller:
             ):
                 data = parent.out_data.get(f.output) if parent.out_data else None
                 f, got = resolve(f, parent.files, data, parent_site=parent.site_id,
-                                 site=c.site_id, parent_workdir=parent.workdir
-                                 or f"tasks/{parent.id}")
+                                 site=c.site_id, parent_workdir=workdir_of(parent))
                 if got is not None:
                     c.in_data = c.in_data or {}
                     c.in_data[f.path] = got
@@ -879,7 +878,7 @@ class Controller:
         p = self._owned_live(who, f.task)
         if p is not None:
             data = p.out_data.get(f.output) if p.out_data else None
-            return p.files, p.site_id, p.workdir or f"tasks/{p.id}", data
+            return p.files, p.site_id, workdir_of(p), data
         row = await self.store.fetchone(
             "SELECT files, site_id, workdir FROM tasks WHERE id = ? AND owner_id = ?",
             (f.task, who.user_id))
@@ -888,7 +887,7 @@ class Controller:
         drow = await self.store.fetchone(
             "SELECT data FROM task_data WHERE task_id = ? AND direction = 'out' AND path = ?",
             (f.task, f.output))
-        return (decode_files(row[0]), row[1], row[2] or f"tasks/{f.task}",
+        return (decode_files(row[0]), row[1], task_workdir(row[2], f.task),
                 bytes(drow[0]) if drow else None)
 
     def _wait_for_parents(self, t: LiveTask, parents: list[int], state: dict[int, S],
@@ -1544,7 +1543,7 @@ class Controller:
         extra = t.extra
         return P.Assignment(
             task_id=t.id, attempt=t.attempt, argv=t.argv, shell=t.shell,
-            env=t.env, workdir=t.workdir or f"tasks/{t.id}", cores=cores,
+            env=t.env, workdir=workdir_of(t), cores=cores,
             gpus=gpus, timeout=t.timeout, wall_time=t.wall_time, hosts=hosts,
             num_nodes=t.num_nodes, function=t.func, args=t.args or b"",
             ranks_per_node=int(extra.get("ranks_per_node", 1)),

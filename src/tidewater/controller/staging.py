@@ -119,9 +119,13 @@ def _check_sha(value: str, what: str) -> str:
     return v
 
 
+def task_workdir(workdir: str, task_id: int) -> str:
+    """A task's work directory relative to the site's work root: its own, or tasks/<id>."""
+    return workdir or f"tasks/{task_id}"
+
+
 def workdir_of(t: LiveTask) -> str:
-    """The task's work directory relative to the site's work root."""
-    return t.workdir or f"tasks/{t.id}"
+    return task_workdir(t.workdir, t.id)
 
 
 def needs_agent(files: list[P.FileInfo] | None, direction: str) -> bool:
@@ -300,7 +304,7 @@ class Staging:
             raise InvalidRequest(f"output {name!r} is on site {site!r}, whose agent is not "
                                  "connected (`tidewater site start`)", "unavailable")
         workdir = (workdir_of(t) if t is not None
-                   else final[msg.task_id].workdir or f"tasks/{msg.task_id}")
+                   else task_workdir(final[msg.task_id].workdir, msg.task_id))
         rid = self._next_read
         self._next_read += 1
         self._reads[rid] = (agent, peer, msg.req_id)

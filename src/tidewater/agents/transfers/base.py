@@ -189,7 +189,8 @@ def file_digest(path: Path) -> Moved:
 def tree_files(root: Path) -> list[tuple[str, Path]]:
     """Every regular file under ``root`` as (relative posix path, path), sorted.
 
-    Symbolic links are refused: a tree must not reach outside itself.
+    Symbolic links are refused: a tree must not reach outside itself; so are
+    FIFOs, sockets and devices (reading one would block or never end).
     """
     return tree_walk(root)[0]
 
@@ -212,6 +213,9 @@ def tree_walk(root: Path) -> tuple[list[tuple[str, Path]], list[str]]:
                     todo.append((sub, e.path))
                 elif e.is_file():
                     files.append((sub, Path(e.path)))
+                else:
+                    raise TransferError(str(root), f"{sub} is not a regular file or directory; "
+                                        "such trees are not transferred", retryable=False)
     files.sort()
     dirs.sort()
     return files, dirs

@@ -21,6 +21,7 @@ before a byte moves.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -261,8 +262,6 @@ def _discard_stale(paths: list[Path]) -> None:
 
 def read_chunk(root: Path, rel: str, offset: int, length: int) -> P.FileChunk:
     """Part of a file under the work root, for a client's download (run in a thread)."""
-    import hashlib
-
     try:
         path = confine(root, rel)
     except PathEscape as exc:

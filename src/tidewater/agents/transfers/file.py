@@ -11,7 +11,6 @@ task must not modify it).
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import threading
 from collections.abc import Sequence
@@ -39,13 +38,7 @@ if TYPE_CHECKING:
 
 
 def _hash_file(src: Path, out: list[str]) -> None:
-    h = hashlib.sha256()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    with open(src, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    out.append(h.hexdigest())
+    out.append(file_digest(src).sha256)
 
 
 def _kernel_copy(fi: int, fo: int, size: int) -> int:

@@ -47,7 +47,7 @@ from .base import (
     partial_path,
     place,
     tree_digest,
-    tree_files,
+    tree_walk,
 )
 
 if TYPE_CHECKING:
@@ -336,7 +336,7 @@ class SftpBackend(Backend):
 
     async def _put_tree(self, s: _Session, remote: Remote, src: Path, tmp: str) -> Moved:
         try:
-            files, dirs = await anyio.to_thread.run_sync(_local_tree, src)
+            files, dirs = await anyio.to_thread.run_sync(tree_walk, src)
         except TransferError as exc:
             raise TransferError(remote.url, f"{src}: {exc.message}",
                                 retryable=exc.retryable) from None
@@ -632,18 +632,6 @@ async def _remote_tree(sftp: asyncssh.SFTPClient,
                 raise TransferError(remote.url, f"{r} is not a regular file or directory; "
                                     "such trees are not transferred", retryable=False)
     return sorted(files), sorted(dirs)
-
-
-def _local_tree(root: Path) -> tuple[list[tuple[str, Path]], list[str]]:
-    """:func:`~.base.tree_files` of ``root`` and its directories (relative, parents first)."""
-    files = tree_files(root)
-    for rel, p in files:
-        if not p.is_file():  # a FIFO or device would block or never end
-            raise TransferError(str(root), f"{rel} is not a regular file or directory; such "
-                                "trees are not transferred", retryable=False)
-    dirs = sorted(Path(d).relative_to(root).as_posix() for d, _, _ in os.walk(root)
-                  if Path(d) != root)
-    return files, dirs
 
 
 async def _install(sftp: asyncssh.SFTPClient, tmp: str, final: str, is_dir: bool) -> None:
