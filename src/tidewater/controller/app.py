@@ -12,7 +12,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,7 +26,8 @@ from .. import proto as P
 from ..config import ControllerConfig
 from ..errors import InvalidRequest
 from ..tls import check_listen, server_context
-from .core import Controller, PilotRec, Principal
+from .model import Principal
+from .service import ControllerService
 
 log = logging.getLogger("tidewater.controller.app")
 
@@ -101,7 +102,7 @@ def _req_id_of(data: bytes) -> int:
 
 
 class ControllerApp:
-    def __init__(self, controller: Controller) -> None:
+    def __init__(self, controller: ControllerService) -> None:
         self.c = controller
         self.app = web.Application(client_max_size=controller.limits.max_frame_bytes)
         self.app.router.add_get("/ws", self.ws_handler)
@@ -121,8 +122,7 @@ class ControllerApp:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         try:
-            who = await self.c.authenticate(P.Hello(role="client", proto_version=P.PROTO_VERSION,
-                                                    token=token.strip()), request.remote or "")
+            who = await self.c.authenticate(token.strip(), request.remote or "")
         except InvalidRequest:
             who = None
         if scheme.lower() != "bearer" or who is None or not who.is_admin:
@@ -161,7 +161,7 @@ class ControllerApp:
             return ws
         remote = request.remote or "?"
         try:
-            who = await self.c.authenticate(hello, remote)
+            who = await self.c.authenticate(hello.token, remote)
         except InvalidRequest as exc:
             await self._reject(ws, exc.message, exc.code)
             return ws
@@ -170,7 +170,7 @@ class ControllerApp:
                                "user token", "auth")
             return ws
         peer = WsPeer(ws, limits.outgoing_queue)
-        self.c.tokens.attach(who, peer)
+        self.c.connected(who, peer)
         async with anyio.create_task_group() as tg:
             tg.start_soon(peer.sender, tg.cancel_scope)
             try:
@@ -184,8 +184,8 @@ class ControllerApp:
                     await self._pilot_session(ws, who, peer, hello)
             finally:
                 if hello.role == "client":
-                    self.c.client_gone(who, peer)
-                self.c.tokens.detach(who, peer)
+                    self.c.on_client_gone(who, peer)
+                self.c.disconnected(who, peer)
                 peer.detach()
                 tg.cancel_scope.cancel()
         return ws
@@ -222,160 +222,96 @@ class ControllerApp:
                 log.info("websocket error from peer %d: %s", peer.id, ws.exception())
                 return
 
-    async def _client_loop(self, ws: web.WebSocketResponse, who: Principal, peer: WsPeer) -> None:
-        c = self.c
-        bucket = RateLimit(c.limits.requests_per_second)
+    async def _serve(
+        self, ws: web.WebSocketResponse, peer: WsPeer, decoder: P.Decoder[Any],
+        handle: Callable[[Any], Awaitable[None]], rate: RateLimit | None = None,
+        stop: type | None = None,
+    ) -> bool:
+        """Decode each frame and hand it to ``handle``, with the one error policy of every role.
+
+        A frame that does not decode, or that ``handle`` refuses with
+        InvalidRequest, gets an Error naming its req_id; any other exception
+        is logged and answered with Error("internal"), and the connection goes
+        on. Returns True when a frame of type ``stop`` (a pilot's Bye) ended it.
+        """
         async for data in self._frames(ws, peer):
-            if not bucket.take(time.monotonic()):
+            if rate is not None and not rate.take(time.monotonic()):
                 peer.send(P.Error(req_id=_req_id_of(data), code="limit", message=(
-                    f"more than {c.limits.requests_per_second:g} requests per second on this "
+                    f"more than {rate.rate:g} requests per second on this "
                     "connection: this one was dropped; slow down (batch with submit_many)")))
                 continue
             try:
-                msg = P.client_decoder.decode(data)
+                msg = decoder.decode(data)
             except msgspec.MsgspecError as exc:
                 peer.send(P.Error(req_id=_req_id_of(data), code="bad_frame",
                                   message=f"malformed frame: {exc}"))
                 continue
+            if stop is not None and isinstance(msg, stop):
+                return True
             req_id = getattr(msg, "req_id", 0)
             try:
-                match msg:
-                    case P.Submit():
-                        await c.submit(who, peer, msg)
-                    case P.Wait():
-                        await c.wait(who, peer, msg)
-                    case P.Query():
-                        await c.query(who, peer, msg)
-                    case P.Watch():
-                        await c.watch(who, peer, msg)
-                    case P.Unwatch():
-                        c.unwatch(who, peer, msg)
-                    case P.Cancel():
-                        await c.cancel(who, peer, msg)
-                    case P.AddSite():
-                        await c.add_site(who, peer, msg)
-                    case P.ListSites():
-                        c.list_sites(who, peer, msg)
-                    case P.AddApp():
-                        await c.add_app(who, peer, msg)
-                    case P.ListApps():
-                        c.list_apps(who, peer, msg)
-                    case P.AddJob():
-                        await c.batch.add_job(who, peer, msg)
-                    case P.ListJobs():
-                        c.batch.list_jobs(who, peer, msg)
-                    case P.CancelJob():
-                        await c.batch.cancel_job(who, peer, msg)
-                    case P.CreateToken():
-                        await c.tokens.create(who, peer, msg)
-                    case P.ListTokens():
-                        await c.tokens.list(who, peer, msg)
-                    case P.RevokeToken():
-                        await c.tokens.revoke(who, peer, msg)
-                    case P.AddUser():
-                        await c.tokens.add_user(who, peer, msg)
-                    case P.RemoveUser():
-                        await c.tokens.remove_user(who, peer, msg)
-                    case P.ListUsers():
-                        await c.tokens.list_users(who, peer, msg)
-                    case P.Download():
-                        await c.staging.download(who, peer, msg)
-                    case P.ListAudit():
-                        await c.tokens.list_audit(who, peer, msg)
-                    case P.Ping():
-                        peer.send(P.Ping(time=msg.time))
-                    case P.Hello():
-                        raise InvalidRequest("already greeted: Hello is only the first frame")
+                await handle(msg)
             except InvalidRequest as exc:
                 peer.send(P.Error(req_id=req_id, code=exc.code, message=exc.message))
             except Exception:
                 log.exception("internal error handling %s", type(msg).__name__)
                 peer.send(P.Error(req_id=req_id, code="internal",
                                   message="internal controller error; see the controller log"))
+        return False
+
+    async def _client_loop(self, ws: web.WebSocketResponse, who: Principal, peer: WsPeer) -> None:
+        c = self.c
+        await self._serve(ws, peer, P.client_decoder, lambda msg: c.on_client(who, peer, msg),
+                          rate=RateLimit(c.limits.requests_per_second))
 
     async def _pilot_session(
         self, ws: web.WebSocketResponse, who: Principal, peer: WsPeer, hello: P.Hello
     ) -> None:
         c = self.c
         try:
-            rec: PilotRec = c.pilot_hello(who, peer, hello,
-                                          lambda site: self._welcome(who, site))
+            rec = c.on_pilot_hello(who, peer, hello, self._welcome(who))
         except InvalidRequest as exc:
             peer.send(P.Reject(reason=exc.message, code=exc.code))
             peer.close(4002, exc.message)
             await peer_wait_closed(ws)
             return
+
+        async def handle(msg: Any) -> None:
+            match msg:
+                case P.Ping():
+                    peer.send(P.Ping(time=msg.time))
+                case P.Hello():
+                    raise InvalidRequest("already greeted: Hello is only the first frame")
+                case _:
+                    await c.on_pilot(rec, msg)
+
         bye = False
         try:
-            async for data in self._frames(ws, peer):
-                try:
-                    msg = P.pilot_decoder.decode(data)
-                except msgspec.MsgspecError as exc:
-                    peer.send(P.Error(req_id=0, code="bad_frame", message=f"malformed frame: {exc}"))
-                    continue
-                match msg:
-                    case P.Reports():
-                        await c.reports(rec, msg)
-                    case P.Credit():
-                        c.credit(rec, msg)
-                    case P.Heartbeat():
-                        c.heartbeat(rec, msg)
-                    case P.Ping():
-                        peer.send(P.Ping(time=msg.time))
-                    case P.Drain():
-                        c.drain(rec, msg.reason)
-                    case P.Bye():
-                        bye = True
-                        break
-                    case P.Hello():
-                        peer.send(P.Error(req_id=0, code="bad_request",
-                                          message="already greeted: Hello is only the first frame"))
+            bye = await self._serve(ws, peer, P.pilot_decoder, handle, stop=P.Bye)
         finally:
-            c.pilot_gone(rec, peer, bye=bye)
-
+            c.on_pilot_gone(rec, peer, bye=bye)
 
     async def _agent_session(
         self, ws: web.WebSocketResponse, who: Principal, peer: WsPeer, hello: P.Hello
     ) -> None:
         c = self.c
-        site = c.sites.get(who.site_id) if who.site_id is not None else None
+        site = c.state.registry.sites.get(who.site_id) if who.site_id is not None else None
         try:
             welcome = self._welcome(who, site.name if site else "")
             if site is not None:
                 welcome = msgspec.structs.replace(welcome,
                                                   site_tag=site_tag(site.id, site.created_at))
-            site_id = await c.batch.agent_hello(who, peer, hello, welcome)
+            site_id = await c.on_agent_hello(who, peer, hello, welcome)
         except InvalidRequest as exc:
             peer.send(P.Reject(reason=exc.message, code=exc.code))
             peer.close(4002, exc.message)
             await peer_wait_closed(ws)
             return
         try:
-            async for data in self._frames(ws, peer):
-                try:
-                    msg = P.agent_decoder.decode(data)
-                except msgspec.MsgspecError as exc:
-                    peer.send(P.Error(req_id=0, code="bad_frame", message=f"malformed frame: {exc}"))
-                    continue
-                try:
-                    match msg:
-                        case P.JobUpdates():
-                            await c.batch.job_updates(site_id, peer, msg)
-                        case P.RequestJob():
-                            await c.batch.request_job(site_id, peer, msg)
-                        case P.Staged():
-                            await c.staging.staged(site_id, peer, msg)
-                        case P.FileChunk():
-                            c.staging.file_chunk(msg)
-                        case P.Heartbeat() | P.Ping():
-                            peer.send(P.Ping(time=msg.time))
-                        case P.Hello():
-                            raise InvalidRequest("already greeted: Hello is only the first frame")
-                except InvalidRequest as exc:
-                    peer.send(P.Error(req_id=0, code=exc.code, message=exc.message))
+            await self._serve(ws, peer, P.agent_decoder,
+                              lambda msg: c.on_agent(site_id, peer, msg))
         finally:
-            c.batch.agent_gone(site_id, peer)
-            c.staging.agent_gone(peer)
+            c.on_agent_gone(site_id, peer)
 
 
 class RateLimit:
@@ -419,7 +355,7 @@ class Server:
 
     def __init__(self, config: ControllerConfig) -> None:
         self.config = config
-        self.controller = Controller(config)
+        self.controller = ControllerService(config)
         self.port = config.port
         self.url = ""
 

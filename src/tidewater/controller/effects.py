@@ -99,7 +99,16 @@ class CloseSessions:
     reason: str
 
 
-After = Out | Touched | KillOnPilot | JobEnded | JobStart | AgentOwes | CloseSessions
+@dataclass(frozen=True, slots=True)
+class PilotStored:
+    """The pilot's row is committed: its credit may reach the dispatcher."""
+
+    pilot_id: str
+    peer: int
+
+
+After = (Out | Touched | KillOnPilot | JobEnded | JobStart | AgentOwes | CloseSessions
+         | PilotStored)
 
 
 @dataclass(slots=True)

@@ -21,8 +21,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 
@@ -31,10 +31,8 @@ from ..agents.transfers.base import parse_url
 from ..errors import InvalidRequest, LimitExceeded, NotFound, TransferError
 from ..paths import check_relpath
 from ..states import TaskState as S
-from .store import sqlite as st
-
-if TYPE_CHECKING:
-    from .core import Controller, LiveTask, Peer, Principal
+from .effects import Out, Send
+from .model import LiveTask
 
 log = logging.getLogger("tidewater.controller")
 
@@ -164,17 +162,21 @@ def resolve(fi: P.FileInfo, parent_files: list[P.FileInfo] | None, parent_data: 
 
 
 class Staging:
-    """The controller's side of transfers: what agents must move, and what they report."""
+    """Transfers the site agents owe, and downloads relayed through them. Pure.
 
-    def __init__(self, c: Controller) -> None:
-        self.c = c
-        # Download requests relayed to agents: our req id -> (agent, client peer, client req id)
-        self._reads: dict[int, tuple[Peer, Peer, int]] = {}
+    What moves is decided from a task's files; the facade performs the
+    transitions the results imply. Agents and clients are connection ids.
+    """
+
+    def __init__(self) -> None:
+        # Download requests relayed to agents: our req id -> (agent, client, client req id)
+        self._reads: dict[int, tuple[int, int, int]] = {}
         self._next_read = 1
 
     # ------------------------------------------------------------------ to the agent
 
-    def stage_of(self, t: LiveTask, direction: str) -> P.Stage | None:
+    @staticmethod
+    def stage_of(t: LiveTask, direction: str) -> P.Stage | None:
         if not needs_agent(t.files, direction):
             return None
         items = [
@@ -186,150 +188,128 @@ class Staging:
         return P.Stage(task_id=t.id, direction="in" if direction == "in" else "out",
                        workdir=workdir_of(t), items=items)
 
-    def push(self, t: LiveTask, direction: str) -> None:
-        """Send a committed task's transfers to its site's agent, if connected."""
+    def push(self, t: LiveTask, direction: str, agent: int | None) -> list[Out]:
+        """A committed task's transfers, for its site's agent if connected."""
         stage = self.stage_of(t, direction)
-        peer = self.c.batch.agents.get(t.site_id)
-        if stage is not None and peer is not None:
-            peer.send(P.StageWork(stages=[stage]))
+        if stage is None or agent is None:
+            return []
+        return [Send(agent, P.StageWork(stages=[stage]))]
 
-    def agent_connected(self, site_id: int, peer: Peer) -> None:
+    def owed(self, tasks: Iterable[LiveTask], site_id: int, agent: int) -> list[Out]:
         """Every transfer the site's agent owes, after its Jobs."""
         stages = []
-        for t in self.c.live.values():
+        for t in tasks:
             if t.site_id != site_id or not t.files:
                 continue
             direction = {S.READY: "in", S.RUN_DONE: "out"}.get(t.state)
             if direction is not None and (stage := self.stage_of(t, direction)) is not None:
                 stages.append(stage)
-        if stages:
-            peer.send(P.StageWork(stages=stages))
+        return [Send(agent, P.StageWork(stages=stages))] if stages else []
 
-    def cancelled(self, t: LiveTask, state_before: S) -> None:
-        if state_before in (S.READY, S.RUN_DONE) and t.files:
-            peer = self.c.batch.agents.get(t.site_id)
-            if peer is not None:
-                peer.send(P.Unstage(task_id=t.id))
+    @staticmethod
+    def cancelled(t: LiveTask, state_before: S, agent: int | None) -> list[Out]:
+        if state_before in (S.READY, S.RUN_DONE) and t.files and agent is not None:
+            return [Send(agent, P.Unstage(task_id=t.id))]
+        return []
 
     # ------------------------------------------------------------------ from the agent
 
-    async def staged(self, site_id: int, peer: Peer, msg: P.Staged) -> None:
-        c = self.c
-        now = time.time()
-        stmts: list[tuple[st.Stmt, Any]] = []
-        touched = []
-        for res in msg.results:
-            t = c.live.get(res.task_id)
-            want = S.READY if res.direction == "in" else S.RUN_DONE
-            if t is None or t.site_id != site_id or t.state != want or not t.files:
-                continue  # cancelled meanwhile, or a resend already applied
-            by_path = {r.path: r for r in res.items}
-            failed: list[str] = []
-            files = []
-            for f in t.files:
-                r = by_path.get(f.path)
-                if f.direction != res.direction or r is None or f.state != "pending":
-                    files.append(f)
-                    continue
-                if r.ok:
-                    files.append(_replace(f, state="done", size=r.size, sha256=r.sha256,
-                                          attempts=r.attempts, error=""))
-                else:
-                    files.append(_replace(f, state="failed", attempts=r.attempts, error=r.error))
-                    arrow = "from" if f.direction == "in" else "to"
-                    where = f.url or f"{f.site_path} on the site"
-                    failed.append(f"{'input' if f.direction == 'in' else 'output'} "
-                                  f"{f.path!r} {arrow} {where}: {r.error}")
-            t.files = files
-            if not failed and needs_agent(t.files, res.direction):
-                stmts.append((st.UPDATE_TASK, t.update_row()))  # some items still to come
+    @staticmethod
+    def apply(t: LiveTask, res: P.StageResult, now: float
+              ) -> tuple[list[S], dict[str, Any]] | None:
+        """Record one stage result on ``t``'s files; the path it implies (None: more to come).
+
+        The caller checked that ``t`` is on the agent's site and in the state
+        the result is for.
+        """
+        by_path = {r.path: r for r in res.items}
+        failed: list[str] = []
+        files = []
+        for f in t.files or []:
+            r = by_path.get(f.path)
+            if f.direction != res.direction or r is None or f.state != "pending":
+                files.append(f)
                 continue
-            if failed:
-                t.error = "; ".join(failed)[:4000]
-                t.finished_at = now
-                path = [S.FAILED]
-                data: dict[str, Any] = {"reason": t.error}
-            elif res.direction == "in":
-                path, data = [S.STAGED_IN], {}
+            if r.ok:
+                files.append(_replace(f, state="done", size=r.size, sha256=r.sha256,
+                                      attempts=r.attempts, error=""))
             else:
-                path, data = [S.STAGED_OUT, S.JOB_FINISHED], {}
-            s, events = c._transition(t, path, now, data)
-            stmts.extend(s)
-            touched.append((t, events, t.state))
-        seq = msg.seq
-
-        def committed() -> None:
-            c._after_commit(touched)
-            peer.send(P.Ack(seq=seq))
-
-        await c._write(stmts, committed)
+                files.append(_replace(f, state="failed", attempts=r.attempts, error=r.error))
+                arrow = "from" if f.direction == "in" else "to"
+                where = f.url or f"{f.site_path} on the site"
+                failed.append(f"{'input' if f.direction == 'in' else 'output'} "
+                              f"{f.path!r} {arrow} {where}: {r.error}")
+        t.files = files
+        if not failed and needs_agent(t.files, res.direction):
+            return None
+        if failed:
+            t.error = "; ".join(failed)[:4000]
+            t.finished_at = now
+            return [S.FAILED], {"reason": t.error}
+        if res.direction == "in":
+            return [S.STAGED_IN], {}
+        return [S.STAGED_OUT, S.JOB_FINISHED], {}
 
     # ------------------------------------------------------------------ downloads
 
-    async def download(self, who: Principal, peer: Peer, msg: P.Download) -> None:
-        c = self.c
-        live, final = await c._owned(who, [msg.task_id])
+    def download(self, msg: P.Download, t: LiveTask, *, live: bool, stored: bytes | None,
+                 agent: int | None, site_name: str, peer: int, inline_limit: int) -> list[Out]:
+        """Answer a Download of ``t``'s output: inline bytes now, or a read relayed to the agent.
+
+        ``stored``: the output's inline bytes as read from the store (for a
+        task no longer in memory). Raises InvalidRequest / NotFound saying why not.
+        """
         if msg.offset < 0 or msg.length <= 0:
             raise InvalidRequest("offset must be >= 0 and length > 0")
-        length = min(msg.length, c.limits.max_inline_bytes)
-        t = live.get(msg.task_id)
-        files = (t.files if t is not None else final[msg.task_id].files) or []
+        length = min(msg.length, inline_limit)
+        files = t.files or []
         name = msg.path.strip("/")
         fi = next((f for f in files if f.direction == "out" and f.path == name), None)
         if fi is None:
             names = ", ".join(repr(f.path) for f in files if f.direction == "out") or "none"
             raise NotFound(f"task {msg.task_id} has no output {msg.path!r} (outputs: {names})")
         if fi.state == "inline":
-            data = t.out_data.get(name) if t is not None and t.out_data else None
+            data = t.out_data.get(name) if live and t.out_data else None
+            data = data if data is not None else stored
             if data is None:
-                row = await c.store.fetchone(
-                    "SELECT data FROM task_data WHERE task_id = ? AND direction = 'out' "
-                    "AND path = ?", (msg.task_id, name))
-                if row is None:
-                    raise NotFound(f"output {name!r} of task {msg.task_id} is not stored")
-                data = bytes(row[0])
-            peer.send(P.FileData(req_id=msg.req_id, offset=msg.offset,
-                                 data=data[msg.offset:msg.offset + length], size=len(data),
-                                 sha256=fi.sha256))
-            return
+                raise NotFound(f"output {name!r} of task {msg.task_id} is not stored")
+            return [Send(peer, P.FileData(req_id=msg.req_id, offset=msg.offset,
+                                          data=data[msg.offset:msg.offset + length],
+                                          size=len(data), sha256=fi.sha256))]
         if fi.state not in ("on_site", "done"):
             raise InvalidRequest(f"output {name!r} of task {msg.task_id} is not there "
                                  f"({fi.state}{': ' + fi.error if fi.error else ''})",
                                  "not_ready")
-        site_id = t.site_id if t is not None else c.site_names.get(
-            (who.user_id, final[msg.task_id].site), -1)
-        agent = c.batch.agents.get(site_id)
         if agent is None:
-            site = c.sites[site_id].name if site_id in c.sites else "?"
-            raise InvalidRequest(f"output {name!r} is on site {site!r}, whose agent is not "
+            raise InvalidRequest(f"output {name!r} is on site {site_name!r}, whose agent is not "
                                  "connected (`tidewater site start`)", "unavailable")
-        workdir = (workdir_of(t) if t is not None
-                   else task_workdir(final[msg.task_id].workdir, msg.task_id))
         rid = self._next_read
         self._next_read += 1
         self._reads[rid] = (agent, peer, msg.req_id)
-        agent.send(P.ReadFile(req_id=rid, path=f"{workdir}/{name}", offset=msg.offset,
-                              length=length))
+        return [Send(agent, P.ReadFile(req_id=rid, path=f"{workdir_of(t)}/{name}",
+                                       offset=msg.offset, length=length))]
 
-    def file_chunk(self, msg: P.FileChunk) -> None:
+    def file_chunk(self, msg: P.FileChunk) -> list[Out]:
         entry = self._reads.pop(msg.req_id, None)
         if entry is None:
-            return
+            return []
         _agent, peer, req_id = entry
         if msg.error:
-            peer.send(P.Error(req_id=req_id, code=msg.code or "not_found", message=msg.error))
-        else:
-            peer.send(P.FileData(req_id=req_id, offset=msg.offset, data=msg.data,
-                                 size=msg.size, sha256=msg.sha256))
+            return [Send(peer, P.Error(req_id=req_id, code=msg.code or "not_found",
+                                       message=msg.error))]
+        return [Send(peer, P.FileData(req_id=req_id, offset=msg.offset, data=msg.data,
+                                      size=msg.size, sha256=msg.sha256))]
 
-    def agent_gone(self, peer: Peer) -> None:
+    def agent_gone(self, agent: int) -> list[Out]:
         """Reads relayed through a departed agent get an error rather than no answer."""
-        for rid, (agent, client, req_id) in list(self._reads.items()):
-            if agent is not peer:
+        out: list[Out] = []
+        for rid, (via, client, req_id) in list(self._reads.items()):
+            if via != agent:
                 continue
             del self._reads[rid]
-            client.send(P.Error(req_id=req_id, code="unavailable",
-                                message="the site's agent disconnected; try again"))
+            out.append(Send(client, P.Error(req_id=req_id, code="unavailable",
+                                            message="the site's agent disconnected; try again")))
+        return out
 
 
 def _replace(f: P.FileInfo, **kw: Any) -> P.FileInfo:

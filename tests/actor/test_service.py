@@ -1,4 +1,4 @@
-"""The controller core driven in-process through fake peers, on a real SQLite store."""
+"""The controller's driver (service) run in-process through fake peers, on a real SQLite store."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from tidewater import proto as P
 from tidewater.config import ControllerConfig
-from tidewater.controller.core import Controller
+from tidewater.controller.service import ControllerService
 from tidewater.controller.users import add_user
 
 M = TypeVar("M", bound=P.Msg)
@@ -48,18 +48,29 @@ class FakePeer:
                 await self._arrived.wait()
 
 
+WELCOME = P.Welcome(proto_version=1, server_id="x")
+
+
+def pilot_hello(c: ControllerService, who: Any, peer: FakePeer, **kw: Any) -> Any:
+    c.connected(who, peer)
+    return c.on_pilot_hello(who, peer, P.Hello(role="pilot", proto_version=1, token="", **kw),
+                            WELCOME)
+
+
 @pytest.fixture
 async def controller(tmp_path: Path) -> Any:
     db = str(tmp_path / "core.db")
     token = await add_user(db, "alice")
-    c = Controller(ControllerConfig(db=db))
+    c = ControllerService(ControllerConfig(db=db))
     async with anyio.create_task_group() as tg:
         await tg.start(c.run)
-        who = await c.authenticate(P.Hello(role="client", proto_version=1, token=token))
+        who = await c.authenticate(token)
         client = FakePeer(1)
-        await c.add_site(who, client, P.AddSite(req_id=1, name="s"))
+        c.connected(who, client)
+        await c.on_client(who, client, P.AddSite(req_id=1, name="s"))
         await client.next(P.SiteAdded)
-        await c.add_app(who, client, P.AddApp(req_id=2, site="s", name="t", command="/bin/true"))
+        await c.on_client(who, client, P.AddApp(req_id=2, site="s", name="t",
+                                                command="/bin/true"))
         await client.next(P.AppAdded)
         yield c, who, client, db
         tg.cancel_scope.cancel()
@@ -74,10 +85,9 @@ async def test_started_and_done_committed_apart_never_strand_a_result(controller
     """
     c, who, client, db = controller
     pilot = FakePeer(2)
-    rec = c.pilot_hello(who, pilot, P.Hello(role="pilot", proto_version=1, token="", site="s",
-                                             pilot_id="p", cores=1, credit_cores=64))
+    rec = pilot_hello(c, who, pilot, site="s", pilot_id="p", cores=1, credit_cores=64)
     n = 50
-    await c.submit(who, client, P.Submit(req_id=3, tasks=[P.TaskSpec(app="t", site="s")] * n))
+    await c.on_client(who, client, P.Submit(req_id=3, tasks=[P.TaskSpec(app="t", site="s")] * n))
     ids = (await client.next(P.Submitted)).ids
     assigned: list[P.Assignment] = []
     while len(assigned) < n:
@@ -93,7 +103,7 @@ async def test_started_and_done_committed_apart_never_strand_a_result(controller
         finally:
             conn.close()
         for tid in ids:
-            if tid not in c.live and rows[tid] not in ("JOB_FINISHED", "FAILED", "KILLED"):
+            if tid not in c.state.tasks.live and rows[tid] not in ("JOB_FINISHED", "FAILED", "KILLED"):
                 violations.append((tid, rows[tid]))
         assert original is not None
         original()
@@ -103,15 +113,15 @@ async def test_started_and_done_committed_apart_never_strand_a_result(controller
     for a in assigned:
         for kind in ("started", "done"):
             seq += 1
-            await c.reports(rec, P.Reports(seq=seq, reports=[P.Report(
+            await c.on_pilot(rec, P.Reports(seq=seq, reports=[P.Report(
                 task_id=a.task_id, attempt=a.attempt, kind=kind, time=time.time(),
                 exit_code=0 if kind == "done" else None)]))
     while (await pilot.next(P.Ack)).seq < seq:
         pass
 
     assert violations == []
-    assert c.counters["tasks_finished"] == n
-    await c.wait(who, client, P.Wait(req_id=4, ids=ids))
+    assert c.state.tasks.counters["tasks_finished"] == n
+    await c.on_client(who, client, P.Wait(req_id=4, ids=ids))
     results = await client.next(P.Results)
     assert sorted(i.id for i in results.tasks) == ids
     assert {i.state for i in results.tasks} == {"JOB_FINISHED"}
@@ -120,57 +130,55 @@ async def test_started_and_done_committed_apart_never_strand_a_result(controller
 async def test_report_from_a_superseded_attempt_is_ignored(controller: Any) -> None:
     c, who, client, _db = controller
     pilot = FakePeer(2)
-    rec = c.pilot_hello(who, pilot, P.Hello(role="pilot", proto_version=1, token="", site="s",
-                                             pilot_id="p", cores=1, credit_cores=1))
-    await c.submit(who, client, P.Submit(req_id=3, tasks=[P.TaskSpec(app="t", site="s")]))
+    rec = pilot_hello(c, who, pilot, site="s", pilot_id="p", cores=1, credit_cores=1)
+    await c.on_client(who, client, P.Submit(req_id=3, tasks=[P.TaskSpec(app="t", site="s")]))
     (tid,) = (await client.next(P.Submitted)).ids
     (a,) = (await pilot.next(P.RunTasks)).tasks
     stale = P.Report(task_id=tid, attempt=a.attempt + 7, kind="done", time=time.time(),
                      exit_code=0)
-    await c.reports(rec, P.Reports(seq=1, reports=[stale]))
+    await c.on_pilot(rec, P.Reports(seq=1, reports=[stale]))
     assert (await pilot.next(P.Ack)).seq == 1
-    assert c.counters["stale_reports"] == 1
-    assert c.live[tid].state == "STAGED_IN"
+    assert c.state.tasks.counters["stale_reports"] == 1
+    assert c.state.tasks.live[tid].state == "STAGED_IN"
     # A report from a pilot the task is not assigned to is just as stale.
     other = FakePeer(3)
-    rec2 = c.pilot_hello(who, other, P.Hello(role="pilot", proto_version=1, token="", site="s",
-                                              pilot_id="q", cores=1))
-    await c.reports(rec2, P.Reports(seq=1, reports=[
+    rec2 = pilot_hello(c, who, other, site="s", pilot_id="q", cores=1)
+    await c.on_pilot(rec2, P.Reports(seq=1, reports=[
         P.Report(task_id=tid, attempt=a.attempt, kind="started", time=time.time())]))
     assert (await other.next(P.Ack)).seq == 1
-    assert c.live[tid].state == "STAGED_IN"
-    assert c.counters["stale_reports"] == 2
+    assert c.state.tasks.live[tid].state == "STAGED_IN"
+    assert c.state.tasks.counters["stale_reports"] == 2
 
 
 async def test_resent_submit_after_restart_creates_nothing_twice(tmp_path: Path) -> None:
     db = str(tmp_path / "core.db")
     token = await add_user(db, "alice")
-    hello = P.Hello(role="client", proto_version=1, token=token)
     spec = P.TaskSpec(app="t", site="s")
     first_ids: list[int] = []
     for life in (1, 2):  # the same store, before and after a controller restart
-        c = Controller(ControllerConfig(db=db))
+        c = ControllerService(ControllerConfig(db=db))
         async with anyio.create_task_group() as tg:
             await tg.start(c.run)
-            who = await c.authenticate(hello)
+            who = await c.authenticate(token)
             client = FakePeer(1)
+            c.connected(who, client)
             if life == 1:
-                await c.add_site(who, client, P.AddSite(req_id=1, name="s"))
+                await c.on_client(who, client, P.AddSite(req_id=1, name="s"))
                 await client.next(P.SiteAdded)
-                await c.add_app(who, client, P.AddApp(req_id=2, site="s", name="t",
+                await c.on_client(who, client, P.AddApp(req_id=2, site="s", name="t",
                                                       command="/bin/true"))
                 await client.next(P.AppAdded)
-                await c.submit(who, client, P.Submit(req_id=3, tasks=[spec] * 3, key="k1"))
+                await c.on_client(who, client, P.Submit(req_id=3, tasks=[spec] * 3, key="k1"))
                 first_ids = (await client.next(P.Submitted)).ids
                 # The same frame again on the same controller: same ids.
-                await c.submit(who, client, P.Submit(req_id=4, tasks=[spec] * 3, key="k1"))
+                await c.on_client(who, client, P.Submit(req_id=4, tasks=[spec] * 3, key="k1"))
                 assert (await client.next(P.Submitted)).ids == first_ids
             else:
                 # The acknowledgement was lost with the old controller; the client resends.
-                await c.submit(who, client, P.Submit(req_id=3, tasks=[spec] * 3, key="k1",
+                await c.on_client(who, client, P.Submit(req_id=3, tasks=[spec] * 3, key="k1",
                                                      resend=True))
                 assert (await client.next(P.Submitted)).ids == first_ids
-                await c.submit(who, client, P.Submit(req_id=4, tasks=[spec], key="k2",
+                await c.on_client(who, client, P.Submit(req_id=4, tasks=[spec], key="k2",
                                                      resend=True))
                 (new_id,) = (await client.next(P.Submitted)).ids
                 assert new_id == max(first_ids) + 1
@@ -185,24 +193,23 @@ async def test_resent_submit_after_restart_creates_nothing_twice(tmp_path: Path)
 async def test_reconnecting_pilot_is_welcomed_before_told_to_kill(controller: Any) -> None:
     c, who, _client, _db = controller
     pilot = FakePeer(2)
-    welcome = P.Welcome(proto_version=1, server_id="x")
-    hello = P.Hello(role="pilot", proto_version=1, token="", site="s", pilot_id="p", cores=1,
-                    held=[(999, 3)])
-    c.pilot_hello(who, pilot, hello, lambda _site: welcome)
-    assert pilot.sent[0] == welcome
+    pilot_hello(c, who, pilot, site="s", pilot_id="p", cores=1, held=[(999, 3)])
+    assert pilot.sent[0] == P.Welcome(proto_version=1, server_id="x", site="s")
     assert pilot.sent[1] == P.Kill(tasks=[(999, 3)], reason="no longer assigned to this pilot")
 
 
 async def test_watch_gets_every_event_once_in_commit_order(controller: Any) -> None:
     c, who, client, _db = controller
     watcher = FakePeer(5)
-    await c.watch(who, watcher, P.Watch(req_id=1))
+    c.connected(who, watcher)
+    await c.on_client(who, watcher, P.Watch(req_id=1))
     await watcher.next(P.Watching)
     submitters = [FakePeer(10 + k) for k in range(20)]
 
     async def submit(k: int) -> None:
         tasks = [P.TaskSpec(app="t", site="s", tags={"k": str(k)})] * (k % 3 + 1)
-        await c.submit(who, submitters[k], P.Submit(req_id=1, tasks=tasks, key=f"key{k}"))
+        c.connected(who, submitters[k])
+        await c.on_client(who, submitters[k], P.Submit(req_id=1, tasks=tasks, key=f"key{k}"))
         await submitters[k].next(P.Submitted)
 
     async with anyio.create_task_group() as tg:
@@ -225,13 +232,13 @@ async def test_pilot_hello_errors_say_what_to_do(controller: Any) -> None:
         return P.Hello(role="pilot", proto_version=1, token="", pilot_id="p", cores=1, **kw)
 
     with pytest.raises(InvalidRequest, match="must name its site"):
-        c.pilot_hello(who, FakePeer(2), hello())
+        c.on_pilot_hello(who, FakePeer(2), hello(), WELCOME)
     with pytest.raises(NotFound, match="no site named 'nowhere'"):
-        c.pilot_hello(who, FakePeer(2), hello(site="nowhere"))
+        c.on_pilot_hello(who, FakePeer(2), hello(site="nowhere"), WELCOME)
     with pytest.raises(InvalidRequest, match="pilot_id of 1-128"):
-        c.pilot_hello(who, FakePeer(2), P.Hello(role="pilot", proto_version=1, token="",
-                                                 site="s", pilot_id="", cores=1))
-    assert c.pilots == {}
+        c.on_pilot_hello(who, FakePeer(2), P.Hello(role="pilot", proto_version=1, token="",
+                                                    site="s", pilot_id="", cores=1), WELCOME)
+    assert c.state.pilots.pilots == {}
 
 
 async def test_replaying_watch_delivers_history_then_live_events_in_order(
@@ -239,18 +246,18 @@ async def test_replaying_watch_delivers_history_then_live_events_in_order(
 ) -> None:
     """Events committed while a watch replays history come after it, none lost or repeated."""
     c, who, client, _db = controller
-    await c.submit(who, client, P.Submit(req_id=3, tasks=[P.TaskSpec(app="t", site="s")] * 20))
+    await c.on_client(who, client, P.Submit(req_id=3, tasks=[P.TaskSpec(app="t", site="s")] * 20))
     await client.next(P.Submitted)
     watcher = FakePeer(5)
 
     async def more() -> None:
         for k in range(20):
-            await c.submit(who, client, P.Submit(req_id=10 + k,
+            await c.on_client(who, client, P.Submit(req_id=10 + k,
                                                  tasks=[P.TaskSpec(app="t", site="s")]))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(more)
-        await c.watch(who, watcher, P.Watch(req_id=1, since_event=1))
+        await c.on_client(who, watcher, P.Watch(req_id=1, since_event=1))
     got: list[P.TaskEvent] = []
     while len(got) < 2 * 40 - 1:  # READY and STAGED_IN of 40 tasks, after event 1
         got += (await watcher.next(P.Events)).events

@@ -1,0 +1,431 @@
+"""The controller's driver: the one module that awaits, reads the clock and does I/O.
+
+It owns the store, the connections (by id) and the task group, and for each
+decoded frame does three things, in this order and with no await between
+the second and the third::
+
+    reads = await <the store reads the request names>       # only where needed
+    effects = state.<handler>(..., reads, now)              # pure: ControllerState
+    store.write(effects.writes, on_commit=<effects.after>)  # then deliver
+
+Frames in ``effects.out`` go at once; ``effects.after`` goes back to
+:meth:`ControllerState.committed` from the store's commit callback, so
+nothing is announced before it is stored, and announcements follow commit
+order. Event ids are allocated in memory and their writes queued before the
+next await; the store commits in queue order, so once a write is committed
+so is every event id allocated before it was queued (the watermark a new
+watch starts from).
+
+Three loops run beside the connections: dispatch (woken when a task is
+queued or credit granted), leases (sleeps until the next pilot lease runs
+out) and token expiry (every heartbeat interval).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from functools import partial
+from typing import Protocol, TypeVar
+
+import anyio
+from anyio.abc import TaskStatus
+
+from .. import proto as P
+from ..config import ControllerConfig
+from ..errors import InvalidRequest
+from . import admin, auth
+from .effects import After, Close, Effects, Send
+from .model import Principal
+from .pilots import PilotRec
+from .state import ControllerState, NeedsRead, Stored
+from .store.base import Store, open_store
+
+log = logging.getLogger("tidewater.controller")
+
+R = TypeVar("R")
+
+MAX_READ_ROUNDS = 5
+"""Reads retried when tasks left memory meanwhile; then the client is asked to retry."""
+
+
+class Peer(Protocol):
+    """A connected websocket as the driver sees it."""
+
+    id: int
+
+    def send(self, msg: P.Msg) -> None: ...
+
+    def close(self, code: int, reason: str) -> None: ...
+
+
+class ControllerService:
+    """The store, the pure state, the connections and the loops.
+
+    Use as ``await tg.start(service.run)``; the transport (:mod:`.app`) then
+    calls the ``on_*`` methods for each connection and decoded frame.
+    """
+
+    def __init__(self, config: ControllerConfig, store: Store | None = None) -> None:
+        self.config = config
+        self.t = config.timeouts
+        self.limits = config.limits
+        self.server_id = uuid.uuid4().hex
+        self.store: Store = store if store is not None else open_store(
+            config.db or ":memory:", queue_size=config.limits.write_queue)
+        self.state = ControllerState(config)
+        self.peers: dict[int, Peer] = {}
+        self._wake = anyio.Event()
+        self._lease_changed = anyio.Event()
+        self.started_at = time.time()
+
+    # ================================================================== life
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Open the store, load what it holds, run the loops until cancelled."""
+        async with self.store:
+            self.store.after_batch = self._flush
+            recovered = await self.store.recover()
+            self._execute(self.state.load(recovered, time.time()))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._dispatch_loop)
+                tg.start_soon(self._lease_loop)
+                tg.start_soon(self._expiry_loop)
+                task_status.started()
+                await anyio.sleep_forever()
+
+    # ================================================================== executing effects
+
+    def _execute(self, fx: Effects) -> None:
+        """Deliver ``out`` now; queue the writes with what follows them. Never awaits."""
+        for o in fx.out:
+            self._deliver(o)
+        if fx.writes or fx.after:
+            self.store.write_nowait(fx.writes, partial(self._committed, fx.after,
+                                                       self.state.tasks.next_event - 1))
+        if fx.wake:
+            self._wake.set()
+
+    async def _run(self, fx: Effects) -> None:
+        """As :meth:`_execute`, then wait while the store's queue is over its bound."""
+        for o in fx.out:
+            self._deliver(o)
+        if fx.writes or fx.after:
+            await self.store.write(fx.writes, partial(self._committed, fx.after,
+                                                      self.state.tasks.next_event - 1))
+        if fx.wake:
+            self._wake.set()
+
+    def _committed(self, after: list[After], mark: int) -> None:
+        notify = self.state.notify
+        notify.committed_event = max(notify.committed_event, mark)
+        if after:
+            self._execute(self.state.committed(after, time.time()))
+
+    def _flush(self) -> None:
+        for o in self.state.flush():
+            self._deliver(o)
+
+    def _deliver(self, o: Send | Close) -> None:
+        peer = self.peers.get(o.peer)
+        if peer is None:
+            return
+        if isinstance(o, Send):
+            peer.send(o.msg)
+        else:
+            peer.close(o.code, o.reason)
+
+    # ================================================================== connections
+
+    def connected(self, who: Principal, peer: Peer) -> None:
+        self.peers[peer.id] = peer
+        self.state.tokens.attach(who, peer.id)
+
+    def disconnected(self, who: Principal, peer: Peer) -> None:
+        self.state.tokens.detach(who, peer.id)
+        self.peers.pop(peer.id, None)
+
+    async def authenticate(self, token: str, remote: str = "") -> Principal:
+        """The owner of a token. Raises InvalidRequest (code "auth") saying why not."""
+        tokens = self.state.tokens
+        parsed = tokens.parse(token)
+        if parsed.legacy:
+            row = await self.store.legacy_token(auth.legacy_hash(token))
+        else:
+            row = await self.store.token(parsed.id)
+        user = await self.store.user(row.user_id) if row is not None else None
+        return tokens.principal(
+            parsed, token, row, user, now=time.time(), remote=remote,
+            site_exists=lambda sid: sid in self.state.registry.sites,
+            job_of=self.state.jobs.jobs.get)
+
+    # ================================================================== reads
+
+    async def _with_tasks(self, who: Principal, ids: list[int],
+                          handler: Callable[[Stored], R]) -> R:
+        """Call ``handler`` with ``who``'s tasks among ``ids`` that are not in memory."""
+        stored = Stored()
+        for _ in range(MAX_READ_ROUNDS):
+            missing = [i for i in self.state.unread(who, ids) if i not in stored.read]
+            if missing:
+                for t in await self.store.tasks(who.user_id, missing):
+                    stored.tasks[t.id] = t
+                stored.read.update(missing)
+            try:
+                return handler(stored)
+            except NeedsRead:
+                continue
+        raise InvalidRequest("tasks changed state during the request; try again", "retry")
+
+    # ================================================================== clients
+
+    async def on_client(self, who: Principal, peer: Peer, msg: P.Msg) -> None:
+        """Handle one client frame. Raises InvalidRequest (sent back as Error by the app)."""
+        st, pid = self.state, peer.id
+        match msg:
+            case P.Submit():
+                await self._submit(who, peer, msg)
+            case P.Wait():
+                await self._run(await self._with_tasks(
+                    who, msg.ids, lambda s: st.wait(who, pid, msg, s)))
+            case P.Cancel():
+                await self._run(await self._with_tasks(
+                    who, msg.ids, lambda s: st.cancel(who, pid, msg, s, time.time())))
+            case P.Query():
+                q = st.task_query(who, msg.filter)
+                rows = await self.store.query(q, after_id=msg.after_id,
+                                              limit=st.query_limit(msg), newest=msg.newest)
+                await self._run(st.query_reply(pid, msg, rows))
+            case P.Watch():
+                await self._watch(who, peer, msg)
+            case P.Unwatch():
+                st.notify.unwatch(who.user_id, pid, msg.watch_id)
+                peer.send(P.Done(req_id=msg.req_id))
+            case P.Download():
+                await self._download(who, peer, msg)
+            case P.Ping():
+                peer.send(P.Ping(time=msg.time))
+            case P.Hello():
+                raise InvalidRequest("already greeted: Hello is only the first frame")
+            case _:
+                await self._run(await self._admin(who, pid, msg, time.time()))
+
+    async def _admin(self, who: Principal, pid: int, msg: P.Msg, now: float) -> Effects:
+        """Sites, apps, batch jobs, tokens and users: the reads each needs, then its handler."""
+        st, store, tokens = self.state, self.store, self.state.tokens
+        match msg:
+            case P.AddSite():
+                return admin.add_site(st, who, pid, msg, now)
+            case P.ListSites():
+                return admin.list_sites(st, who, pid, msg)
+            case P.AddApp():
+                return admin.add_app(st, who, pid, msg, now)
+            case P.ListApps():
+                return admin.list_apps(st, who, pid, msg)
+            case P.AddJob():
+                return admin.add_job(st, who, pid, msg, now)
+            case P.ListJobs():
+                return admin.list_jobs(st, who, pid, msg, now)
+            case P.CancelJob():
+                return st.jobs.cancel_job(who, pid, msg, now)
+            case P.CreateToken():
+                live = await store.live_token_ids(who.user_id)
+                return admin.create_token(st, who, pid, msg, len(live), time.time())
+            case P.ListTokens():
+                rows = await store.tokens_of(who.user_id, include_revoked=msg.include_revoked,
+                                             limit=10_000)
+                return admin.list_tokens(st, who, pid, msg, rows)
+            case P.RevokeToken():
+                row = await store.token(msg.id)
+                return tokens.revoke(who, pid, msg, row, time.time())
+            case P.AddUser():
+                existing = await store.user_by_name(msg.name)
+                next_uid = await store.next_user_id()
+                return tokens.add_user(who, pid, msg, existing, next_uid, time.time())
+            case P.RemoveUser():
+                user = await store.user_by_name(msg.name)
+                ids = await store.live_token_ids(user.id) if user is not None else []
+                return tokens.remove_user(who, pid, msg, user, ids, time.time())
+            case P.ListUsers():
+                return tokens.list_users(who, pid, msg, await store.users())
+            case P.ListAudit():
+                whose, limit = tokens.audit_scope(who, msg)
+                return tokens.list_audit(who, pid, msg, await store.audit(whose, limit))
+        raise InvalidRequest(f"unexpected {type(msg).__name__} from a client")
+
+    async def _submit(self, who: Principal, peer: Peer, msg: P.Submit) -> None:
+        st = self.state
+        if msg.key:
+            prior = st.tasks.prior_submission(who.user_id, msg.key)
+            if prior is None and msg.resend:
+                prior = await self.store.prior_submission(who.user_id, msg.key)
+            if prior is not None:
+                ids = list(range(prior[0], prior[0] + prior[1]))
+                # Answered once everything queued so far is committed.
+                await self._run(Effects(after=[Send(peer.id, P.Submitted(req_id=msg.req_id,
+                                                                         ids=ids))]))
+                return
+        for _ in range(MAX_READ_ROUNDS):
+            plan = st.plan_submit(who, msg, time.time())
+            stored = Stored()
+            if plan.unread_parents:
+                stored.states = await self.store.task_states(who.user_id, plan.unread_parents)
+                stored.read.update(plan.unread_parents)
+            for parent, output in plan.unread_outputs:
+                if parent not in stored.tasks:
+                    for t in await self.store.tasks(who.user_id, [parent]):
+                        stored.tasks[t.id] = t
+                stored.outputs[(parent, output)] = await self.store.output_data(parent, output)
+            try:
+                fx = st.submit(who, peer.id, msg, plan, stored, time.time())
+            except NeedsRead:
+                continue
+            await self._run(fx)
+            return
+        raise InvalidRequest("parents changed state during the submit; try again", "retry")
+
+    async def _watch(self, who: Principal, peer: Peer, msg: P.Watch) -> None:
+        st = self.state
+        q = st.task_query(who, msg.filter) if msg.since_event else None
+        sub, fx = await self._with_tasks(who, msg.filter.ids,
+                                         lambda s: st.watch(who, peer.id, msg, s))
+        self._execute(fx)
+        if q is None:
+            return
+        events = []
+        try:
+            events = await self.store.events_since(q, msg.since_event, 100_000)
+        finally:
+            for o in st.notify.replayed(sub, msg.since_event, events):
+                self._deliver(o)
+
+    async def _download(self, who: Principal, peer: Peer, msg: P.Download) -> None:
+        st = self.state
+
+        async def read(stored: Stored) -> None:
+            if msg.task_id in stored.tasks:
+                stored.outputs[(msg.task_id, msg.path.strip("/"))] = (
+                    await self.store.output_data(msg.task_id, msg.path.strip("/")))
+
+        stored = Stored()
+        for _ in range(MAX_READ_ROUNDS):
+            if st.unread(who, [msg.task_id]) and msg.task_id not in stored.read:
+                for t in await self.store.tasks(who.user_id, [msg.task_id]):
+                    stored.tasks[t.id] = t
+                stored.read.add(msg.task_id)
+                await read(stored)
+            try:
+                fx = st.download(who, peer.id, msg, stored)
+            except NeedsRead:
+                continue
+            self._execute(fx)
+            return
+        raise InvalidRequest("the task changed state during the request; try again", "retry")
+
+    def on_client_gone(self, who: Principal, peer: Peer) -> None:
+        self.state.notify.client_gone(who.user_id, peer.id)
+
+    # ================================================================== pilots
+
+    def on_pilot_hello(self, who: Principal, peer: Peer, hello: P.Hello,
+                       welcome: P.Welcome) -> PilotRec:
+        """Welcome and reconcile a pilot. Raises InvalidRequest (nothing sent) if refused."""
+        rec, fx = self.state.pilot_hello(who, peer.id, hello, welcome, time.time())
+        self._execute(fx)
+        self._lease_changed.set()
+        return rec
+
+    async def on_pilot(self, rec: PilotRec, msg: P.Msg) -> None:
+        st = self.state
+        match msg:
+            case P.Reports():
+                await self._run(st.reports(rec, msg, time.time()))
+            case P.Credit():
+                self._execute(st.credit(rec, msg))
+            case P.Heartbeat():
+                self._execute(st.heartbeat(rec, time.time()))
+            case P.Drain():
+                self._execute(st.drain(rec, msg.reason))
+
+    def on_pilot_gone(self, rec: PilotRec, peer: Peer, *, bye: bool) -> None:
+        self._execute(self.state.pilot_gone(rec, peer.id, bye=bye, now=time.time()))
+
+    # ================================================================== agents
+
+    async def on_agent_hello(self, who: Principal, peer: Peer, hello: P.Hello,
+                             welcome: P.Welcome) -> int:
+        """Welcome a site's agent; its site id. Raises InvalidRequest if refused."""
+        site_id, fx = admin.agent_hello(self.state, who, peer.id, hello, welcome, time.time())
+        await self._run(fx)
+        return site_id
+
+    async def on_agent(self, site_id: int, peer: Peer, msg: P.Msg) -> None:
+        st = self.state
+        match msg:
+            case P.JobUpdates():
+                await self._run(st.jobs.job_updates(site_id, peer.id, msg, time.time()))
+            case P.RequestJob():
+                await self._run(admin.request_job(st, site_id, peer.id, msg, time.time()))
+            case P.Staged():
+                await self._run(st.staged(site_id, peer.id, msg, time.time()))
+            case P.FileChunk():
+                for o in st.staging.file_chunk(msg):
+                    self._deliver(o)
+            case P.Heartbeat() | P.Ping():
+                peer.send(P.Ping(time=msg.time))
+            case P.Hello():
+                raise InvalidRequest("already greeted: Hello is only the first frame")
+
+    def on_agent_gone(self, site_id: int, peer: Peer) -> None:
+        self.state.jobs.agent_gone(site_id, peer.id)
+        for o in self.state.staging.agent_gone(peer.id):
+            self._deliver(o)
+
+    # ================================================================== loops
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            self._execute(self.state.dispatch(time.time()))
+
+    async def _lease_loop(self) -> None:
+        leases = self.state.pilots.leases
+        while True:
+            deadline = leases.next_deadline()
+            with anyio.move_on_after(
+                max(0.05, deadline - time.time()) if deadline is not None else 3600
+            ):
+                await self._lease_changed.wait()
+                self._lease_changed = anyio.Event()
+                continue
+            self._execute(self.state.lease_expired(time.time()))
+
+    async def _expiry_loop(self) -> None:
+        """Every heartbeat interval, close connections whose token expired or was revoked.
+
+        Revocation over the websocket closes at once; this also catches a token
+        revoked, or a user removed, by the owner at the command line on the store.
+        """
+        tokens = self.state.tokens
+        while True:
+            await anyio.sleep(self.t.heartbeat_interval)
+            dead = tokens.expired(time.time())
+            live = [tid for tid in tokens.live_token_ids() if tid not in dead]
+            if live:
+                dead.update(await self.store.dead_tokens(live))
+            if dead:
+                log.info("closing the connections of %d expired or revoked tokens", len(dead))
+                for o in tokens.close_sessions(sorted(dead), "token expired or revoked"):
+                    self._deliver(o)
+
+    # ================================================================== metrics
+
+    def metrics(self) -> dict[str, float]:
+        out = self.state.metrics()
+        out["tidewater_store_batches_total"] = self.store.batches
+        out["tidewater_store_ops_total"] = self.store.ops_committed
+        out["tidewater_uptime_seconds"] = time.time() - self.started_at
+        return out

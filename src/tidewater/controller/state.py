@@ -1,0 +1,716 @@
+"""The controller's pure core: every request and timer as ``handle -> Effects``.
+
+:class:`ControllerState` owns the books (tasks, pilots, jobs, sites and
+apps, watchers and waiters, staging, tokens, the dispatcher) and is the only
+place where one book's change becomes another's: a batch job ends -> its
+pilots are let go -> their running attempts fail -> their tasks' children
+fail, all in one :class:`~.effects.Effects`. It never awaits, never reads
+the clock (``now`` is an argument) and never touches a connection or the
+store; :mod:`.service` drives it.
+
+Requests that need stored data are two-phase: the driver reads what the
+request names (see :class:`Stored`) and then calls the handler, with no
+await between. A handler raises :class:`NeedsRead` when memory moved during
+that read (a task left memory because it finished): the driver reads again.
+
+What follows a commit comes back through :meth:`ControllerState.committed`,
+which the driver calls from the store's commit callback.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import msgspec
+
+from .. import proto as P
+from .. import states
+from ..config import ControllerConfig
+from ..errors import InvalidRequest, NotFound
+from ..states import TaskState as S
+from . import access
+from .access import TokenBook
+from .dispatch import Dispatcher
+from .effects import (
+    After,
+    AgentOwes,
+    Close,
+    CloseSessions,
+    Effects,
+    JobEnded,
+    JobStart,
+    KillOnPilot,
+    PilotStored,
+    Send,
+    Touched,
+)
+from .jobs import JobBook, why_ended
+from .model import JobRec, LiveTask, Principal, SiteRec
+from .notify import Notify, WatchSub
+from .pilots import Decision, PilotBook, PilotRec, build_assignment, check_hello, reconcile
+from .registry import Registry
+from .staging import Staging, resolve, workdir_of
+from .store import schema
+from .store.base import Recovered, TaskQuery, Write
+from .tasks import Change, TaskTable, id_ranges, task_info
+from .validate import check_parent_count, check_submit, prepare_task
+
+log = logging.getLogger("tidewater.controller")
+
+
+class NeedsRead(Exception):  # noqa: N818 -- a signal to the driver, not an error
+    """Memory moved during the driver's read: read ``ids`` (again) and call once more."""
+
+    def __init__(self, ids: list[int]) -> None:
+        super().__init__(ids)
+        self.ids = ids
+
+
+@dataclass
+class Stored:
+    """What the driver read for one request: tasks by id, and which ids it looked up."""
+
+    tasks: dict[int, LiveTask] = field(default_factory=dict)
+    read: set[int] = field(default_factory=set)
+    states: dict[int, S] = field(default_factory=dict)
+    outputs: dict[tuple[int, str], bytes | None] = field(default_factory=dict)
+    prior: tuple[int, int] | None = None
+
+
+@dataclass
+class SubmitPlan:
+    prepared: list[tuple[LiveTask, list[int]]]
+    parents: list[list[int]]
+    unread_parents: list[int]
+    """Parents not in memory: their stored state is needed."""
+    unread_outputs: list[tuple[int, str]]
+    """(parent, output) references whose parent is not in memory."""
+
+
+class ControllerState:
+    """The books, and the rules that tie them together."""
+
+    def __init__(self, config: ControllerConfig) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.timeouts = config.timeouts
+        self.tasks = TaskTable(config.limits.max_inline_bytes)
+        self.pilots = PilotBook(config.timeouts.lease_timeout)
+        self.jobs = JobBook()
+        self.registry = Registry()
+        self.notify = Notify(config.limits.max_watches, config.limits.max_frame_bytes)
+        self.staging = Staging()
+        self.tokens = TokenBook()
+        self.dispatcher = Dispatcher()
+        self.demand_dirty: set[int] = set()
+
+    # ================================================================== start
+
+    def load(self, rec: Recovered, now: float) -> Effects:
+        """Take what the store holds; the writes that move orphaned children on."""
+        self.registry.load(rec.sites, rec.apps)
+        limits = {s.id: msgspec.json.decode(s.limits_json, type=P.SiteLimits)
+                  for s in rec.sites if s.limits_json}
+        self.jobs.load(rec.jobs, limits)
+        writes, touched = self.tasks.load(rec.next_task, rec.next_event, rec.live, rec.parents,
+                                          now)
+        self.notify.committed_event = rec.next_event - 1
+        self.pilots.load(rec.pilots, rec.live, now)
+        for t in rec.live:
+            if t.state in states.RUNNABLE:
+                t.pilot = ""
+                self._enqueue(t)
+        if rec.live:
+            log.info("recovered %d live tasks; %d pilots expected back", len(rec.live),
+                     len(self.pilots.pilots))
+        return Effects(writes=writes, after=list(touched), wake=True)
+
+    # ================================================================== helpers
+
+    def _enqueue(self, t: LiveTask) -> None:
+        self.dispatcher.push(t)
+        self.demand_dirty.add(t.site_id)
+
+    def _attempt_over(self, t: LiveTask) -> None:
+        """The task's attempt no longer occupies its pilot (and the nodes it reserved)."""
+        rec = self.pilots.pilots.get(t.pilot)
+        if rec is not None and t.id in rec.assigned:
+            rec.assigned.discard(t.id)
+            if self.dispatcher.pilot(rec.pilot_id) is not None:
+                self.dispatcher.task_left(rec.pilot_id)
+            elif rec.slot is not None and rec.slot.busy > 0:
+                rec.slot.busy -= 1
+            self.demand_dirty.add(rec.site_id)
+        self.dispatcher.release(t.id)
+
+    def _unassign(self, t: LiveTask) -> None:
+        self._attempt_over(t)
+        t.pilot = ""
+
+    def _fail(self, t: LiveTask, kind: S, now: float, why: str, *,
+              exit_code: int | None = None, give_up: bool = False) -> Change:
+        self._attempt_over(t)
+        return self.tasks.fail_attempt(t, kind, now, why, exit_code=exit_code, give_up=give_up)
+
+    def owned(self, who: Principal, ids: list[int], stored: Stored
+              ) -> tuple[dict[int, LiveTask], dict[int, LiveTask]]:
+        """``who``'s tasks among ``ids``: (live, final from the store).
+
+        Raises NotFound naming the first id ``who`` has no task for, or
+        NeedsRead for ids that left memory while the driver read.
+        """
+        ids = list(dict.fromkeys(ids))
+        live = {i: t for i in ids if (t := self.tasks.owned(who, i)) is not None}
+        final = {i: stored.tasks[i] for i in ids if i not in live and i in stored.tasks}
+        unread = [i for i in ids if i not in live and i not in final and i not in stored.read]
+        if unread:
+            raise NeedsRead(unread)
+        missing = [i for i in ids if i not in live and i not in final]
+        if missing:
+            raise NotFound(f"no task with id {missing[0]}")
+        return live, final
+
+    def unread(self, who: Principal, ids: list[int]) -> list[int]:
+        """Those of ``ids`` not live for ``who``: what the driver reads first."""
+        return [i for i in dict.fromkeys(ids) if self.tasks.owned(who, i) is None]
+
+    def info(self, t: LiveTask) -> P.TaskInfo:
+        return task_info(t, self.registry.site_name(t.site_id))
+
+    def agent_of(self, site_id: int) -> int | None:
+        return self.jobs.agents.get(site_id)
+
+    # ================================================================== after commit
+
+    def committed(self, after: list[After], now: float) -> Effects:
+        """What follows a commit, in order: notifications, queueing, frames, cascades."""
+        fx = Effects()
+        for item in after:
+            match item:
+                case Send() | Close():
+                    fx.out.append(item)
+                case Touched(task=t, events=events, written=written):
+                    self.notify.emit(t, events, self.registry.site_name(t.site_id))
+                    if written in states.FINAL:
+                        self._finished(t)
+                    elif (
+                        written in states.RUNNABLE and t.state in states.RUNNABLE and not t.pilot
+                        and t.id in self.tasks.live
+                    ):
+                        self._enqueue(t)
+                        fx.wake = True
+                    elif written == t.state and written in (S.READY, S.RUN_DONE):
+                        fx.out += self.staging.push(t, "in" if written == S.READY else "out",
+                                                    self.agent_of(t.site_id))
+                case KillOnPilot(pilot_id=pilot_id, tasks=pairs, reason=reason):
+                    rec = self.pilots.pilots.get(pilot_id)
+                    if rec is not None and rec.peer is not None:
+                        fx.send(rec.peer, P.Kill(tasks=pairs, reason=reason))
+                case JobEnded(job=job):
+                    fx.extend(self._job_ended(job, now))
+                case JobStart(job=job, pilot_token=token):
+                    fx.out += self.jobs.push_start(job, token,
+                                                   self.registry.site_name(job.site_id), now)
+                case AgentOwes(site_id=site_id, peer=peer):
+                    fx.out += self.staging.owed(self.tasks.live.values(), site_id, peer)
+                case CloseSessions(token_ids=ids, reason=reason):
+                    fx.out += self.tokens.close_sessions(ids, reason)
+                case PilotStored(pilot_id=pilot_id, peer=peer):
+                    for slot in self.pilots.slot_ready(pilot_id, peer):
+                        self.dispatcher.add_pilot(slot)
+                        fx.wake = True
+        return fx
+
+    def _finished(self, t: LiveTask) -> None:
+        """A final state is committed: forget the task, answer its waiters."""
+        if self.tasks.finished(t) and self.notify.waiting_for(t.id):
+            self.notify.answer(t.id, self.info(t))
+
+    def flush(self) -> list[Send | Close]:
+        """After each committed batch: the aggregated events and results."""
+        return self.notify.flush()
+
+    # ================================================================== submit
+
+    def plan_submit(self, who: Principal, msg: P.Submit, now: float) -> SubmitPlan:
+        """Check and prepare a Submit; what must be read before :meth:`submit`.
+
+        Raises InvalidRequest (nothing changed) for anything refused.
+        """
+        check_submit(msg, self.limits)
+        prepared = []
+        for i, spec in enumerate(msg.tasks):
+            site = self._site_for(who, i, spec.site)
+            app = self.registry.app(site, spec.app)
+            t, refs = prepare_task(
+                spec, index=i, owner_id=who.user_id, site=site, app=app,
+                app_names=self.registry.app_names(site.id), limits=self.limits,
+                site_limits=self.jobs.limits.get(site.id), now=now)
+            t.tags_j, t.env_j = self.tasks.share(t.tags_j), self.tasks.share(t.env_j)
+            if t.extra_j:
+                t.extra_j = self.tasks.share(t.extra_j)
+            prepared.append((t, refs))
+        parents = [list(dict.fromkeys([*spec.parents, *refs]))
+                   for spec, (_t, refs) in zip(msg.tasks, prepared, strict=True)]
+        wanted: dict[int, int] = {}
+        for i, pids in enumerate(parents):
+            check_parent_count(i, len(pids))
+            for pid in pids:
+                wanted.setdefault(pid, i)
+        outputs = [(f.task, f.output) for t, _ in prepared for f in t.files or []
+                   if f.task and f.direction == "in" and self.tasks.owned(who, f.task) is None]
+        return SubmitPlan(prepared, parents, self.unread(who, list(wanted)),
+                          list(dict.fromkeys(outputs)))
+
+    def _site_for(self, who: Principal, i: int, name: str) -> SiteRec:
+        try:
+            return self.registry.site_of(who, name)
+        except InvalidRequest as exc:
+            where = f"task {i}" if i else "task"
+            raise type(exc)(f"{where}: {exc.message}", exc.code) from None
+
+    def submit(self, who: Principal, peer: int, msg: P.Submit, plan: SubmitPlan,
+               stored: Stored, now: float) -> Effects:
+        """Create the tasks of a planned Submit. Raises InvalidRequest, NotFound or NeedsRead."""
+        if msg.key:
+            span = self.tasks.prior_submission(who.user_id, msg.key) or stored.prior
+            if span is not None:
+                # A resend: the same ids, once everything queued so far is committed.
+                ids = list(range(span[0], span[0] + span[1]))
+                return Effects(after=[Send(peer, P.Submitted(req_id=msg.req_id, ids=ids))])
+        parent_state: dict[int, S] = {}
+        first_naming: dict[int, int] = {}
+        for i, pids in enumerate(plan.parents):
+            for pid in pids:
+                first_naming.setdefault(pid, i)
+                p = self.tasks.owned(who, pid)
+                if p is not None:
+                    parent_state[pid] = p.state
+                elif pid in stored.states:
+                    parent_state[pid] = stored.states[pid]
+                elif pid not in stored.read:
+                    raise NeedsRead([pid])  # left memory while the driver read
+        for pid, i in first_naming.items():
+            if pid not in parent_state:
+                raise NotFound(f"task {i}: parent task {pid} not found")
+            if parent_state[pid] not in states.FINAL and pid not in self.tasks.live:
+                raise NeedsRead([pid])
+        self._resolve_at_submit(who, plan, parent_state, stored)
+        writes, touched = self.tasks.create(plan.prepared, plan.parents, parent_state, now)
+        ids = [t.id for t, _ in plan.prepared]
+        if msg.key:
+            self.tasks.remember_key(who.user_id, msg.key, (ids[0], len(ids)))
+            writes.append(schema.insert_submission(who.user_id, msg.key, ids[0], len(ids), now))
+        sites = sorted({self.registry.site_name(t.site_id) for t, _ in plan.prepared})
+        apps_used = sorted({t.app for t, _ in plan.prepared})
+        writes.append(access.audit(who, "task.submit", f"{ids[0]}-{ids[-1]}", now,
+                                      count=len(ids), sites=sites, apps=apps_used))
+        after: list[After] = [Send(peer, P.Submitted(req_id=msg.req_id, ids=ids))]
+        after += touched
+        return Effects(writes=writes, after=after)
+
+    def _resolve_at_submit(self, who: Principal, plan: SubmitPlan, state: dict[int, S],
+                           stored: Stored) -> None:
+        """Check every reference to a parent's output; resolve those of finished parents.
+
+        Raises InvalidRequest (nothing changed) for an output the parent does not declare.
+        """
+        for i, (t, refs) in enumerate(plan.prepared):
+            if not refs:
+                continue
+            files = []
+            for f in t.files or []:
+                if not f.task or f.direction != "in":
+                    files.append(f)
+                    continue
+                p = self.tasks.owned(who, f.task) or stored.tasks.get(f.task)
+                if p is None:
+                    raise NotFound(f"parent task {f.task} not found")
+                if p.id in self.tasks.live:
+                    data = p.out_data.get(f.output) if p.out_data else None
+                else:
+                    data = stored.outputs.get((f.task, f.output))
+                if not any(x.direction == "out" and x.path == f.output for x in p.files or []):
+                    raise InvalidRequest(f"task {i}: input {f.path!r}: task {f.task} has no "
+                                         f"output {f.output!r}")
+                if state[f.task] == S.JOB_FINISHED:
+                    try:
+                        f, got = resolve(f, p.files, data, parent_site=p.site_id,
+                                         site=t.site_id, parent_workdir=workdir_of(p))
+                    except InvalidRequest as exc:
+                        raise InvalidRequest(f"task {i}: {exc.message}") from None
+                    if got is not None:
+                        t.in_data = t.in_data or {}
+                        t.in_data[f.path] = got
+                files.append(f)
+            t.files = files
+
+    # ================================================================== other client requests
+
+    def cancel(self, who: Principal, peer: int, msg: P.Cancel, stored: Stored,
+               now: float) -> Effects:
+        live, _final = self.owned(who, msg.ids, stored)
+        fx = Effects()
+        kills: dict[str, list[tuple[int, int]]] = {}
+        done: list[int] = []
+        touched: list[Touched] = []
+        for t in live.values():
+            if t.state in states.FINAL:
+                continue
+            pilot = t.pilot
+            fx.out += self.staging.cancelled(t, t.state, self.agent_of(t.site_id))
+            if pilot:
+                self._attempt_over(t)
+                kills.setdefault(pilot, []).append((t.id, t.attempt))
+            self.dispatcher.discard(t.id)
+            w, tt = self.tasks.kill(t, now)
+            fx.writes += w
+            touched += tt
+            done.append(t.id)
+        if done:
+            fx.writes.append(access.audit(who, "task.cancel", id_ranges(done), now,
+                                             count=len(done)))
+        fx.after += touched
+        fx.after += [KillOnPilot(p, pairs, "cancelled by user") for p, pairs in kills.items()]
+        fx.after.append(Send(peer, P.Cancelled(req_id=msg.req_id, ids=done)))
+        return fx
+
+    def wait(self, who: Principal, peer: int, msg: P.Wait, stored: Stored) -> Effects:
+        live, final = self.owned(who, msg.ids, stored)
+        self.notify.wait(peer, msg.req_id, list(live))
+        infos = []
+        for tid, t in final.items():
+            if t.state not in states.FINAL:
+                # A task leaves memory only after its final row is committed,
+                # so this is a bug; never answer a Wait with a non-final row.
+                log.error("task %d is neither live nor final (%s)", tid, t.state)
+                self.notify.wait(peer, msg.req_id, [tid])
+                continue
+            infos.append(self.info(t))
+        fx = Effects()
+        for run in P.chunk_by_size(infos, P.payload, self.limits.max_frame_bytes // 2):
+            fx.send(peer, P.Results(req_id=msg.req_id, tasks=run))
+        return fx
+
+    def task_query(self, who: Principal, f: P.TaskFilter) -> TaskQuery:
+        """The store query a filter means for ``who``. Raises InvalidRequest, NotFound."""
+        site_ids: list[int] = []
+        if who.site_id is not None:
+            site_ids.append(who.site_id)
+        if f.states:
+            valid = {x.value for x in states.STORED}
+            bad = [s for s in f.states if s not in valid]
+            if bad:
+                raise InvalidRequest(
+                    f"unknown state {bad[0]!r} (states: {', '.join(x.value for x in S)})")
+        if f.site is not None:
+            sid = self.registry.site_names.get((who.user_id, f.site))
+            if sid is None:
+                raise NotFound(f"no site named {f.site!r}")
+            site_ids.append(sid)
+        return TaskQuery(owner_id=who.user_id, site_ids=tuple(site_ids),
+                         states=tuple(f.states), app=f.app, ids=tuple(f.ids),
+                         tags=tuple(f.tags.items()))
+
+    def query_limit(self, msg: P.Query) -> int:
+        return max(1, min(msg.limit, self.limits.max_query_limit))
+
+    def query_reply(self, peer: int, msg: P.Query, rows: list[LiveTask]) -> Effects:
+        infos = [self.info(t) for t in rows]
+        # Function results can be large: keep the frame within its limit (for newest
+        # first, the newest that fit).
+        runs = P.chunk_by_size(infos, P.payload, self.limits.max_frame_bytes // 2)
+        infos = runs[0] if runs else []
+        if msg.newest:
+            infos.reverse()
+        return Effects(out=[Send(peer, P.TaskList(req_id=msg.req_id, tasks=infos,
+                                                  truncated=len(runs) > 1))])
+
+    def watch(self, who: Principal, peer: int, msg: P.Watch, stored: Stored
+              ) -> tuple[WatchSub, Effects]:
+        """Open a watch (its replay, if any, follows with :meth:`Notify.replayed`)."""
+        if msg.filter.site is not None:
+            self.registry.site_of(who, msg.filter.site)
+        if msg.filter.ids:
+            self.owned(who, msg.filter.ids, stored)
+        # Registered before any replay, so nothing committed meanwhile is missed.
+        sub = self.notify.watch(who.user_id, peer, msg.filter, replay=bool(msg.since_event))
+        return sub, Effects(out=[Send(peer, P.Watching(
+            req_id=msg.req_id, watch_id=sub.watch_id, start_event=self.notify.committed_event))])
+
+    def download(self, who: Principal, peer: int, msg: P.Download, stored: Stored) -> Effects:
+        live, final = self.owned(who, [msg.task_id], stored)
+        t = live.get(msg.task_id) or final[msg.task_id]
+        name = msg.path.strip("/")
+        return Effects(out=self.staging.download(
+            msg, t, live=msg.task_id in live, stored=stored.outputs.get((msg.task_id, name)),
+            agent=self.agent_of(t.site_id), site_name=self.registry.site_name(t.site_id),
+            peer=peer, inline_limit=self.limits.max_inline_bytes))
+
+    # ================================================================== pilots
+
+    def pilot_hello(self, who: Principal, peer: int, hello: P.Hello, welcome: P.Welcome,
+                    now: float) -> tuple[PilotRec, Effects]:
+        """A pilot connected (or reconnected): Welcome first, then reconcile what it holds.
+
+        Raises InvalidRequest (nothing sent, nothing changed) if the Hello is refused.
+        """
+        job = self.jobs.jobs.get(who.batch_job) if who.batch_job else None
+        if who.batch_job and (job is None or (hello.batch_job and hello.batch_job != job.id)):
+            raise NotFound(f"this pilot token is not for batch job {hello.batch_job}")
+        if len(hello.nodes) > 100_000 or any(n.cores < 0 or n.gpus < 0 for n in hello.nodes):
+            raise InvalidRequest("invalid node list")
+        if who.site_id is not None:
+            site = self.registry.sites[who.site_id]
+            if hello.site and hello.site != site.name:
+                raise NotFound(f"this site token is not for site {hello.site!r}")
+        elif not hello.site:
+            raise InvalidRequest(
+                "a pilot connecting with a user token must name its site (tidewater pilot --site)")
+        else:
+            site = self.registry.site_of(who, hello.site)
+        check_hello(hello)
+        rec, replaced = self.pilots.hello(hello, site_id=site.id, owner_id=who.user_id,
+                                          batch_job=job.id if job else 0, peer=peer, now=now)
+        fx = Effects()
+        if replaced is not None:
+            fx.out.append(Close(replaced, 4000, "replaced by a new connection of the same pilot"))
+        fx.out.append(Send(peer, msgspec.structs.replace(welcome, site=site.name)))
+        if job is not None:
+            fx.extend(self.jobs.pilot_joined(job.id, rec.pilot_id, hello.process_started_at,
+                                             now))
+        held = dict(hello.held)
+        kills: list[tuple[int, int]] = []
+        for decision, task_id, attempt in reconcile(rec.pilot_id, site.id, set(rec.assigned),
+                                                    held, self.tasks.live.get):
+            t = self.tasks.live.get(task_id)
+            match decision:
+                case Decision.KEEP:
+                    pass
+                case Decision.LOSE:
+                    assert t is not None
+                    w, tt = self._fail(t, S.RUN_TIMEOUT, now, "the pilot lost the task")
+                    fx.writes += w
+                    fx.after += tt
+                case Decision.REQUEUE:
+                    assert t is not None
+                    self._unassign(t)
+                    self._enqueue(t)
+                case Decision.ADOPT:
+                    assert t is not None
+                    # Assigned before a controller restart (it may even have run): adopt.
+                    self.dispatcher.discard(t.id)
+                    t.attempt, t.pilot = attempt, rec.pilot_id
+                    rec.assigned.add(t.id)
+                case Decision.KILL:
+                    kills.append((task_id, attempt))
+        if kills:
+            fx.send(peer, P.Kill(tasks=kills, reason="no longer assigned to this pilot"))
+        self.pilots.make_slot(rec, hello)
+        fx.writes.append(schema.upsert_pilot(rec.row(), now))
+        fx.after.append(PilotStored(rec.pilot_id, peer))
+        self.demand_dirty.add(site.id)
+        fx.wake = True
+        log.info("pilot %s on %s (%s) connected: %d cores, %d gpus, holds %d tasks",
+                 rec.pilot_id, site.name, hello.hostname, hello.cores, hello.gpus, len(held))
+        return rec, fx
+
+    def reports(self, rec: PilotRec, msg: P.Reports, now: float) -> Effects:
+        self.pilots.leases.touch(rec.pilot_id, now)
+        fx = Effects()
+        for r in msg.reports:
+            t = self.tasks.is_current(rec.pilot_id, r)
+            if t is None:
+                continue
+            change = self._report(rec, t, r)
+            if change is not None:
+                fx.writes += change[0]
+                fx.after += change[1]
+        if rec.peer is not None:
+            fx.after.append(Send(rec.peer, P.Ack(seq=msg.seq)))
+        return fx
+
+    def _report(self, rec: PilotRec, t: LiveTask, r: P.Report) -> Change | None:
+        at = r.time
+        if r.kind == "started":
+            return self.tasks.started(t, rec.pilot_id, at)
+        if r.kind in ("done", "error", "timeout") and t.state != S.RUNNING:
+            return None
+        if r.kind == "done":
+            if why := self.tasks.result_too_large(r):
+                t.exit_code, t.finished_at = r.exit_code, at
+                t.stdout_tail, t.stderr_tail = r.stdout_tail, r.stderr_tail
+                return self._fail(t, S.RUN_ERROR, at, why)
+            (writes, touched), missing = self.tasks.succeeded(t, r, at)
+            if missing:
+                w, tt = self._fail(t, S.RUN_ERROR, at, missing, exit_code=0)
+                return writes + w, tt
+            self._attempt_over(t)
+            return writes, touched
+        if r.kind in ("error", "timeout"):
+            t.stdout_tail, t.stderr_tail = r.stdout_tail, r.stderr_tail
+            kind = S.RUN_ERROR if r.kind == "error" else S.RUN_TIMEOUT
+            why = r.message or (f"exit code {r.exit_code}" if r.kind == "error" else "timed out")
+            if r.hook:
+                why = f"{why} (the app's handler chose {r.hook})"
+            return self._fail(t, kind, at, why, exit_code=r.exit_code, give_up=r.hook == "fail")
+        # killed or lost on the pilot without our asking
+        if t.state == S.RUNNING:
+            return self._fail(t, S.RUN_TIMEOUT, at, r.message or f"task {r.kind} on the pilot")
+        self._unassign(t)
+        return [], [Touched(t, [], t.state)]
+
+    def credit(self, rec: PilotRec, msg: P.Credit) -> Effects:
+        if self.dispatcher.pilot(rec.pilot_id) is not None:
+            self.dispatcher.grant(rec.pilot_id, msg.cores, msg.gpus)
+        elif rec.slot is not None:
+            rec.slot.credit_cores = min(rec.slot.credit_cores + max(msg.cores, 0), 1 << 30)
+            rec.slot.credit_gpus = min(rec.slot.credit_gpus + max(msg.gpus, 0), 1 << 30)
+        return Effects(wake=True)
+
+    def heartbeat(self, rec: PilotRec, now: float) -> Effects:
+        """Renew the pilot's lease and answer, so the pilot hears the controller too."""
+        self.pilots.leases.touch(rec.pilot_id, now)
+        if rec.peer is None:
+            return Effects()
+        return Effects(out=[Send(rec.peer, P.Ping(time=now))])
+
+    def drain(self, rec: PilotRec, reason: str) -> Effects:
+        """The pilot is stopping: it gets no new work from now on."""
+        self.dispatcher.remove_pilot(rec.pilot_id)
+        rec.draining = True
+        rec.slot = None
+        self.demand_dirty.add(rec.site_id)
+        log.info("pilot %s is draining: %s", rec.pilot_id, reason or "no reason given")
+        return Effects(wake=True)
+
+    def pilot_gone(self, rec: PilotRec, peer: int, *, bye: bool, now: float) -> Effects:
+        """The connection ended. After Bye the pilot is done; otherwise its lease runs."""
+        if not self.pilots.away(rec, peer):
+            return Effects()  # an older connection of a pilot that already reconnected
+        self.dispatcher.remove_pilot(rec.pilot_id)
+        self.demand_dirty.add(rec.site_id)
+        if bye:
+            return self._pilot_lost(rec, "the pilot exited", now)
+        return Effects(wake=True)
+
+    def lease_expired(self, now: float) -> Effects:
+        fx = Effects()
+        for rec in self.pilots.expired(now):
+            fx.extend(self._pilot_lost(
+                rec, f"pilot {rec.pilot_id} lost: silent for {self.timeouts.lease_timeout:g}s",
+                now))
+        return fx
+
+    def _pilot_lost(self, rec: PilotRec, why: str, now: float) -> Effects:
+        fx = Effects(wake=True)
+        lost = 0
+        for task_id in list(rec.assigned):
+            t = self.tasks.live.get(task_id)
+            if t is None or t.pilot != rec.pilot_id or t.state in states.FINAL:
+                continue
+            lost += 1
+            if t.state == S.RUNNING:
+                w, tt = self._fail(t, S.RUN_TIMEOUT, now, why)
+                fx.writes += w
+                fx.after += tt
+            else:
+                self._unassign(t)
+                fx.after.append(Touched(t, [], t.state))
+        self.dispatcher.remove_pilot(rec.pilot_id)
+        for slot in self.pilots.remove(rec):
+            self.dispatcher.add_pilot(slot)
+        self.jobs.pilot_left(rec.batch_job, rec.pilot_id)
+        self.demand_dirty.add(rec.site_id)
+        if rec.peer is not None:
+            fx.out.append(Close(rec.peer, 4001, why))
+        fx.writes.append(schema.delete_pilot(rec.pilot_id))
+        if lost:
+            log.warning("pilot %s: %s; %d tasks requeued or failed", rec.pilot_id, why, lost)
+        return fx
+
+    # ================================================================== dispatch
+
+    def dispatch(self, now: float) -> Effects:
+        """Match queued tasks with pilot credit: the RunTasks to send, and demand changes."""
+        fx = Effects()
+        out: dict[str, list[P.Assignment]] = {}
+        for pilot_id, task_id in self.dispatcher.match(now):
+            t = self.tasks.live.get(task_id)
+            rec = self.pilots.pilots.get(pilot_id)
+            if (
+                t is None or rec is None or rec.peer is None or t.pilot
+                or t.state not in states.RUNNABLE
+            ):
+                self.dispatcher.grant(pilot_id, t.cores if t else 0, t.gpus if t else 0)
+                continue
+            t.attempt += 1
+            t.pilot = pilot_id
+            rec.assigned.add(t.id)
+            self.demand_dirty.add(rec.site_id)
+            others = [(p.hostname if (p := self.pilots.pilots.get(o)) else o)
+                      for o in self.dispatcher.reserved(t.id)]
+            out.setdefault(pilot_id, []).append(build_assignment(
+                t, rec, self.dispatcher.pilot(pilot_id), others,
+                self.registry.apps.get((t.site_id, t.app)), self.limits.max_inline_bytes))
+        budget = self.limits.max_frame_bytes // 2
+        for pilot_id, tasks in out.items():
+            peer = self.pilots.pilots[pilot_id].peer
+            assert peer is not None
+            for run in P.chunk_by_size(tasks, P.payload, budget):
+                fx.send(peer, P.RunTasks(tasks=run))
+        if self.demand_dirty:
+            dirty, self.demand_dirty = self.demand_dirty, set()
+            fx.out += self.jobs.send_demand(dirty, self._demand)
+        return fx
+
+    def _demand(self, site_id: int) -> P.Demand:
+        idle, busy = self.pilots.nodes(site_id)
+        return self.jobs.demand(site_id, self.dispatcher.demand(site_id), idle, busy,
+                                self.dispatcher.longest_wall_time(site_id))
+
+    # ================================================================== agents
+
+    def _job_ended(self, job: JobRec, now: float) -> Effects:
+        why = why_ended(job)
+        fx = Effects(out=list(self.tokens.close_sessions([job.token_id], why)), wake=True)
+        log.info("%s on site %s", why, self.registry.site_name(job.site_id))
+        for pilot_id in self.jobs.release_pilots(job.id):
+            rec = self.pilots.pilots.get(pilot_id)
+            if rec is not None:
+                fx.extend(self._pilot_lost(rec, why, now))
+        self.demand_dirty.add(job.site_id)
+        return fx
+
+    def staged(self, site_id: int, peer: int, msg: P.Staged, now: float) -> Effects:
+        fx = Effects()
+        for res in msg.results:
+            t = self.tasks.live.get(res.task_id)
+            want = S.READY if res.direction == "in" else S.RUN_DONE
+            if t is None or t.site_id != site_id or t.state != want or not t.files:
+                continue  # cancelled meanwhile, or a resend already applied
+            step = self.staging.apply(t, res, now)
+            if step is None:
+                fx.writes.append(schema.update_task(t))  # some items still to come
+                continue
+            w, tt = self.tasks.transition(t, step[0], now, step[1])
+            fx.writes += w
+            fx.after += tt
+        fx.after.append(Send(peer, P.Ack(seq=msg.seq)))
+        return fx
+
+    # ================================================================== views
+
+    def metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {f"tidewater_{k}_total": v
+                                 for k, v in self.tasks.counters.items()}
+        out["tidewater_live_tasks"] = len(self.tasks.live)
+        out["tidewater_queued_tasks"] = self.dispatcher.queued()
+        out["tidewater_pilots_connected"] = sum(
+            1 for p in self.pilots.pilots.values() if p.peer is not None)
+        return out
+
+
+
+__all__ = ["ControllerState", "NeedsRead", "Stored", "SubmitPlan", "Write"]
