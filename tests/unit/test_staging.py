@@ -9,7 +9,8 @@ import pytest
 
 from tidewater import proto as P
 from tidewater.agents.transfers.base import parse_url
-from tidewater.controller.staging import check_files, needs_agent, resolve
+from tidewater.controller.staging import needs_agent, resolve
+from tidewater.controller.validate import check_files
 from tidewater.errors import InvalidRequest, LimitExceeded, TransferError
 from tidewater.paths import PathEscape, check_relpath, confine
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tidewater.controller.core import check_workdir
+from tidewater.controller.validate import check_workdir
 from tidewater.errors import InvalidRequest
 
 
