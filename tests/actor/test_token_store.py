@@ -11,17 +11,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tidewater import proto as P
 from tidewater.config import ControllerConfig
 from tidewater.controller import auth
-from tidewater.controller.core import Controller
-from tidewater.controller.store.sqlite import MIGRATIONS
+from tidewater.controller.service import ControllerService
+from tidewater.controller.store.sqlite_migrations import MIGRATIONS
 from tidewater.controller.users import add_user
 from tidewater.errors import InvalidRequest
-
-
-def hello(token: str) -> P.Hello:
-    return P.Hello(role="client", proto_version=P.PROTO_VERSION, token=token)
 
 
 async def test_store_keeps_salted_hashes_only(tmp_path: Path) -> None:
@@ -52,13 +47,13 @@ async def test_tokens_minted_before_token_ids_still_work(tmp_path: Path) -> None
                  "VALUES (1, 1, 'hpc', ?, ?)", (sha(site_token), time.time()))
     conn.commit()
     conn.close()
-    c = Controller(ControllerConfig(db=db))
+    c = ControllerService(ControllerConfig(db=db))
     async with anyio.create_task_group() as tg:
         await tg.start(c.run)
-        who = await c.authenticate(hello(user_token))
+        who = await c.authenticate(user_token)
         assert (who.user, who.is_admin, who.token_id) == ("old", True, "legacy-u1")
-        site = await c.authenticate(P.Hello(role="agent", proto_version=1, token=site_token))
+        site = await c.authenticate(site_token)
         assert site.site_id == 1
         with pytest.raises(InvalidRequest, match="invalid token"):
-            await c.authenticate(hello("twu_" + secrets.token_urlsafe(32)))
+            await c.authenticate("twu_" + secrets.token_urlsafe(32))
         tg.cancel_scope.cancel()

@@ -85,8 +85,10 @@ class Core:
         t = self.state.tasks.live.get(tid)
         if t is not None:
             return t.state
-        updates = [p for op, p in self.writes if op == Op.UPDATE_TASK and p[-1] == tid]
-        return S(updates[-1][0])
+        written = [p[0] if op == Op.UPDATE_TASK else p[4] for op, p in self.writes
+                   if (op == Op.UPDATE_TASK and p[-1] == tid)
+                   or (op == Op.INSERT_TASK and p[0] == tid)]
+        return S(written[-1])
 
     def events(self, tid: int) -> list[tuple[str, str]]:
         return [(p[2], p[3]) for op, p in self.writes if op == Op.INSERT_EVENT and p[1] == tid]
@@ -203,7 +205,7 @@ def test_a_child_becomes_ready_in_the_same_commit_as_its_last_parent_finishes() 
 
 def test_a_failed_parent_fails_its_children_and_theirs() -> None:
     core = Core()
-    (parent,) = core.submit(spec())
+    (parent,) = core.submit(spec(max_retries=0))
     (child,) = core.submit(spec(parents=[parent]))
     (grandchild,) = core.submit(spec(parents=[child]))
     rec = core.pilot()

@@ -54,7 +54,7 @@ from .staging import Staging, resolve, workdir_of
 from .store import schema
 from .store.base import Recovered, TaskQuery, Write
 from .tasks import Change, TaskTable, id_ranges, task_info
-from .validate import check_parent_count, check_submit, prepare_task
+from .validate import check_parent_count, check_submit, prepare_task, task_error
 
 log = logging.getLogger("tidewater.controller")
 
@@ -267,8 +267,7 @@ class ControllerState:
         try:
             return self.registry.site_of(who, name)
         except InvalidRequest as exc:
-            where = f"task {i}" if i else "task"
-            raise type(exc)(f"{where}: {exc.message}", exc.code) from None
+            raise task_error(i, exc) from None
 
     def submit(self, who: Principal, peer: int, msg: P.Submit, plan: SubmitPlan,
                stored: Stored, now: float) -> Effects:
