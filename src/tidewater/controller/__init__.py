@@ -1,6 +1,6 @@
 """The controller: the single source of truth, reached over websockets."""
 
 from .app import Server, serve
-from .core import Controller
+from .service import ControllerService
 
-__all__ = ["Controller", "Server", "serve"]
+__all__ = ["ControllerService", "Server", "serve"]
