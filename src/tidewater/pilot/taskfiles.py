@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 
 from .. import proto as P
-from ..agents.transfers.base import digest
 from ..errors import TransferError
 from ..paths import PathEscape, confine
+from ..urls import digest
 
 
 class TaskFileError(Exception):
