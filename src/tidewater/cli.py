@@ -72,8 +72,8 @@ INLINE_MAX = 1024 * 1024
 
 def _url_problem(url: str) -> str | None:
     """What is wrong with a transfer URL, or None (the controller checks the same way)."""
-    from .agents.transfers import parse_url
     from .errors import TransferError
+    from .urls import parse_url
 
     try:
         parse_url(url)

@@ -14,17 +14,29 @@
     │   └── TLSError                the TLS handshake failed: certificate not verified, TLS mismatch
     ├── StoreError                  the database failed
     ├── CodecError (also ValueError) a function task's value cannot be encoded or decoded
+    ├── PathEscape (also ValueError) a path on a site would leave its directory (path, base)
+    │   └── WorkdirError            a task's work directory outside the pilot's root
+    ├── TaskFileError               the pilot could not write a task's inline input (path)
+    ├── WorkerStartError (also RuntimeError) a function-task worker did not start (argv)
     ├── SchedulerError              a batch scheduler refused or failed
     │   ├── SchedulerCommandError   a scheduler command exited non-zero (argv, stdout, stderr, rc)
-    │   └── SchedulerOutputError    a scheduler command's output could not be read
+    │   ├── SchedulerOutputError    a scheduler command's output could not be read
+    │   └── NoSuchJob (also LookupError) the local fork scheduler never had this job
     ├── TransferError               moving a task's input or output failed (url, retryable)
     └── TaskFailed                  ``Task.result(check=True)`` on a task that did not finish
 
 Errors raised by websockets, aiohttp and aiosqlite are translated at the
-module that uses them and never escape it.
+module that uses them and never escape it. A second base (``ValueError``,
+``RuntimeError``, ``LookupError``) keeps a class catchable as what it was
+before it joined the tree.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
 
 
 class TidewaterError(Exception):
@@ -114,6 +126,76 @@ class CodecError(TidewaterError, ValueError):
     """A value that cannot be encoded for a function task, or bytes that are not a valid encoding."""
 
 
+class PathEscape(TidewaterError, ValueError):
+    """A path that would leave the directory it must stay in (``..``, an absolute
+    path, a symbolic link pointing out).
+
+    ``path`` is the path as it was named, ``base`` the directory it must stay
+    under, ``reason`` what is wrong with it (by default: it leaves ``base``).
+    """
+
+    _noun: ClassVar[str] = ""
+
+    def __init__(self, path: str, base: str | os.PathLike[str], reason: str = "") -> None:
+        self.path = path
+        self.base = os.fspath(base)
+        self.reason = reason or f"leaves {self.base}"
+        super().__init__(f"{self._noun}{path!r} {self.reason}")
+
+
+class WorkdirError(PathEscape):
+    """A task's work directory that would lie outside the pilot's root.
+
+    ``path`` is the work directory as the controller sent it, ``base`` the
+    pilot's root.
+    """
+
+    _noun = "work directory "
+
+    def __init__(self, workdir: str, root: str | os.PathLike[str]) -> None:
+        super().__init__(workdir, root, f"escapes the pilot's root {os.fspath(root)}")
+
+
+class TaskFileError(TidewaterError):
+    """A task's inline input could not be written where the task expects it.
+
+    ``path`` is the input's path in the task's work directory, ``reason``
+    why it was not written; ``refused`` is True when the path itself was
+    refused (it leads out of the work directory), False when writing failed.
+    """
+
+    def __init__(self, path: str, reason: str, *, refused: bool = False) -> None:
+        self.path = path
+        self.reason = reason
+        self.refused = refused
+        how = " refused:" if refused else ":"
+        super().__init__(f"input {path!r}{how} {reason}")
+
+
+class WorkerStartError(TidewaterError, RuntimeError):
+    """A worker process for function tasks could not be started, or exited or hung
+    before it was ready.
+
+    ``argv`` is the worker's command line, ``reason`` what went wrong,
+    ``returncode`` its exit status when it exited. ``spawned`` is False when
+    the process could not even be created (no such interpreter).
+    """
+
+    def __init__(
+        self, argv: Sequence[str], reason: str, *, returncode: int | None = None,
+        spawned: bool = True,
+    ) -> None:
+        self.argv = list(argv)
+        self.reason = reason
+        self.returncode = returncode
+        self.spawned = spawned
+        cmd = " ".join(self.argv)
+        if spawned:
+            super().__init__(f"the worker process ({cmd}) {reason}")
+        else:
+            super().__init__(f"cannot start a worker process ({cmd}): {reason}")
+
+
 class SchedulerError(TidewaterError):
     """A batch scheduler (Slurm, PBS, LSF, Cobalt, local) refused or failed."""
 
@@ -145,6 +227,18 @@ class SchedulerOutputError(SchedulerError):
         self.what = what
         self.output = output
         super().__init__(f"cannot read {what} from scheduler output: {output[:500]!r}")
+
+
+class NoSuchJob(SchedulerError, LookupError):
+    """The local fork scheduler was asked about a job id its state directory never held.
+
+    ``job_id`` is the id as asked, ``state_dir`` the directory searched.
+    """
+
+    def __init__(self, job_id: str, state_dir: Path) -> None:
+        self.job_id = job_id
+        self.state_dir = state_dir
+        super().__init__(f"no job {job_id} in {state_dir}")
 
 
 class TaskFailed(TidewaterError):

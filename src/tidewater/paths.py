@@ -12,10 +12,7 @@ import os
 from pathlib import Path
 
 from .errors import InvalidRequest
-
-
-class PathEscape(ValueError):
-    """A path that would leave the directory it must stay in."""
+from .errors import PathEscape as PathEscape  # importers of tidewater.paths catch it
 
 
 def check_relpath(path: str, what: str) -> str:
@@ -33,15 +30,17 @@ def check_relpath(path: str, what: str) -> str:
 
 
 def confine(base: Path, rel: str) -> Path:
-    """``base / rel`` with symbolic links resolved; PathEscape unless it stays under ``base``.
+    """``base / rel`` with symbolic links resolved.
 
     ``base`` itself is resolved first, so a base reached through a link is
-    fine; a link *inside* it pointing out is not.
+    fine; a link *inside* it pointing out is not. Raises
+    :class:`~tidewater.errors.PathEscape` (also a ValueError) unless the
+    result stays under ``base``.
     """
     root = base.resolve()
     if "\x00" in rel or os.path.isabs(rel):
-        raise PathEscape(f"{rel!r} is not a relative path")
+        raise PathEscape(rel, root, "is not a relative path")
     path = (root / rel).resolve()
     if path == root or root not in path.parents:
-        raise PathEscape(f"{rel!r} leaves {root}")
+        raise PathEscape(rel, root)
     return path

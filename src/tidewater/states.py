@@ -126,31 +126,46 @@ def failure_path(kind: TaskState, *, retries: int, max_retries: int) -> list[Tas
 # states (a short job goes from queued straight to finished between two looks),
 # so every forward step is allowed; nothing goes backwards.
 
-JOB_STATES: tuple[str, ...] = (
-    "pending_submission", "queued", "running", "pending_deletion", "finished", "submit_failed",
-)
-JOB_FINAL: frozenset[str] = frozenset({"finished", "submit_failed"})
-_JOB_NEXT: dict[str, frozenset[str]] = {
-    "pending_submission": frozenset(
-        {"queued", "running", "finished", "submit_failed", "pending_deletion"}
+class JobState(StrEnum):
+    """A batch job's state. Each member is its own lower-case string value, so it
+    compares equal to (and is stored and sent as) the plain name."""
+
+    PENDING_SUBMISSION = "pending_submission"
+    QUEUED = "queued"
+    RUNNING = "running"
+    PENDING_DELETION = "pending_deletion"
+    FINISHED = "finished"
+    SUBMIT_FAILED = "submit_failed"
+
+
+J = JobState
+
+JOB_STATES: tuple[JobState, ...] = tuple(JobState)
+JOB_FINAL: frozenset[JobState] = frozenset({J.FINISHED, J.SUBMIT_FAILED})
+"""States a batch job never leaves."""
+
+_JOB_NEXT: dict[JobState, frozenset[JobState]] = {
+    J.PENDING_SUBMISSION: frozenset(
+        {J.QUEUED, J.RUNNING, J.FINISHED, J.SUBMIT_FAILED, J.PENDING_DELETION}
     ),
-    "queued": frozenset({"running", "finished", "pending_deletion"}),
-    "running": frozenset({"finished", "pending_deletion"}),
-    "pending_deletion": frozenset({"finished"}),
-    "finished": frozenset(),
-    "submit_failed": frozenset(),
+    J.QUEUED: frozenset({J.RUNNING, J.FINISHED, J.PENDING_DELETION}),
+    J.RUNNING: frozenset({J.FINISHED, J.PENDING_DELETION}),
+    J.PENDING_DELETION: frozenset({J.FINISHED}),
+    J.FINISHED: frozenset(),
+    J.SUBMIT_FAILED: frozenset(),
 }
 
 
-def job_step(src: str, dst: str) -> str | None:
+def job_step(src: str, dst: str) -> JobState | None:
     """The batch-job state after the agent reports ``dst`` for a job in ``src``.
 
+    ``src`` and ``dst`` are state names (plain strings or :class:`JobState`).
     Returns None when the report changes nothing (same state, or a stale
     report that would go backwards: a job being deleted stays so until it is
     gone). Raises ValueError for an unknown state name.
     """
     if dst not in _JOB_NEXT or src not in _JOB_NEXT:
         raise ValueError(f"unknown batch-job state {dst if dst not in _JOB_NEXT else src!r}")
-    if dst == src or dst not in _JOB_NEXT[src]:
+    if dst == src or dst not in _JOB_NEXT[JobState(src)]:
         return None
-    return dst
+    return JobState(dst)

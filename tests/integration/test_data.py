@@ -19,7 +19,7 @@ import pytest
 
 import tidewater
 from tidewater import Client
-from tidewater.agents.transfers.base import digest
+from tidewater.urls import digest
 
 from .procs import Cluster, cluster, write_site
 

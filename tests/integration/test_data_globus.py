@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from tidewater.agents.settings import write_token
-from tidewater.agents.transfers.base import digest
+from tidewater.urls import digest
 
 from ..fakes.globus_service import GlobusService
 from .procs import until

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tidewater.agents.transfers.base import digest
+from tidewater.urls import digest
 
 from .sshd import Sshd, free_port
 from .test_data import data_site

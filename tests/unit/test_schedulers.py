@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tidewater import states
 from tidewater.agents.schedulers import (
     CobaltScheduler,
     JobRequest,
@@ -17,12 +18,14 @@ from tidewater.agents.schedulers import (
     PbsScheduler,
     Scheduler,
     SlurmScheduler,
+    base,
     cobalt,
     get_scheduler,
     lsf,
     pbs,
     slurm,
 )
+from tidewater.agents.schedulers import local as local_adapter
 from tidewater.errors import ConfigError, SchedulerOutputError
 
 DATA = Path(__file__).parent / "data" / "schedulers"
@@ -550,3 +553,16 @@ def test_local_status_lines() -> None:
 def test_local_malformed_status(line: str) -> None:
     with pytest.raises(SchedulerOutputError, match="a localexec status line"):
         LocalScheduler(state_dir="/x").parse_status_output(line)
+
+
+def test_adapters_share_the_batch_job_states() -> None:
+    assert base.JobState is states.JobState
+    assert base.JOB_STATES is states.JOB_STATES
+    assert base.FINAL_JOB_STATES is states.JOB_FINAL
+    tables = [slurm.SLURM_STATES, pbs.PBS_STATES, lsf.LSF_STATES, cobalt.COBALT_STATES,
+              local_adapter.LOCAL_STATES]
+    for table in tables:
+        assert all(type(s) is states.JobState for s in table.values())
+    # A job that ran out of time has finished; TIMEOUT is not a failure of the batch job.
+    assert slurm.SLURM_STATES["TIMEOUT"] is states.JobState.FINISHED
+    assert local_adapter.LOCAL_STATES["TIMEOUT"] is states.JobState.FINISHED

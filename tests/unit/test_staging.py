@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 from tidewater import proto as P
-from tidewater.agents.transfers.base import parse_url
 from tidewater.controller.staging import needs_agent, resolve
 from tidewater.controller.validate import check_files
-from tidewater.errors import InvalidRequest, LimitExceeded, TransferError
+from tidewater.errors import InvalidRequest, LimitExceeded
 from tidewater.paths import PathEscape, check_relpath, confine
 
 
@@ -107,15 +106,3 @@ def test_confine_follows_links(tmp_path: Path) -> None:
         with pytest.raises(PathEscape):
             confine(tmp_path / "w", bad)
 
-
-def test_parse_url() -> None:
-    r = parse_url("sftp://alice@dtn.example:2222/data/x%20y")
-    assert (r.scheme, r.user, r.host, r.port, r.path) == ("sftp", "alice", "dtn.example", 2222,
-                                                          "/data/x y")
-    assert r.key == "sftp://alice@dtn.example:2222"
-    g = parse_url("globus://6C54CADE-bde5/~/cal/dark.h5")
-    assert (g.host, g.path, g.key) == ("6C54CADE-bde5", "/~/cal/dark.h5", "globus://6C54CADE-bde5")
-    assert parse_url("file:///x").key == "file://"
-    for bad in ("", "file:relative", "sftp://h/x?q=1", "sftp://h:99999/x", "s3://b/k", "sftp://h"):
-        with pytest.raises(TransferError):
-            parse_url(bad)

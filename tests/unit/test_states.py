@@ -10,9 +10,12 @@ import pytest
 from tidewater.errors import IllegalTransition
 from tidewater.states import (
     FINAL,
+    JOB_FINAL,
+    JOB_STATES,
     RUNNABLE,
     STORED,
     TRANSITIONS,
+    JobState,
     TaskState,
     can_transition,
     check,
@@ -20,6 +23,7 @@ from tidewater.states import (
     failure_path,
     finish_path,
     is_final,
+    job_step,
     submit_path,
 )
 
@@ -184,3 +188,52 @@ def test_full_lifecycle_with_retry_is_legal() -> None:
     ]
     steps = check_path(S.CREATED, path)
     assert steps[-1] == (S.STAGED_OUT, S.JOB_FINISHED)
+
+
+# ------------------------------------------------------------------ batch jobs
+
+J = JobState
+# What a report of each state does to a job in each state (None: nothing).
+JOB_FORWARD = {
+    J.PENDING_SUBMISSION: {J.QUEUED, J.RUNNING, J.FINISHED, J.SUBMIT_FAILED, J.PENDING_DELETION},
+    J.QUEUED: {J.RUNNING, J.FINISHED, J.PENDING_DELETION},
+    J.RUNNING: {J.FINISHED, J.PENDING_DELETION},
+    J.PENDING_DELETION: {J.FINISHED},
+    J.FINISHED: set(),
+    J.SUBMIT_FAILED: set(),
+}
+
+
+def test_batch_job_states_are_the_stored_and_sent_names() -> None:
+    assert [str(s) for s in JOB_STATES] == [
+        "pending_submission", "queued", "running", "pending_deletion", "finished",
+        "submit_failed",
+    ]
+    assert set(JOB_STATES) == set(JobState)
+    assert JOB_FINAL == {"finished", "submit_failed"}
+    assert J.QUEUED == "queued" and f"{J.QUEUED}" == "queued"
+
+
+@pytest.mark.parametrize(("src", "dst"), list(itertools.product(JobState, JobState)))
+def test_job_step_moves_only_forward(src: JobState, dst: JobState) -> None:
+    expected = dst if dst in JOB_FORWARD[src] else None
+    assert job_step(src, dst) == expected
+    assert job_step(src.value, dst.value) == expected  # plain strings, as rows and messages hold
+
+
+def test_job_step_gives_the_state_itself() -> None:
+    nxt = job_step("queued", "running")
+    assert nxt is J.RUNNING
+
+
+def test_a_final_batch_job_never_leaves() -> None:
+    for final in JOB_FINAL:
+        assert all(job_step(final, s) is None for s in JobState)
+
+
+@pytest.mark.parametrize(("src", "dst"), [("queued", "lost"), ("lost", "queued"),
+                                          ("QUEUED", "running")])
+def test_job_step_refuses_unknown_state_names(src: str, dst: str) -> None:
+    bad = dst if dst == "lost" else src
+    with pytest.raises(ValueError, match=f"unknown batch-job state '{bad}'"):
+        job_step(src, dst)

@@ -18,104 +18,19 @@ use them and ``client.download`` reads them through the agent.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
 from .. import proto as P
-from ..agents.transfers.base import parse_url
-from ..errors import InvalidRequest, LimitExceeded, NotFound, TransferError
-from ..paths import check_relpath
+from ..errors import InvalidRequest, NotFound
 from ..states import TaskState as S
 from .effects import Out, Send
 from .model import LiveTask
 
 log = logging.getLogger("tidewater.controller")
-
-MAX_FILES = 1000
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
-def check_files(spec: P.TaskSpec, inline_limit: int) -> tuple[
-    list[P.FileInfo] | None, dict[str, bytes] | None, list[int]
-]:
-    """Validate a spec's inputs and outputs (pure).
-
-    Returns the file list, the inline inputs' bytes, and the tasks whose
-    outputs are referenced (they become parents). Raises InvalidRequest.
-    """
-    if not spec.inputs and not spec.outputs:
-        return None, None, []
-    if len(spec.inputs) + len(spec.outputs) > MAX_FILES:
-        raise LimitExceeded(f"{len(spec.inputs) + len(spec.outputs)} inputs and outputs; "
-                            f"the limit is {MAX_FILES} (transfer directories instead)")
-    files: list[P.FileInfo] = []
-    data: dict[str, bytes] = {}
-    refs: list[int] = []
-    seen: set[tuple[str, str]] = set()
-    inline_total = 0
-    for i in spec.inputs:
-        path = check_relpath(i.path, "input path")
-        if ("in", path) in seen:
-            raise InvalidRequest(f"input path {path!r} is given twice")
-        seen.add(("in", path))
-        sources = [bool(i.url), i.data is not None, bool(i.task or i.output)]
-        if sum(sources) != 1:
-            raise InvalidRequest(f"input {path!r}: give exactly one of url, data, "
-                                 "or task and output")
-        expect = _check_sha(i.sha256, f"input {path!r}")
-        if i.url:
-            _check_url(i.url, f"input {path!r}")
-            files.append(P.FileInfo(direction="in", path=path, url=i.url, expect_sha256=expect))
-        elif i.data is not None:
-            inline_total += len(i.data)
-            if inline_total > inline_limit:
-                raise LimitExceeded(
-                    f"input {path!r}: {inline_total} bytes of inline inputs; the limit is "
-                    f"{inline_limit} (give larger inputs a url)")
-            digest = hashlib.sha256(i.data).hexdigest()
-            if expect and expect != digest:
-                raise InvalidRequest(f"input {path!r}: its data does not have the SHA-256 given")
-            data[path] = i.data
-            files.append(P.FileInfo(direction="in", path=path, state="inline",
-                                    size=len(i.data), sha256=digest))
-        else:
-            if i.task <= 0 or not i.output:
-                raise InvalidRequest(f"input {path!r}: a reference needs both task and output")
-            output = check_relpath(i.output, "output name")
-            refs.append(i.task)
-            files.append(P.FileInfo(direction="in", path=path, task=i.task, output=output,
-                                    expect_sha256=expect))
-    for o in spec.outputs:
-        path = check_relpath(o.path, "output path")
-        if ("out", path) in seen:
-            raise InvalidRequest(f"output path {path!r} is given twice")
-        seen.add(("out", path))
-        if o.url:
-            _check_url(o.url, f"output {path!r}")
-        files.append(P.FileInfo(direction="out", path=path, url=o.url))
-    return files, data or None, refs
-
-
-def _check_url(url: str, what: str) -> None:
-    try:
-        parse_url(url)
-    except TransferError as exc:
-        raise InvalidRequest(f"{what}: {exc.message} ({url[:200]!r})") from None
-
-
-def _check_sha(value: str, what: str) -> str:
-    if not value:
-        return ""
-    v = value.lower()
-    if not _HEX64.fullmatch(v):
-        raise InvalidRequest(f"{what}: sha256 must be 64 hexadecimal digits")
-    return v
-
 
 def task_workdir(workdir: str, task_id: int) -> str:
     """A task's work directory relative to the site's work root: its own, or tasks/<id>."""

@@ -24,11 +24,11 @@ import msgspec
 
 from .. import apps as appmod
 from .. import proto as P
-from ..agents.transfers.base import parse_url
 from ..config import Limits
 from ..errors import AppError, InvalidRequest, LimitExceeded, ParamError, TransferError
 from ..paths import check_relpath
 from ..states import TaskState
+from ..urls import parse_url
 from .model import AppRec, LiveTask, SiteRec
 
 MAX_PARENTS = 10_000

@@ -21,21 +21,22 @@ from pathlib import Path
 
 import anyio
 
+from ..errors import WorkdirError as WorkdirError  # importers of runner catch it
 from ..proto import Assignment
 
 STDOUT = "stdout.txt"
 STDERR = "stderr.txt"
 
 
-class WorkdirError(Exception):
-    pass
-
-
 def task_dir(root: Path, workdir: str) -> Path:
-    """The directory for ``workdir`` under ``root``; refuses escapes (``..``, symlinks)."""
+    """The directory for ``workdir`` under ``root``.
+
+    Raises :class:`~tidewater.errors.WorkdirError` if it would lie outside
+    ``root`` (``..``, a symbolic link pointing out).
+    """
     path = (root / workdir).resolve()
     if path != root and root not in path.parents:
-        raise WorkdirError(f"work directory {workdir!r} escapes the pilot's root {root}")
+        raise WorkdirError(workdir, root)
     return path
 
 

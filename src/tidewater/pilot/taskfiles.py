@@ -11,22 +11,23 @@ import os
 from pathlib import Path
 
 from .. import proto as P
-from ..agents.transfers.base import digest
-from ..errors import TransferError
-from ..paths import PathEscape, confine
-
-
-class TaskFileError(Exception):
-    """An input could not be written where the task expects it."""
+from ..errors import PathEscape, TransferError
+from ..errors import TaskFileError as TaskFileError  # importers of taskfiles catch it
+from ..paths import confine
+from ..urls import digest
 
 
 def write_inputs(wd: Path, inputs: list[tuple[str, bytes]]) -> None:
-    """Write inline inputs into ``wd`` (each atomically: a rename of a complete file)."""
+    """Write inline inputs into ``wd`` (each atomically: a rename of a complete file).
+
+    Raises :class:`~tidewater.errors.TaskFileError` for an input whose path
+    leads out of ``wd`` or that cannot be written.
+    """
     for rel, data in inputs:
         try:
             dest = confine(wd, rel)
         except PathEscape as exc:
-            raise TaskFileError(f"input {rel!r} refused: {exc}") from None
+            raise TaskFileError(rel, str(exc), refused=True) from None
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".tw-partial-{os.getpid()}-{dest.name}")
         try:
@@ -35,7 +36,7 @@ def write_inputs(wd: Path, inputs: list[tuple[str, bytes]]) -> None:
             os.replace(tmp, dest)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise TaskFileError(f"input {rel!r}: {exc.strerror or exc}") from None
+            raise TaskFileError(rel, str(exc.strerror or exc)) from None
 
 
 def collect_outputs(wd: Path, paths: list[str], limit: int) -> list[P.OutputFile]:

@@ -62,6 +62,7 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from ..codec import CodecError, check_import_path, decode_call, encode
+from ..errors import WorkerStartError
 
 __all__ = ["CallResult", "WorkerPool", "WorkerStartError", "main"]
 
@@ -73,10 +74,6 @@ _MAX_FRAME = 2**32 - 1
 # runpy would then run a second copy of it as __main__ (with a RuntimeWarning).
 _WORKER_MAIN = "from tidewater.pilot.workers import main; main()"
 _HEADER = 4
-
-
-class WorkerStartError(RuntimeError):
-    """A worker process could not be started, or exited or hung before it was ready."""
 
 
 @dataclass(frozen=True)
@@ -580,9 +577,7 @@ class WorkerPool:
                 start_new_session=True,
             )
         except OSError as exc:
-            raise WorkerStartError(
-                f"cannot start a worker process ({' '.join(argv)}): {exc}"
-            ) from exc
+            raise WorkerStartError(argv, str(exc), spawned=False) from exc
         worker = _Worker(process)
         self._live.add(worker)
         ready = False
@@ -593,26 +588,23 @@ class WorkerPool:
         except _WorkerDied:
             returncode = await self._discard(worker, "kill")
             raise WorkerStartError(
-                f"the worker process ({' '.join(argv)}) exited with code {returncode} before "
-                "it was ready; its stderr (this process's) says why. Is tidewater installed "
-                "in that Python?"
+                argv, f"exited with code {returncode} before it was ready; its stderr (this "
+                "process's) says why. Is tidewater installed in that Python?",
+                returncode=returncode,
             ) from None
         except TimeoutError:
             raise WorkerStartError(
-                f"the worker process ({' '.join(argv)}) was not ready within "
-                f"{self._start_timeout} s"
+                argv, f"was not ready within {self._start_timeout} s"
             ) from None
         except msgspec.MsgspecError as exc:
-            raise WorkerStartError(
-                f"the worker process ({' '.join(argv)}) did not start the protocol: {exc}"
-            ) from None
+            raise WorkerStartError(argv, f"did not start the protocol: {exc}") from None
         finally:
             if not ready:
                 await self._discard(worker, "kill")
         if hello.pid != worker.pid:
             await self._discard(worker, "kill")
             raise WorkerStartError(
-                f"{' '.join(argv)} is not a worker of its own (pid {hello.pid}, not {worker.pid})"
+                argv, f"is not a worker of its own (pid {hello.pid}, not {worker.pid})"
             )
         return worker
 

@@ -7,11 +7,17 @@ states. Only :class:`SchedulerClient` does I/O, through an injected
 :class:`CommandRunner`, so the adapters are tested on recorded output and the
 driver against fake executables and real Slurm.
 
-Batch-job states (DESIGN.md)::
+Batch-job states (DESIGN.md) are :class:`tidewater.states.JobState`, shared
+with the controller and the agent; every adapter's table maps its native
+states into them::
 
     pending_submission -> queued -> running -> finished
            |                 \\-> pending_deletion -> finished
            \\-> submit_failed
+
+A job that ended for any reason (completed, failed, timed out, cancelled) is
+``finished``: a TIMEOUT is not a failure of the batch job. Why it ended (the
+scheduler's ``TIMEOUT``, an exit code) goes into :attr:`JobStatus.reason`.
 """
 
 from __future__ import annotations
@@ -21,19 +27,30 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
 import anyio
 
 from tidewater.errors import ConfigError, SchedulerCommandError
+from tidewater.states import JOB_FINAL as FINAL_JOB_STATES
+from tidewater.states import JOB_STATES, JobState
 
-JobState = Literal[
-    "pending_submission", "queued", "running", "finished", "submit_failed", "pending_deletion"
+__all__ = [
+    "FINAL_JOB_STATES",
+    "JOB_STATES",
+    "CommandResult",
+    "CommandRunner",
+    "JobRequest",
+    "JobState",
+    "JobStatus",
+    "PartitionLimits",
+    "Scheduler",
+    "SchedulerClient",
+    "check_request",
+    "directive_value",
+    "quote_argv",
+    "run_command",
 ]
-JOB_STATES: tuple[JobState, ...] = (
-    "pending_submission", "queued", "running", "finished", "submit_failed", "pending_deletion"
-)
-FINAL_JOB_STATES: frozenset[str] = frozenset({"finished", "submit_failed"})
 
 
 @dataclass(frozen=True)

@@ -21,20 +21,20 @@ from tidewater.agents.schedulers.base import (
 from tidewater.errors import SchedulerOutputError
 
 COBALT_STATES: dict[str, JobState] = {
-    "queued": "queued",
-    "hold": "queued",
-    "user_hold": "queued",
-    "admin_hold": "queued",
-    "dep_hold": "queued",
-    "maxrun_hold": "queued",
-    "starting": "running",
-    "running": "running",
-    "exiting": "running",
-    "killing": "running",
-    "dep_fail": "finished",
-    "finished": "finished",
-    "failed": "finished",
-    "done": "finished",
+    "queued": JobState.QUEUED,
+    "hold": JobState.QUEUED,
+    "user_hold": JobState.QUEUED,
+    "admin_hold": JobState.QUEUED,
+    "dep_hold": JobState.QUEUED,
+    "maxrun_hold": JobState.QUEUED,
+    "starting": JobState.RUNNING,
+    "running": JobState.RUNNING,
+    "exiting": JobState.RUNNING,
+    "killing": JobState.RUNNING,
+    "dep_fail": JobState.FINISHED,
+    "finished": JobState.FINISHED,
+    "failed": JobState.FINISHED,
+    "done": JobState.FINISHED,
 }
 
 # StartTime last: it is the one column whose values hold spaces.

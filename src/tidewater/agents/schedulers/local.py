@@ -26,13 +26,13 @@ DIRECTIVE = "#TWLOCAL"
 DEFAULT_KILL_GRACE = Timeouts().kill_grace
 
 LOCAL_STATES: dict[str, JobState] = {
-    "PENDING": "queued",
-    "RUNNING": "running",
-    "COMPLETED": "finished",
-    "FAILED": "finished",
-    "TIMEOUT": "finished",
-    "CANCELLED": "finished",
-    "NODE_FAIL": "finished",
+    "PENDING": JobState.QUEUED,
+    "RUNNING": JobState.RUNNING,
+    "COMPLETED": JobState.FINISHED,
+    "FAILED": JobState.FINISHED,
+    "TIMEOUT": JobState.FINISHED,
+    "CANCELLED": JobState.FINISHED,
+    "NODE_FAIL": JobState.FINISHED,
 }
 
 MODULE = "tidewater.agents.schedulers.localexec"

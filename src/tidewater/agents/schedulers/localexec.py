@@ -45,18 +45,10 @@ from pathlib import Path
 from types import FrameType
 
 from tidewater.agents.schedulers.local import DEFAULT_KILL_GRACE, DIRECTIVE, default_state_dir
+from tidewater.errors import NoSuchJob as NoSuchJob  # the fake qdel/bkill catch it from here
 
 EnvFor = Callable[[int, Path], Mapping[str, str]]
 """Extra job environment, computed from the job id and the job's state directory."""
-
-
-class NoSuchJob(LookupError):
-    """``cancel`` of an id the state directory never held."""
-
-    def __init__(self, job_id: str, state_dir: Path) -> None:
-        self.job_id = job_id
-        self.state_dir = state_dir
-        super().__init__(f"no job {job_id} in {state_dir}")
 
 
 @dataclass(frozen=True)

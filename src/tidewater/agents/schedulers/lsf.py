@@ -27,17 +27,17 @@ from tidewater.errors import SchedulerOutputError
 # stopped while running) do no work, so they count as queued. UNKWN means
 # mbatchd lost the execution host: the job may well still run.
 LSF_STATES: dict[str, JobState] = {
-    "PEND": "queued",
-    "PSUSP": "queued",
-    "USUSP": "queued",
-    "SSUSP": "queued",
-    "WAIT": "queued",
-    "PROV": "queued",
-    "RUN": "running",
-    "UNKWN": "running",
-    "DONE": "finished",
-    "EXIT": "finished",
-    "ZOMBI": "finished",
+    "PEND": JobState.QUEUED,
+    "PSUSP": JobState.QUEUED,
+    "USUSP": JobState.QUEUED,
+    "SSUSP": JobState.QUEUED,
+    "WAIT": JobState.QUEUED,
+    "PROV": JobState.QUEUED,
+    "RUN": JobState.RUNNING,
+    "UNKWN": JobState.RUNNING,
+    "DONE": JobState.FINISHED,
+    "EXIT": JobState.FINISHED,
+    "ZOMBI": JobState.FINISHED,
 }
 
 BJOBS_FIELDS = (

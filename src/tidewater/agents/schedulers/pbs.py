@@ -24,18 +24,18 @@ from tidewater.errors import SchedulerOutputError
 # PBS Pro job_state letters. Held, waiting (for a start time) and suspended
 # jobs do no work yet, so they count as queued; E (exiting) still holds nodes.
 PBS_STATES: dict[str, JobState] = {
-    "Q": "queued",   # queued
-    "H": "queued",   # held
-    "W": "queued",   # waiting for its execution time
-    "T": "queued",   # being moved to a new location
-    "S": "queued",   # suspended
-    "U": "queued",   # suspended: workstation busy
-    "R": "running",  # running
-    "E": "running",  # exiting after having run
-    "B": "running",  # array job: at least one subjob started
-    "F": "finished",  # finished (history, with qstat -x)
-    "X": "finished",  # subjob finished
-    "M": "finished",  # moved to another server: gone from ours
+    "Q": JobState.QUEUED,    # queued
+    "H": JobState.QUEUED,    # held
+    "W": JobState.QUEUED,    # waiting for its execution time
+    "T": JobState.QUEUED,    # being moved to a new location
+    "S": JobState.QUEUED,    # suspended
+    "U": JobState.QUEUED,    # suspended: workstation busy
+    "R": JobState.RUNNING,   # running
+    "E": JobState.RUNNING,   # exiting after having run
+    "B": JobState.RUNNING,   # array job: at least one subjob started
+    "F": JobState.FINISHED,  # finished (history, with qstat -x)
+    "X": JobState.FINISHED,  # subjob finished
+    "M": JobState.FINISHED,  # moved to another server: gone from ours
 }
 
 # PBS Pro's negative Exit_status values (JOB_EXEC_* in the server's job.h):
