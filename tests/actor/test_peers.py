@@ -21,7 +21,7 @@ from tidewater.controller.app import Server, serve
 from tidewater.controller.users import add_user
 from tidewater.pilot.main import Pilot, PilotConfig
 
-from ..integration.procs import HEARTBEAT, LEASE, cancel_site_jobs, until, write_site
+from ..integration.procs import HEARTBEAT, LEASE, cancel_site_jobs, free_port, until, write_site
 
 TIMEOUTS = Timeouts(heartbeat_interval=HEARTBEAT, lease_timeout=LEASE)
 
@@ -71,6 +71,33 @@ async def test_a_pilot_in_process_runs_a_task_and_the_result_comes_back(
             with anyio.fail_after(30):
                 await pilot.stop()
         assert not pilot.book.owes  # every report was acknowledged before Bye
+
+
+async def test_a_pilot_in_process_comes_back_after_the_controller_restarts(
+    tmp_path: Path,
+) -> None:
+    db = str(tmp_path / "tw.db")
+    token = await add_user(db, "alice")
+    config = ControllerConfig(db=db, port=free_port(), timeouts=TIMEOUTS)
+    async with anyio.create_task_group() as tg:
+        async with serve(config) as server, tidewater.connect(server.url, token=token) as client:
+            _site, site_token = await client.add_site("laptop")
+            await client.add_app("laptop", "greet", "echo hello {name}")
+            pilot = Pilot(PilotConfig(url=server.url, token=site_token, cores=1,
+                                      workdir=str(tmp_path / "work"), pilot_id="inproc",
+                                      timeouts=TIMEOUTS))
+            await tg.start(pilot.run)
+            first = await client.submit("greet", site="laptop", params={"name": "before"})
+            assert (await first.result(timeout=30)).stdout_tail == "hello before\n"
+        # The controller is gone; the pilot backs off and keeps trying.
+
+        async with serve(config) as server, tidewater.connect(server.url, token=token) as client:
+            again = await client.submit("greet", site="laptop", params={"name": "after"})
+            info = await again.result(timeout=30)
+            assert (info.state, info.stdout_tail, info.pilot) == (
+                "JOB_FINISHED", "hello after\n", "inproc")
+            with anyio.fail_after(30):
+                await pilot.stop()
 
 
 async def test_an_agent_in_process_submits_a_batch_job_whose_pilot_runs_a_task(
