@@ -48,7 +48,7 @@ from .errors import (
 )
 from .proto import ParamSpec, TaskEvent, TaskInfo, TaskSpec
 from .states import FINAL, TaskState
-from .transport import Link, backoff, is_retryable, open_link
+from .transport import Link, LinkOptions, Session
 
 log = logging.getLogger("tidewater.client")
 
@@ -138,15 +138,18 @@ class Client:
         self.t = timeouts or Timeouts()
         self.reconnect = reconnect
         self.welcome: P.Welcome | None = None
-        self._link: Link | None = None
-        self._connected = anyio.Event()
         self._pending: dict[int, _Request] = {}
         self._next_req = 1
         self._results: dict[int, TaskInfo] = {}
         self._watches: dict[int, Watcher] = {}  # server watch id -> watcher
         self._failure: BaseException | None = None
         self._tg: anyio.abc.TaskGroup | None = None
-        self._send_lock = anyio.Lock()
+        self._session = Session(
+            self.url, role="client", hello=self._hello, decoder=P.to_client_decoder,
+            on_message=self._received, on_welcome=self._welcomed, timeouts=self.t, log=log,
+            persistent=False, reconnect=reconnect,
+            options=LinkOptions(ca_file=self.ca_file or None),
+        )
 
     # ------------------------------------------------------------------ life
 
@@ -169,44 +172,22 @@ class Client:
         await self._tg.__aexit__(None, None, None)
 
     async def _run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        delays = backoff()
-        first = True
-        while True:
-            hello = P.Hello(role="client", proto_version=P.PROTO_VERSION, token=self.token,
-                            name=self.name)
-            try:
-                link, welcome = await open_link(self.url, hello, timeout=self.t.connect,
-                                                ca_file=self.ca_file or None)
-            except TidewaterError as exc:
-                if first or not self.reconnect or not is_retryable(exc):
-                    self._fail(exc)
-                    if first:
-                        raise
-                    return
-                delay = next(delays)
-                log.info("reconnecting to %s in %.2fs (%s)", self.url, delay, exc)
-                await anyio.sleep(delay)
-                continue
-            delays = backoff()
-            self.welcome = welcome
-            self._link = link
-            try:
-                for req_id, req in list(self._pending.items()):
-                    await link.send(self._resend_form(req_id, req))
-                self._connected.set()
-                if first:
-                    first = False
-                    task_status.started()
-                await self._reader(link)
-            except TidewaterError as exc:
-                log.warning("connection to %s lost: %s", self.url, exc)
-                if not self.reconnect:
-                    self._fail(exc)
-                    return
-            finally:
-                self._connected = anyio.Event()
-                self._link = None
-                await link.aclose()
+        try:
+            await self._session.run(task_status=task_status)
+        except TidewaterError as exc:
+            self._fail(exc)
+            if self.welcome is None:
+                raise  # the first connection failed: entering the client says why
+
+    def _hello(self) -> P.Hello:
+        return P.Hello(role="client", proto_version=P.PROTO_VERSION, token=self.token,
+                       name=self.name)
+
+    async def _welcomed(self, link: Link, welcome: P.Welcome) -> None:
+        """Send again what was asked and not answered, in the form a resend takes."""
+        self.welcome = welcome
+        for req_id, req in list(self._pending.items()):
+            await link.send(self._resend_form(req_id, req))
 
     def _fail(self, exc: BaseException) -> None:
         self._failure = exc
@@ -229,33 +210,26 @@ class Client:
                 return P.Watch(req_id=req_id, filter=msg.filter, since_event=since)
         return msg
 
-    async def _reader(self, link: Link) -> None:
-        while True:
-            data = await link.recv()
-            try:
-                msg: Any = P.to_client_decoder.decode(data)
-            except msgspec.MsgspecError as exc:
-                log.warning("undecodable frame from the controller: %s", exc)
-                continue
-            if isinstance(msg, P.Events):
-                w = self._watches.get(msg.watch_id)
-                if w is not None:
-                    w._push(msg.events)
-                continue
-            if isinstance(msg, P.Ping):
-                continue
-            req_id = getattr(msg, "req_id", 0)
-            req = self._pending.get(req_id)
-            if req is None:
-                if isinstance(msg, P.Error):
-                    log.warning("controller error: %s: %s", msg.code, msg.message)
-                continue
-            if req.on_reply is not None and not isinstance(msg, P.Error):
-                if not req.on_reply(msg):
-                    continue
-            req.reply = msg
-            del self._pending[req_id]
-            req.done.set()
+    def _received(self, msg: Any) -> None:
+        if isinstance(msg, P.Events):
+            w = self._watches.get(msg.watch_id)
+            if w is not None:
+                w._push(msg.events)
+            return
+        if isinstance(msg, P.Ping):
+            return
+        req_id = getattr(msg, "req_id", 0)
+        req = self._pending.get(req_id)
+        if req is None:
+            if isinstance(msg, P.Error):
+                log.warning("controller error: %s: %s", msg.code, msg.message)
+            return
+        if req.on_reply is not None and not isinstance(msg, P.Error):
+            if not req.on_reply(msg):
+                return
+        req.reply = msg
+        del self._pending[req_id]
+        req.done.set()
 
     # ------------------------------------------------------------------ requests
 
@@ -603,7 +577,7 @@ class Client:
             raise InvalidRequest(f"the request cannot be encoded: {exc}") from None
         req = _Request(msg, on_reply=on_reply, req_id=req_id)
         self._pending[req_id] = req
-        link = self._link
+        link = self._session.link
         if link is not None:
             try:
                 await link.send_raw(frame)
@@ -720,7 +694,7 @@ class Watcher:
         c._watches.pop(self.watch_id, None)
         self._closed = self._closed or StopAsyncIteration()
         self._arrived.set()
-        if self.watch_id and c._link is not None and c._failure is None:
+        if self.watch_id and c._session.link is not None and c._failure is None:
             with anyio.move_on_after(c.t.close, shield=True):
                 try:
                     await c._request(lambda i: P.Unwatch(req_id=i, watch_id=self.watch_id))

@@ -1,4 +1,4 @@
-"""Client side of a Tidewater websocket, shared by the client and the pilot.
+"""Client side of a Tidewater websocket, shared by the client, the pilot and the agent.
 
 :func:`open_link` connects, sends ``Hello`` and waits for ``Welcome``;
 :class:`Link` sends and receives raw frames. websockets' exceptions are
@@ -10,19 +10,31 @@ escape this module. ``wss://`` URLs are verified against a CA file or the
 system trust store (:func:`tidewater.tls.client_context`).
 
 :func:`backoff` and :func:`is_retryable` are the pure reconnect policy.
+
+:class:`Outbox` is the pure half of a peer's durability: state-changing frames
+are numbered, kept until the controller's cumulative ``Ack(seq)`` and sent
+again, in order, after every reconnect. :class:`Session` is the thin driver
+every role runs: connect, resend, read, send and ping under one task group,
+and after a break back off and connect again. What differs per role (its
+Hello, what it does with each frame, what it does once welcomed, what it has
+to send) is plugged in.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import ssl
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
 import msgspec
+from anyio.abc import TaskStatus
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
     ConnectionClosed as WsClosed,
@@ -35,6 +47,7 @@ from websockets.exceptions import (
 )
 
 from . import proto as P
+from .config import Timeouts
 from .errors import (
     AuthError,
     ConfigError,
@@ -240,3 +253,244 @@ def _unverified(exc: ssl.SSLCertVerificationError,
                       "`tidewater dev-cert DIR --host NAME`")
     return msg + ("pass the CA certificate that signed it with --ca-file FILE (or "
                   "TIDEWATER_CA_FILE, or ca_file in the site's settings.toml)")
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+class Outbox:
+    """State-changing frames of one peer, numbered and kept until acknowledged.
+
+    Pure: no await, no clock. ``keep`` gives the next sequence number to the
+    frame it builds and holds the encoded bytes; ``ack(seq)`` drops every
+    frame up to and including ``seq`` (the controller acknowledges after its
+    commit, in order, so an Ack covers everything before it); ``resend``
+    lists what is still held, oldest first, for the next connection. Numbers
+    keep growing across reconnects: a peer's seq never goes back.
+    """
+
+    def __init__(self) -> None:
+        self.seq = 0
+        """The last number given out (0: none yet)."""
+        self._frames: OrderedDict[int, bytes] = OrderedDict()
+
+    def keep(self, build: Callable[[int], P.Msg]) -> bytes:
+        """Encode ``build(next seq)``, hold it until acknowledged, and return its bytes.
+
+        Raises what encoding raises; then nothing is held and no number is used.
+        """
+        frame = P.encode(build(self.seq + 1))
+        self.seq += 1
+        self._frames[self.seq] = frame
+        return frame
+
+    def ack(self, seq: int) -> list[int]:
+        """Forget every frame numbered ``seq`` or less; the numbers forgotten, in order.
+
+        Idempotent: an old or repeated Ack forgets nothing more.
+        """
+        done = [s for s in self._frames if s <= seq]
+        for s in done:
+            del self._frames[s]
+        return done
+
+    def resend(self) -> list[bytes]:
+        """What a new connection must send first: every unacknowledged frame, in order."""
+        return list(self._frames.values())
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def __contains__(self, seq: object) -> bool:
+        return seq in self._frames
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    """How :class:`Session` opens its websocket (see :func:`open_link`)."""
+
+    max_size: int = 64 * 1024 * 1024
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    ca_file: str | None = None
+
+
+class Session:
+    """One peer's connection to the controller, opened again after every break.
+
+    ``await tg.start(session.run)`` returns once the first connection is
+    welcomed. Each connection: ``hello()`` is built afresh (a pilot's credit
+    and held tasks change, a rotated token is read again), the outbox is sent
+    again in order, ``on_welcome(link, welcome)`` runs (a client re-sends its
+    pending requests), then three tasks share one task group: the reader
+    (decodes with ``decoder``, applies ``Ack`` to the outbox, hands every
+    message to ``on_message``), the sender (after each :meth:`wake`, sends
+    what ``outgoing()`` returns) and, with ``heartbeat``, the pinger. With a
+    heartbeat the reader also treats a whole lease of silence as a broken
+    link, since the controller answers every heartbeat. Whichever fails ends
+    the connection; the session backs off (:func:`backoff`) and connects
+    again while :func:`is_retryable` says it may help.
+
+    ``persistent`` peers (pilot, agent) retry their very first connection
+    too and log a refusal before raising it; others (a client) raise at once
+    if the first attempt fails, so the caller hears why. With ``reconnect``
+    False the first break is raised instead of retried.
+
+    ``on_message`` and ``outgoing`` are called from the session's tasks and
+    must not block; an exception from them ends the connection (a
+    :class:`TidewaterError`, then retried) or the session (anything else).
+    """
+
+    def __init__(
+        self, url: str, *, role: str, hello: Callable[[], P.Hello], decoder: P.Decoder[Any],
+        on_message: Callable[[Any], None], timeouts: Timeouts, log: logging.Logger,
+        on_welcome: Callable[[Link, P.Welcome], Awaitable[None]] | None = None,
+        outgoing: Callable[[], list[bytes]] | None = None,
+        heartbeat: Callable[[], P.Msg] | None = None, heartbeat_interval: float | None = None,
+        outbox: Outbox | None = None, persistent: bool = True, reconnect: bool = True,
+        options: LinkOptions = LinkOptions(),
+    ) -> None:
+        self.url = url
+        self.role = role
+        self.outbox = outbox if outbox is not None else Outbox()
+        self.link: Link | None = None
+        """The open link, None between connections."""
+        self._hello = hello
+        self._decoder = decoder
+        self._on_message = on_message
+        self._on_welcome = on_welcome
+        self._outgoing = outgoing
+        self._heartbeat = heartbeat
+        self._heartbeat_interval = heartbeat_interval
+        self._t = timeouts
+        self._log = log
+        self._persistent = persistent
+        self._reconnect = reconnect
+        self._options = options
+        self._wake = anyio.Event()
+        self._stopping = False
+        self._welcomed = False
+
+    def wake(self) -> None:
+        """Have the sender call ``outgoing()`` (now if connected, else after reconnecting)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Connect no more once the current link ends (and do not call its end a loss)."""
+        self._stopping = True
+
+    async def aclose(self) -> None:
+        """:meth:`stop` and hang up the current link; :meth:`run` then returns. Cancel-safe."""
+        self.stop()
+        if self.link is not None:
+            await self.link.aclose()
+
+    async def send_quietly(self, msg: P.Msg) -> None:
+        """Best effort, for goodbyes: a broken or missing link is ignored. Cancel-safe."""
+        link = self.link
+        if link is not None:
+            with anyio.move_on_after(self._t.close, shield=True):
+                try:
+                    await link.send(msg)
+                except TidewaterError:
+                    pass
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Stay connected until :meth:`stop`; reports started once first welcomed.
+
+        Raises what connecting raised when retrying cannot help
+        (:class:`AuthError`, :class:`TLSError`, :class:`ConfigError`), the
+        first failure of a non-persistent session, and the first break
+        without ``reconnect``. Cancel-safe: the link is closed and the outbox
+        keeps everything not yet acknowledged.
+        """
+        delays = backoff()
+        while not self._stopping:
+            try:
+                link, welcome = await open_link(
+                    self.url, self._hello(), timeout=self._t.connect,
+                    max_size=self._options.max_size, ping_interval=self._options.ping_interval,
+                    ping_timeout=self._options.ping_timeout, ca_file=self._options.ca_file,
+                )
+            except Exception as exc:
+                first = not self._welcomed and not self._persistent
+                if first or not self._reconnect or not is_retryable(exc):
+                    if self._persistent:
+                        self._log.error("%s refused: %s", self.role, exc)
+                    raise
+                delay = next(delays)
+                self._log.info("cannot reach the controller at %s (%s); retrying in %.2fs",
+                               self.url, exc, delay)
+                await anyio.sleep(delay)
+                continue
+            delays = backoff()
+            lost = await self._connected(link, welcome, task_status)
+            if lost is not None and not self._reconnect:
+                raise lost
+
+    async def _connected(
+        self, link: Link, welcome: P.Welcome, task_status: TaskStatus[None]
+    ) -> TidewaterError | None:
+        """Serve one connection until it ends; what ended it (None: cancelled or stopped)."""
+        lost: TidewaterError | None = None
+        self.link = link
+        try:
+            for frame in self.outbox.resend():
+                await link.send_raw(frame)
+            if self._on_welcome is not None:
+                await self._on_welcome(link, welcome)
+            if not self._welcomed:
+                self._welcomed = True
+                task_status.started()
+            interval = self._heartbeat_interval or welcome.heartbeat_interval
+            # The controller answers every heartbeat: a whole lease of silence is a dead link.
+            silence = max(welcome.lease_timeout, 3 * interval) if self._heartbeat else None
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._sender, link)
+                if self._heartbeat is not None:
+                    tg.start_soon(self._pinger, link, interval, self._heartbeat)
+                await self._reader(link, silence)
+        except* TidewaterError as group:
+            lost = _first(group)
+            if not self._stopping:
+                self._log.warning("%s lost the controller: %s", self.role, lost)
+        finally:
+            self.link = None
+            await link.aclose()
+        return None if self._stopping else lost
+
+    async def _reader(self, link: Link, silence: float | None) -> None:
+        while True:
+            data = await (link.recv() if silence is None else link.recv_within(silence))
+            try:
+                msg = self._decoder.decode(data)
+            except msgspec.MsgspecError as exc:
+                self._log.warning("ignoring a frame the %s cannot decode: %s", self.role, exc)
+                continue
+            if isinstance(msg, P.Ack):
+                self.outbox.ack(msg.seq)
+            self._on_message(msg)
+
+    async def _sender(self, link: Link) -> None:
+        if self._outgoing is None:
+            return
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            # Everything to keep is numbered and held before the first await: frames
+            # the link fails to carry now go out again on the next one.
+            for frame in self._outgoing():
+                await link.send_raw(frame)
+
+    async def _pinger(self, link: Link, interval: float, beat: Callable[[], P.Msg]) -> None:
+        while True:
+            await anyio.sleep(interval)
+            await link.send(beat())
+
+
+def _first(group: BaseExceptionGroup[TidewaterError]) -> TidewaterError:
+    """The first error of a (possibly nested) group: the one worth telling the user."""
+    exc: TidewaterError | BaseExceptionGroup[TidewaterError] = group.exceptions[0]
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

@@ -1,4 +1,4 @@
-"""The pure reconnect policy: backoff delays, what is worth retrying, URL normalisation."""
+"""The pure reconnect policy (backoff, what is worth retrying, URLs) and the outbox."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from tidewater import proto as P
 from tidewater.errors import (
     AuthError,
     ConfigError,
@@ -16,7 +17,7 @@ from tidewater.errors import (
     StoreError,
     TidewaterError,
 )
-from tidewater.transport import backoff, is_retryable, ws_url
+from tidewater.transport import Outbox, backoff, is_retryable, ws_url
 
 
 def take(it, n: int) -> list[float]:  # type: ignore[no-untyped-def]
@@ -158,3 +159,71 @@ def test_ws_url_is_idempotent() -> None:
 def test_ws_url_bad_scheme(bad: str) -> None:
     with pytest.raises(ConfigError, match="ws://"):
         ws_url(bad)
+
+
+# --------------------------------------------------------------------------- outbox
+
+
+def _updates(seq: int) -> P.JobUpdates:
+    return P.JobUpdates(seq=seq, updates=[P.JobUpdate(job_id=seq, state="queued")])
+
+
+def _seqs(frames: list[bytes]) -> list[int]:
+    return [P.agent_decoder.decode(f).seq for f in frames]  # type: ignore[union-attr]
+
+
+def test_outbox_numbers_frames_in_order_and_keeps_them_until_acked() -> None:
+    box = Outbox()
+    frames = [box.keep(_updates) for _ in range(3)]
+    assert _seqs(frames) == [1, 2, 3]
+    assert box.seq == 3 and len(box) == 3
+    assert box.resend() == frames  # everything, oldest first
+
+
+def test_outbox_ack_is_cumulative() -> None:
+    box = Outbox()
+    for _ in range(5):
+        box.keep(_updates)
+    assert box.ack(3) == [1, 2, 3]
+    assert _seqs(box.resend()) == [4, 5]
+    assert 3 not in box and 4 in box
+
+
+def test_outbox_ack_is_idempotent_and_ignores_old_numbers() -> None:
+    box = Outbox()
+    box.keep(_updates)
+    box.keep(_updates)
+    assert box.ack(1) == [1]
+    assert box.ack(1) == []
+    assert box.ack(0) == []
+    assert _seqs(box.resend()) == [2]
+
+
+def test_outbox_numbers_keep_growing_after_everything_is_acked() -> None:
+    box = Outbox()
+    box.keep(_updates)
+    box.ack(1)
+    assert box.resend() == [] and len(box) == 0
+    assert _seqs([box.keep(_updates)]) == [2]  # a reconnect never reuses a number
+
+
+def test_outbox_resend_after_partial_ack_sends_only_the_rest_in_order() -> None:
+    box = Outbox()
+    for _ in range(4):
+        box.keep(_updates)
+    box.ack(2)
+    first = box.resend()
+    assert _seqs(first) == [3, 4]
+    assert box.resend() == first  # resending does not consume: only an Ack does
+
+
+def test_outbox_frame_that_cannot_be_encoded_uses_no_number() -> None:
+    box = Outbox()
+
+    def bad(seq: int) -> P.Msg:
+        return P.JobUpdates(seq=seq, updates=[P.JobUpdate(job_id=1, state="x\udc80")])
+
+    with pytest.raises(UnicodeEncodeError):
+        box.keep(bad)
+    assert box.seq == 0 and len(box) == 0
+    assert _seqs([box.keep(_updates)]) == [1]

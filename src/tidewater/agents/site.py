@@ -26,7 +26,6 @@ import logging
 import os
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +37,9 @@ from .. import proto as P
 from .. import states
 from ..config import Timeouts
 from ..errors import ConnectionBroken, SchedulerError, TidewaterError
-from ..transport import Link, backoff, is_retryable, open_link
+from ..transport import Link, LinkOptions, Session
 from . import autoscale
+from .reconcile import Cancel, Command, Note, Submit, Update, diff, job_name, listed_change
 from .schedulers import get_scheduler
 from .schedulers.base import JobRequest, JobStatus, SchedulerClient
 from .settings import SiteSettings, pilot_argv, read_token, render_body
@@ -77,16 +77,6 @@ class JobState:
                    reason=j.reason, stop_wanted=j.state == "pending_deletion")
 
 
-def job_name(site: str, job_id: int, tag: str) -> str:
-    """The scheduler-side name of a batch job: unique to this site *and* this controller.
-
-    The controller's site tag keeps a controller started on a fresh store (ids
-    from 1 again) from adopting jobs of an earlier one under the same site name,
-    and does not change when the site's token is rotated.
-    """
-    return f"tw-{site}-{job_id}-{tag}"
-
-
 class Agent:
     """``await tg.start(agent.run)`` returns once connected to the controller."""
 
@@ -106,17 +96,13 @@ class Agent:
         self.listing: dict[str, JobStatus] = {}
         self.listed_at = 0.0
         self.listing_error = ""
-        self.outbox: OrderedDict[int, bytes] = OrderedDict()
-        self.seq = 0
         self.pending: list[P.JobUpdate] = []
         self.requests_out: list[P.Msg] = []
         self.demand = P.Demand(tasks=0)
         self.limits = P.SiteLimits(scheduler=settings.site.scheduler)
-        self.link: Link | None = None
         self.instance = uuid.uuid4().hex[:12]
         self._requests = 0
         self._awaiting_job_until = 0.0
-        self._wake_sender = anyio.Event()
         self._look = anyio.Event()  # reconcile with the scheduler now
         self._rescale = anyio.Event()
         self._connected = anyio.Event()
@@ -125,6 +111,14 @@ class Agent:
         self.last_decision = autoscale.Decision()
         self.engine = Engine(settings, self._staged)
         self.staged: list[P.StageResult] = []
+        self.session = Session(
+            settings.site.controller, role="agent", hello=self._hello,
+            decoder=P.to_agent_decoder, on_message=self._received, on_welcome=self._welcomed,
+            outgoing=self._outgoing, heartbeat=lambda: P.Ping(time=time.time()),
+            heartbeat_interval=self.t.heartbeat_interval, timeouts=self.t, log=log,
+            options=LinkOptions(ping_interval=self.t.heartbeat_interval,
+                                ping_timeout=self.t.lease_timeout, ca_file=settings.ca_file()),
+        )
 
     # ------------------------------------------------------------------ life
 
@@ -136,7 +130,7 @@ class Agent:
             tg.start_soon(self._reconcile_loop)
             tg.start_soon(self._autoscale_loop)
             await tg.start(self.engine.run)
-            await tg.start(self._connection_loop)
+            await tg.start(self.session.run)
             task_status.started()
 
     async def _site_limits(self) -> P.SiteLimits:
@@ -172,125 +166,63 @@ class Agent:
             scheduler=s.site.scheduler,
         )
 
-    async def _connection_loop(
-        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        delays = backoff()
-        started = False
-        while True:
-            # Read again at every connection: a rotated token is picked up without a restart.
-            self.token = read_token(self.s)
-            hello = P.Hello(role="agent", proto_version=P.PROTO_VERSION, token=self.token,
-                            name="agent", site=self.s.site.name, limits=self.limits)
-            try:
-                link, welcome = await open_link(
-                    self.s.site.controller, hello, timeout=self.t.connect,
-                    ping_interval=self.t.heartbeat_interval, ping_timeout=self.t.lease_timeout,
-                    ca_file=self.s.ca_file(),
-                )
-            except Exception as exc:
-                if not is_retryable(exc):
-                    log.error("agent refused: %s", exc)
-                    raise
-                delay = next(delays)
-                log.info("cannot reach the controller (%s); retrying in %.2fs", exc, delay)
-                await anyio.sleep(delay)
-                continue
-            delays = backoff()
-            self.site_tag = welcome.site_tag or self.site_tag
-            log.info("agent of %s connected to %s", welcome.site, self.s.site.controller)
-            self.link = link
-            try:
-                for frame in list(self.outbox.values()):
-                    await link.send_raw(frame)
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._sender, link, tg.cancel_scope)
-                    tg.start_soon(self._pings, link, tg.cancel_scope)
-                    if not started:
-                        started = True
-                        task_status.started()
-                    await self._reader(link, welcome)
-                    tg.cancel_scope.cancel()
-            except* TidewaterError as group:
-                log.warning("lost the controller: %s", group.exceptions[0])
-            finally:
-                self.link = None
-                self._connected = anyio.Event()
-                await link.aclose()
+    def _hello(self) -> P.Hello:
+        # Read again at every connection: a rotated token is picked up without a restart.
+        self.token = read_token(self.s)
+        return P.Hello(role="agent", proto_version=P.PROTO_VERSION, token=self.token,
+                       name="agent", site=self.s.site.name, limits=self.limits)
 
-    async def _reader(self, link: Link, welcome: P.Welcome) -> None:
-        silence = max(welcome.lease_timeout, 3 * welcome.heartbeat_interval)
-        while True:
-            data = await link.recv_within(silence)
-            try:
-                msg = P.to_agent_decoder.decode(data)
-            except msgspec.MsgspecError:
-                log.warning("ignoring a frame the agent cannot decode")
-                continue
-            match msg:
-                case P.Jobs():
-                    self._on_jobs(msg.jobs)
-                    self._connected.set()
-                case P.StartJob():
-                    self._on_start(msg.job)
-                case P.StopJob():
-                    self._on_stop(msg.job_id)
-                case P.Demand():
-                    self.demand = msg
-                    self._rescale.set()
-                case P.StageWork():
-                    for stage in msg.stages:
-                        self.engine.submit(stage)
-                case P.Unstage():
-                    self.engine.cancel(msg.task_id)
-                case P.ReadFile():
-                    assert self._tg is not None
-                    self._tg.start_soon(self._read_file, msg)
-                case P.Ack():
-                    for seq in [q for q in self.outbox if q <= msg.seq]:
-                        del self.outbox[seq]
-                case P.Error():
-                    log.warning("controller: %s", msg.message)
-                case P.Reject():
-                    raise ConnectionBroken(f"controller refused: {msg.reason}")
-                case _:
-                    pass
+    async def _welcomed(self, link: Link, welcome: P.Welcome) -> None:
+        self.site_tag = welcome.site_tag or self.site_tag
+        self._connected = anyio.Event()  # set again by this connection's Jobs
+        log.info("agent of %s connected to %s", welcome.site, self.s.site.controller)
 
-    async def _sender(self, link: Link, scope: anyio.CancelScope) -> None:
-        try:
-            while True:
-                await self._wake_sender.wait()
-                self._wake_sender = anyio.Event()
-                if self.pending:
-                    batch, self.pending = self.pending, []
-                    await self._send_kept(link, P.JobUpdates(seq=self.seq + 1, updates=batch))
-                if self.staged:
-                    results, self.staged = self.staged, []
-                    await self._send_kept(link, P.Staged(seq=self.seq + 1, results=results))
-                while self.requests_out:
-                    await link.send(self.requests_out.pop(0))
-        finally:
-            scope.cancel()
+    def _received(self, msg: P.ControllerToAgent) -> None:
+        match msg:
+            case P.Jobs():
+                self._on_jobs(msg.jobs)
+                self._connected.set()
+            case P.StartJob():
+                self._on_start(msg.job)
+            case P.StopJob():
+                self._on_stop(msg.job_id)
+            case P.Demand():
+                self.demand = msg
+                self._rescale.set()
+            case P.StageWork():
+                for stage in msg.stages:
+                    self.engine.submit(stage)
+            case P.Unstage():
+                self.engine.cancel(msg.task_id)
+            case P.ReadFile():
+                assert self._tg is not None
+                self._tg.start_soon(self._read_file, msg)
+            case P.Error():
+                log.warning("controller: %s", msg.message)
+            case P.Reject():
+                raise ConnectionBroken(f"controller refused: {msg.reason}")
+            case _:
+                pass  # Ack: the session's outbox has applied it
 
-    async def _send_kept(self, link: Link, msg: P.JobUpdates | P.Staged) -> None:
-        """Send a sequenced message, kept in the outbox until the controller acknowledges it."""
-        self.seq = msg.seq
-        frame = P.encode(msg)
-        self.outbox[msg.seq] = frame
-        await link.send_raw(frame)
-
-    async def _pings(self, link: Link, scope: anyio.CancelScope) -> None:
-        try:
-            while True:
-                await anyio.sleep(self.t.heartbeat_interval)
-                await link.send(P.Ping(time=time.time()))
-        finally:
-            scope.cancel()
+    def _outgoing(self) -> list[bytes]:
+        """What the sender sends now: updates and transfer results (kept), then requests."""
+        frames = []
+        if self.pending:
+            updates, self.pending = self.pending, []
+            frames.append(self.session.outbox.keep(
+                lambda seq: P.JobUpdates(seq=seq, updates=updates)))
+        if self.staged:
+            results, self.staged = self.staged, []
+            frames.append(self.session.outbox.keep(
+                lambda seq: P.Staged(seq=seq, results=results)))
+        frames += [P.encode(m) for m in self.requests_out]
+        self.requests_out = []
+        return frames
 
     def _staged(self, result: P.StageResult) -> None:
         """A task's transfers are over: report them (kept until acknowledged)."""
         self.staged.append(result)
-        self._wake_sender.set()
+        self.session.wake()
 
     async def _read_file(self, msg: P.ReadFile) -> None:
         root = self.s.path(self.s.site.work_root)
@@ -300,7 +232,7 @@ class Agent:
 
     def _send_request(self, msg: P.Msg) -> None:
         self.requests_out.append(msg)
-        self._wake_sender.set()
+        self.session.wake()
 
     # ------------------------------------------------------------------ controller's word
 
@@ -323,7 +255,7 @@ class Agent:
         self._look.set()
 
     def _unsent(self, job_id: int) -> bool:
-        return any(u.job_id == job_id for u in self.pending) or bool(self.outbox)
+        return any(u.job_id == job_id for u in self.pending) or bool(self.session.outbox)
 
     def _on_start(self, aj: P.AgentJob) -> None:
         if aj.job.id in self.jobs and self.jobs[aj.job.id].state != "pending_submission":
@@ -342,31 +274,28 @@ class Agent:
 
     # ------------------------------------------------------------------ updates
 
-    def _update(self, j: JobState, state: str, **kw: object) -> None:
+    def _update(
+        self, j: JobState, state: str, *, scheduler_id: str = "", reason: str = "",
+        error: str = "", start_time: float | None = None, end_time: float | None = None,
+    ) -> None:
         """Apply a change to a job and queue it for the controller (nothing new: nothing sent)."""
         nxt = states.job_step(j.state, state)
-        sid = str(kw.get("scheduler_id") or "")
-        reason = str(kw.get("reason") or "")
-        error = str(kw.get("error") or "")
-        if nxt is None and not error and (not sid or sid == j.scheduler_id) and (
-            not reason or reason == j.reason
-        ):
+        if nxt is None and not error and (not scheduler_id or scheduler_id == j.scheduler_id) \
+                and (not reason or reason == j.reason):
             return
         if nxt is not None:
             j.state = nxt
         if nxt in states.JOB_FINAL:
             j.ended_at = time.time()
-        if sid:
-            j.scheduler_id = sid
+        if scheduler_id:
+            j.scheduler_id = scheduler_id
         if reason:
             j.reason = reason
         self.pending.append(P.JobUpdate(
             job_id=j.id, state=state, scheduler_id=j.scheduler_id, time=time.time(),
-            reason=reason, error=error,
-            start_time=kw.get("start_time"),  # type: ignore[arg-type]
-            end_time=kw.get("end_time"),  # type: ignore[arg-type]
+            reason=reason, error=error, start_time=start_time, end_time=end_time,
         ))
-        self._wake_sender.set()
+        self.session.wake()
         self._rescale.set()
 
     # ------------------------------------------------------------------ scheduler
@@ -379,7 +308,13 @@ class Agent:
             await self.reconcile()
 
     async def reconcile(self) -> None:
-        """Look at the scheduler, report changes, submit and cancel what is due."""
+        """Look at the scheduler, report changes, submit and cancel what is due.
+
+        The decision is :func:`.reconcile.diff`'s; this runs the listing and
+        executes its commands in order. A listing that fails is logged once
+        and changes nothing. Not cancel-safe mid-submit: a cancelled ``sbatch``
+        may have queued a job, which the next reconcile adopts by its name.
+        """
         try:
             listed = await self.sched.status()
         except SchedulerError as exc:
@@ -388,44 +323,13 @@ class Agent:
             self.listing_error = str(exc)
             return
         self.listing_error = ""
-        self.listing = {st.scheduler_id: st for st in listed}
-        by_name = {st.name: st for st in listed if st.state != "finished"}
+        self.listing = {status.scheduler_id: status for status in listed}
         self.listed_at = time.time()
-        for j in list(self.jobs.values()):
-            if j.state in states.JOB_FINAL or j.busy:
-                continue
-            if not j.scheduler_id:
-                found = by_name.get(job_name(self.s.site.name, j.id, self.site_tag))
-                if found is not None:
-                    log.info("adopting batch job %d: scheduler id %s", j.id, found.scheduler_id)
-                    self._update(j, found.state, scheduler_id=found.scheduler_id,
-                                 reason=found.reason, start_time=found.start_time)
-                    continue
-                if j.stop_wanted:
-                    self._update(j, "finished", reason="cancelled before it was submitted")
-                    continue
-                if j.state == "pending_submission":
-                    await self._submit(j)
-                continue
-            st = self.listing.get(j.scheduler_id)
-            if st is None and not self._gone(j):
-                continue
-            j.missing_since = None
-            if j.unneeded:
-                # Decided on the controller's view; cancel only what the scheduler has
-                # not started (a started job's pilot may already be running a task).
-                j.unneeded = False
-                if st is not None and st.state == "queued":
-                    j.stop_wanted, j.reason = True, "no longer needed"
-            if j.stop_wanted and j.state != "finished":
-                await self._cancel(j)
-            if st is None:
-                self._update(j, "finished", reason=j.reason if j.state == "pending_deletion"
-                             and j.reason else "no longer listed by the scheduler",
-                             end_time=time.time())
-            elif st.state != j.state:
-                self._update(j, st.state, reason=st.reason, start_time=st.start_time,
-                             end_time=st.end_time)
+        grace = max(1.0, min(self.s.site.poll_interval, 10.0))
+        commands = diff(list(self.jobs.values()), listed, self.listed_at,
+                        name_of=self._job_name, grace=grace)
+        for command in commands:
+            await self._execute(command)
         # Forget what is final and acknowledged.
         for jid in [j.id for j in self.jobs.values()
                     if j.state in states.JOB_FINAL and not self._unsent(j.id)
@@ -433,14 +337,36 @@ class Agent:
             del self.jobs[jid]
         self._rescale.set()
 
-    def _gone(self, j: JobState) -> bool:
-        """Missing from two listings a poll apart: a scheduler may list a new job late."""
-        now = time.time()
-        if j.missing_since is None:
-            j.missing_since = now
-            self._look_later(max(1.0, min(self.s.site.poll_interval, 10.0)))
-            return False
-        return now - j.missing_since >= max(1.0, min(self.s.site.poll_interval, 10.0))
+    def _job_name(self, job_id: int) -> str:
+        return job_name(self.s.site.name, job_id, self.site_tag)
+
+    async def _execute(self, command: Command) -> None:
+        j = self.jobs.get(command.job_id)
+        if j is None or j.busy:
+            return  # forgotten, or taken up by a command of its own, while we awaited
+        match command:
+            case Note():
+                j.missing_since, j.unneeded = command.missing_since, command.unneeded
+                if command.look_again is not None:
+                    self._look_later(command.look_again)
+            case Update():
+                if command.scheduler_id and not j.scheduler_id:
+                    log.info("adopting batch job %d: scheduler id %s", j.id,
+                             command.scheduler_id)
+                self._apply(j, command)
+            case Submit():
+                await self._submit(j)
+            case Cancel():
+                j.stop_wanted, j.reason = True, command.reason
+                await self._cancel(j)
+                after = listed_change(j.id, j.state, j.reason, command.listed,
+                                                time.time())
+                if after is not None:
+                    self._apply(j, after)
+
+    def _apply(self, j: JobState, u: Update) -> None:
+        self._update(j, u.state, scheduler_id=u.scheduler_id, reason=u.reason,
+                     start_time=u.start_time, end_time=u.end_time)
 
     def _look_later(self, delay: float) -> None:
         async def look() -> None:
@@ -528,7 +454,8 @@ class Agent:
             with anyio.move_on_after(wait):
                 await self._rescale.wait()
             self._rescale = anyio.Event()
-            if not self.s.autoscale.enabled or self.link is None or not self._connected.is_set():
+            if (not self.s.autoscale.enabled or self.session.link is None
+                    or not self._connected.is_set()):
                 continue
             retry_at = self.autoscale_once()
 

@@ -8,6 +8,9 @@ Durability: reports go out in sequenced ``Reports`` frames and stay in an
 outbox until the controller acknowledges them (after its commit). If the
 link breaks, running tasks keep running; the pilot reconnects with backoff,
 tells the controller what it holds, and resends the outbox.
+
+The bookkeeping behind both is :mod:`.book` (pure); the link is a
+:class:`~tidewater.transport.Session`; this module runs the tasks.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import os
 import socket
 import time
 import uuid
-from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,11 +30,12 @@ from anyio.abc import TaskGroup, TaskStatus
 from .. import codec
 from .. import proto as P
 from ..config import Limits, Timeouts
-from ..errors import AuthError, ConfigError, TidewaterError
+from ..errors import AuthError, ConfigError
 from ..hooks import HOOK_TIMEOUT
-from ..transport import Link, backoff, is_retryable, open_link
+from ..transport import Link, LinkOptions, Session
 from . import launchers
-from .nodes import Node, admits
+from .book import Command, PilotBook, Placement, Start, Stop
+from .nodes import Node
 from .runner import STDERR, STDOUT, Outcome, TaskProcess, WorkdirError, tail_file, task_dir
 from .taskfiles import TaskFileError, collect_outputs, write_inputs
 from .workers import WorkerPool
@@ -87,16 +90,25 @@ class PilotConfig:
 
 @dataclass
 class Running:
+    """One running attempt as the driver sees it: its process and how to end it."""
+
     a: P.Assignment
+    placement: Placement
     proc: TaskProcess | None = None
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     kill_reason: str = ""
     silent: bool = False  # killed on the controller's request: no report needed
-    nodes: list[tuple[int, int]] = field(default_factory=list)  # (node index, cores taken)
-    gpu_ids: list[int] = field(default_factory=list)
 
 
 class Pilot:
+    """Runs what the controller pushes; ``await tg.start(pilot.run)`` returns once connected.
+
+    The decisions (credit, placement, the queue, what is held and owed) are
+    :class:`~.book.PilotBook`'s; this class executes them: it runs the
+    processes, hooks and function calls, and keeps the link up through a
+    :class:`~tidewater.transport.Session`.
+    """
+
     def __init__(self, config: PilotConfig) -> None:
         if config.cores < 1 and config.gpus < 1:
             raise ConfigError("a pilot needs at least one core")
@@ -111,44 +123,43 @@ class Pilot:
         else:
             nodes = [Node(socket.gethostname(), config.cores, config.gpus)]
         self.nodes = nodes
-        # Per node: free cores and the ids of its free GPUs.
-        self.node_free: dict[int, list[int]] = {i: [n.cores] for i, n in enumerate(nodes)}
-        self.node_gpus: dict[int, list[int]] = {i: list(range(n.gpus)) for i, n in enumerate(nodes)}
-        self.free_cores = sum(n.cores for n in nodes)
-        self.free_gpus = sum(n.gpus for n in nodes)
-        self.total_cores = self.free_cores
-        self.total_gpus = self.free_gpus
+        self.book = PilotBook(nodes, prefetch=config.prefetch, accept_until=self.accept_until())
         self.last_busy = time.monotonic()
         self.pool: WorkerPool | None = None
-        self.queue: deque[P.Assignment] = deque()
         # Keyed by (task, attempt): a new attempt may start while an old one is being killed.
         self.running: dict[tuple[int, int], Running] = {}
-        self.unacked: dict[int, tuple[int, int]] = {}  # task -> (attempt, seq of final report)
-        self.outbox: OrderedDict[int, bytes] = OrderedDict()
-        self.seq = 0
-        self.pending: list[P.Report] = []
-        self.pending_credit = [0, 0]
-        self.link: Link | None = None
-        self.heartbeat_interval = self.t.heartbeat_interval
-        self.lease_timeout = self.t.lease_timeout
-        self._wake = anyio.Event()
-        self._stopping = False
         self._changed = anyio.Event()  # set when running tasks end or reports are acked
         self._tg: TaskGroup | None = None
         self._base_env = dict(os.environ)
         self._base_env.pop("TIDEWATER_TOKEN", None)
+        self.session = Session(
+            config.url, role="pilot", hello=self._hello, decoder=P.to_pilot_decoder,
+            on_message=self._received, on_welcome=self._welcomed,
+            outgoing=lambda: self.book.outgoing(config.limits.max_frame_bytes // 2),
+            heartbeat=lambda: P.Heartbeat(time=time.time(), running=list(self.book.running)),
+            outbox=self.book.outbox, timeouts=self.t, log=log,
+            options=LinkOptions(max_size=config.limits.max_frame_bytes,
+                                ping_interval=self.t.heartbeat_interval,
+                                ping_timeout=self.t.lease_timeout,
+                                ca_file=config.ca_file or None),
+        )
 
     # ------------------------------------------------------------------ life
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run until :meth:`stop` (or a refused token). Reports started once first connected."""
+        """Run until :meth:`stop` (or a refused token). Reports started once first connected.
+
+        Raises :class:`AuthError`, :class:`TLSError` or :class:`ConfigError`
+        when the controller cannot be used at all; a controller that is away
+        is waited for.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         # Warm Python workers for function tasks: started on the first one, kept between them.
-        async with WorkerPool(size=max(1, self.total_cores), env=self._base_env) as pool, \
+        async with WorkerPool(size=max(1, self.book.total_cores), env=self._base_env) as pool, \
                 anyio.create_task_group() as tg:
             self.pool = pool
             self._tg = tg
-            await tg.start(self._connection_loop)
+            await tg.start(self.session.run)
             if self.cfg.end_time is not None:
                 tg.start_soon(self._allocation_end)
             if self.cfg.idle_timeout is not None:
@@ -170,8 +181,8 @@ class Pilot:
         await self.stop(f"the batch job's wall time ends in {max(left, 0):.0f} s")
 
     async def _idle_exit(self, idle: float) -> None:
-        while not self._stopping:
-            if self.running or self.queue:
+        while not self.book.stopping:
+            if self.book.busy:
                 self.last_busy = time.monotonic()
             left = self.last_busy + idle - time.monotonic()
             if left <= 0:
@@ -182,41 +193,25 @@ class Pilot:
 
     async def stop(self, reason: str = "stopping") -> None:
         """Kill running tasks, flush their reports, say Bye, and end :meth:`run`."""
-        self._stopping = True
-        await self._send_quietly(P.Drain(reason=reason))
-        for r in list(self.running.values()):
-            r.kill_reason = reason
-            r.scope.cancel()
-        self.queue.clear()
+        self.session.stop()
+        self.book.stopping = True  # nothing new starts while the Drain is on its way
+        await self.session.send_quietly(P.Drain(reason=reason))
+        # Kill only after the Drain: the controller must not retry them here.
+        self._execute(self.book.stop(reason))
         with anyio.move_on_after(self.t.close + self.t.kill_grace):
-            while self.running or self.pending or (self.outbox and self.link is not None):
-                self._wake.set()
+            while self.running or self.book.reports or (
+                    len(self.book.outbox) and self.session.link is not None):
+                self.session.wake()
                 await self._changed.wait()
                 self._changed = anyio.Event()
-        await self._send_quietly(P.Bye(reason=reason))
-        if self.link is not None:
-            await self.link.aclose()
+        await self.session.send_quietly(P.Bye(reason=reason))
+        await self.session.aclose()
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
 
-    async def _send_quietly(self, msg: P.Msg) -> None:
-        """Best effort while stopping: a broken link only means the lease will expire."""
-        if self.link is not None:
-            with anyio.move_on_after(1, shield=True):
-                try:
-                    await self.link.send(msg)
-                except TidewaterError:
-                    pass
-
     def held(self) -> list[tuple[int, int]]:
-        """(task, attempt) of everything this pilot has: newest attempt per task."""
-        newest: dict[int, int] = {}
-        pairs = [(tid, att) for tid, (att, _seq) in self.unacked.items()]
-        pairs += list(self.running)
-        pairs += [(a.task_id, a.attempt) for a in self.queue]
-        for tid, att in pairs:
-            newest[tid] = max(att, newest.get(tid, 0))
-        return list(newest.items())
+        """(task, attempt) of every task this pilot has (:meth:`.book.PilotBook.held`)."""
+        return self.book.held()
 
     def _token(self) -> str:
         if not self.cfg.token_file:
@@ -229,232 +224,71 @@ class Pilot:
 
     # ------------------------------------------------------------------ connection
 
-    async def _connection_loop(
-        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        delays = backoff()
-        started = False
-        while not self._stopping:
-            try:
-                queued_cores = sum(a.cores for a in self.queue)
-                queued_gpus = sum(a.gpus for a in self.queue)
-                hello = P.Hello(
-                    role="pilot", proto_version=P.PROTO_VERSION, token=self._token(),
-                    name="pilot", site=self.cfg.site, pilot_id=self.pilot_id,
-                    hostname=socket.gethostname(), cores=self.total_cores, gpus=self.total_gpus,
-                    credit_cores=max(0, self.free_cores + self.cfg.prefetch - queued_cores),
-                    credit_gpus=max(0, self.free_gpus - queued_gpus),
-                    held=self.held(), batch_job=self.cfg.batch_job,
-                    nodes=[P.NodeInfo(host=n.host, cores=n.cores, gpus=n.gpus)
-                           for n in self.nodes] if self.cfg.head_nodes else [],
-                    end_time=self.accept_until(), process_started_at=PROCESS_STARTED_AT,
-                )
-                self.pending_credit = [0, 0]
-                link, welcome = await open_link(
-                    self.cfg.url, hello, timeout=self.t.connect,
-                    max_size=self.cfg.limits.max_frame_bytes,
-                    ping_interval=self.t.heartbeat_interval, ping_timeout=self.t.lease_timeout,
-                    ca_file=self.cfg.ca_file or None,
-                )
-            except Exception as exc:
-                if not is_retryable(exc):
-                    log.error("pilot refused: %s", exc)
-                    raise
-                delay = next(delays)
-                log.info("cannot reach the controller (%s); retrying in %.2fs", exc, delay)
-                await anyio.sleep(delay)
-                continue
-            delays = backoff()
-            self.heartbeat_interval = welcome.heartbeat_interval
-            self.lease_timeout = welcome.lease_timeout
-            log.info("pilot %s connected to %s (site %s, %d cores, %d gpus)", self.pilot_id,
-                     self.cfg.url, welcome.site, self.cfg.cores, self.cfg.gpus)
-            self.link = link
-            if not started:
-                started = True
-                task_status.started()
-            try:
-                for frame in list(self.outbox.values()):
-                    await link.send_raw(frame)
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._sender, link, tg.cancel_scope)
-                    tg.start_soon(self._heartbeats, link, tg.cancel_scope)
-                    await self._reader(link)
-                    tg.cancel_scope.cancel()
-            except* TidewaterError as group:
-                if not self._stopping:
-                    log.warning("lost the controller: %s", group.exceptions[0])
-            finally:
-                self.link = None
-                await link.aclose()
+    def _hello(self) -> P.Hello:
+        credit_cores, credit_gpus = self.book.hello_credit()
+        return P.Hello(
+            role="pilot", proto_version=P.PROTO_VERSION, token=self._token(),
+            name="pilot", site=self.cfg.site, pilot_id=self.pilot_id,
+            hostname=socket.gethostname(), cores=self.book.total_cores,
+            gpus=self.book.total_gpus, credit_cores=credit_cores, credit_gpus=credit_gpus,
+            held=self.book.held(), batch_job=self.cfg.batch_job,
+            nodes=[P.NodeInfo(host=n.host, cores=n.cores, gpus=n.gpus)
+                   for n in self.nodes] if self.cfg.head_nodes else [],
+            end_time=self.accept_until(), process_started_at=PROCESS_STARTED_AT,
+        )
 
-    async def _reader(self, link: Link) -> None:
-        silence = max(self.lease_timeout, 3 * self.heartbeat_interval)
-        while True:
-            data = await link.recv_within(silence)
-            try:
-                msg = P.to_pilot_decoder.decode(data)
-            except msgspec.MsgspecError:
-                log.warning("ignoring a frame the pilot cannot decode")
-                continue
-            match msg:
-                case P.RunTasks():
-                    have = set(self.held())
-                    for a in msg.tasks:
-                        if (a.task_id, a.attempt) in have:
-                            self._give_back(a)  # a duplicate push: already ours
-                        else:
-                            self.queue.append(a)
-                    self._schedule()
-                case P.Kill():
-                    self._kill(msg.tasks, msg.reason)
-                case P.Ack():
-                    for seq in [s for s in self.outbox if s <= msg.seq]:
-                        del self.outbox[seq]
-                    for tid in [t for t, (_a, s) in self.unacked.items() if s <= msg.seq]:
-                        del self.unacked[tid]
-                    self._changed.set()
-                case P.Reject():
-                    raise AuthError(msg.reason)
-                case P.Error():
-                    log.warning("the controller refused a frame of this pilot: %s", msg.message)
-                case _:
-                    pass
+    async def _welcomed(self, link: Link, welcome: P.Welcome) -> None:
+        log.info("pilot %s connected to %s (site %s, %d cores, %d gpus)", self.pilot_id,
+                 self.cfg.url, welcome.site, self.cfg.cores, self.cfg.gpus)
 
-    async def _sender(self, link: Link, scope: anyio.CancelScope) -> None:
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake = anyio.Event()
-                if self.pending:
-                    batch, self.pending = self.pending, []
-                    budget = self.cfg.limits.max_frame_bytes // 2
-                    for run in P.chunk_by_size(batch, P.payload, budget):
-                        self.seq += 1
-                        for r in run:
-                            if r.kind != "started":
-                                self.unacked[r.task_id] = (r.attempt, self.seq)
-                        frame = P.encode(P.Reports(seq=self.seq, reports=run))
-                        self.outbox[self.seq] = frame
-                        await link.send_raw(frame)
-                cores, gpus = self.pending_credit
-                if cores or gpus:
-                    self.pending_credit = [0, 0]
-                    await link.send(P.Credit(cores=cores, gpus=gpus))
-        finally:
-            scope.cancel()
-
-    async def _heartbeats(self, link: Link, scope: anyio.CancelScope) -> None:
-        try:
-            while True:
-                await anyio.sleep(self.heartbeat_interval)
-                running = list(self.running)
-                await link.send(P.Heartbeat(time=time.time(), running=running))
-        finally:
-            scope.cancel()
+    def _received(self, msg: P.ControllerToPilot) -> None:
+        match msg:
+            case P.RunTasks():
+                self._execute(self.book.run_tasks(msg.tasks, time.time()))
+            case P.Kill():
+                self._execute(self.book.kill(msg.tasks, msg.reason))
+            case P.Ack():
+                self.book.ack(msg.seq)
+                self._changed.set()
+            case P.Reject():
+                raise AuthError(msg.reason)
+            case P.Error():
+                log.warning("the controller refused a frame of this pilot: %s", msg.message)
+            case _:
+                pass
 
     # ------------------------------------------------------------------ tasks
 
-    def _report(self, r: P.Report) -> None:
-        self.pending.append(r)
-        self._wake.set()
+    def _execute(self, commands: list[Command]) -> None:
+        """Do what the book decided; then the sender has reports or credit to send."""
+        for command in commands:
+            match command:
+                case Start():
+                    assert self._tg is not None
+                    a = command.assignment
+                    new = Running(a, command.placement)
+                    self.running[(a.task_id, a.attempt)] = new
+                    self._tg.start_soon(self._run_task, new)
+                case Stop():
+                    if (r := self.running.get(command.key)) is not None:
+                        r.kill_reason = command.reason
+                        r.silent = r.silent or command.silent
+                        r.scope.cancel()
+        self.session.wake()
 
-    def _give_back(self, a: P.Assignment) -> None:
-        self.pending_credit[0] += a.cores
-        self.pending_credit[1] += a.gpus
-        self._wake.set()
-
-    def _kill(self, pairs: list[tuple[int, int]], reason: str) -> None:
-        wanted = set(pairs)
-        keep: deque[P.Assignment] = deque()
-        for a in self.queue:
-            if (a.task_id, a.attempt) in wanted:
-                self._give_back(a)
-            else:
-                keep.append(a)
-        self.queue = keep
-        for tid, attempt in pairs:
-            r = self.running.get((tid, attempt))
-            if r is not None:
-                r.kill_reason = reason or "killed by the controller"
-                r.silent = True
-                r.scope.cancel()
-            elif self.unacked.get(tid, (None,))[0] == attempt:
-                # Its report is moot: the controller has moved on.
-                del self.unacked[tid]
-
-    def _place(self, a: P.Assignment) -> list[int] | None:
-        """Nodes (indexes) for ``a`` that have room now, or None."""
-        if a.hosts or a.num_nodes <= 1:
-            # One node's worth here (a node-mode pilot's reserved MPI task included).
-            for i, free in self.node_free.items():
-                if free[0] >= min(a.cores, self.nodes[i].cores) and len(self.node_gpus[i]) >= a.gpus:
-                    return [i]
-            return None
-        whole = [i for i, free in self.node_free.items()
-                 if free[0] == self.nodes[i].cores and len(self.node_gpus[i]) == self.nodes[i].gpus]
-        return whole[: a.num_nodes] if len(whole) >= a.num_nodes else None
-
-    def _schedule(self) -> None:
-        assert self._tg is not None
-        until = self.accept_until()
-        while self.queue and not self._stopping:
-            a = self.queue[0]
-            if not admits(time.time(), until, a.wall_time, 0.0):
-                # The controller does not send what cannot finish in time; this is the
-                # clock-skew backstop: hand it back unstarted.
-                self.queue.popleft()
-                self._give_back(a)
-                self._report(P.Report(task_id=a.task_id, attempt=a.attempt, kind="killed",
-                                      time=time.time(),
-                                      message="the batch job ends before the task could finish"))
-                continue
-            if a.cores > self.free_cores or a.gpus > self.free_gpus:
-                break
-            placed = self._place(a)
-            if placed is None:
-                break
-            self.queue.popleft()
-            self.free_cores -= a.cores
-            self.free_gpus -= a.gpus
-            r = Running(a)
-            r.nodes, r.gpu_ids = self._take(a, placed)
-            self.running[(a.task_id, a.attempt)] = r
-            self._tg.start_soon(self._run_task, r)
-
-    def _take(self, a: P.Assignment, placed: list[int]) -> tuple[list[tuple[int, int]], list[int]]:
-        if len(placed) == 1:
-            i = placed[0]
-            cores = min(a.cores, self.nodes[i].cores)
-            gpus = self.node_gpus[i][: a.gpus]
-            del self.node_gpus[i][: a.gpus]
-            self.node_free[i][0] -= cores
-            return [(i, cores)], gpus
-        taken = []
-        for i in placed:
-            taken.append((i, self.node_free[i][0]))
-            self.node_free[i][0] = 0
-            self.node_gpus[i] = []
-        return taken, []
-
-    def _release(self, r: Running) -> None:
-        for i, cores in r.nodes:
-            self.node_free[i][0] += cores
-        if r.nodes and r.gpu_ids:
-            if len(r.nodes) == 1:
-                self.node_gpus[r.nodes[0][0]].extend(r.gpu_ids)
-            else:
-                for i, _ in r.nodes:
-                    self.node_gpus[i] = list(range(self.nodes[i].gpus))
-        r.nodes = []
+    def _started(self, r: Running) -> None:
+        """Tell the controller the task runs (at most once per attempt)."""
+        self.book.started((r.a.task_id, r.a.attempt), time.time())
+        self.session.wake()
 
     def _launch_form(self, r: Running) -> P.Assignment:
         """The assignment as the pilot runs it: through the MPI launcher where needed."""
         a = r.a
         head = bool(self.cfg.head_nodes)
-        hosts = list(a.hosts) or [self.nodes[i].host for i, _ in r.nodes]
+        placed = r.placement.nodes
+        hosts = list(a.hosts) or [self.nodes[i].host for i, _ in placed]
         env = dict(a.env)
-        gpu_ids = r.gpu_ids if len(r.nodes) == 1 else []
+        gpu_ids = list(r.placement.gpu_ids) if len(placed) == 1 else []
         if gpu_ids:
             env.update(launchers.gpu_env(self.cfg.gpu_vendor, gpu_ids))
         if a.threads_per_rank > 1:
@@ -477,8 +311,12 @@ class Pilot:
 
     async def _run_task(self, r: Running) -> None:
         a = r.a
+        key = (a.task_id, a.attempt)
+        report: P.Report | None = None
         try:
             outcome = await self._supervise(r)
+            # A task that failed before it could start still went through RUNNING.
+            self._started(r)
             if not r.silent:
                 if outcome.tails is not None:
                     out, err = outcome.tails
@@ -490,23 +328,19 @@ class Pilot:
                     outcome, outputs = await self._after_success(r, outcome, out, err)
                 if outcome.kind in ("error", "timeout"):
                     decision = await self._on_failure(r, outcome, out, err)
-                self._report(P.Report(
+                report = P.Report(
                     task_id=a.task_id, attempt=a.attempt, kind=outcome.kind,  # type: ignore[arg-type]
                     time=time.time(), exit_code=outcome.exit_code, message=outcome.message,
                     stdout_tail=out, stderr_tail=err, result=outcome.result, outputs=outputs,
                     hook=decision,
-                ))
+                )
         finally:
             if r.proc is not None:
                 r.proc.close()
-            self.running.pop((a.task_id, a.attempt), None)
-            self._release(r)
-            self.free_cores += a.cores
-            self.free_gpus += a.gpus
+            self.running.pop(key, None)
             self.last_busy = time.monotonic()
-            self._give_back(a)
             self._changed.set()
-            self._schedule()
+            self._execute(self.book.ended(key, report, time.time()))
 
     async def _call_function(self, r: Running) -> Outcome:
         """A function task: one call in a warm worker; its prints go to the task's files."""
@@ -516,12 +350,9 @@ class Pilot:
             wd = task_dir(self.root, a.workdir)
             wd.mkdir(parents=True, exist_ok=True)
         except (WorkdirError, OSError) as exc:
-            self._report(P.Report(task_id=a.task_id, attempt=a.attempt, kind="started",
-                                  time=time.time()))
             return Outcome("error", None, str(exc))
         out, err = wd / STDOUT, wd / STDERR
-        self._report(P.Report(task_id=a.task_id, attempt=a.attempt, kind="started",
-                              time=time.time()))
+        self._started(r)
         with r.scope:
             if a.timeout is not None:
                 r.scope.deadline = anyio.current_time() + a.timeout
@@ -622,28 +453,22 @@ class Pilot:
         return ""
 
     async def _supervise(self, r: Running) -> Outcome:
+        """Prepare, start and wait for the task; how it ended. A task that could not
+        start is not reported started here: :meth:`_run_task` does that for every way out."""
         a = r.a
         why = await self._prepare(r)
         if why:
-            self._report(P.Report(task_id=a.task_id, attempt=a.attempt, kind="started",
-                                  time=time.time()))
             return Outcome("error", None, why)
         if a.function:
             return await self._call_function(r)
         try:
             r.proc = TaskProcess.start(self._launch_form(r), self.root, self._base_env)
         except (WorkdirError, ConfigError) as exc:
-            self._report(P.Report(task_id=a.task_id, attempt=a.attempt, kind="started",
-                                  time=time.time()))
             return Outcome("error", None, str(exc))
         except OSError as exc:
-            self._report(P.Report(task_id=a.task_id, attempt=a.attempt, kind="started",
-                                  time=time.time()))
             what = a.argv[0] if a.argv else "/bin/sh"
             return Outcome("error", 127, f"cannot start {what!r}: {exc.strerror or exc}")
-        self._report(P.Report(task_id=a.task_id, attempt=a.attempt, kind="started",
-                              time=time.time()))
-        timed_out = False
+        self._started(r)
         with r.scope:
             if a.timeout is not None:
                 r.scope.deadline = anyio.current_time() + a.timeout
