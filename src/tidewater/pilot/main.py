@@ -30,7 +30,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from .. import codec
 from .. import proto as P
 from ..config import Limits, Timeouts
-from ..errors import AuthError, ConfigError
+from ..errors import AuthError, ConfigError, WorkerStartError
 from ..hooks import HOOK_TIMEOUT
 from ..transport import Link, LinkOptions, Session
 from . import launchers
@@ -357,8 +357,13 @@ class Pilot:
             if a.timeout is not None:
                 r.scope.deadline = anyio.current_time() + a.timeout
             assert self.pool is not None
-            res = await self.pool.call(a.function, a.args, timeout=None, cwd=str(wd),
-                                       stdout=str(out), stderr=str(err))
+            try:
+                res = await self.pool.call(a.function, a.args, timeout=None, cwd=str(wd),
+                                           stdout=str(out), stderr=str(err))
+            except WorkerStartError as exc:
+                # No worker to run it in: this task fails (and is retried), the pilot goes on.
+                return Outcome("error", None, str(exc),
+                               tails=(tail_file(out, limit), tail_file(err, limit)))
             tails = (tail_file(out, limit), tail_file(err, limit))
             if res.ok:
                 return Outcome("done", 0, "", result=res.result, tails=tails)
