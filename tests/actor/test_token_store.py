@@ -15,7 +15,7 @@ from tidewater import proto as P
 from tidewater.config import ControllerConfig
 from tidewater.controller import auth
 from tidewater.controller.core import Controller
-from tidewater.controller.store.sqlite import MIGRATIONS
+from tidewater.controller.store.sqlite_migrations import MIGRATIONS
 from tidewater.controller.users import add_user
 from tidewater.errors import InvalidRequest
 

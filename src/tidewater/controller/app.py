@@ -27,6 +27,7 @@ from ..config import ControllerConfig
 from ..errors import InvalidRequest
 from ..tls import check_listen, server_context
 from .core import Controller, PilotRec, Principal
+from .store.base import redact
 
 log = logging.getLogger("tidewater.controller.app")
 
@@ -446,7 +447,7 @@ class Server:
                 scheme = "wss" if ssl_context is not None else "ws"
                 self.url = f"{scheme}://{shown}:{self.port}"
                 log.info("controller listening on %s (store %s)", self.url,
-                         self.config.db or ":memory:")
+                         redact(self.config.db or ":memory:"))
                 task_status.started(self.url)
                 await anyio.sleep_forever()
             finally:

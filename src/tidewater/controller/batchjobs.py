@@ -17,69 +17,21 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from .. import proto as P
 from .. import states
 from ..errors import InvalidRequest, NotFound
-from .store import sqlite as st
+from .model import JobRec
+from .store import schema
+from .store.base import Recovered, Write
 
 if TYPE_CHECKING:
     from .core import Controller, Peer, Principal
 
 log = logging.getLogger("tidewater.controller")
-
-# A running job whose pilots have not connected after this long is flagged in `queue ls`.
-NO_PILOT_FLAG_AFTER = 120.0
-
-
-@dataclass
-class JobRec:
-    id: int
-    site_id: int
-    owner_id: int
-    state: str
-    nodes: int
-    wall_time_min: int
-    queue: str
-    project: str
-    created_at: float
-    scheduler_id: str = ""
-    autoscaled: bool = False
-    request_key: str | None = None
-    submitted_at: float | None = None
-    started_at: float | None = None
-    ended_at: float | None = None
-    reason: str = ""
-    error: str = ""
-    token_id: str = ""
-    """The pilot token of the job (revoked when it ends)."""
-    pilots: set[str] = field(default_factory=set)
-    seen_pilot: bool = False
-    first_pilot_at: float | None = None
-    first_pilot_process_at: float | None = None
-
-    def row(self) -> tuple[Any, ...]:
-        return (
-            self.id, self.site_id, self.owner_id, self.state, self.nodes, self.wall_time_min,
-            self.queue, self.project, self.scheduler_id, int(self.autoscaled), self.request_key,
-            self.created_at, self.submitted_at, self.started_at, self.ended_at, self.reason,
-            self.error, None,
-        )
-
-    def flag(self, now: float) -> str:
-        if (
-            self.state == "running" and not self.seen_pilot and self.started_at is not None
-            and now - self.started_at > NO_PILOT_FLAG_AFTER
-        ):
-            return f"running for {now - self.started_at:.0f} s and no pilot has connected"
-        if self.state == "finished" and not self.seen_pilot and self.started_at is not None:
-            return "ended without any pilot connecting (see the job's output file)"
-        return ""
-
 
 def check_spec(spec: P.JobSpec, limits: P.SiteLimits | None) -> None:
     """Refuse a batch job the site's scheduler would reject; say why."""
@@ -156,24 +108,14 @@ class BatchJobs:
         self._next_id = 1
         self._demand_sent: dict[int, P.Demand] = {}
 
-    async def recover(self) -> None:
-        s = self.c.store
-        for sid, text in await s.fetchall("SELECT id, limits FROM sites WHERE limits != ''"):
-            self.limits[sid] = msgspec.json.decode(text, type=P.SiteLimits)
-        for r in await s.fetchall(f"SELECT {st.JOB_COLUMNS} FROM batch_jobs"):
-            rec = JobRec(
-                id=r[0], site_id=r[1], owner_id=r[2], state=r[3], nodes=r[4],
-                wall_time_min=r[5], queue=r[6], project=r[7], scheduler_id=r[8],
-                autoscaled=bool(r[9]), request_key=r[10], created_at=r[11], submitted_at=r[12],
-                started_at=r[13], ended_at=r[14], reason=r[15], error=r[16],
-            )
-            self.jobs[rec.id] = rec
-            self._next_id = max(self._next_id, rec.id + 1)
-        for tid, job_id in await s.fetchall(
-            "SELECT id, batch_job FROM tokens WHERE kind = 'pilot' AND revoked_at IS NULL"
-        ):
-            if job_id in self.jobs:
-                self.jobs[job_id].token_id = tid
+    def recover(self, rec: Recovered) -> None:
+        """Load the sites' limits and every batch job (with its live pilot token)."""
+        for site in rec.sites:
+            if site.limits_json:
+                self.limits[site.id] = msgspec.json.decode(site.limits_json, type=P.SiteLimits)
+        for job in rec.jobs:
+            self.jobs[job.id] = job
+            self._next_id = max(self._next_id, job.id + 1)
 
     # ------------------------------------------------------------------ views
 
@@ -199,7 +141,7 @@ class BatchJobs:
     # ------------------------------------------------------------------ creating
 
     def _new(self, site_id: int, owner_id: int, spec: P.JobSpec, *, autoscaled: bool,
-             key: str | None) -> tuple[JobRec, str, list[tuple[st.Stmt, Any]]]:
+             key: str | None) -> tuple[JobRec, str, list[Write]]:
         j = JobRec(
             id=self._next_id, site_id=site_id, owner_id=owner_id, state="pending_submission",
             nodes=spec.nodes, wall_time_min=spec.wall_time_min, queue=spec.queue,
@@ -210,7 +152,7 @@ class BatchJobs:
         self.jobs[j.id] = j
         minted, token_row = self.c.tokens.row("pilot", owner_id, site_id=site_id, batch_job=j.id)
         j.token_id = minted.id
-        return j, minted.token, [(st.UPSERT_JOB, j.row()), token_row]
+        return j, minted.token, [schema.upsert_job(j), token_row]
 
     async def add_job(self, who: Principal, peer: Peer, msg: P.AddJob) -> None:
         site = self.c._site_of(who, msg.job.site)
@@ -263,7 +205,7 @@ class BatchJobs:
             if agent is not None:
                 agent.send(P.StopJob(job_id=job_id, scheduler_id=sched_id))
 
-        await self.c._write([(st.UPSERT_JOB, j.row()),
+        await self.c._write([schema.upsert_job(j),
                              self.c.tokens.audit(who, "job.cancel", str(j.id))], committed)
 
     # ------------------------------------------------------------------ agents
@@ -281,10 +223,10 @@ class BatchJobs:
             old.close(4000, "replaced by a new connection of the site's agent")
         self.agents[site.id] = peer
         self._demand_sent.pop(site.id, None)
-        stmts: list[tuple[st.Stmt, Any]] = []
+        stmts: list[Write] = []
         if hello.limits is not None:
             self.limits[site.id] = hello.limits
-            stmts.append((st.UPDATE_SITE_LIMITS, (P.encode_json(hello.limits), site.id)))
+            stmts.append(schema.update_site_limits(site.id, hello.limits))
         peer.send(welcome)
         out: list[P.AgentJob] = []
         for j in sorted(self.jobs.values(), key=lambda j: j.id):
@@ -295,7 +237,7 @@ class BatchJobs:
                 # The secret is only kept hashed: a job still to be submitted gets a new one.
                 minted, token_row = self.c.tokens.row("pilot", j.owner_id, site_id=j.site_id,
                                                       batch_job=j.id)
-                stmts += [(st.REVOKE_JOB_TOKENS, (time.time(), j.id)), token_row]
+                stmts += [schema.revoke_job_tokens(j.id, time.time()), token_row]
                 self.c.tokens.close_sessions([j.token_id], "replaced by a new pilot token")
                 j.token_id, token = minted.id, minted.token
             out.append(P.AgentJob(job=self.info(j), pilot_token=token))
@@ -328,7 +270,7 @@ class BatchJobs:
         log.info("autoscaler of %s asked for batch job %d: %d nodes", site.name, j.id, j.nodes)
 
     async def job_updates(self, site_id: int, peer: Peer, msg: P.JobUpdates) -> None:
-        stmts: list[tuple[st.Stmt, Any]] = []
+        stmts: list[Write] = []
         ended: list[JobRec] = []
         for u in msg.updates:
             j = self.jobs.get(u.job_id)
@@ -360,10 +302,10 @@ class BatchJobs:
                     if u.start_time and j.started_at is None:
                         j.started_at = u.start_time
                     # The pilot token dies with its job.
-                    stmts.append((st.REVOKE_JOB_TOKENS, (time.time(), j.id)))
+                    stmts.append(schema.revoke_job_tokens(j.id, time.time()))
                     ended.append(j)
             if changed:
-                stmts.append((st.UPSERT_JOB, j.row()))
+                stmts.append(schema.upsert_job(j))
         seq = msg.seq
 
         def committed() -> None:

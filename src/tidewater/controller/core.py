@@ -35,31 +35,16 @@ from ..states import TaskState as S
 from .batchjobs import BatchJobs, check_task_fits
 from .dispatch import Dispatcher, PilotSlot
 from .leases import Leases
+from .model import AppRec, LiveTask, Principal, SiteRec
+from .model import Event as Ev
 from .staging import Staging, check_files, needs_agent, resolve, task_workdir, workdir_of
-from .store import sqlite as st
-from .store.sqlite import SqliteStore, Stmt
+from .store import schema
+from .store.base import Store, TaskQuery, Write, open_store
 from .tokens import Tokens
 
 log = logging.getLogger("tidewater.controller")
 
-_json_enc = msgspec.json.Encoder()
-_json_dec = msgspec.json.Decoder()
-
-
-def _j(value: Any) -> str:
-    return _json_enc.encode(value).decode()
-
-
-_files_enc = msgspec.msgpack.Encoder()
-_files_dec = msgspec.msgpack.Decoder(list[P.FileInfo])
-
-
-def encode_files(files: list[P.FileInfo] | None) -> bytes | None:
-    return _files_enc.encode(files) if files else None
-
-
-def decode_files(blob: bytes | None) -> list[P.FileInfo] | None:
-    return _files_dec.decode(blob) if blob else None
+_j = schema.json_text
 
 
 class Peer(Protocol):
@@ -70,129 +55,6 @@ class Peer(Protocol):
     def send(self, msg: P.Msg) -> None: ...
 
     def close(self, code: int, reason: str) -> None: ...
-
-
-@dataclass
-class Principal:
-    user_id: int
-    user: str
-    site_id: int | None = None  # set when authenticated by a site or pilot token
-    batch_job: int = 0  # set when authenticated by a pilot token
-    token_id: str = ""
-    expires_at: float | None = None
-    is_admin: bool = False
-    remote: str = ""
-
-
-@dataclass
-class SiteRec:
-    id: int
-    owner_id: int
-    name: str
-    created_at: float
-
-
-@dataclass
-class AppRec:
-    site_id: int
-    name: str
-    command: str
-    params: list[P.ParamSpec]
-    description: str
-    function: str = ""
-    hooks: P.AppHooks | None = None
-
-
-@dataclass(slots=True)
-class LiveTask:
-    id: int
-    owner_id: int
-    site_id: int
-    app: str
-    state: S
-    # Parameters, tags, argv and environment stay in memory as the JSON text
-    # that is stored (repeated tags and environments shared): a fraction of
-    # the size of dicts and lists, decoded only when a task is sent, reported
-    # or watched.
-    params_j: str
-    tags_j: str
-    priority: int
-    cores: int
-    gpus: int
-    timeout: float | None
-    max_retries: int
-    retries: int
-    attempt: int
-    pilot: str
-    argv_j: str
-    shell: str
-    env_j: str
-    workdir: str
-    exit_code: int | None
-    error: str
-    stdout_tail: str
-    stderr_tail: str
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    num_nodes: int = 1
-    packing: int = 0
-    wall_time: float | None = None
-    waiting: int = 0
-    """Parents not yet finished (in AWAITING_PARENTS)."""
-    func: str = ""
-    args: bytes | None = None
-    result: bytes | None = None
-    extra_j: str = ""
-    """Launch resources and wall time, as stored JSON, when any differs from its default."""
-    files: list[P.FileInfo] | None = None
-    """Inputs and outputs with their transfer state (None: the task has none)."""
-    in_data: dict[str, bytes] | None = None
-    """Inline inputs' bytes, sent with the task to its pilot."""
-    out_data: dict[str, bytes] | None = None
-    """Inline outputs' bytes from the last report, for children referring to them."""
-
-    @property
-    def task_id(self) -> int:
-        return self.id
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return _json_dec.decode(self.params_j)  # type: ignore[no-any-return]
-
-    @property
-    def tags(self) -> dict[str, str]:
-        return _json_dec.decode(self.tags_j)  # type: ignore[no-any-return]
-
-    @property
-    def argv(self) -> list[str]:
-        return _json_dec.decode(self.argv_j)  # type: ignore[no-any-return]
-
-    @property
-    def env(self) -> dict[str, str]:
-        return _json_dec.decode(self.env_j)  # type: ignore[no-any-return]
-
-    def update_row(self) -> tuple[Any, ...]:
-        return (
-            self.state.value, self.retries, self.attempt, self.pilot, self.exit_code,
-            self.error, self.stdout_tail, self.stderr_tail, self.started_at,
-            self.finished_at, self.result, encode_files(self.files), self.id,
-        )
-
-    def insert_row(self) -> tuple[Any, ...]:
-        return (
-            self.id, self.owner_id, self.site_id, self.app, self.state.value, self.params_j,
-            self.tags_j, self.priority, self.cores, self.gpus, self.timeout,
-            self.max_retries, self.retries, self.attempt, self.pilot, self.argv_j,
-            self.shell, self.env_j, self.workdir, self.exit_code, self.error,
-            self.stdout_tail, self.stderr_tail, self.created_at, self.started_at,
-            self.finished_at, self.extra_j, self.func, self.args, self.result,
-            encode_files(self.files),
-        )
-
-    @property
-    def extra(self) -> dict[str, Any]:
-        return _json_dec.decode(self.extra_j) if self.extra_j else {}
 
 
 @dataclass
@@ -210,10 +72,7 @@ class PilotRec:
     draining: bool = False
 
 
-Ev = tuple[int, str, str, float, dict[str, Any]]
-"""An event row as kept until commit: id, from state, to state, time, data."""
-
-Touched = tuple["LiveTask", list[Ev], S]
+Touched = tuple[LiveTask, list[Ev], S]
 """A task, the events of one commit, and the state that commit wrote."""
 
 
@@ -237,9 +96,8 @@ class Controller:
         self.t = config.timeouts
         self.limits = config.limits
         self.server_id = uuid.uuid4().hex
-        self.store = SqliteStore(
-            config.db or ":memory:", queue_size=config.limits.write_queue
-        )
+        self.store: Store = open_store(config.db or ":memory:",
+                                       queue_size=config.limits.write_queue)
         self.live: dict[int, LiveTask] = {}
         self.sites: dict[int, SiteRec] = {}
         self.site_names: dict[tuple[int, str], int] = {}
@@ -285,7 +143,6 @@ class Controller:
         async with self.store:
             self.store.after_batch = self._flush
             await self._recover()
-            await self.batch.recover()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._dispatch_loop)
                 tg.start_soon(self._lease_loop)
@@ -294,97 +151,49 @@ class Controller:
                 await anyio.sleep_forever()
 
     async def _recover(self) -> None:
-        s = self.store
-        row = await s.fetchone("SELECT max(id) FROM tasks")
-        self._next_task = (row[0] or 0) + 1 if row else 1
-        row = await s.fetchone("SELECT max(id) FROM events")
-        self._next_event = (row[0] or 0) + 1 if row else 1
+        rec = await self.store.recover()
+        self._next_task = rec.next_task
+        self._next_event = rec.next_event
         self._committed_event = self._next_event - 1
-        for sid, owner, name, created in await s.fetchall(
-            "SELECT id, owner_id, name, created_at FROM sites"
-        ):
-            self.sites[sid] = SiteRec(sid, owner, name, created)
-            self.site_names[(owner, name)] = sid
-            self._next_site = max(self._next_site, sid + 1)
-        for site_id, name, command, params, desc, function, hooks in await s.fetchall(
-            "SELECT site_id, name, command, params, description, function, hooks FROM apps"
-        ):
-            specs = msgspec.json.decode(params, type=list[P.ParamSpec])
-            self.apps[(site_id, name)] = AppRec(
-                site_id, name, command, specs, desc, function,
-                msgspec.json.decode(hooks, type=P.AppHooks) if hooks else None)
+        for site in rec.sites:
+            self.sites[site.id] = SiteRec(site.id, site.owner_id, site.name, site.created_at)
+            self.site_names[(site.owner_id, site.name)] = site.id
+            self._next_site = max(self._next_site, site.id + 1)
+        for app in rec.apps:
+            self.apps[(app.site_id, app.name)] = app
         now = time.time()
-        rows = await s.fetchall(
-            f"SELECT {st.TASK_COLUMNS} FROM tasks INDEXED BY tasks_live "
-            f"WHERE state NOT IN {st._FINAL_SQL}"
-        )
-        for r in rows:
-            t = LiveTask(
-                id=r[0], owner_id=r[1], site_id=r[2], app=r[3], state=S(r[4]),
-                params_j=r[5], tags_j=self._share(r[6]), priority=r[7],
-                cores=r[8], gpus=r[9], timeout=r[10], max_retries=r[11], retries=r[12],
-                attempt=r[13], pilot=r[14], argv_j=r[15], shell=r[16],
-                env_j=self._share(r[17]), workdir=r[18], exit_code=r[19], error=r[20],
-                stdout_tail=r[21], stderr_tail=r[22], created_at=r[23], started_at=r[24],
-                finished_at=r[25], extra_j=r[26], func=r[27], args=r[28], result=r[29],
-                files=decode_files(r[30]),
-            )
-            extra = t.extra
-            t.num_nodes = int(extra.get("num_nodes", 1))
-            t.packing = int(extra.get("node_packing_count", 0))
-            t.wall_time = extra.get("wall_time")
+        for t in rec.live:
+            t.tags_j, t.env_j = self._share(t.tags_j), self._share(t.env_j)
             self.live[t.id] = t
             if t.state == S.RUNNING and t.pilot:
                 # Its pilot may still be running it: give it one lease to come back.
-                rec = self.pilots.get(t.pilot)
-                if rec is None:
-                    rec = PilotRec(t.pilot, t.site_id, t.owner_id, "", 0, 0)
-                    self.pilots[t.pilot] = rec
+                prec = self.pilots.get(t.pilot)
+                if prec is None:
+                    prec = PilotRec(t.pilot, t.site_id, t.owner_id, "", 0, 0)
+                    self.pilots[t.pilot] = prec
                     self.leases.touch(t.pilot, now)
-                rec.assigned.add(t.id)
+                prec.assigned.add(t.id)
             elif t.state in states.RUNNABLE:
                 t.pilot = ""
                 self._enqueue(t)
-        await self._recover_data()
-        await self._recover_parents(now)
-        if rows:
+        self._recover_parents(rec.parents, now)
+        self.batch.recover(rec)
+        if rec.live:
             self._dispatch_hold_until = time.monotonic() + self.t.restart_grace
-            log.info("recovered %d live tasks; %d pilots expected back", len(rows),
+            log.info("recovered %d live tasks; %d pilots expected back", len(rec.live),
                      len(self.pilots))
 
-    async def _recover_data(self) -> None:
-        """Inline bytes of live tasks: inputs still to send, outputs children may refer to."""
-        ids = [t.id for t in self.live.values() if t.files and any(
-            f.state == "inline" for f in t.files)]
-        for chunk in _chunks(ids, 500):
-            marks = ",".join("?" * len(chunk))
-            for tid, direction, path, data in await self.store.fetchall(
-                f"SELECT task_id, direction, path, data FROM task_data WHERE task_id IN ({marks})",
-                chunk,
-            ):
-                t = self.live[tid]
-                if direction == "in":
-                    t.in_data = t.in_data or {}
-                    t.in_data[path] = bytes(data)
-                else:
-                    t.out_data = t.out_data or {}
-                    t.out_data[path] = bytes(data)
-
-    async def _recover_parents(self, now: float) -> None:
+    def _recover_parents(self, links: list[tuple[int, int]], now: float) -> None:
         """Rebuild the parent -> children links of tasks still waiting for parents."""
-        awaiting = [t.id for t in self.live.values() if t.state == S.AWAITING_PARENTS]
-        for chunk in _chunks(awaiting, 500):
-            marks = ",".join("?" * len(chunk))
-            for child, parent in await self.store.fetchall(
-                f"SELECT child, parent FROM task_parents WHERE child IN ({marks})", chunk
-            ):
-                p = self.live.get(parent)
-                if p is not None and p.state not in states.FINAL:
-                    self.live[child].waiting += 1
-                    self._children.setdefault(parent, []).append(child)
+        for child, parent in links:
+            p = self.live.get(parent)
+            if p is not None and p.state not in states.FINAL:
+                self.live[child].waiting += 1
+                self._children.setdefault(parent, []).append(child)
         # A parent's finish moves its children in the same commit, so none should be
         # left waiting on nothing; should one be, it goes on now rather than never.
-        stmts: list[tuple[Stmt, Any]] = []
+        awaiting = [t.id for t in self.live.values() if t.state == S.AWAITING_PARENTS]
+        stmts: list[Write] = []
         touched: list[Touched] = []
         for tid in awaiting:
             t = self.live[tid]
@@ -405,30 +214,30 @@ class Controller:
 
     def _event_rows(
         self, t: LiveTask, path: list[S], now: float, data: dict[str, Any] | None = None
-    ) -> tuple[list[tuple[Stmt, Any]], list[Ev]]:
+    ) -> tuple[list[Write], list[Ev]]:
         steps = states.check_path(t.state, path)
-        stmts: list[tuple[Stmt, Any]] = []
+        stmts: list[Write] = []
         events: list[Ev] = []
         payload = data or {}
-        blob = _j(payload) if payload else None
         for src, dst in steps:
             eid = self._next_event
             self._next_event += 1
-            stmts.append((st.INSERT_EVENT, (eid, t.id, src.value, dst.value, now, blob)))
-            events.append((eid, src.value, dst.value, now, payload))
+            ev = Ev(eid, src.value, dst.value, now, payload)
+            stmts.append(schema.insert_event(t.id, ev))
+            events.append(ev)
         t.state = path[-1]
         if t.state in states.FINAL and t.id in self._children:
             stmts.extend(self._release_children(t, now))
         return stmts, events
 
-    def _release_children(self, t: LiveTask, now: float) -> list[tuple[Stmt, Any]]:
+    def _release_children(self, t: LiveTask, now: float) -> list[Write]:
         """A parent reached a final state: move its waiting children in the same commit.
 
         Finished: a child whose last parent this was becomes READY. Failed or
         killed: every waiting child fails or is killed, naming the parent, and
         so on down (the child's own final transition comes back here).
         """
-        out: list[tuple[Stmt, Any]] = []
+        out: list[Write] = []
         for cid in self._children.pop(t.id, ()):
             c = self.live.get(cid)
             if c is None or c.state != S.AWAITING_PARENTS:
@@ -446,7 +255,7 @@ class Controller:
                     continue
                 if c.waiting > 0:
                     if c.files and any(f.task == t.id for f in c.files):
-                        out.append((st.UPDATE_TASK, c.update_row()))
+                        out.append(schema.update_task(c))
                     continue
                 path = [S.READY] if needs_agent(c.files, "in") else [S.READY, S.STAGED_IN]
                 s, events = self._transition(c, path, now, {"parent": t.id})
@@ -459,11 +268,11 @@ class Controller:
             self._cascade.append((c, events, c.state))
         return out
 
-    def _resolve_refs(self, c: LiveTask, parent: LiveTask) -> list[tuple[Stmt, Any]]:
+    def _resolve_refs(self, c: LiveTask, parent: LiveTask) -> list[Write]:
         """Make ``c``'s inputs that name ``parent``'s outputs concrete. Raises InvalidRequest."""
         if not c.files or not any(f.task == parent.id for f in c.files):
             return []
-        out: list[tuple[Stmt, Any]] = []
+        out: list[Write] = []
         files = []
         for f in c.files:
             if f.direction == "in" and f.task == parent.id and f.state == "pending" and not (
@@ -475,16 +284,16 @@ class Controller:
                 if got is not None:
                     c.in_data = c.in_data or {}
                     c.in_data[f.path] = got
-                    out.append((st.UPSERT_DATA, (c.id, "in", f.path, got)))
+                    out.append(schema.upsert_data(c.id, "in", f.path, got))
             files.append(f)
         c.files = files
         return out
 
     def _transition(
         self, t: LiveTask, path: list[S], now: float, data: dict[str, Any] | None = None
-    ) -> tuple[list[tuple[Stmt, Any]], list[Ev]]:
+    ) -> tuple[list[Write], list[Ev]]:
         stmts, events = self._event_rows(t, path, now, data)
-        stmts.append((st.UPDATE_TASK, t.update_row()))
+        stmts.append(schema.update_task(t))
         return stmts, events
 
     def _share(self, text: str) -> str:
@@ -572,15 +381,16 @@ class Controller:
             pilot=t.pilot, workdir=t.workdir, result=t.result, files=t.files or [],
         )
 
-    def _row_info(self, r: tuple[Any, ...]) -> P.TaskInfo:
-        site = self.sites.get(r[2])
+    def _stored_info(self, t: LiveTask) -> P.TaskInfo:
+        """A task read back from the store (its site may be unknown to memory)."""
+        site = self.sites.get(t.site_id)
         return P.TaskInfo(
-            id=r[0], app=r[3], site=site.name if site else "?", state=r[4],
-            params=_json_dec.decode(r[5]), tags=_json_dec.decode(r[6]), priority=r[7],
-            attempt=r[13], retries=r[12], max_retries=r[11], exit_code=r[19], error=r[20],
-            stdout_tail=r[21], stderr_tail=r[22], created_at=r[23], started_at=r[24],
-            finished_at=r[25], pilot=r[14], workdir=r[18], result=r[29],
-            files=decode_files(r[30]) or [],
+            id=t.id, app=t.app, site=site.name if site else "?", state=t.state.value,
+            params=t.params, tags=t.tags, priority=t.priority, attempt=t.attempt,
+            retries=t.retries, max_retries=t.max_retries, exit_code=t.exit_code,
+            error=t.error, stdout_tail=t.stdout_tail, stderr_tail=t.stderr_tail,
+            created_at=t.created_at, started_at=t.started_at, finished_at=t.finished_at,
+            pilot=t.pilot, workdir=t.workdir, result=t.result, files=t.files or [],
         )
 
     def _site_of(self, who: Principal, name: str) -> SiteRec:
@@ -603,8 +413,8 @@ class Controller:
         self.site_names[(who.user_id, msg.name)] = sid
         info = P.SiteInfo(name=rec.name, created_at=rec.created_at)
         await self._write(
-            [(st.INSERT_SITE, (sid, who.user_id, msg.name, f"token:{minted.id}",
-                               rec.created_at)), token_row,
+            [schema.insert_site(sid, who.user_id, msg.name, minted.id, rec.created_at),
+             token_row,
              self.tokens.audit(who, "site.add", msg.name, token=minted.id)],
             lambda: peer.send(P.SiteAdded(req_id=msg.req_id, site=info, token=minted.token)),
         )
@@ -653,8 +463,7 @@ class Controller:
         info = P.AppInfo(site=site.name, name=rec.name, command=rec.command, params=specs,
                          description=rec.description, function=rec.function, hooks=hooks)
         await self._write(
-            [(st.UPSERT_APP, (site.id, msg.name, msg.command, _j(specs), msg.description,
-                              time.time(), msg.function, _j(hooks) if hooks else "")),
+            [schema.upsert_app(rec, time.time()),
              self.tokens.audit(who, "app.add", f"{site.name}/{msg.name}",
                                command=msg.command or msg.function, replace=msg.replace)],
             lambda: peer.send(P.AppAdded(req_id=msg.req_id, app=info)),
@@ -768,7 +577,7 @@ class Controller:
                 break
         else:
             raise InvalidRequest("parents changed state during the submit; try again", "retry")
-        stmts: list[tuple[Stmt, Any]] = []
+        stmts: list[Write] = []
         created: list[tuple[LiveTask, list[Ev]]] = []
         for (t, _refs), pids in zip(prepared, parents, strict=True):
             t.id = self._next_task
@@ -776,22 +585,22 @@ class Controller:
             path = states.submit_path()
             if pids:
                 path = self._wait_for_parents(t, pids, parent_state, now)
-                stmts.extend((st.INSERT_PARENT, (t.id, pid)) for pid in set(pids))
+                stmts.extend(schema.insert_parent(t.id, pid) for pid in set(pids))
             if path[-1] == S.STAGED_IN and needs_agent(t.files, "in"):
                 path = path[:-1]  # READY until the site's agent has brought the inputs
             if t.in_data:
-                stmts.extend((st.UPSERT_DATA, (t.id, "in", k, v)) for k, v in t.in_data.items())
+                stmts.extend(schema.upsert_data(t.id, "in", k, v) for k, v in t.in_data.items())
             ev_stmts, events = self._event_rows(t, path, now)
-            stmts.append((st.INSERT_TASK, t.insert_row()))
+            stmts.append(schema.insert_task(t))
             stmts.extend(ev_stmts)
             for k, v in t.tags.items():
-                stmts.append((st.INSERT_TAG, (k, v, t.id)))
+                stmts.append(schema.insert_tag(k, v, t.id))
             self.live[t.id] = t
             created.append((t, events))
         ids = [t.id for t, _ in created]
         if msg.key:
             span = (ids[0], len(ids))
-            stmts.append((st.INSERT_SUBMISSION, (who.user_id, msg.key, _j(span), now)))
+            stmts.append(schema.insert_submission(who.user_id, msg.key, span[0], span[1], now))
             self._remember_key(who.user_id, msg.key, span)
         self.counters["tasks_submitted"] += len(ids)
         sites = sorted({self.sites[t.site_id].name for t, _ in created})
@@ -828,13 +637,8 @@ class Controller:
                 out[pid] = t.state
             else:
                 rest.append(pid)
-        for chunk in _chunks(rest, 500):
-            marks = ",".join("?" * len(chunk))
-            for tid, state in await self.store.fetchall(
-                f"SELECT id, state FROM tasks WHERE owner_id = ? AND id IN ({marks})",
-                (who.user_id, *chunk),
-            ):
-                out[tid] = S(state)
+        if rest:
+            out.update(await self.store.task_states(who.user_id, rest))
         for pid, i in wanted.items():
             if pid not in out:
                 raise NotFound(f"task {i}: parent task {pid} not found")
@@ -879,16 +683,12 @@ class Controller:
         if p is not None:
             data = p.out_data.get(f.output) if p.out_data else None
             return p.files, p.site_id, workdir_of(p), data
-        row = await self.store.fetchone(
-            "SELECT files, site_id, workdir FROM tasks WHERE id = ? AND owner_id = ?",
-            (f.task, who.user_id))
-        if row is None:
+        rows = await self.store.tasks(who.user_id, [f.task])
+        if not rows:
             raise NotFound(f"parent task {f.task} not found")
-        drow = await self.store.fetchone(
-            "SELECT data FROM task_data WHERE task_id = ? AND direction = 'out' AND path = ?",
-            (f.task, f.output))
-        return (decode_files(row[0]), row[1], task_workdir(row[2], f.task),
-                bytes(drow[0]) if drow else None)
+        stored = rows[0]
+        data = await self.store.output_data(f.task, f.output)
+        return stored.files, stored.site_id, task_workdir(stored.workdir, f.task), data
 
     def _wait_for_parents(self, t: LiveTask, parents: list[int], state: dict[int, S],
                           now: float) -> list[S]:
@@ -920,12 +720,7 @@ class Controller:
     ) -> list[int] | None:
         span = self._recent_keys.get((owner, key))
         if span is None and look_in_store:
-            row = await self.store.fetchone(
-                "SELECT ids FROM submissions WHERE owner_id = ? AND key = ?", (owner, key)
-            )
-            if row is not None:
-                first, count = _json_dec.decode(row[0])
-                span = (int(first), int(count))
+            span = await self.store.prior_submission(owner, key)
         return None if span is None else list(range(span[0], span[0] + span[1]))
 
     async def _owned_final(self, who: Principal, ids: list[int]) -> dict[int, P.TaskInfo]:
@@ -933,13 +728,8 @@ class Controller:
         if not ids:
             return {}
         out: dict[int, P.TaskInfo] = {}
-        for chunk in _chunks(ids, 500):
-            marks = ",".join("?" * len(chunk))
-            for r in await self.store.fetchall(
-                f"SELECT {st.TASK_COLUMNS} FROM tasks WHERE owner_id = ? AND id IN ({marks})",
-                (who.user_id, *chunk),
-            ):
-                out[r[0]] = self._row_info(r)
+        for t in await self.store.tasks(who.user_id, ids):
+            out[t.id] = self._stored_info(t)
         return out
 
     async def _owned(
@@ -969,7 +759,7 @@ class Controller:
     async def cancel(self, who: Principal, peer: Peer, msg: P.Cancel) -> None:
         live, _final = await self._owned(who, msg.ids)
         now = time.time()
-        stmts: list[tuple[Stmt, Any]] = []
+        stmts: list[Write] = []
         changed: list[tuple[LiveTask, list[Ev], str]] = []
         for t in live.values():
             if t.state in states.FINAL:
@@ -1023,15 +813,10 @@ class Controller:
                 peer.send(P.Results(req_id=msg.req_id, tasks=run))
 
     async def query(self, who: Principal, peer: Peer, msg: P.Query) -> None:
-        sql, args = self._filter_sql(who, msg.filter)
+        q = self._task_query(who, msg.filter)
         limit = max(1, min(msg.limit, self.limits.max_query_limit))
-        order = "DESC" if msg.newest else "ASC"
-        rows = await self.store.fetchall(
-            f"SELECT {st.TASK_COLUMNS} FROM tasks WHERE {sql} AND id > ? "
-            f"ORDER BY id {order} LIMIT ?",
-            (*args, msg.after_id, limit),
-        )
-        infos = [self._row_info(r) for r in rows]
+        rows = await self.store.query(q, after_id=msg.after_id, limit=limit, newest=msg.newest)
+        infos = [self._stored_info(t) for t in rows]
         # Function results can be large: keep the frame within its limit (for newest
         # first, the newest that fit).
         runs = P.chunk_by_size(infos, P.payload, self.limits.max_frame_bytes // 2)
@@ -1040,12 +825,11 @@ class Controller:
             infos.reverse()
         peer.send(P.TaskList(req_id=msg.req_id, tasks=infos, truncated=len(runs) > 1))
 
-    def _filter_sql(self, who: Principal, f: P.TaskFilter) -> tuple[str, list[Any]]:
-        where = ["owner_id = ?"]
-        args: list[Any] = [who.user_id]
+    def _task_query(self, who: Principal, f: P.TaskFilter) -> TaskQuery:
+        """The store query of a filter, with names resolved. Raises InvalidRequest, NotFound."""
+        site_ids: list[int] = []
         if who.site_id is not None:
-            where.append("site_id = ?")
-            args.append(who.site_id)
+            site_ids.append(who.site_id)
         if f.states:
             valid = {x.value for x in states.STORED}
             bad = [s for s in f.states if s not in valid]
@@ -1053,24 +837,13 @@ class Controller:
                 raise InvalidRequest(
                     f"unknown state {bad[0]!r} (states: {', '.join(x.value for x in S)})"
                 )
-            where.append(f"state IN ({','.join('?' * len(f.states))})")
-            args.extend(f.states)
         if f.site is not None:
             sid = self.site_names.get((who.user_id, f.site))
             if sid is None:
                 raise NotFound(f"no site named {f.site!r}")
-            where.append("site_id = ?")
-            args.append(sid)
-        if f.app is not None:
-            where.append("app = ?")
-            args.append(f.app)
-        if f.ids:
-            where.append(f"id IN ({','.join('?' * len(f.ids))})")
-            args.extend(f.ids)
-        for k, v in f.tags.items():
-            where.append("id IN (SELECT task_id FROM task_tags WHERE key = ? AND value = ?)")
-            args.extend((k, v))
-        return " AND ".join(where), args
+            site_ids.append(sid)
+        return TaskQuery(owner_id=who.user_id, site_ids=tuple(site_ids), states=tuple(f.states),
+                         app=f.app, ids=tuple(f.ids), tags=tuple(f.tags.items()))
 
     async def watch(self, who: Principal, peer: Peer, msg: P.Watch) -> None:
         if msg.filter.site is not None:
@@ -1094,22 +867,16 @@ class Controller:
                              start_event=self._committed_event))
         if not msg.since_event:
             return
-        sql, args = self._filter_sql(who, msg.filter)
+        q = self._task_query(who, msg.filter)
         try:
-            rows = await self.store.fetchall(
-                "SELECT e.id, e.task_id, e.from_state, e.to_state, e.time, e.data, t.tags "
-                f"FROM events e JOIN tasks t ON t.id = e.task_id WHERE e.id > ? AND t.id IN "
-                f"(SELECT id FROM tasks WHERE {sql}) ORDER BY e.id LIMIT 100000",
-                (msg.since_event, *args),
-            )
+            rows = await self.store.events_since(q, msg.since_event, 100_000)
         finally:
             held, sub.held = sub.held or [], None
         wanted = set(msg.filter.states)
         events = [
-            P.TaskEvent(id=r[0], task_id=r[1], from_state=r[2], to_state=r[3], time=r[4],
-                        data=_json_dec.decode(r[5]) if r[5] else {},
-                        tags=_json_dec.decode(r[6]))
-            for r in rows if not wanted or r[3] in wanted
+            P.TaskEvent(id=e.id, task_id=e.task_id, from_state=e.src, to_state=e.dst,
+                        time=e.time, data=e.data, tags=e.tags)
+            for e in rows if not wanted or e.dst in wanted
         ]
         last = events[-1].id if events else msg.since_event
         events += [e for e in held if e.id > last]
@@ -1186,14 +953,14 @@ class Controller:
             if job.state in ("pending_submission", "queued"):
                 # A pilot inside it proves the job runs, before the agent's next look.
                 job.state, job.started_at = "running", job.started_at or time.time()
-                self._write_soon([(st.UPSERT_JOB, job.row())], lambda: None)
+                self._write_soon([schema.upsert_job(job)], lambda: None)
         self.pilots[rec.pilot_id] = rec
         self.leases.touch(rec.pilot_id, time.time())
         self._lease_changed.set()
 
         held = dict(hello.held)
         kills: list[tuple[int, int]] = []
-        stmts: list[tuple[Stmt, Any]] = []
+        stmts: list[Write] = []
         lost: list[Touched] = []
         now = time.time()
         for task_id in list(rec.assigned):
@@ -1241,11 +1008,11 @@ class Controller:
                  rec.pilot_id, site.name, hello.hostname, hello.cores, hello.gpus, len(held))
         return rec
 
-    def _write_soon(self, stmts: list[tuple[Stmt, Any]], cb: Callable[[], None]) -> None:
+    def _write_soon(self, stmts: list[Write], cb: Callable[[], None]) -> None:
         """Queue a write from synchronous code (pilot loss, reconnects), in order."""
         self.store.write_nowait(stmts, self._watermarked(cb))
 
-    async def _write(self, stmts: list[tuple[Stmt, Any]], cb: Callable[[], None]) -> None:
+    async def _write(self, stmts: list[Write], cb: Callable[[], None]) -> None:
         """Queue a write (in order; waits only for room in the queue)."""
         await self.store.write(stmts, self._watermarked(cb))
 
@@ -1282,7 +1049,7 @@ class Controller:
     def _fail_attempt(
         self, t: LiveTask, kind: S, now: float, why: str, *, exit_code: int | None = None,
         give_up: bool = False,
-    ) -> tuple[list[tuple[Stmt, Any]], list[Ev]]:
+    ) -> tuple[list[Write], list[Ev]]:
         """RUN_ERROR/RUN_TIMEOUT, then RESTART_READY or FAILED. Caller enqueues after commit.
 
         ``give_up``: the app's handler chose to fail; no retry whatever remains.
@@ -1322,7 +1089,7 @@ class Controller:
 
     async def reports(self, rec: PilotRec, msg: P.Reports) -> None:
         self.leases.touch(rec.pilot_id, time.time())
-        stmts: list[tuple[Stmt, Any]] = []
+        stmts: list[Write] = []
         touched: list[Touched] = []
         for r in msg.reports:
             t = self.live.get(r.task_id)
@@ -1334,7 +1101,7 @@ class Controller:
                 log.debug("ignoring stale report %s from pilot %s", r, rec.pilot_id)
                 continue
             now = r.time
-            s: list[tuple[Stmt, Any]] = []
+            s: list[Write] = []
             events: list[Ev] = []
             if r.kind == "started":
                 if t.state in states.RUNNABLE:
@@ -1399,7 +1166,7 @@ class Controller:
         await self._write(stmts, committed)
 
     def _outputs_arrived(
-        self, t: LiveTask, found: list[P.OutputFile], stmts: list[tuple[Stmt, Any]]
+        self, t: LiveTask, found: list[P.OutputFile], stmts: list[Write]
     ) -> str:
         """Record the outputs a pilot found after a successful run; say which are missing."""
         if not t.files:
@@ -1419,7 +1186,7 @@ class Controller:
                 f = msgspec.structs.replace(f, state="inline", size=o.size, sha256=o.sha256)
                 t.out_data = t.out_data or {}
                 t.out_data[f.path] = o.data
-                stmts.append((st.UPSERT_DATA, (t.id, "out", f.path, o.data)))
+                stmts.append(schema.upsert_data(t.id, "out", f.path, o.data))
             else:
                 f = msgspec.structs.replace(f, state="on_site", size=o.size, sha256=o.sha256)
             files.append(f)
@@ -1462,7 +1229,7 @@ class Controller:
 
     def _pilot_lost(self, rec: PilotRec, why: str) -> None:
         now = time.time()
-        stmts: list[tuple[Stmt, Any]] = []
+        stmts: list[Write] = []
         touched: list[Touched] = []
         for task_id in list(rec.assigned):
             t = self.live.get(task_id)
@@ -1631,10 +1398,6 @@ def _id_ranges(ids: list[int]) -> str:
         else:
             out.append((i, i))
     return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in out)
-
-
-def _chunks(items: list[int], n: int) -> list[list[int]]:
-    return [items[i : i + n] for i in range(0, len(items), n)]
 
 
 __all__ = ["Controller", "Peer", "Principal", "check_workdir", "ParamError"]

@@ -31,10 +31,12 @@ from ..agents.transfers.base import parse_url
 from ..errors import InvalidRequest, LimitExceeded, NotFound, TransferError
 from ..paths import check_relpath
 from ..states import TaskState as S
-from .store import sqlite as st
+from .store import schema
+from .store.base import Write
 
 if TYPE_CHECKING:
-    from .core import Controller, LiveTask, Peer, Principal
+    from .core import Controller, Peer, Principal
+    from .model import LiveTask
 
 log = logging.getLogger("tidewater.controller")
 
@@ -216,7 +218,7 @@ class Staging:
     async def staged(self, site_id: int, peer: Peer, msg: P.Staged) -> None:
         c = self.c
         now = time.time()
-        stmts: list[tuple[st.Stmt, Any]] = []
+        stmts: list[Write] = []
         touched = []
         for res in msg.results:
             t = c.live.get(res.task_id)
@@ -242,7 +244,7 @@ class Staging:
                                   f"{f.path!r} {arrow} {where}: {r.error}")
             t.files = files
             if not failed and needs_agent(t.files, res.direction):
-                stmts.append((st.UPDATE_TASK, t.update_row()))  # some items still to come
+                stmts.append(schema.update_task(t))  # some items still to come
                 continue
             if failed:
                 t.error = "; ".join(failed)[:4000]
@@ -282,12 +284,9 @@ class Staging:
         if fi.state == "inline":
             data = t.out_data.get(name) if t is not None and t.out_data else None
             if data is None:
-                row = await c.store.fetchone(
-                    "SELECT data FROM task_data WHERE task_id = ? AND direction = 'out' "
-                    "AND path = ?", (msg.task_id, name))
-                if row is None:
+                data = await c.store.output_data(msg.task_id, name)
+                if data is None:
                     raise NotFound(f"output {name!r} of task {msg.task_id} is not stored")
-                data = bytes(row[0])
             peer.send(P.FileData(req_id=msg.req_id, offset=msg.offset,
                                  data=data[msg.offset:msg.offset + length], size=len(data),
                                  sha256=fi.sha256))
