@@ -193,7 +193,8 @@ def main(ctx: click.Context, url: str, token: str, ca_file: str, verbose: int) -
 
 @main.command()
 @click.option("--db", default=default_db, show_default="~/.tidewater/tidewater.db",
-              help="SQLite store.")
+              help="The store: a SQLite file (path or sqlite:///path) or "
+                   "postgresql://user@host/db.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True, type=int)
 @click.option("--lease-timeout", default=30.0, show_default=True, type=float,
@@ -227,6 +228,7 @@ def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float
     Outside loopback it serves TLS only: give --tls-cert and --tls-key.
     """
     from .controller import Server
+    from .controller.store.base import redact
     from .tls import check_listen
 
     logging.getLogger("tidewater").setLevel(min(logging.getLogger().level, logging.INFO))
@@ -254,7 +256,7 @@ def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float
         srv = Server(cfg)
         async with anyio.create_task_group() as tg:
             url = await tg.start(srv.run)
-            err.print(f"tidewater controller on {url} (store {db})")
+            err.print(f"tidewater controller on {url} (store {redact(db)})")
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
                 async for _ in sigs:
                     break
@@ -337,7 +339,8 @@ def user() -> None:
 
 @user.command("add")
 @click.argument("name")
-@click.option("--db", default=None, help="Work on this store directly (the server's owner).")
+@click.option("--db", default=None, help="Work on this store (a path or postgresql:// URL) "
+              "directly (the server's owner).")
 @click.option("--admin", is_flag=True, help="May add and remove users (the first user is one).")
 @click.option("--expires", default=None, help="The token expires after this long (30d, 12h).")
 @click.pass_context
@@ -362,7 +365,8 @@ def user_add(ctx: click.Context, name: str, db: str | None, admin: bool,
 
 @user.command("remove")
 @click.argument("name")
-@click.option("--db", default=None, help="Work on this store directly (the server's owner).")
+@click.option("--db", default=None, help="Work on this store (a path or postgresql:// URL) "
+              "directly (the server's owner).")
 @click.pass_context
 def user_remove(ctx: click.Context, name: str, db: str | None) -> None:
     """Remove a user: every token revoked, every connection closed; their data is kept."""

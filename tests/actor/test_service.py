@@ -249,6 +249,7 @@ async def test_replaying_watch_delivers_history_then_live_events_in_order(
     await c.on_client(who, client, P.Submit(req_id=3, tasks=[P.TaskSpec(app="t", site="s")] * 20))
     await client.next(P.Submitted)
     watcher = FakePeer(5)
+    c.connected(who, watcher)
 
     async def more() -> None:
         for k in range(20):

@@ -28,6 +28,7 @@ from ..errors import InvalidRequest
 from ..tls import check_listen, server_context
 from .model import Principal
 from .service import ControllerService
+from .store.base import redact
 
 log = logging.getLogger("tidewater.controller.app")
 
@@ -382,7 +383,7 @@ class Server:
                 scheme = "wss" if ssl_context is not None else "ws"
                 self.url = f"{scheme}://{shown}:{self.port}"
                 log.info("controller listening on %s (store %s)", self.url,
-                         self.config.db or ":memory:")
+                         redact(self.config.db or ":memory:"))
                 task_status.started(self.url)
                 await anyio.sleep_forever()
             finally:

@@ -10,63 +10,64 @@ controller's own removal path when done over the websocket).
 
 from __future__ import annotations
 
-import json
 import time
 
 from .. import apps
 from ..errors import InvalidRequest, NotFound
-from .store import sqlite as st
-from .store.sqlite import SqliteStore
-from .tokens import Tokens
+from .access import mint
+from .store import schema
+from .store.base import open_store
+
+OWNER = "(owner, at the command line)"
 
 
 async def add_user(db: str, name: str, *, admin: bool | None = None,
                    expires_in: float | None = None) -> str:
-    """Create a user in the store at ``db``; return their token (shown only once).
+    """Create a user in the store ``db`` names (a path or URL); return their token (shown once).
 
     ``admin`` defaults to True for the first user only. Raises
-    :class:`InvalidRequest` if the name is taken or malformed.
+    :class:`InvalidRequest` if the name is taken or malformed, StoreError if
+    the store cannot be opened or written.
     """
     apps.check_name("user", name)
-    async with SqliteStore(db) as store:
-        if await store.fetchone("SELECT 1 FROM users WHERE name = ?", (name,)):
+    async with open_store(db) as store:
+        if await store.user_by_name(name) is not None:
             raise InvalidRequest(f"user {name!r} already exists", "exists")
-        row = await store.fetchone("SELECT max(id) FROM users")
-        uid = (row[0] or 0) + 1 if row else 1
+        uid = await store.next_user_id()
         if admin is None:
             admin = uid == 1
         expires = time.time() + expires_in if expires_in else None
-        minted, token_row = Tokens.row("user", uid, name="first token", expires_at=expires)
+        minted, token_row = mint("user", uid, name="first token", expires_at=expires,
+                                 now=time.time())
         await store.commit([
-            (st.INSERT_USER, (uid, name, f"token:{minted.id}", time.time(), int(admin))),
+            schema.insert_user(uid, name, minted.id, time.time(), admin),
             token_row,
-            (st.INSERT_AUDIT, (time.time(), None, "(owner, at the command line)", "", "local",
-                               "user.add", name, json.dumps({"admin": admin,
-                                                             "token": minted.id}))),
+            schema.insert_audit(None, OWNER, "", "local", "user.add", name,
+                                {"admin": admin, "token": minted.id}),
         ])
     return minted.token
 
 
 async def remove_user(db: str, name: str) -> int:
-    """Disable a user and revoke every token of theirs; returns how many were revoked."""
-    async with SqliteStore(db) as store:
-        row = await store.fetchone(
-            "SELECT id FROM users WHERE name = ? AND disabled_at IS NULL", (name,))
-        if row is None:
+    """Disable a user and revoke every token of theirs; returns how many were revoked.
+
+    Raises :class:`NotFound` for no such (or an already removed) user.
+    """
+    async with open_store(db) as store:
+        user = await store.user_by_name(name)
+        if user is None or user.disabled_at is not None:
             raise NotFound(f"no user {name!r}")
-        n = await store.fetchone(
-            "SELECT count(*) FROM tokens WHERE user_id = ? AND revoked_at IS NULL", (row[0],))
+        n = len(await store.live_token_ids(user.id))
         now = time.time()
         await store.commit([
-            (st.DISABLE_USER, (now, row[0])), (st.REVOKE_USER_TOKENS, (now, row[0])),
-            (st.INSERT_AUDIT, (now, None, "(owner, at the command line)", "", "local",
-                               "user.remove", name, "{}")),
+            schema.disable_user(user.id, now), schema.revoke_user_tokens(user.id, now),
+            schema.insert_audit(None, OWNER, "", "local", "user.remove", name, {}, now),
         ])
-    return int(n[0]) if n else 0
+    return n
 
 
 async def list_users(db: str) -> list[tuple[str, float, bool, float | None]]:
-    async with SqliteStore(db) as store:
-        rows = await store.fetchall(
-            "SELECT name, created_at, is_admin, disabled_at FROM users ORDER BY id")
-    return [(r[0], r[1], bool(r[2]), r[3]) for r in rows]
+    """Every user: (name, created at, admin, removed at)."""
+    async with open_store(db) as store:
+        rows = await store.users()
+    return [(u.name, u.created_at, u.is_admin, u.disabled_at) for u in rows]

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from ...states import TaskState
 from ..model import AppRec, JobRec, LiveTask, PilotRow, StoredEvent, TokenRow, UserRow
@@ -108,9 +109,17 @@ class Store(Protocol):
     """
 
     after_batch: Callable[[], None] | None
-    batches: int
-    ops_committed: int
+    """Called after the ``on_commit`` callbacks of every committed batch."""
     url: str
+    """Where the store is, for messages (never with a password)."""
+
+    @property
+    def batches(self) -> int:
+        """Transactions committed so far."""
+
+    @property
+    def ops_committed(self) -> int:
+        """Writes (``write``/``commit`` calls) committed so far."""
 
     async def __aenter__(self) -> Store: ...
 
@@ -182,6 +191,21 @@ class Store(Protocol):
     async def audit(self, user_id: int | None, limit: int) -> list[tuple[Any, ...]]:
         """The newest ``limit`` audit entries (of ``user_id``, or everyone's), oldest first:
         (id, time, user, token_id, remote, action, object, detail)."""
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "postgresql://…"
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host += f":{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + host))
 
 
 def open_store(url: str, *, queue_size: int = 1000) -> Store:

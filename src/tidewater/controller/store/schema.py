@@ -19,8 +19,17 @@ import msgspec
 
 from ... import proto as P
 from ...states import TaskState
-from ..model import AppRec, Event, JobRec, LiveTask, PilotRow, TokenRow, UserRow
-from .base import Op, Write
+from ..model import (
+    AppRec,
+    Event,
+    JobRec,
+    LiveTask,
+    PilotRow,
+    StoredEvent,
+    TokenRow,
+    UserRow,
+)
+from .base import Op, SiteRow, Write
 
 SCHEMA_VERSION = 7
 """Both backends migrate to this version (7: pilots kept across controller restarts)."""
@@ -279,6 +288,43 @@ def insert_audit(user_id: int | None, user: str, token_id: str, remote: str, act
                  obj: str, detail: dict[str, Any], now: float | None = None) -> Write:
     return (Op.INSERT_AUDIT, (time.time() if now is None else now, user_id, user, token_id,
                               remote, action, obj, json_text(detail)))
+
+
+STORED_EVENT_COLUMNS: tuple[str, ...] = (*EVENT_COLUMNS, "tags")
+"""An event with its task's tags (``tags`` is the task's column), for watch replay."""
+
+
+def stored_event_from_row(r: Sequence[Any]) -> StoredEvent:
+    """An event read back from a row of :data:`STORED_EVENT_COLUMNS`."""
+    return StoredEvent(id=r[0], task_id=r[1], src=r[2], dst=r[3], time=r[4],
+                       data=_json_dec.decode(r[5]) if r[5] else {}, tags=_json_dec.decode(r[6]))
+
+
+INSERT_COLUMNS: dict[Op, tuple[str, ...]] = {
+    # The columns each inserting codec binds, in its parameter order.
+    Op.INSERT_USER: ("id", "name", "token_hash", "created_at", "is_admin"),
+    Op.INSERT_SITE: ("id", "owner_id", "name", "token_hash", "created_at"),
+    Op.UPSERT_APP: ("site_id", "name", "command", "params", "description", "created_at",
+                    "function", "hooks"),
+    Op.UPSERT_JOB: JOB_COLUMNS,
+    Op.UPSERT_PILOT: PILOT_COLUMNS,
+    Op.INSERT_TOKEN: TOKEN_COLUMNS,
+    Op.INSERT_TASK: TASK_COLUMNS,
+    Op.INSERT_PARENT: ("child", "parent"),
+    Op.UPSERT_DATA: ("task_id", "direction", "path", "data"),
+    Op.INSERT_EVENT: EVENT_COLUMNS,
+    Op.INSERT_TAG: ("key", "value", "task_id"),
+    Op.INSERT_SUBMISSION: ("owner_id", "key", "ids", "created_at"),
+    Op.INSERT_AUDIT: ("time", "user_id", "user", "token_id", "remote", "action", "object",
+                      "detail"),
+}
+"""The other ops bind ``(value, key)`` pairs: UPDATE_TASK binds :data:`TASK_UPDATE_COLUMNS`
+then the id; the revocations and DISABLE_USER ``(now, id)``; UPDATE_SITE_LIMITS
+``(limits, site id)``; DELETE_PILOT ``(pilot id,)``."""
+
+def site_from_row(r: Sequence[Any]) -> SiteRow:
+    """A site from a row of :data:`SITE_COLUMNS`."""
+    return SiteRow(id=r[0], owner_id=r[1], name=r[2], created_at=r[3], limits_json=r[4])
 
 
 def columns(names: Sequence[str], prefix: str = "") -> str:

@@ -1,0 +1,229 @@
+"""The typed reads of :class:`~.base.Store`, in SQL both backends run.
+
+The queries are written once with ``?`` placeholders; a backend supplies
+:meth:`SqlReads._rows` (PostgreSQL renumbers the placeholders to ``$n``) and
+the ``FROM`` clause that picks the live tasks through their partial index
+(SQLite names it with ``INDEXED BY tasks_live``; PostgreSQL's planner picks
+``tasks_live`` on its own). Rows are turned into records by the codecs of
+:mod:`.schema`, which also give every column order.
+
+Lists of ids are read 500 at a time. Every read raises
+:class:`~tidewater.errors.StoreError` on a backend failure (the backend's
+``_rows`` translates it) and is cancel-safe: it changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ...states import TaskState
+from ..model import LiveTask, StoredEvent, TokenRow, UserRow
+from . import schema
+from .base import Recovered, TaskQuery
+from .schema import columns
+
+CHUNK = 500
+_TASKS = columns(schema.TASK_COLUMNS)
+_TOKENS = columns(schema.TOKEN_COLUMNS)
+_USERS = columns(schema.USER_COLUMNS)
+_AUDIT = ", ".join(f'"{c}"' for c in schema.AUDIT_COLUMNS)
+_FINAL = "(" + ", ".join(f"'{s}'" for s in schema.FINAL_STATES) + ")"
+
+
+def chunks(items: Sequence[Any], n: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def filter_sql(q: TaskQuery) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) of a task query."""
+    where = ["owner_id = ?"]
+    args: list[Any] = [q.owner_id]
+    for sid in q.site_ids:
+        where.append("site_id = ?")
+        args.append(sid)
+    if q.states:
+        where.append(f"state IN ({marks(len(q.states))})")
+        args.extend(q.states)
+    if q.app is not None:
+        where.append("app = ?")
+        args.append(q.app)
+    if q.ids:
+        where.append(f"id IN ({marks(len(q.ids))})")
+        args.extend(q.ids)
+    for k, v in q.tags:
+        where.append("id IN (SELECT task_id FROM task_tags WHERE key = ? AND value = ?)")
+        args.extend((k, v))
+    return " AND ".join(where), args
+
+
+class SqlReads:
+    """Every typed read, over a backend's ``_rows``."""
+
+    _live_tasks_from = "tasks"
+    """The FROM clause that reads the live tasks through their partial index."""
+
+    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        """Rows of one query (``?`` placeholders). Raises StoreError."""
+        raise NotImplementedError
+
+    async def _one(self, sql: str, params: Sequence[Any] = ()) -> Sequence[Any] | None:
+        rows = await self._rows(sql, params)
+        return rows[0] if rows else None
+
+    async def _max_id(self, table: str) -> int:
+        row = await self._one(f"SELECT max(id) FROM {table}")
+        return int(row[0]) if row is not None and row[0] is not None else 0
+
+    # ------------------------------------------------------------------ recovery
+
+    async def recover(self) -> Recovered:
+        """Everything a controller loads when it starts. Raises StoreError."""
+        next_task = await self._max_id("tasks") + 1
+        next_event = await self._max_id("events") + 1
+        sites = [schema.site_from_row(r) for r in await self._rows(
+            f"SELECT {columns(schema.SITE_COLUMNS)} FROM sites")]
+        apps = [schema.app_from_row(r) for r in await self._rows(
+            f"SELECT {columns(schema.APP_COLUMNS)} FROM apps")]
+        live = [schema.task_from_row(r) for r in await self._rows(
+            f"SELECT {_TASKS} FROM {self._live_tasks_from} WHERE state NOT IN {_FINAL}")]
+        by_id = {t.id: t for t in live}
+        # Inline bytes of live tasks: inputs still to send, outputs children may refer to.
+        with_data = [t.id for t in live if t.files and any(f.state == "inline" for f in t.files)]
+        for chunk in chunks(with_data):
+            for tid, direction, path, data in await self._rows(
+                f"SELECT task_id, direction, path, data FROM task_data "
+                f"WHERE task_id IN ({marks(len(chunk))})", chunk):
+                t = by_id[tid]
+                if direction == "in":
+                    t.in_data = t.in_data or {}
+                    t.in_data[path] = bytes(data)
+                else:
+                    t.out_data = t.out_data or {}
+                    t.out_data[path] = bytes(data)
+        awaiting = [t.id for t in live if t.state == TaskState.AWAITING_PARENTS]
+        parents: list[tuple[int, int]] = []
+        for chunk in chunks(awaiting):
+            parents += [(int(c), int(p)) for c, p in await self._rows(
+                f"SELECT child, parent FROM task_parents WHERE child IN ({marks(len(chunk))})",
+                chunk)]
+        jobs = [schema.job_from_row(r) for r in await self._rows(
+            f"SELECT {columns(schema.JOB_COLUMNS)} FROM batch_jobs")]
+        by_job = {j.id: j for j in jobs}
+        for tid, job_id in await self._rows(
+            "SELECT id, batch_job FROM tokens WHERE kind = 'pilot' AND revoked_at IS NULL"
+        ):
+            if job_id in by_job:
+                by_job[job_id].token_id = tid
+        pilots = [schema.pilot_from_row(r) for r in await self._rows(
+            f"SELECT {columns(schema.PILOT_COLUMNS)} FROM pilots ORDER BY since, pilot_id")]
+        return Recovered(next_task=next_task, next_event=next_event, sites=sites, apps=apps,
+                         live=live, parents=parents, jobs=jobs, pilots=pilots)
+
+    # ------------------------------------------------------------------ tasks
+
+    async def task_states(self, owner_id: int, ids: Sequence[int]) -> dict[int, TaskState]:
+        out: dict[int, TaskState] = {}
+        for chunk in chunks(list(ids)):
+            for tid, state in await self._rows(
+                f"SELECT id, state FROM tasks WHERE owner_id = ? AND id IN ({marks(len(chunk))})",
+                (owner_id, *chunk)):
+                out[tid] = TaskState(state)
+        return out
+
+    async def tasks(self, owner_id: int, ids: Sequence[int]) -> list[LiveTask]:
+        out: list[LiveTask] = []
+        for chunk in chunks(list(ids)):
+            out += [schema.task_from_row(r) for r in await self._rows(
+                f"SELECT {_TASKS} FROM tasks WHERE owner_id = ? AND id IN ({marks(len(chunk))})",
+                (owner_id, *chunk))]
+        return out
+
+    async def query(self, q: TaskQuery, *, after_id: int, limit: int,
+                    newest: bool) -> list[LiveTask]:
+        sql, args = filter_sql(q)
+        order = "DESC" if newest else "ASC"
+        return [schema.task_from_row(r) for r in await self._rows(
+            f"SELECT {_TASKS} FROM tasks WHERE {sql} AND id > ? ORDER BY id {order} LIMIT ?",
+            (*args, after_id, limit))]
+
+    async def events_since(self, q: TaskQuery, since: int, limit: int) -> list[StoredEvent]:
+        sql, args = filter_sql(q)
+        return [schema.stored_event_from_row(r) for r in await self._rows(
+            "SELECT e.id, e.task_id, e.from_state, e.to_state, e.time, e.data, t.tags "
+            "FROM events e JOIN tasks t ON t.id = e.task_id WHERE e.id > ? AND t.id IN "
+            f"(SELECT id FROM tasks WHERE {sql}) ORDER BY e.id LIMIT ?",
+            (since, *args, limit))]
+
+    async def output_data(self, task_id: int, path: str) -> bytes | None:
+        row = await self._one(
+            "SELECT data FROM task_data WHERE task_id = ? AND direction = 'out' AND path = ?",
+            (task_id, path))
+        return bytes(row[0]) if row is not None else None
+
+    async def prior_submission(self, owner_id: int, key: str) -> tuple[int, int] | None:
+        row = await self._one("SELECT ids FROM submissions WHERE owner_id = ? AND key = ?",
+                              (owner_id, key))
+        return schema.decode_submission(row[0]) if row is not None else None
+
+    # ------------------------------------------------------------------ tokens and users
+
+    async def token(self, token_id: str) -> TokenRow | None:
+        row = await self._one(f"SELECT {_TOKENS} FROM tokens WHERE id = ?", (token_id,))
+        return schema.token_from_row(row) if row is not None else None
+
+    async def legacy_token(self, token_hash: str) -> TokenRow | None:
+        row = await self._one(f"SELECT {_TOKENS} FROM tokens WHERE salt = '' AND hash = ?",
+                              (token_hash,))
+        return schema.token_from_row(row) if row is not None else None
+
+    async def tokens_of(self, user_id: int, *, include_revoked: bool,
+                        limit: int) -> list[TokenRow]:
+        live = "" if include_revoked else "AND revoked_at IS NULL "
+        return [schema.token_from_row(r) for r in await self._rows(
+            f"SELECT {_TOKENS} FROM tokens WHERE user_id = ? {live}ORDER BY created_at LIMIT ?",
+            (user_id, limit))]
+
+    async def live_token_ids(self, user_id: int) -> list[str]:
+        return [r[0] for r in await self._rows(
+            "SELECT id FROM tokens WHERE user_id = ? AND revoked_at IS NULL", (user_id,))]
+
+    async def dead_tokens(self, token_ids: Sequence[str]) -> list[str]:
+        out: list[str] = []
+        for chunk in chunks(list(token_ids)):
+            out += [r[0] for r in await self._rows(
+                f"SELECT t.id FROM tokens t JOIN users u ON u.id = t.user_id "
+                f"WHERE t.id IN ({marks(len(chunk))}) AND (t.revoked_at IS NOT NULL "
+                f"OR u.disabled_at IS NOT NULL)", chunk)]
+        return out
+
+    async def user(self, user_id: int) -> UserRow | None:
+        row = await self._one(f"SELECT {_USERS} FROM users WHERE id = ?", (user_id,))
+        return schema.user_from_row(row) if row is not None else None
+
+    async def user_by_name(self, name: str) -> UserRow | None:
+        row = await self._one(f"SELECT {_USERS} FROM users WHERE name = ?", (name,))
+        return schema.user_from_row(row) if row is not None else None
+
+    async def users(self) -> list[UserRow]:
+        return [schema.user_from_row(r) for r in await self._rows(
+            f"SELECT {_USERS} FROM users ORDER BY id")]
+
+    async def next_user_id(self) -> int:
+        return await self._max_id("users") + 1
+
+    async def audit(self, user_id: int | None, limit: int) -> list[tuple[Any, ...]]:
+        if user_id is None:
+            rows = await self._rows(
+                f"SELECT * FROM (SELECT {_AUDIT} FROM audit ORDER BY id DESC LIMIT ?) AS a "
+                "ORDER BY id", (limit,))
+        else:
+            rows = await self._rows(
+                f"SELECT * FROM (SELECT {_AUDIT} FROM audit WHERE user_id = ? "
+                "ORDER BY id DESC LIMIT ?) AS a ORDER BY id", (user_id, limit))
+        return [tuple(r) for r in rows]

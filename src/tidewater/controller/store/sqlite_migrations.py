@@ -1,0 +1,243 @@
+"""SQLite's schema: versioned migrations, each one transaction, the version in ``user_version``.
+
+Step ``n`` brings a store from version ``n - 1`` to ``n``; :func:`migrate`
+runs the missing ones on open. The column orders the backend reads and
+binds are in :mod:`.schema`, not here.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+from ...errors import StoreError
+from .schema import FINAL_STATES, SCHEMA_VERSION
+
+log = logging.getLogger("tidewater.store")
+
+FINAL_SQL = "(" + ", ".join(f"'{s}'" for s in FINAL_STATES) + ")"
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    f"""
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE sites (
+        id INTEGER PRIMARY KEY,
+        owner_id INTEGER NOT NULL REFERENCES users(id),
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        UNIQUE (owner_id, name)
+    );
+    CREATE TABLE apps (
+        id INTEGER PRIMARY KEY,
+        site_id INTEGER NOT NULL REFERENCES sites(id),
+        name TEXT NOT NULL,
+        command TEXT NOT NULL,
+        params TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        UNIQUE (site_id, name)
+    );
+    CREATE TABLE tasks (
+        id INTEGER PRIMARY KEY,
+        owner_id INTEGER NOT NULL,
+        site_id INTEGER NOT NULL,
+        app TEXT NOT NULL,
+        state TEXT NOT NULL,
+        params TEXT NOT NULL,
+        tags TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        cores INTEGER NOT NULL,
+        gpus INTEGER NOT NULL,
+        timeout REAL,
+        max_retries INTEGER NOT NULL,
+        retries INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        pilot TEXT NOT NULL,
+        argv TEXT NOT NULL,
+        shell TEXT NOT NULL,
+        env TEXT NOT NULL,
+        workdir TEXT NOT NULL,
+        exit_code INTEGER,
+        error TEXT NOT NULL,
+        stdout_tail TEXT NOT NULL,
+        stderr_tail TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL
+    );
+    CREATE INDEX tasks_owner_state ON tasks (owner_id, state, id);
+    CREATE INDEX tasks_live ON tasks (id) WHERE state NOT IN {FINAL_SQL};
+    CREATE TABLE task_tags (
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        task_id INTEGER NOT NULL,
+        PRIMARY KEY (key, value, task_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        task_id INTEGER NOT NULL,
+        from_state TEXT NOT NULL,
+        to_state TEXT NOT NULL,
+        time REAL NOT NULL,
+        data TEXT
+    );
+    CREATE INDEX events_task ON events (task_id, id);
+    CREATE TABLE submissions (
+        owner_id INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        ids TEXT NOT NULL,  -- JSON [first id, count]: a Submit's ids are consecutive
+        created_at REAL NOT NULL,
+        PRIMARY KEY (owner_id, key)
+    ) WITHOUT ROWID;
+    """,
+    # 2: batch jobs and pilot tokens; per-task launch resources; site limits
+    """
+    ALTER TABLE tasks ADD COLUMN extra TEXT NOT NULL DEFAULT '';
+    ALTER TABLE sites ADD COLUMN limits TEXT NOT NULL DEFAULT '';
+    CREATE TABLE batch_jobs (
+        id INTEGER PRIMARY KEY,
+        site_id INTEGER NOT NULL REFERENCES sites(id),
+        owner_id INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        nodes INTEGER NOT NULL,
+        wall_time_min INTEGER NOT NULL,
+        queue TEXT NOT NULL,
+        project TEXT NOT NULL,
+        scheduler_id TEXT NOT NULL DEFAULT '',
+        autoscaled INTEGER NOT NULL DEFAULT 0,
+        request_key TEXT,
+        created_at REAL NOT NULL,
+        submitted_at REAL,
+        started_at REAL,
+        ended_at REAL,
+        reason TEXT NOT NULL DEFAULT '',
+        error TEXT NOT NULL DEFAULT '',
+        token_hash TEXT
+    );
+    CREATE INDEX batch_jobs_site ON batch_jobs (site_id, state);
+    CREATE UNIQUE INDEX batch_jobs_token ON batch_jobs (token_hash) WHERE token_hash IS NOT NULL;
+    CREATE UNIQUE INDEX batch_jobs_key ON batch_jobs (site_id, request_key)
+        WHERE request_key IS NOT NULL;
+    """,
+    # 3: tokens with ids, salts, expiry and revocation; admins; the audit trail.
+    # Tokens minted before (unsalted hash in users/sites/batch_jobs) move over
+    # with an empty salt and stay valid.
+    """
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        user_id INTEGER NOT NULL,
+        site_id INTEGER,
+        batch_job INTEGER,
+        salt TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        name TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        expires_at REAL,
+        revoked_at REAL
+    );
+    CREATE INDEX tokens_user ON tokens (user_id);
+    CREATE INDEX tokens_legacy ON tokens (hash) WHERE salt = '';
+    INSERT INTO tokens (id, kind, user_id, salt, hash, name, created_at)
+        SELECT 'legacy-u' || id, 'user', id, '', token_hash, 'first token', created_at
+        FROM users;
+    INSERT INTO tokens (id, kind, user_id, site_id, salt, hash, name, created_at)
+        SELECT 'legacy-s' || id, 'site', owner_id, id, '', token_hash, 'site token', created_at
+        FROM sites;
+    INSERT INTO tokens (id, kind, user_id, site_id, batch_job, salt, hash, created_at)
+        SELECT 'legacy-p' || id, 'pilot', owner_id, site_id, id, '', token_hash, created_at
+        FROM batch_jobs WHERE token_hash IS NOT NULL;
+    ALTER TABLE users ADD COLUMN is_admin INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN disabled_at REAL;
+    UPDATE users SET is_admin = 1 WHERE id = (SELECT min(id) FROM users);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        time REAL NOT NULL,
+        user_id INTEGER,
+        user TEXT NOT NULL,
+        token_id TEXT NOT NULL,
+        remote TEXT NOT NULL,
+        action TEXT NOT NULL,
+        object TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_user ON audit (user_id, id);
+    """,
+    # 4: task dependencies
+    """
+    CREATE TABLE task_parents (
+        child INTEGER NOT NULL,
+        parent INTEGER NOT NULL,
+        PRIMARY KEY (child, parent)
+    ) WITHOUT ROWID;
+    CREATE INDEX task_parents_parent ON task_parents (parent);
+    """,
+    # 5: Python function apps: the callable's import path, msgpack arguments and result
+    """
+    ALTER TABLE apps ADD COLUMN function TEXT NOT NULL DEFAULT '';
+    ALTER TABLE tasks ADD COLUMN func TEXT NOT NULL DEFAULT '';
+    ALTER TABLE tasks ADD COLUMN args BLOB;
+    ALTER TABLE tasks ADD COLUMN result BLOB;
+    """,
+    # 6: inputs and outputs: their specs and transfer states, and the inline bytes
+    """
+    ALTER TABLE tasks ADD COLUMN files BLOB;
+    ALTER TABLE apps ADD COLUMN hooks TEXT NOT NULL DEFAULT '';
+    CREATE TABLE task_data (
+        task_id INTEGER NOT NULL,
+        direction TEXT NOT NULL,
+        path TEXT NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (task_id, direction, path)
+    ) WITHOUT ROWID;
+    """,
+    # 7: pilots welcomed and not let go, kept across controller restarts
+    """
+    CREATE TABLE pilots (
+        pilot_id TEXT PRIMARY KEY,
+        site_id INTEGER NOT NULL,
+        owner_id INTEGER NOT NULL,
+        batch_job INTEGER NOT NULL DEFAULT 0,
+        since REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
+]
+
+
+def tables(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+        "ORDER BY name")]
+
+
+def migrate(conn: sqlite3.Connection, where: str) -> None:
+    """Bring the schema to :data:`SCHEMA_VERSION`, one versioned step at a time.
+
+    Raises :class:`StoreError` for a store of a newer Tidewater, and for a
+    database at ``where`` that holds tables but is not a Tidewater store.
+    """
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"store {where} has schema version {version}, newer than this Tidewater's "
+            f"({SCHEMA_VERSION}); upgrade Tidewater"
+        )
+    if version == 0:
+        found = tables(conn)
+        if found:
+            raise StoreError(
+                f"{where} is not a Tidewater store: it holds other tables "
+                f"({', '.join(found[:5])}{', ...' if len(found) > 5 else ''}); "
+                "give --db a new file or an empty database"
+            )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        script = MIGRATIONS[target - 1]
+        conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {target};\nCOMMIT;")
+        log.info("store migrated to schema version %d", target)
