@@ -119,6 +119,7 @@ OWNER_SQL = {
     "task_parents": "(SELECT owner_id FROM tasks t WHERE t.id = task_parents.child)",
     "submissions": "owner_id",
     "batch_jobs": "owner_id",
+    "pilots": "owner_id",
     "tokens": "user_id",
     "audit": "user_id",
 }
