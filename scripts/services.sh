@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Real services for the test suite: a one-node Slurm cluster (munged, slurmctld,
-# slurmd on 127.0.0.1) and MPICH, from Debian packages.
+# slurmd on 127.0.0.1), a private PostgreSQL 15 cluster on 127.0.0.1:55432, and
+# MPICH, from Debian packages.
 #
-#   scripts/services.sh install   apt packages (slurm, munge, mpich, openssh-server); quick when present
+#   scripts/services.sh install   apt packages (slurm, munge, mpich, openssh-server,
+#                                 postgresql-15); quick when present
 #   scripts/services.sh start     install if needed, write the config, start the daemons,
-#                                 wait until a job runs; idempotent
+#                                 wait until a job runs and PostgreSQL answers; idempotent
+#   scripts/services.sh start postgres   only the PostgreSQL cluster
 #   scripts/services.sh stop      cancel every job, wait for the queue to drain, stop the
 #                                 daemons this script started (by pid); keeps config, logs
 #   scripts/services.sh status    what is running (exit 0 when Slurm is up, 3 when not)
@@ -28,7 +31,11 @@ CTLD_PORT=6817
 SLURMD_PORT=6818
 MUNGE_SOCKET=/run/munge/munge.socket.2
 MUNGE_KEY=/etc/munge/munge.key
-PACKAGES=(slurmctld slurmd slurm-client munge mpich openssh-server openssh-sftp-server)
+PACKAGES=(slurmctld slurmd slurm-client munge mpich openssh-server openssh-sftp-server postgresql-15)
+# The private PostgreSQL cluster the 'postgres' tests use (tests/integration/conftest.py):
+# trust auth on loopback only, user postgres, its own data directory.
+PG_BIN=/usr/lib/postgresql/15/bin
+PG_PORT=${TIDEWATER_PG_PORT:-55432}
 
 RUN=$DIR/run
 LOG=$DIR/log
@@ -36,13 +43,16 @@ MUNGE_DIR=$DIR/munge   # owned by the munge user: munged's pid and log
 MUNGE_PID=$MUNGE_DIR/munged.pid
 CTLD_PID=$RUN/slurmctld.pid
 SLURMD_PID=$RUN/slurmd.pid
+PG_DIR=$DIR/postgres        # owned by the postgres user: data, socket, log
+PG_DATA=$PG_DIR/data
+PG_PID=$PG_DATA/postmaster.pid   # written by postgres itself; its first line is the pid
 
 say() { printf 'services: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
 
 not_root_message() {
-    say "not running as root: Slurm (slurmctld, slurmd, munged) and MPICH were not set up."
-    say "The tests marked 'slurm' and 'mpi' will skip (or fail under TIDEWATER_REQUIRE_SERVICES=1)."
+    say "not running as root: Slurm (slurmctld, slurmd, munged), PostgreSQL and MPICH were not set up."
+    say "The tests marked 'slurm', 'postgres' and 'mpi' will skip (or fail under TIDEWATER_REQUIRE_SERVICES=1)."
     say "To run them: sudo $0 start   (or run scripts/test.sh as root)."
 }
 
@@ -52,7 +62,7 @@ not_root_message() {
 pid_of() {
     local name=$1 file=$2 pid comm
     [ -r "$file" ] || return 1
-    pid=$(tr -dc '0-9' <"$file")
+    pid=$(head -n1 "$file" | tr -dc '0-9')
     [ -n "$pid" ] || return 1
     alive "$pid" || return 1
     comm=$(ps -o comm= -p "$pid" 2>/dev/null) || return 1
@@ -110,34 +120,47 @@ listener() {
 
 # --- install -----------------------------------------------------------------
 
+# installed [PACKAGE...]: are these (default: all of PACKAGES) installed?
 installed() {
     local p
-    for p in "${PACKAGES[@]}"; do
+    for p in "${@:-${PACKAGES[@]}}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || return 1
     done
 }
 
+# cmd_install [PACKAGE...]: install these (default: all of PACKAGES) when missing.
 cmd_install() {
+    local wanted=("${@:-${PACKAGES[@]}}") ours_policy=0
     if [ "$(id -u)" != 0 ]; then
         not_root_message
         return 1
     fi
-    if installed; then
+    if installed "${wanted[@]}"; then
         return 0
     fi
     command -v apt-get >/dev/null || die "apt-get not found: install ${PACKAGES[*]} by hand"
     export DEBIAN_FRONTEND=noninteractive
-    local apt=(apt-get install -y -q --no-install-recommends "${PACKAGES[@]}")
+    # postgresql-15 must not start Debian's own cluster on 5432 behind our back.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 0755 /usr/sbin/policy-rc.d
+        ours_policy=1
+    fi
+    local apt=(apt-get install -y -q --no-install-recommends "${wanted[@]}")
     # Package lists are refreshed only when they lack the packages or are stale.
     if ! apt-cache show slurmctld munge mpich >/dev/null 2>&1; then
         apt-get update -q >/dev/null
     fi
-    say "installing ${PACKAGES[*]}"
+    say "installing ${wanted[*]}"
     if ! "${apt[@]}" >"$LOG/apt.log" 2>&1; then
         apt-get update -q >/dev/null
-        "${apt[@]}" >"$LOG/apt.log" 2>&1 || die "apt-get install failed; see $LOG/apt.log"
+        "${apt[@]}" >"$LOG/apt.log" 2>&1 || {
+            [ "$ours_policy" = 0 ] || rm -f /usr/sbin/policy-rc.d
+            die "apt-get install failed; see $LOG/apt.log"
+        }
     fi
-    installed || die "packages still missing after apt-get install; see $LOG/apt.log"
+    [ "$ours_policy" = 0 ] || rm -f /usr/sbin/policy-rc.d
+    installed "${wanted[@]}" || die "packages still missing after apt-get install; see $LOG/apt.log"
 }
 
 # --- config ------------------------------------------------------------------
@@ -297,11 +320,77 @@ mpich_summary() {
 
 summary() {
     local node=$1 how=$2
-    printf 'services up (%s): Slurm %s one-node cluster '%s': node %s, partition %s, %s CPUs, ports %s/%s (munged %s, slurmctld %s, slurmd %s); %s; state and logs in %s\n' \
+    printf 'services up (%s): Slurm %s one-node cluster '%s': node %s, partition %s, %s CPUs, ports %s/%s (munged %s, slurmctld %s, slurmd %s); %s; %s; state and logs in %s\n' \
         "$how" "$(sinfo -V | awk '{print $2}')" "$CLUSTER" "$node" "$PARTITION" \
         "$(sinfo -h -n "$node" -o %c | head -n1)" "$CTLD_PORT" "$SLURMD_PORT" \
         "$(pid_of munged "$MUNGE_PID" || echo external)" "$(pid_of slurmctld "$CTLD_PID")" \
-        "$(pid_of slurmd "$SLURMD_PID")" "$(mpich_summary)" "$DIR"
+        "$(pid_of slurmd "$SLURMD_PID")" "$(pg_summary)" "$(mpich_summary)" "$DIR"
+}
+
+# --- postgresql ----------------------------------------------------------------
+
+pg_ready() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres; }
+
+pg_summary() {
+    local pid
+    if pid=$(pid_of postgres "$PG_PID"); then
+        printf 'PostgreSQL %s on 127.0.0.1:%s (pid %s, data %s)' \
+            "$("$PG_BIN/postgres" -V | awk '{print $3}')" "$PG_PORT" "$pid" "$PG_DATA"
+    else
+        printf 'PostgreSQL not running (from this script)'
+    fi
+}
+
+# A private cluster from the installed binaries: initdb once, then pg_ctl start.
+# initdb refuses root, so both run as the postgres system user.
+start_postgres() {
+    local busy
+    [ -x "$PG_BIN/initdb" ] || die "PostgreSQL 15 is not installed ($PG_BIN/initdb): run $0 install"
+    if pid_of postgres "$PG_PID" >/dev/null; then
+        wait_until 30 "PostgreSQL to accept connections" pg_ready \
+            || die "PostgreSQL (pid $(pid_of postgres "$PG_PID")) does not answer; see $LOG/postgres.log"
+        say "$(pg_summary) already running"
+        return 0
+    fi
+    busy=$(listener "$PG_PORT")
+    [ -z "$busy" ] || die "TCP port $PG_PORT is in use by a process this script did not start; set TIDEWATER_PG_PORT to another port. Listener: $busy"
+    install -d -o postgres -g postgres -m 0700 "$PG_DIR"
+    touch "$LOG/postgres.log" && chown postgres:postgres "$LOG/postgres.log"
+    if [ ! -s "$PG_DATA/PG_VERSION" ]; then
+        rm -rf "$PG_DATA"
+        runuser -u postgres -- "$PG_BIN/initdb" -D "$PG_DATA" -U postgres -A trust \
+            -E UTF8 --locale=C.UTF-8 >"$LOG/initdb.log" 2>&1 \
+            || die "initdb failed; see $LOG/initdb.log"
+        {
+            echo "# Written by tidewater scripts/services.sh: loopback only, trust."
+            echo "local all all trust"
+            echo "host all all 127.0.0.1/32 trust"
+            echo "host all all ::1/128 trust"
+        } >"$PG_DATA/pg_hba.conf"
+        chown postgres:postgres "$PG_DATA/pg_hba.conf"
+    fi
+    rm -f "$PG_PID"
+    runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$LOG/postgres.log" -W \
+        -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DIR -c fsync=off -c max_connections=200" \
+        start 9>&- >/dev/null || die "pg_ctl start failed; see $LOG/postgres.log"
+    wait_until 30 "PostgreSQL to accept connections on 127.0.0.1:$PG_PORT" pg_ready \
+        || die "see $LOG/postgres.log"
+    say "started $(pg_summary)"
+}
+
+stop_postgres() {
+    local pid
+    if ! pid=$(pid_of postgres "$PG_PID"); then
+        return 0
+    fi
+    # Fast shutdown by signal to the postmaster's pid (what pg_ctl stop -m fast sends).
+    kill -INT "$pid" 2>/dev/null || true
+    if ! wait_until 30 "postgres (pid $pid) to exit" not_alive "$pid"; then
+        say "postgres (pid $pid) ignored SIGINT: sending SIGQUIT"
+        kill -QUIT "$pid" 2>/dev/null || true
+        wait_until 10 "postgres (pid $pid) to die" not_alive "$pid" || true
+    fi
+    say "stopped postgres (pid $pid)"
 }
 
 cmd_start() {
@@ -309,8 +398,14 @@ cmd_start() {
         not_root_message
         return 0
     fi
+    if [ "${1:-}" = postgres ]; then
+        cmd_install postgresql-15
+        start_postgres
+        return 0
+    fi
     local t0=$SECONDS node wanted port busy
     cmd_install
+    start_postgres
     node=$(node_name)
     [ -n "$node" ] || die "slurmd -C printed no NodeName"
 
@@ -329,7 +424,7 @@ cmd_start() {
     fi
     # Anything of ours still running is from a partial start: stop it first.
     if pid_of slurmctld "$CTLD_PID" >/dev/null || pid_of slurmd "$SLURMD_PID" >/dev/null; then
-        cmd_stop
+        stop_slurm
     fi
 
     for port in "$CTLD_PORT" "$SLURMD_PORT"; do
@@ -347,7 +442,7 @@ cmd_start() {
     mv -f "$CONF.tidewater.tmp" "$CONF"
 
     # A start that fails half way stops what it started (logs stay for diagnosis).
-    trap 'say "start failed: stopping what it started; logs in $LOG"; cmd_stop' EXIT
+    trap 'say "start failed: stopping what it started; logs in $LOG"; stop_slurm' EXIT
     start_munge
     rm -f "$CTLD_PID" "$SLURMD_PID"
     slurmctld 9>&- || die "slurmctld failed to start; see $LOG/slurmctld.log"
@@ -375,17 +470,22 @@ drain_jobs() {
     fi
 }
 
-cmd_stop() {
-    if [ "$(id -u)" != 0 ]; then
-        say "not running as root: nothing to stop (this script starts services only as root)"
-        return 0
-    fi
+stop_slurm() {
     if pid_of slurmctld "$CTLD_PID" >/dev/null && ours; then
         drain_jobs
     fi
     stop_daemon slurmd "$SLURMD_PID"
     stop_daemon slurmctld "$CTLD_PID"
     stop_daemon munged "$MUNGE_PID"
+}
+
+cmd_stop() {
+    if [ "$(id -u)" != 0 ]; then
+        say "not running as root: nothing to stop (this script starts services only as root)"
+        return 0
+    fi
+    stop_slurm
+    stop_postgres
 }
 
 cmd_status() {
@@ -414,6 +514,11 @@ cmd_status() {
         squeue
         up=1
     fi
+    if pid_of postgres "$PG_PID" >/dev/null && pg_ready; then
+        printf '%-10s %s, accepting connections\n' postgres "$(pg_summary)"
+    else
+        printf '%-10s %s\n' postgres "$(pg_summary)"
+    fi
     printf '%-10s %s\n' mpi "$(mpich_summary)"
     printf '%-10s %s\n' state "$DIR"
     [ "$up" = 1 ] || return 3
@@ -421,8 +526,8 @@ cmd_status() {
 
 # --- main --------------------------------------------------------------------
 
-usage() { echo "usage: $0 install|start|stop|status" >&2; exit 2; }
-[ $# -eq 1 ] || usage
+usage() { echo "usage: $0 install|start [postgres]|stop|status" >&2; exit 2; }
+[ $# -eq 1 ] || { [ $# -eq 2 ] && [ "$1" = start ] && [ "$2" = postgres ]; } || usage
 case $1 in
     install | start | stop)
         if [ "$(id -u)" = 0 ]; then
@@ -432,7 +537,7 @@ case $1 in
             exec 9>"$DIR/.lock"
             flock -w 300 9 || die "another scripts/services.sh holds $DIR/.lock"
         fi
-        "cmd_$1"
+        "cmd_$1" "${@:2}"
         ;;
     status) cmd_status ;;
     *) usage ;;

@@ -1,4 +1,5 @@
-"""Fixtures for tests that need a real service: a one-node Slurm cluster and MPICH.
+"""Fixtures for tests that need a real service: a one-node Slurm cluster, MPICH, sshd and
+PostgreSQL; and ``store``, which runs a test's controllers on each store backend.
 
 `scripts/services.sh start` (run by scripts/test.sh, as root) installs and starts
 them. Where they are missing the tests skip with a reason saying how to get them;
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from . import pg, procs
 from .sshd import HOW_TO as HOW_TO_SSHD
 from .sshd import SSHD, Sshd, start_sshd
 
@@ -109,3 +111,38 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
         pytest.skip(f"{SSHD} not found: {HOW_TO_SSHD}")
     with start_sshd(tmp_path_factory.mktemp("sshd")) as server:
         yield server
+
+
+# --------------------------------------------------------------------------- postgres
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> str:
+    """The admin URL of the private PostgreSQL cluster; skips (with a how-to) when it is down."""
+    why = pg.ping()
+    if why is not None:
+        pytest.skip(f"PostgreSQL is not running on 127.0.0.1:{pg.PORT} ({why}): {pg.HOW_TO}")
+    return pg.ADMIN_URL
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: str) -> Iterator[str]:
+    """A fresh, empty database of its own for this test (dropped after it)."""
+    with pg.fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test's controllers (procs.Cluster) on each backend: "sqlite" (a file in the
+    test's directory) and "postgres" (a fresh database). Use it with
+    ``pytestmark = pytest.mark.usefixtures("store")``."""
+    if request.param == "sqlite":
+        yield "sqlite"
+        return
+    url = request.getfixturevalue("postgres_url")
+    procs.STORE_URL = url
+    try:
+        yield url
+    finally:
+        procs.STORE_URL = None

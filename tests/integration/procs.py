@@ -21,10 +21,16 @@ from anyio.abc import Process, TaskGroup
 from tidewater.controller.users import add_user
 from tidewater.proto import TaskInfo
 
+from . import pg
+
 PY = sys.executable
 # Test time scale: heartbeats and leases short enough to make failure tests quick.
 HEARTBEAT = 0.3
 LEASE = 2.0
+
+STORE_URL: str | None = None
+"""The store every Cluster uses, set by the ``store`` fixture (conftest.py) for the tests
+that run on both backends; None: a SQLite file in the test's directory."""
 
 
 def free_port() -> int:
@@ -89,7 +95,7 @@ class Cluster:
     def __init__(self, tmp: Path, tg: TaskGroup) -> None:
         self.tmp = tmp
         self.tg = tg
-        self.db = str(tmp / "tw.db")
+        self.db = STORE_URL or str(tmp / "tw.db")
         self.port = free_port()
         self.url = f"ws://127.0.0.1:{self.port}"
         self.controller: Proc | None = None
@@ -139,13 +145,26 @@ class Cluster:
         await p.wait_for("connected to")
         return p
 
+    @property
+    def on_postgres(self) -> bool:
+        return self.db.startswith("postgresql://")
+
     def rows(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-        """Read the store directly, as an operator would."""
+        """Read the store directly, as an operator would (``?`` placeholders on both backends)."""
+        if self.on_postgres:
+            return pg.rows(self.db, sql, params)
         conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
         try:
             return conn.execute(sql, params).fetchall()
         finally:
             conn.close()
+
+    def tables(self) -> list[str]:
+        """The store's tables."""
+        if self.on_postgres:
+            return pg.tables(self.db)
+        return [str(r[0]) for r in self.rows(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
 
     def snapshot(self) -> dict[str, list[tuple[object, ...]]]:
         return {t: self.rows(f"SELECT * FROM {t} ORDER BY 1") for t in

@@ -131,8 +131,7 @@ def snapshot(c: Cluster, *, leave_out: tuple[int, ...] = ()) -> dict[str, list[A
     Rows owned by the users ``leave_out`` are left out (tables whose owner is
     unknown here are taken whole, so a new table is compared too).
     """
-    tables = [r[0] for r in c.rows(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+    tables = c.tables()
     out: dict[str, list[Any]] = {}
     for t in sorted(tables):
         where = ""

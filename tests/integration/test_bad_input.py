@@ -15,7 +15,7 @@ from tidewater import ParamSpec, proto
 
 from .procs import cluster
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("store")]
 
 MAX_FRAME = 64 * 1024
 

@@ -14,7 +14,7 @@ from tidewater import TaskInfo, TaskSpec
 
 from .procs import cluster
 
-pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.usefixtures("store")]
 
 
 async def test_kill_pilot_retries_its_tasks_elsewhere(tmp_path: Path) -> None:

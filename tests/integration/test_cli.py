@@ -12,7 +12,7 @@ import pytest
 
 from .procs import PY, Cluster, cluster
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("store")]
 
 CliResult = tuple[int, str, str]
 

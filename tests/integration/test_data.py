@@ -23,7 +23,7 @@ from tidewater.urls import digest
 
 from .procs import Cluster, cluster, write_site
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("store")]
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE_ENV = {"PYTHONPATH": os.pathsep.join(

@@ -13,7 +13,7 @@ from tidewater import TaskSpec
 
 from .procs import cluster
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("store")]
 
 
 async def test_diamond_runs_in_dependency_order(tmp_path: Path) -> None:

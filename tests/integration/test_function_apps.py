@@ -14,7 +14,7 @@ from tidewater import TaskFailed
 
 from .procs import cluster
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("store")]
 
 FN = "tidewater.examples.functions"
 

@@ -10,7 +10,7 @@ import tidewater
 
 from .procs import cluster
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("store")]
 
 
 async def test_users_are_isolated(tmp_path: Path) -> None:

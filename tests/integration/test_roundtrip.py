@@ -12,7 +12,7 @@ from tidewater import ParamSpec, TaskInfo, TaskSpec
 
 from .procs import cluster
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("store")]
 
 
 def _processes_running(needle: str) -> list[int]:

@@ -23,7 +23,7 @@ from tidewater.proto import BatchJobInfo
 
 from .procs import PY, Cluster, cluster, until, write_site
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("store")]
 
 
 def local_jobs(state_dir: Path) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from tidewater import Client
 
 from .procs import PY, cluster, until, write_site
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("store")]
 
 
 async def refused(url: str, token: str) -> str:
