@@ -15,8 +15,6 @@ class Timeouts(msgspec.Struct, frozen=True, kw_only=True):
     """How often a pilot says it is alive (and lists what it runs)."""
     lease_timeout: float = 30.0
     """A pilot silent this long is declared lost; its running tasks are retried."""
-    restart_grace: float = 1.0
-    """After a controller start, how long pilots get to reclaim their tasks."""
     kill_grace: float = 5.0
     """SIGTERM -> SIGKILL delay when a task is cancelled or times out."""
     close: float = 5.0
