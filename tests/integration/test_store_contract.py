@@ -18,7 +18,8 @@ import pytest
 from tidewater import proto as P
 from tidewater.controller.model import Event, JobRec, LiveTask, PilotRow, TokenRow
 from tidewater.controller.store import schema
-from tidewater.controller.store.base import Store, TaskQuery, Write, open_store
+from tidewater.controller.store.base import Store, TaskQuery, Write
+from tidewater.controller.store.open import open_store
 from tidewater.errors import StoreError
 from tidewater.states import TaskState as S
 

@@ -13,7 +13,7 @@ import pytest
 
 from tidewater import proto as P
 from tidewater.config import ControllerConfig
-from tidewater.controller import admin
+from tidewater.controller import admin, requests
 from tidewater.controller.effects import Close, Effects, Send
 from tidewater.controller.model import Principal
 from tidewater.controller.state import ControllerState, NeedsRead, Stored
@@ -61,8 +61,9 @@ class Core:
     def submit(self, *specs: P.TaskSpec, key: str = "", stored: Stored | None = None
                ) -> list[int]:
         msg = P.Submit(req_id=9, tasks=list(specs), key=key)
-        plan = self.state.plan_submit(ALICE, msg, self.now)
-        self.run(self.state.submit(ALICE, CLIENT, msg, plan, stored or Stored(), self.now))
+        plan = requests.plan_submit(self.state, ALICE, msg, self.now)
+        self.run(requests.submit(self.state, ALICE, CLIENT, msg, plan, stored or Stored(),
+                                  self.now))
         (reply,) = self.take(CLIENT, P.Submitted)
         return list(reply.ids)
 
@@ -111,7 +112,7 @@ def test_submit_started_done_writes_every_transition_and_answers_the_waiter() ->
     assert Op.INSERT_TASK in ops and Op.INSERT_TAG in ops and Op.INSERT_AUDIT in ops
     assert core.events(tid) == [("CREATED", "READY"), ("READY", "STAGED_IN")]
     # A waiter registered while the task is live hears its final record, once.
-    core.run(core.state.wait(ALICE, OTHER, P.Wait(req_id=5, ids=[tid]), Stored()))
+    core.run(requests.wait(core.state, ALICE, OTHER, P.Wait(req_id=5, ids=[tid]), Stored()))
     rec = core.pilot()
     (a,) = core.dispatch()
     assert (a.task_id, a.attempt) == (tid, 1)
@@ -129,8 +130,8 @@ def test_a_resent_submit_with_its_key_creates_nothing() -> None:
     core = Core()
     ids = core.submit(spec(), spec(), key="k")
     msg = P.Submit(req_id=10, tasks=[spec(), spec()], key="k")
-    plan = core.state.plan_submit(ALICE, msg, core.now)
-    core.run(core.state.submit(ALICE, CLIENT, msg, plan, Stored(), core.now))
+    plan = requests.plan_submit(core.state, ALICE, msg, core.now)
+    core.run(requests.submit(core.state, ALICE, CLIENT, msg, plan, Stored(), core.now))
     (reply,) = core.take(CLIENT, P.Submitted)
     assert reply.ids == ids
     assert sum(1 for op, _ in core.writes if op == Op.INSERT_TASK) == 2
@@ -228,12 +229,12 @@ def test_a_child_of_an_already_failed_parent_fails_at_submit() -> None:
 def test_a_parent_not_in_memory_must_be_read_first() -> None:
     core = Core()
     msg = P.Submit(req_id=1, tasks=[spec(parents=[55])])
-    plan = core.state.plan_submit(ALICE, msg, core.now)
+    plan = requests.plan_submit(core.state, ALICE, msg, core.now)
     assert plan.unread_parents == [55]
     with pytest.raises(NeedsRead):
-        core.state.submit(ALICE, CLIENT, msg, plan, Stored(), core.now)
+        requests.submit(core.state, ALICE, CLIENT, msg, plan, Stored(), core.now)
     with pytest.raises(NotFound, match="parent task 55 not found"):
-        core.state.submit(ALICE, CLIENT, msg, plan, Stored(read={55}), core.now)
+        requests.submit(core.state, ALICE, CLIENT, msg, plan, Stored(read={55}), core.now)
 
 
 # ---------------------------------------------------------------------- cancel
@@ -250,7 +251,7 @@ def test_cancel_kills_a_task_in_every_live_state(where: str) -> None:
         (a,) = core.dispatch()
         if where == "running":
             core.report(rec, rep(a, "started"))
-    core.run(core.state.cancel(ALICE, CLIENT, P.Cancel(req_id=3, ids=[tid]), Stored(),
+    core.run(requests.cancel(core.state, ALICE, CLIENT, P.Cancel(req_id=3, ids=[tid]), Stored(),
                                core.now))
     (reply,) = core.take(CLIENT, P.Cancelled)
     assert reply.ids == [tid]
@@ -266,7 +267,7 @@ def test_cancel_of_another_users_task_is_not_found() -> None:
     (tid,) = core.submit(spec())
     bob = Principal(user_id=2, user="bob")
     with pytest.raises(NotFound, match=f"no task with id {tid}"):
-        core.state.cancel(bob, CLIENT, P.Cancel(req_id=1, ids=[tid]), Stored(read={tid}),
+        requests.cancel(core.state, bob, CLIENT, P.Cancel(req_id=1, ids=[tid]), Stored(read={tid}),
                           core.now)
     assert core.state_of(tid) == S.STAGED_IN
 
@@ -275,9 +276,9 @@ def test_bad_input_is_refused_before_anything_changes() -> None:
     core = Core()
     before = list(core.writes)
     with pytest.raises(InvalidRequest, match="unknown app 'nope'"):
-        core.state.plan_submit(ALICE, P.Submit(req_id=1, tasks=[P.TaskSpec(app="nope",
+        requests.plan_submit(core.state, ALICE, P.Submit(req_id=1, tasks=[P.TaskSpec(app="nope",
                                                                             site="s")]),
                                core.now)
     with pytest.raises(InvalidRequest, match="Submit carries no tasks"):
-        core.state.plan_submit(ALICE, P.Submit(req_id=1, tasks=[]), core.now)
+        requests.plan_submit(core.state, ALICE, P.Submit(req_id=1, tasks=[]), core.now)
     assert core.writes == before and core.state.tasks.live == {}

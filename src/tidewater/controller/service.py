@@ -36,12 +36,13 @@ from anyio.abc import TaskStatus
 from .. import proto as P
 from ..config import ControllerConfig
 from ..errors import InvalidRequest
-from . import admin, auth
+from . import admin, auth, requests
 from .effects import After, Close, Effects, Send
 from .model import Principal
 from .pilots import PilotRec
 from .state import ControllerState, NeedsRead, Stored
-from .store.base import Store, open_store
+from .store.base import Store
+from .store.open import open_store
 
 log = logging.getLogger("tidewater.controller")
 
@@ -189,15 +190,15 @@ class ControllerService:
                 await self._submit(who, peer, msg)
             case P.Wait():
                 await self._run(await self._with_tasks(
-                    who, msg.ids, lambda s: st.wait(who, pid, msg, s)))
+                    who, msg.ids, lambda s: requests.wait(st, who, pid, msg, s)))
             case P.Cancel():
                 await self._run(await self._with_tasks(
-                    who, msg.ids, lambda s: st.cancel(who, pid, msg, s, time.time())))
+                    who, msg.ids, lambda s: requests.cancel(st, who, pid, msg, s, time.time())))
             case P.Query():
-                q = st.task_query(who, msg.filter)
+                q = requests.task_query(st, who, msg.filter)
                 rows = await self.store.query(q, after_id=msg.after_id,
-                                              limit=st.query_limit(msg), newest=msg.newest)
-                await self._run(st.query_reply(pid, msg, rows))
+                                              limit=requests.query_limit(st, msg), newest=msg.newest)
+                await self._run(requests.query_reply(st, pid, msg, rows))
             case P.Watch():
                 await self._watch(who, peer, msg)
             case P.Unwatch():
@@ -268,7 +269,7 @@ class ControllerService:
                                                                          ids=ids))]))
                 return
         for _ in range(MAX_READ_ROUNDS):
-            plan = st.plan_submit(who, msg, time.time())
+            plan = requests.plan_submit(st, who, msg, time.time())
             stored = Stored()
             if plan.unread_parents:
                 stored.states = await self.store.task_states(who.user_id, plan.unread_parents)
@@ -279,7 +280,7 @@ class ControllerService:
                         stored.tasks[t.id] = t
                 stored.outputs[(parent, output)] = await self.store.output_data(parent, output)
             try:
-                fx = st.submit(who, peer.id, msg, plan, stored, time.time())
+                fx = requests.submit(st, who, peer.id, msg, plan, stored, time.time())
             except NeedsRead:
                 continue
             await self._run(fx)
@@ -288,9 +289,9 @@ class ControllerService:
 
     async def _watch(self, who: Principal, peer: Peer, msg: P.Watch) -> None:
         st = self.state
-        q = st.task_query(who, msg.filter) if msg.since_event else None
+        q = requests.task_query(st, who, msg.filter) if msg.since_event else None
         sub, fx = await self._with_tasks(who, msg.filter.ids,
-                                         lambda s: st.watch(who, peer.id, msg, s))
+                                         lambda s: requests.watch(st, who, peer.id, msg, s))
         self._execute(fx)
         if q is None:
             return
@@ -317,7 +318,7 @@ class ControllerService:
                 stored.read.add(msg.task_id)
                 await read(stored)
             try:
-                fx = st.download(who, peer.id, msg, stored)
+                fx = requests.download(st, who, peer.id, msg, stored)
             except NeedsRead:
                 continue
             self._execute(fx)

@@ -29,7 +29,6 @@ from .. import states
 from ..config import ControllerConfig
 from ..errors import InvalidRequest, NotFound
 from ..states import TaskState as S
-from . import access
 from .access import TokenBook
 from .dispatch import Dispatcher
 from .effects import (
@@ -46,15 +45,14 @@ from .effects import (
     Touched,
 )
 from .jobs import JobBook, why_ended
-from .model import JobRec, LiveTask, Principal, SiteRec
-from .notify import Notify, WatchSub
+from .model import JobRec, LiveTask, Principal
+from .notify import Notify
 from .pilots import Decision, PilotBook, PilotRec, build_assignment, check_hello, reconcile
 from .registry import Registry
-from .staging import Staging, resolve, workdir_of
+from .staging import Staging
 from .store import schema
-from .store.base import Recovered, TaskQuery, Write
-from .tasks import Change, TaskTable, id_ranges, task_info
-from .validate import check_parent_count, check_submit, prepare_task, task_error
+from .store.base import Recovered
+from .tasks import Change, TaskTable, task_info
 
 log = logging.getLogger("tidewater.controller")
 
@@ -76,16 +74,6 @@ class Stored:
     states: dict[int, S] = field(default_factory=dict)
     outputs: dict[tuple[int, str], bytes | None] = field(default_factory=dict)
     prior: tuple[int, int] | None = None
-
-
-@dataclass
-class SubmitPlan:
-    prepared: list[tuple[LiveTask, list[int]]]
-    parents: list[list[int]]
-    unread_parents: list[int]
-    """Parents not in memory: their stored state is needed."""
-    unread_outputs: list[tuple[int, str]]
-    """(parent, output) references whose parent is not in memory."""
 
 
 class ControllerState:
@@ -132,7 +120,7 @@ class ControllerState:
         self.dispatcher.push(t)
         self.demand_dirty.add(t.site_id)
 
-    def _attempt_over(self, t: LiveTask) -> None:
+    def attempt_over(self, t: LiveTask) -> None:
         """The task's attempt no longer occupies its pilot (and the nodes it reserved)."""
         rec = self.pilots.pilots.get(t.pilot)
         if rec is not None and t.id in rec.assigned:
@@ -145,12 +133,12 @@ class ControllerState:
         self.dispatcher.release(t.id)
 
     def _unassign(self, t: LiveTask) -> None:
-        self._attempt_over(t)
+        self.attempt_over(t)
         t.pilot = ""
 
     def _fail(self, t: LiveTask, kind: S, now: float, why: str, *,
               exit_code: int | None = None, give_up: bool = False) -> Change:
-        self._attempt_over(t)
+        self.attempt_over(t)
         return self.tasks.fail_attempt(t, kind, now, why, exit_code=exit_code, give_up=give_up)
 
     def owned(self, who: Principal, ids: list[int], stored: Stored
@@ -230,222 +218,6 @@ class ControllerState:
     def flush(self) -> list[Send | Close]:
         """After each committed batch: the aggregated events and results."""
         return self.notify.flush()
-
-    # ================================================================== submit
-
-    def plan_submit(self, who: Principal, msg: P.Submit, now: float) -> SubmitPlan:
-        """Check and prepare a Submit; what must be read before :meth:`submit`.
-
-        Raises InvalidRequest (nothing changed) for anything refused.
-        """
-        check_submit(msg, self.limits)
-        prepared = []
-        for i, spec in enumerate(msg.tasks):
-            site = self._site_for(who, i, spec.site)
-            app = self.registry.app(site, spec.app)
-            t, refs = prepare_task(
-                spec, index=i, owner_id=who.user_id, site=site, app=app,
-                app_names=self.registry.app_names(site.id), limits=self.limits,
-                site_limits=self.jobs.limits.get(site.id), now=now)
-            t.tags_j, t.env_j = self.tasks.share(t.tags_j), self.tasks.share(t.env_j)
-            if t.extra_j:
-                t.extra_j = self.tasks.share(t.extra_j)
-            prepared.append((t, refs))
-        parents = [list(dict.fromkeys([*spec.parents, *refs]))
-                   for spec, (_t, refs) in zip(msg.tasks, prepared, strict=True)]
-        wanted: dict[int, int] = {}
-        for i, pids in enumerate(parents):
-            check_parent_count(i, len(pids))
-            for pid in pids:
-                wanted.setdefault(pid, i)
-        outputs = [(f.task, f.output) for t, _ in prepared for f in t.files or []
-                   if f.task and f.direction == "in" and self.tasks.owned(who, f.task) is None]
-        return SubmitPlan(prepared, parents, self.unread(who, list(wanted)),
-                          list(dict.fromkeys(outputs)))
-
-    def _site_for(self, who: Principal, i: int, name: str) -> SiteRec:
-        try:
-            return self.registry.site_of(who, name)
-        except InvalidRequest as exc:
-            raise task_error(i, exc) from None
-
-    def submit(self, who: Principal, peer: int, msg: P.Submit, plan: SubmitPlan,
-               stored: Stored, now: float) -> Effects:
-        """Create the tasks of a planned Submit. Raises InvalidRequest, NotFound or NeedsRead."""
-        if msg.key:
-            span = self.tasks.prior_submission(who.user_id, msg.key) or stored.prior
-            if span is not None:
-                # A resend: the same ids, once everything queued so far is committed.
-                ids = list(range(span[0], span[0] + span[1]))
-                return Effects(after=[Send(peer, P.Submitted(req_id=msg.req_id, ids=ids))])
-        parent_state: dict[int, S] = {}
-        first_naming: dict[int, int] = {}
-        for i, pids in enumerate(plan.parents):
-            for pid in pids:
-                first_naming.setdefault(pid, i)
-                p = self.tasks.owned(who, pid)
-                if p is not None:
-                    parent_state[pid] = p.state
-                elif pid in stored.states:
-                    parent_state[pid] = stored.states[pid]
-                elif pid not in stored.read:
-                    raise NeedsRead([pid])  # left memory while the driver read
-        for pid, i in first_naming.items():
-            if pid not in parent_state:
-                raise NotFound(f"task {i}: parent task {pid} not found")
-            if parent_state[pid] not in states.FINAL and pid not in self.tasks.live:
-                raise NeedsRead([pid])
-        self._resolve_at_submit(who, plan, parent_state, stored)
-        writes, touched = self.tasks.create(plan.prepared, plan.parents, parent_state, now)
-        ids = [t.id for t, _ in plan.prepared]
-        if msg.key:
-            self.tasks.remember_key(who.user_id, msg.key, (ids[0], len(ids)))
-            writes.append(schema.insert_submission(who.user_id, msg.key, ids[0], len(ids), now))
-        sites = sorted({self.registry.site_name(t.site_id) for t, _ in plan.prepared})
-        apps_used = sorted({t.app for t, _ in plan.prepared})
-        writes.append(access.audit(who, "task.submit", f"{ids[0]}-{ids[-1]}", now,
-                                      count=len(ids), sites=sites, apps=apps_used))
-        after: list[After] = [Send(peer, P.Submitted(req_id=msg.req_id, ids=ids))]
-        after += touched
-        return Effects(writes=writes, after=after)
-
-    def _resolve_at_submit(self, who: Principal, plan: SubmitPlan, state: dict[int, S],
-                           stored: Stored) -> None:
-        """Check every reference to a parent's output; resolve those of finished parents.
-
-        Raises InvalidRequest (nothing changed) for an output the parent does not declare.
-        """
-        for i, (t, refs) in enumerate(plan.prepared):
-            if not refs:
-                continue
-            files = []
-            for f in t.files or []:
-                if not f.task or f.direction != "in":
-                    files.append(f)
-                    continue
-                p = self.tasks.owned(who, f.task) or stored.tasks.get(f.task)
-                if p is None:
-                    raise NotFound(f"parent task {f.task} not found")
-                if p.id in self.tasks.live:
-                    data = p.out_data.get(f.output) if p.out_data else None
-                else:
-                    data = stored.outputs.get((f.task, f.output))
-                if not any(x.direction == "out" and x.path == f.output for x in p.files or []):
-                    raise InvalidRequest(f"task {i}: input {f.path!r}: task {f.task} has no "
-                                         f"output {f.output!r}")
-                if state[f.task] == S.JOB_FINISHED:
-                    try:
-                        f, got = resolve(f, p.files, data, parent_site=p.site_id,
-                                         site=t.site_id, parent_workdir=workdir_of(p))
-                    except InvalidRequest as exc:
-                        raise InvalidRequest(f"task {i}: {exc.message}") from None
-                    if got is not None:
-                        t.in_data = t.in_data or {}
-                        t.in_data[f.path] = got
-                files.append(f)
-            t.files = files
-
-    # ================================================================== other client requests
-
-    def cancel(self, who: Principal, peer: int, msg: P.Cancel, stored: Stored,
-               now: float) -> Effects:
-        live, _final = self.owned(who, msg.ids, stored)
-        fx = Effects()
-        kills: dict[str, list[tuple[int, int]]] = {}
-        done: list[int] = []
-        touched: list[Touched] = []
-        for t in live.values():
-            if t.state in states.FINAL:
-                continue
-            pilot = t.pilot
-            fx.out += self.staging.cancelled(t, t.state, self.agent_of(t.site_id))
-            if pilot:
-                self._attempt_over(t)
-                kills.setdefault(pilot, []).append((t.id, t.attempt))
-            self.dispatcher.discard(t.id)
-            w, tt = self.tasks.kill(t, now)
-            fx.writes += w
-            touched += tt
-            done.append(t.id)
-        if done:
-            fx.writes.append(access.audit(who, "task.cancel", id_ranges(done), now,
-                                             count=len(done)))
-        fx.after += touched
-        fx.after += [KillOnPilot(p, pairs, "cancelled by user") for p, pairs in kills.items()]
-        fx.after.append(Send(peer, P.Cancelled(req_id=msg.req_id, ids=done)))
-        return fx
-
-    def wait(self, who: Principal, peer: int, msg: P.Wait, stored: Stored) -> Effects:
-        live, final = self.owned(who, msg.ids, stored)
-        self.notify.wait(peer, msg.req_id, list(live))
-        infos = []
-        for tid, t in final.items():
-            if t.state not in states.FINAL:
-                # A task leaves memory only after its final row is committed,
-                # so this is a bug; never answer a Wait with a non-final row.
-                log.error("task %d is neither live nor final (%s)", tid, t.state)
-                self.notify.wait(peer, msg.req_id, [tid])
-                continue
-            infos.append(self.info(t))
-        fx = Effects()
-        for run in P.chunk_by_size(infos, P.payload, self.limits.max_frame_bytes // 2):
-            fx.send(peer, P.Results(req_id=msg.req_id, tasks=run))
-        return fx
-
-    def task_query(self, who: Principal, f: P.TaskFilter) -> TaskQuery:
-        """The store query a filter means for ``who``. Raises InvalidRequest, NotFound."""
-        site_ids: list[int] = []
-        if who.site_id is not None:
-            site_ids.append(who.site_id)
-        if f.states:
-            valid = {x.value for x in states.STORED}
-            bad = [s for s in f.states if s not in valid]
-            if bad:
-                raise InvalidRequest(
-                    f"unknown state {bad[0]!r} (states: {', '.join(x.value for x in S)})")
-        if f.site is not None:
-            sid = self.registry.site_names.get((who.user_id, f.site))
-            if sid is None:
-                raise NotFound(f"no site named {f.site!r}")
-            site_ids.append(sid)
-        return TaskQuery(owner_id=who.user_id, site_ids=tuple(site_ids),
-                         states=tuple(f.states), app=f.app, ids=tuple(f.ids),
-                         tags=tuple(f.tags.items()))
-
-    def query_limit(self, msg: P.Query) -> int:
-        return max(1, min(msg.limit, self.limits.max_query_limit))
-
-    def query_reply(self, peer: int, msg: P.Query, rows: list[LiveTask]) -> Effects:
-        infos = [self.info(t) for t in rows]
-        # Function results can be large: keep the frame within its limit (for newest
-        # first, the newest that fit).
-        runs = P.chunk_by_size(infos, P.payload, self.limits.max_frame_bytes // 2)
-        infos = runs[0] if runs else []
-        if msg.newest:
-            infos.reverse()
-        return Effects(out=[Send(peer, P.TaskList(req_id=msg.req_id, tasks=infos,
-                                                  truncated=len(runs) > 1))])
-
-    def watch(self, who: Principal, peer: int, msg: P.Watch, stored: Stored
-              ) -> tuple[WatchSub, Effects]:
-        """Open a watch (its replay, if any, follows with :meth:`Notify.replayed`)."""
-        if msg.filter.site is not None:
-            self.registry.site_of(who, msg.filter.site)
-        if msg.filter.ids:
-            self.owned(who, msg.filter.ids, stored)
-        # Registered before any replay, so nothing committed meanwhile is missed.
-        sub = self.notify.watch(who.user_id, peer, msg.filter, replay=bool(msg.since_event))
-        return sub, Effects(out=[Send(peer, P.Watching(
-            req_id=msg.req_id, watch_id=sub.watch_id, start_event=self.notify.committed_event))])
-
-    def download(self, who: Principal, peer: int, msg: P.Download, stored: Stored) -> Effects:
-        live, final = self.owned(who, [msg.task_id], stored)
-        t = live.get(msg.task_id) or final[msg.task_id]
-        name = msg.path.strip("/")
-        return Effects(out=self.staging.download(
-            msg, t, live=msg.task_id in live, stored=stored.outputs.get((msg.task_id, name)),
-            agent=self.agent_of(t.site_id), site_name=self.registry.site_name(t.site_id),
-            peer=peer, inline_limit=self.limits.max_inline_bytes))
 
     # ================================================================== pilots
 
@@ -545,7 +317,7 @@ class ControllerState:
             if missing:
                 w, tt = self._fail(t, S.RUN_ERROR, at, missing, exit_code=0)
                 return writes + w, tt
-            self._attempt_over(t)
+            self.attempt_over(t)
             return writes, touched
         if r.kind in ("error", "timeout"):
             t.stdout_tail, t.stderr_tail = r.stdout_tail, r.stderr_tail
@@ -712,4 +484,4 @@ class ControllerState:
 
 
 
-__all__ = ["ControllerState", "NeedsRead", "Stored", "SubmitPlan", "Write"]
+__all__ = ["ControllerState", "NeedsRead", "Stored"]

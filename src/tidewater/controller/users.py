@@ -16,7 +16,7 @@ from .. import apps
 from ..errors import InvalidRequest, NotFound
 from .access import mint
 from .store import schema
-from .store.base import open_store
+from .store.open import open_store
 
 OWNER = "(owner, at the command line)"
 

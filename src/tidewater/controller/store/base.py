@@ -206,26 +206,3 @@ def redact(url: str) -> str:
         host += f":{parts.port}"
     user = f"{parts.username}:***@" if parts.username else ":***@"
     return urlunsplit(parts._replace(netloc=user + host))
-
-
-def open_store(url: str, *, queue_size: int = 1000) -> Store:
-    """The store a ``--db`` value names: ``postgresql://…``, ``sqlite:///path``, or a path.
-
-    Raises :class:`~tidewater.errors.ConfigError` for a scheme Tidewater has no backend for.
-    """
-    from ...errors import ConfigError
-
-    if url.startswith(("postgresql://", "postgres://")):
-        from .postgres import PostgresStore
-
-        return PostgresStore(url, queue_size=queue_size)
-    if url.startswith("sqlite://"):
-        path = url.removeprefix("sqlite://")  # sqlite:///var/tw.db is /var/tw.db
-    elif "://" in url:
-        raise ConfigError(f"unknown store {url!r}: use a path, sqlite:///path or "
-                          "postgresql://user@host/db")
-    else:
-        path = url
-    from .sqlite import SqliteStore
-
-    return SqliteStore(path or ":memory:", queue_size=queue_size)

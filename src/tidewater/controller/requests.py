@@ -1,0 +1,261 @@
+"""The client's requests on tasks: submit, wait, cancel, query, watch, download. Pure.
+
+Each is a handler of :class:`~.state.ControllerState` (its first argument)
+that returns :class:`~.effects.Effects`. What a request needs from the store
+is named first (``plan_submit`` says which parents and outputs to read;
+``state.unread`` which tasks) and passed in as :class:`~.state.Stored`; a
+handler raises :class:`~.state.NeedsRead` when a task left memory during
+the driver's read. Nothing is changed before every check has passed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .. import proto as P
+from .. import states
+from ..errors import InvalidRequest, NotFound
+from ..states import TaskState as S
+from . import access
+from .effects import After, Effects, KillOnPilot, Send, Touched
+from .model import LiveTask, Principal, SiteRec
+from .notify import WatchSub
+from .staging import resolve, workdir_of
+from .state import NeedsRead, Stored
+from .store import schema
+from .store.base import TaskQuery
+from .tasks import id_ranges
+from .validate import check_parent_count, check_submit, prepare_task, task_error
+
+if TYPE_CHECKING:
+    from .state import ControllerState
+
+log = logging.getLogger("tidewater.controller")
+
+
+@dataclass
+class SubmitPlan:
+    prepared: list[tuple[LiveTask, list[int]]]
+    parents: list[list[int]]
+    unread_parents: list[int]
+    """Parents not in memory: their stored state is needed."""
+    unread_outputs: list[tuple[int, str]]
+    """(parent, output) references whose parent is not in memory."""
+
+# ---------------------------------------------------------------------- submit
+
+def plan_submit(st: ControllerState, who: Principal, msg: P.Submit, now: float) -> SubmitPlan:
+    """Check and prepare a Submit; what must be read before :meth:`submit`.
+
+    Raises InvalidRequest (nothing changed) for anything refused.
+    """
+    check_submit(msg, st.limits)
+    prepared = []
+    for i, spec in enumerate(msg.tasks):
+        site = _site_for(st, who, i, spec.site)
+        app = st.registry.app(site, spec.app)
+        t, refs = prepare_task(
+            spec, index=i, owner_id=who.user_id, site=site, app=app,
+            app_names=st.registry.app_names(site.id), limits=st.limits,
+            site_limits=st.jobs.limits.get(site.id), now=now)
+        t.tags_j, t.env_j = st.tasks.share(t.tags_j), st.tasks.share(t.env_j)
+        if t.extra_j:
+            t.extra_j = st.tasks.share(t.extra_j)
+        prepared.append((t, refs))
+    parents = [list(dict.fromkeys([*spec.parents, *refs]))
+               for spec, (_t, refs) in zip(msg.tasks, prepared, strict=True)]
+    wanted: dict[int, int] = {}
+    for i, pids in enumerate(parents):
+        check_parent_count(i, len(pids))
+        for pid in pids:
+            wanted.setdefault(pid, i)
+    outputs = [(f.task, f.output) for t, _ in prepared for f in t.files or []
+               if f.task and f.direction == "in" and st.tasks.owned(who, f.task) is None]
+    return SubmitPlan(prepared, parents, st.unread(who, list(wanted)),
+                      list(dict.fromkeys(outputs)))
+
+def _site_for(st: ControllerState, who: Principal, i: int, name: str) -> SiteRec:
+    try:
+        return st.registry.site_of(who, name)
+    except InvalidRequest as exc:
+        raise task_error(i, exc) from None
+
+def submit(st: ControllerState, who: Principal, peer: int, msg: P.Submit, plan: SubmitPlan,
+           stored: Stored, now: float) -> Effects:
+    """Create the tasks of a planned Submit. Raises InvalidRequest, NotFound or NeedsRead."""
+    if msg.key:
+        span = st.tasks.prior_submission(who.user_id, msg.key) or stored.prior
+        if span is not None:
+            # A resend: the same ids, once everything queued so far is committed.
+            ids = list(range(span[0], span[0] + span[1]))
+            return Effects(after=[Send(peer, P.Submitted(req_id=msg.req_id, ids=ids))])
+    parent_state: dict[int, S] = {}
+    first_naming: dict[int, int] = {}
+    for i, pids in enumerate(plan.parents):
+        for pid in pids:
+            first_naming.setdefault(pid, i)
+            p = st.tasks.owned(who, pid)
+            if p is not None:
+                parent_state[pid] = p.state
+            elif pid in stored.states:
+                parent_state[pid] = stored.states[pid]
+            elif pid not in stored.read:
+                raise NeedsRead([pid])  # left memory while the driver read
+    for pid, i in first_naming.items():
+        if pid not in parent_state:
+            raise NotFound(f"task {i}: parent task {pid} not found")
+        if parent_state[pid] not in states.FINAL and pid not in st.tasks.live:
+            raise NeedsRead([pid])
+    _resolve_at_submit(st, who, plan, parent_state, stored)
+    writes, touched = st.tasks.create(plan.prepared, plan.parents, parent_state, now)
+    ids = [t.id for t, _ in plan.prepared]
+    if msg.key:
+        st.tasks.remember_key(who.user_id, msg.key, (ids[0], len(ids)))
+        writes.append(schema.insert_submission(who.user_id, msg.key, ids[0], len(ids), now))
+    sites = sorted({st.registry.site_name(t.site_id) for t, _ in plan.prepared})
+    apps_used = sorted({t.app for t, _ in plan.prepared})
+    writes.append(access.audit(who, "task.submit", f"{ids[0]}-{ids[-1]}", now,
+                                  count=len(ids), sites=sites, apps=apps_used))
+    after: list[After] = [Send(peer, P.Submitted(req_id=msg.req_id, ids=ids))]
+    after += touched
+    return Effects(writes=writes, after=after)
+
+def _resolve_at_submit(st: ControllerState, who: Principal, plan: SubmitPlan, state: dict[int, S],
+                       stored: Stored) -> None:
+    """Check every reference to a parent's output; resolve those of finished parents.
+
+    Raises InvalidRequest (nothing changed) for an output the parent does not declare.
+    """
+    for i, (t, refs) in enumerate(plan.prepared):
+        if not refs:
+            continue
+        files = []
+        for f in t.files or []:
+            if not f.task or f.direction != "in":
+                files.append(f)
+                continue
+            p = st.tasks.owned(who, f.task) or stored.tasks.get(f.task)
+            if p is None:
+                raise NotFound(f"parent task {f.task} not found")
+            if p.id in st.tasks.live:
+                data = p.out_data.get(f.output) if p.out_data else None
+            else:
+                data = stored.outputs.get((f.task, f.output))
+            if not any(x.direction == "out" and x.path == f.output for x in p.files or []):
+                raise InvalidRequest(f"task {i}: input {f.path!r}: task {f.task} has no "
+                                     f"output {f.output!r}")
+            if state[f.task] == S.JOB_FINISHED:
+                try:
+                    f, got = resolve(f, p.files, data, parent_site=p.site_id,
+                                     site=t.site_id, parent_workdir=workdir_of(p))
+                except InvalidRequest as exc:
+                    raise InvalidRequest(f"task {i}: {exc.message}") from None
+                if got is not None:
+                    t.in_data = t.in_data or {}
+                    t.in_data[f.path] = got
+            files.append(f)
+        t.files = files
+
+# ---------------------------------------------------------------------- other client requests
+
+def cancel(st: ControllerState, who: Principal, peer: int, msg: P.Cancel, stored: Stored,
+           now: float) -> Effects:
+    live, _final = st.owned(who, msg.ids, stored)
+    fx = Effects()
+    kills: dict[str, list[tuple[int, int]]] = {}
+    done: list[int] = []
+    touched: list[Touched] = []
+    for t in live.values():
+        if t.state in states.FINAL:
+            continue
+        pilot = t.pilot
+        fx.out += st.staging.cancelled(t, t.state, st.agent_of(t.site_id))
+        if pilot:
+            st.attempt_over(t)
+            kills.setdefault(pilot, []).append((t.id, t.attempt))
+        st.dispatcher.discard(t.id)
+        w, tt = st.tasks.kill(t, now)
+        fx.writes += w
+        touched += tt
+        done.append(t.id)
+    if done:
+        fx.writes.append(access.audit(who, "task.cancel", id_ranges(done), now,
+                                         count=len(done)))
+    fx.after += touched
+    fx.after += [KillOnPilot(p, pairs, "cancelled by user") for p, pairs in kills.items()]
+    fx.after.append(Send(peer, P.Cancelled(req_id=msg.req_id, ids=done)))
+    return fx
+
+def wait(st: ControllerState, who: Principal, peer: int, msg: P.Wait, stored: Stored) -> Effects:
+    live, final = st.owned(who, msg.ids, stored)
+    st.notify.wait(peer, msg.req_id, list(live))
+    infos = []
+    for tid, t in final.items():
+        if t.state not in states.FINAL:
+            # A task leaves memory only after its final row is committed,
+            # so this is a bug; never answer a Wait with a non-final row.
+            log.error("task %d is neither live nor final (%s)", tid, t.state)
+            st.notify.wait(peer, msg.req_id, [tid])
+            continue
+        infos.append(st.info(t))
+    fx = Effects()
+    for run in P.chunk_by_size(infos, P.payload, st.limits.max_frame_bytes // 2):
+        fx.send(peer, P.Results(req_id=msg.req_id, tasks=run))
+    return fx
+
+def task_query(st: ControllerState, who: Principal, f: P.TaskFilter) -> TaskQuery:
+    """The store query a filter means for ``who``. Raises InvalidRequest, NotFound."""
+    site_ids: list[int] = []
+    if who.site_id is not None:
+        site_ids.append(who.site_id)
+    if f.states:
+        valid = {x.value for x in states.STORED}
+        bad = [s for s in f.states if s not in valid]
+        if bad:
+            raise InvalidRequest(
+                f"unknown state {bad[0]!r} (states: {', '.join(x.value for x in S)})")
+    if f.site is not None:
+        sid = st.registry.site_names.get((who.user_id, f.site))
+        if sid is None:
+            raise NotFound(f"no site named {f.site!r}")
+        site_ids.append(sid)
+    return TaskQuery(owner_id=who.user_id, site_ids=tuple(site_ids),
+                     states=tuple(f.states), app=f.app, ids=tuple(f.ids),
+                     tags=tuple(f.tags.items()))
+
+def query_limit(st: ControllerState, msg: P.Query) -> int:
+    return max(1, min(msg.limit, st.limits.max_query_limit))
+
+def query_reply(st: ControllerState, peer: int, msg: P.Query, rows: list[LiveTask]) -> Effects:
+    infos = [st.info(t) for t in rows]
+    # Function results can be large: keep the frame within its limit (for newest
+    # first, the newest that fit).
+    runs = P.chunk_by_size(infos, P.payload, st.limits.max_frame_bytes // 2)
+    infos = runs[0] if runs else []
+    if msg.newest:
+        infos.reverse()
+    return Effects(out=[Send(peer, P.TaskList(req_id=msg.req_id, tasks=infos,
+                                              truncated=len(runs) > 1))])
+
+def watch(st: ControllerState, who: Principal, peer: int, msg: P.Watch, stored: Stored
+          ) -> tuple[WatchSub, Effects]:
+    """Open a watch (its replay, if any, follows with :meth:`Notify.replayed`)."""
+    if msg.filter.site is not None:
+        st.registry.site_of(who, msg.filter.site)
+    if msg.filter.ids:
+        st.owned(who, msg.filter.ids, stored)
+    # Registered before any replay, so nothing committed meanwhile is missed.
+    sub = st.notify.watch(who.user_id, peer, msg.filter, replay=bool(msg.since_event))
+    return sub, Effects(out=[Send(peer, P.Watching(
+        req_id=msg.req_id, watch_id=sub.watch_id, start_event=st.notify.committed_event))])
+
+def download(st: ControllerState, who: Principal, peer: int, msg: P.Download, stored: Stored) -> Effects:
+    live, final = st.owned(who, [msg.task_id], stored)
+    t = live.get(msg.task_id) or final[msg.task_id]
+    name = msg.path.strip("/")
+    return Effects(out=st.staging.download(
+        msg, t, live=msg.task_id in live, stored=stored.outputs.get((msg.task_id, name)),
+        agent=st.agent_of(t.site_id), site_name=st.registry.site_name(t.site_id),
+        peer=peer, inline_limit=st.limits.max_inline_bytes))
