@@ -24,7 +24,7 @@ from tidewater.proto import BatchJobInfo, Resources
 
 from .procs import RANK_REPORT, cluster, ranks_reported, until, write_site
 
-pytestmark = [pytest.mark.integration, pytest.mark.mpi]
+pytestmark = [pytest.mark.integration, pytest.mark.mpi, pytest.mark.usefixtures("store")]
 
 FAKES = Path(__file__).resolve().parent.parent / "fakes"
 

@@ -19,7 +19,7 @@ import tidewater
 from .procs import PY, Cluster, cluster
 from .test_data import data_site
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("store")]
 
 CliResult = tuple[int, str, str]
 # A task that waits until the test opens its gate (a FIFO), so its children are

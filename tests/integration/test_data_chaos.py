@@ -16,7 +16,7 @@ import pytest
 from .procs import until
 from .test_data import SITE_ENV, data_site
 
-pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.usefixtures("store")]
 
 
 async def test_staging_resumes_after_the_controller_and_the_agent_died(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from ..fakes.globus_service import GlobusService
 from .procs import until
 from .test_data import data_site
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("store")]
 
 TOKEN = "fake-transfer-token"
 SITE = "5e7e5d1a-0000-4000-8000-00000000517e"

@@ -19,7 +19,7 @@ from tidewater.urls import digest
 from .sshd import Sshd, free_port
 from .test_data import data_site
 
-pytestmark = [pytest.mark.integration, pytest.mark.sshd]
+pytestmark = [pytest.mark.integration, pytest.mark.sshd, pytest.mark.usefixtures("store")]
 
 TRANSFORM = (
     "set -e; mkdir -p out/tree; "

@@ -94,7 +94,8 @@ class Target:
 
 
 @pytest.fixture(scope="module")
-async def target(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Target]:
+async def target(tmp_path_factory: pytest.TempPathFactory, module_store: str
+                 ) -> AsyncIterator[Target]:
     async with cluster(tmp_path_factory.mktemp("fuzz")) as c:
         await c.start_controller("--max-frame-bytes", str(MAX_FRAME))
         alice = await c.add_user("alice")

@@ -46,7 +46,8 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Site]:
+async def site(tmp_path_factory: pytest.TempPathFactory, module_store: str
+               ) -> AsyncIterator[Site]:
     tmp = tmp_path_factory.mktemp("inject")
     home = tmp / "home-of-the-pilot"
     home.mkdir()

@@ -60,7 +60,8 @@ class World:
 
 
 @pytest.fixture(scope="module")
-async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+async def world(tmp_path_factory: pytest.TempPathFactory, module_store: str
+                ) -> AsyncIterator[World]:
     async with cluster(tmp_path_factory.mktemp("iso")) as c, AsyncExitStack() as stack:
         await c.start_controller()
         await c.add_user("root")  # the first user is the admin; Alice and Bob are not

@@ -13,7 +13,7 @@ from tidewater.proto import Resources
 
 from .procs import RANK_REPORT, cluster, ranks_reported, write_site
 
-pytestmark = [pytest.mark.integration, pytest.mark.mpi]
+pytestmark = [pytest.mark.integration, pytest.mark.mpi, pytest.mark.usefixtures("store")]
 
 REPORT = RANK_REPORT
 

@@ -20,7 +20,7 @@ from tidewater.proto import BatchJobInfo
 
 from .procs import Cluster, cluster, until, write_site
 
-pytestmark = [pytest.mark.integration, pytest.mark.slurm]
+pytestmark = [pytest.mark.integration, pytest.mark.slurm, pytest.mark.usefixtures("store")]
 
 
 async def squeue_state(scheduler_id: str) -> str:
