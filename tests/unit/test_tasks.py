@@ -112,7 +112,9 @@ def test_submit_started_done_writes_every_transition_and_answers_the_waiter() ->
     assert Op.INSERT_TASK in ops and Op.INSERT_TAG in ops and Op.INSERT_AUDIT in ops
     assert core.events(tid) == [("CREATED", "READY"), ("READY", "STAGED_IN")]
     # A waiter registered while the task is live hears its final record, once.
-    core.run(requests.wait(core.state, ALICE, OTHER, P.Wait(req_id=5, ids=[tid]), Stored()))
+    fx, left = requests.wait(core.state, ALICE, OTHER, P.Wait(req_id=5, ids=[tid]), Stored())
+    assert left == []
+    core.run(fx)
     rec = core.pilot()
     (a,) = core.dispatch()
     assert (a.task_id, a.attempt) == (tid, 1)
@@ -282,3 +284,21 @@ def test_bad_input_is_refused_before_anything_changes() -> None:
     with pytest.raises(InvalidRequest, match="Submit carries no tasks"):
         requests.plan_submit(core.state, ALICE, P.Submit(req_id=1, tasks=[]), core.now)
     assert core.writes == before and core.state.tasks.live == {}
+
+
+def test_a_wait_answers_what_it_can_and_names_tasks_that_finished_during_the_read() -> None:
+    core = Core()
+    a, b = core.submit(spec(), spec())
+    rec = core.pilot()
+    x, _y = core.dispatch()
+    # The driver saw both live (so read nothing); then ``a`` finished before the handler ran.
+    core.report(rec, rep(x, "started"), rep(x, "done", exit_code=0))
+    fx, left = requests.wait(core.state, ALICE, OTHER, P.Wait(req_id=5, ids=[a, b]), Stored())
+    assert left == [a]
+    assert core.state.notify.waiters == {b: [(OTHER, 5)]}
+    assert fx.out == []
+    # A task id nobody has is refused, and nothing is registered for it.
+    with pytest.raises(NotFound, match="no task with id 999"):
+        requests.wait(core.state, ALICE, OTHER, P.Wait(req_id=6, ids=[b, 999]),
+                      Stored(read={999}))
+    assert core.state.notify.waiters == {b: [(OTHER, 5)]}

@@ -162,7 +162,7 @@ def _resolve_at_submit(st: ControllerState, who: Principal, plan: SubmitPlan, st
 
 def cancel(st: ControllerState, who: Principal, peer: int, msg: P.Cancel, stored: Stored,
            now: float) -> Effects:
-    live, _final = st.owned(who, msg.ids, stored)
+    live, _final, _left = st.owned(who, msg.ids, stored)  # the left ones are final
     fx = Effects()
     kills: dict[str, list[tuple[int, int]]] = {}
     done: list[int] = []
@@ -188,8 +188,14 @@ def cancel(st: ControllerState, who: Principal, peer: int, msg: P.Cancel, stored
     fx.after.append(Send(peer, P.Cancelled(req_id=msg.req_id, ids=done)))
     return fx
 
-def wait(st: ControllerState, who: Principal, peer: int, msg: P.Wait, stored: Stored) -> Effects:
-    live, final = st.owned(who, msg.ids, stored)
+def wait(st: ControllerState, who: Principal, peer: int, msg: P.Wait, stored: Stored
+         ) -> tuple[Effects, list[int]]:
+    """Register waiters for live tasks and answer final ones; the ids still to read.
+
+    Those are tasks that finished while the driver read the store: it reads
+    them (final now) and calls again with just them, so this converges.
+    """
+    live, final, left = st.owned(who, msg.ids, stored)
     st.notify.wait(peer, msg.req_id, list(live))
     infos = []
     for tid, t in final.items():
@@ -203,7 +209,7 @@ def wait(st: ControllerState, who: Principal, peer: int, msg: P.Wait, stored: St
     fx = Effects()
     for run in P.chunk_by_size(infos, P.payload, st.limits.max_frame_bytes // 2):
         fx.send(peer, P.Results(req_id=msg.req_id, tasks=run))
-    return fx
+    return fx, left
 
 def task_query(st: ControllerState, who: Principal, f: P.TaskFilter) -> TaskQuery:
     """The store query a filter means for ``who``. Raises InvalidRequest, NotFound."""
@@ -245,14 +251,16 @@ def watch(st: ControllerState, who: Principal, peer: int, msg: P.Watch, stored: 
     if msg.filter.site is not None:
         st.registry.site_of(who, msg.filter.site)
     if msg.filter.ids:
-        st.owned(who, msg.filter.ids, stored)
+        st.owned(who, msg.filter.ids, stored)  # tasks that finished meanwhile are fine
     # Registered before any replay, so nothing committed meanwhile is missed.
     sub = st.notify.watch(who.user_id, peer, msg.filter, replay=bool(msg.since_event))
     return sub, Effects(out=[Send(peer, P.Watching(
         req_id=msg.req_id, watch_id=sub.watch_id, start_event=st.notify.committed_event))])
 
 def download(st: ControllerState, who: Principal, peer: int, msg: P.Download, stored: Stored) -> Effects:
-    live, final = st.owned(who, [msg.task_id], stored)
+    live, final, left = st.owned(who, [msg.task_id], stored)
+    if left:
+        raise NeedsRead(left)
     t = live.get(msg.task_id) or final[msg.task_id]
     name = msg.path.strip("/")
     return Effects(out=st.staging.download(

@@ -31,6 +31,7 @@ from functools import partial
 from typing import Protocol, TypeVar
 
 import anyio
+import msgspec
 from anyio.abc import TaskStatus
 
 from .. import proto as P
@@ -189,8 +190,7 @@ class ControllerService:
             case P.Submit():
                 await self._submit(who, peer, msg)
             case P.Wait():
-                await self._run(await self._with_tasks(
-                    who, msg.ids, lambda s: requests.wait(st, who, pid, msg, s)))
+                await self._wait(who, peer, msg)
             case P.Cancel():
                 await self._run(await self._with_tasks(
                     who, msg.ids, lambda s: requests.cancel(st, who, pid, msg, s, time.time())))
@@ -256,6 +256,21 @@ class ControllerService:
                 return tokens.list_audit(who, pid, msg, await store.audit(whose, limit))
         raise InvalidRequest(f"unexpected {type(msg).__name__} from a client")
 
+    async def _wait(self, who: Principal, peer: Peer, msg: P.Wait) -> None:
+        stored = Stored()
+        ids = msg.ids
+        while ids:
+            # Each round answers what it can; ids that finished while the store was
+            # read are final by the next round's read, so this ends.
+            missing = [i for i in self.state.unread(who, ids) if i not in stored.read]
+            if missing:
+                for t in await self.store.tasks(who.user_id, missing):
+                    stored.tasks[t.id] = t
+                stored.read.update(missing)
+            fx, ids = requests.wait(self.state, who, peer.id,
+                                    msgspec.structs.replace(msg, ids=ids), stored)
+            await self._run(fx)
+
     async def _submit(self, who: Principal, peer: Peer, msg: P.Submit) -> None:
         st = self.state
         if msg.key:
@@ -268,13 +283,16 @@ class ControllerService:
                 await self._run(Effects(after=[Send(peer.id, P.Submitted(req_id=msg.req_id,
                                                                          ids=ids))]))
                 return
+        stored = Stored()  # what is read stays read: a parent that finished is final
         for _ in range(MAX_READ_ROUNDS):
             plan = requests.plan_submit(st, who, msg, time.time())
-            stored = Stored()
-            if plan.unread_parents:
-                stored.states = await self.store.task_states(who.user_id, plan.unread_parents)
-                stored.read.update(plan.unread_parents)
+            unread = [p for p in plan.unread_parents if p not in stored.read]
+            if unread:
+                stored.states.update(await self.store.task_states(who.user_id, unread))
+                stored.read.update(unread)
             for parent, output in plan.unread_outputs:
+                if (parent, output) in stored.outputs:
+                    continue
                 if parent not in stored.tasks:
                     for t in await self.store.tasks(who.user_id, [parent]):
                         stored.tasks[t.id] = t

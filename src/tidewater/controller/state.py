@@ -142,22 +142,22 @@ class ControllerState:
         return self.tasks.fail_attempt(t, kind, now, why, exit_code=exit_code, give_up=give_up)
 
     def owned(self, who: Principal, ids: list[int], stored: Stored
-              ) -> tuple[dict[int, LiveTask], dict[int, LiveTask]]:
-        """``who``'s tasks among ``ids``: (live, final from the store).
+              ) -> tuple[dict[int, LiveTask], dict[int, LiveTask], list[int]]:
+        """``who``'s tasks among ``ids``: (live, final from the store, left memory meanwhile).
 
-        Raises NotFound naming the first id ``who`` has no task for, or
-        NeedsRead for ids that left memory while the driver read.
+        The third are ids that were live when the driver looked and have
+        finished since (so they are ``who``'s, and final in the store): the
+        caller skips them or has them read. Raises NotFound naming the first
+        id ``who`` has no task for; nothing is changed then.
         """
         ids = list(dict.fromkeys(ids))
         live = {i: t for i in ids if (t := self.tasks.owned(who, i)) is not None}
         final = {i: stored.tasks[i] for i in ids if i not in live and i in stored.tasks}
-        unread = [i for i in ids if i not in live and i not in final and i not in stored.read]
-        if unread:
-            raise NeedsRead(unread)
-        missing = [i for i in ids if i not in live and i not in final]
+        left = [i for i in ids if i not in live and i not in final and i not in stored.read]
+        missing = [i for i in ids if i not in live and i not in final and i in stored.read]
         if missing:
             raise NotFound(f"no task with id {missing[0]}")
-        return live, final
+        return live, final, left
 
     def unread(self, who: Principal, ids: list[int]) -> list[int]:
         """Those of ``ids`` not live for ``who``: what the driver reads first."""
