@@ -58,7 +58,8 @@ def plan_submit(st: ControllerState, who: Principal, msg: P.Submit, now: float) 
         app = st.registry.app(site, spec.app)
         t, refs = prepare_task(
             spec, index=i, owner_id=who.user_id, site=site, app=app,
-            app_names=st.registry.app_names(site.id), limits=st.limits,
+            app_names=st.registry.app_names(site.id) if app is None else [],
+            limits=st.limits,
             site_limits=st.jobs.limits.get(site.id), now=now)
         t.tags_j, t.env_j = st.tasks.share(t.tags_j), st.tasks.share(t.env_j)
         if t.extra_j:

@@ -175,11 +175,10 @@ class ControllerState:
         """What follows a commit, in order: notifications, queueing, frames, cascades."""
         fx = Effects()
         for item in after:
-            match item:
-                case Send() | Close():
-                    fx.out.append(item)
+            match item:  # the common case first
                 case Touched(task=t, events=events, written=written):
-                    self.notify.emit(t, events, self.registry.site_name(t.site_id))
+                    if events and t.owner_id in self.notify.watchers:
+                        self.notify.emit(t, events, self.registry.site_name(t.site_id))
                     if written in states.FINAL:
                         self._finished(t)
                     elif (
@@ -191,6 +190,8 @@ class ControllerState:
                     elif written == t.state and written in (S.READY, S.RUN_DONE):
                         fx.out += self.staging.push(t, "in" if written == S.READY else "out",
                                                     self.agent_of(t.site_id))
+                case Send() | Close():
+                    fx.out.append(item)
                 case KillOnPilot(pilot_id=pilot_id, tasks=pairs, reason=reason):
                     rec = self.pilots.pilots.get(pilot_id)
                     if rec is not None and rec.peer is not None:

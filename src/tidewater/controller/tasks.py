@@ -138,12 +138,13 @@ class TaskTable:
         """The event rows of ``path`` and the cascade, without the task's own row."""
         steps = states.check_path(t.state, path)
         payload = data or {}
+        text = schema.json_text(payload) if payload else None
         events: list[Event] = []
         writes: list[Write] = []
         for src, dst in steps:
             e = Event(self.next_event, src.value, dst.value, now, payload)
             self.next_event += 1
-            writes.append(schema.insert_event(t.id, e))
+            writes.append(schema.insert_event(t.id, e, text))
             events.append(e)
         t.state = path[-1]
         cascade: Change = ([], [])

@@ -53,6 +53,10 @@ class Op(Enum):
     UPSERT_PILOT = "upsert_pilot"
     DELETE_PILOT = "delete_pilot"
 
+    # Members are singletons compared by identity: hash them in C, not with Enum's
+    # Python-level __hash__ (every write of every task is grouped by its Op).
+    __hash__ = object.__hash__
+
 
 Write = tuple[Op, Sequence[Any]]
 """One semantic write: what to do, and its parameters in the codec's order."""

@@ -132,9 +132,12 @@ def task_from_row(r: Sequence[Any]) -> LiveTask:
     return t
 
 
-def insert_event(task_id: int, e: Event) -> Write:
-    return (Op.INSERT_EVENT, (e.id, task_id, e.src, e.dst, e.time,
-                              json_text(e.data) if e.data else None))
+def insert_event(task_id: int, e: Event, data_text: str | None = None) -> Write:
+    """An event row; ``data_text``: ``e.data`` already encoded (the steps of one
+    transition share their data, so it is encoded once)."""
+    if data_text is None and e.data:
+        data_text = json_text(e.data)
+    return (Op.INSERT_EVENT, (e.id, task_id, e.src, e.dst, e.time, data_text))
 
 
 EVENT_COLUMNS: tuple[str, ...] = ("id", "task_id", "from_state", "to_state", "time", "data")
