@@ -150,18 +150,16 @@ def store(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture(scope="module",
                 params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def module_store(request: pytest.FixtureRequest) -> Iterator[str]:
-    """As ``store``, for modules whose controller serves every test of the module: name it
-    in the module-scoped fixture that starts the cluster."""
+def module_store(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """As ``store``, for a module whose controller serves every test of the module: pass
+    it to ``procs.cluster(tmp, db=module_store)`` in the module-scoped fixture that starts
+    that controller (None: a SQLite file; else a fresh PostgreSQL database). Other
+    clusters of the module keep their own stores."""
     if request.param == "sqlite":
-        yield "sqlite"
+        yield None
         return
     why = pg.ping()
     if why is not None:
         pytest.skip(f"PostgreSQL is not running on 127.0.0.1:{pg.PORT} ({why}): {pg.HOW_TO}")
     with pg.fresh_database() as url:
-        procs.STORE_URL = url
-        try:
-            yield url
-        finally:
-            procs.STORE_URL = None
+        yield url

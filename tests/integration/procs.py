@@ -92,10 +92,10 @@ class Proc:
 class Cluster:
     """A controller process on a store in ``tmp``, with pilots started on demand."""
 
-    def __init__(self, tmp: Path, tg: TaskGroup) -> None:
+    def __init__(self, tmp: Path, tg: TaskGroup, db: str | None = None) -> None:
         self.tmp = tmp
         self.tg = tg
-        self.db = STORE_URL or str(tmp / "tw.db")
+        self.db = db or STORE_URL or str(tmp / "tw.db")
         self.port = free_port()
         self.url = f"ws://127.0.0.1:{self.port}"
         self.controller: Proc | None = None
@@ -238,9 +238,11 @@ def write_site(
 
 
 @asynccontextmanager
-async def cluster(tmp: Path) -> AsyncIterator[Cluster]:
+async def cluster(tmp: Path, db: str | None = None) -> AsyncIterator[Cluster]:
+    """A :class:`Cluster` in ``tmp``; ``db`` names its store (default: the ``store``
+    fixture's, else a SQLite file in ``tmp``)."""
     async with anyio.create_task_group() as tg:
-        c = Cluster(tmp, tg)
+        c = Cluster(tmp, tg, db)
         try:
             yield c
         finally:

@@ -94,9 +94,9 @@ class Target:
 
 
 @pytest.fixture(scope="module")
-async def target(tmp_path_factory: pytest.TempPathFactory, module_store: str
+async def target(tmp_path_factory: pytest.TempPathFactory, module_store: str | None
                  ) -> AsyncIterator[Target]:
-    async with cluster(tmp_path_factory.mktemp("fuzz")) as c:
+    async with cluster(tmp_path_factory.mktemp("fuzz"), db=module_store) as c:
         await c.start_controller("--max-frame-bytes", str(MAX_FRAME))
         alice = await c.add_user("alice")
         mallory = await c.add_user("mallory")

@@ -46,13 +46,13 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-async def site(tmp_path_factory: pytest.TempPathFactory, module_store: str
+async def site(tmp_path_factory: pytest.TempPathFactory, module_store: str | None
                ) -> AsyncIterator[Site]:
     tmp = tmp_path_factory.mktemp("inject")
     home = tmp / "home-of-the-pilot"
     home.mkdir()
     (home / "canary").write_text("still here")
-    async with cluster(tmp) as c:
+    async with cluster(tmp, db=module_store) as c:
         c.env["HOME"] = str(home)
         await c.start_controller()
         token = await c.add_user("alice")

@@ -60,9 +60,9 @@ class World:
 
 
 @pytest.fixture(scope="module")
-async def world(tmp_path_factory: pytest.TempPathFactory, module_store: str
+async def world(tmp_path_factory: pytest.TempPathFactory, module_store: str | None
                 ) -> AsyncIterator[World]:
-    async with cluster(tmp_path_factory.mktemp("iso")) as c, AsyncExitStack() as stack:
+    async with cluster(tmp_path_factory.mktemp("iso"), db=module_store) as c, AsyncExitStack() as stack:
         await c.start_controller()
         await c.add_user("root")  # the first user is the admin; Alice and Bob are not
         a_token = await c.add_user("alice")

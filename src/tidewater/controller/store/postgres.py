@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -46,11 +46,11 @@ import asyncpg
 
 from ...errors import StoreError
 from . import schema
-from .base import Op, Write, redact
+from .base import Op, redact
 from .postgres_migrations import migrate
 from .reads import SqlReads
 from .schema import INSERT_COLUMNS, TASK_UPDATE_COLUMNS
-from .writer import Buckets, GroupCommit
+from .writer import Buckets, GroupCommit, QueuedWrites
 
 POOL_SIZE = 4
 CONNECT_TIMEOUT = 15.0
@@ -130,7 +130,7 @@ def numbered(sql: str) -> str:
     return _MARK.sub(nxt, sql)
 
 
-class PostgresStore(SqlReads):
+class PostgresStore(QueuedWrites, SqlReads):
     """The PostgreSQL store. An async context manager owning its writer task.
 
     Entering connects, migrates the schema (:mod:`.postgres_migrations`) and
@@ -150,21 +150,6 @@ class PostgresStore(SqlReads):
                                   max_batch=max_batch)
         self._tg: anyio.abc.TaskGroup | None = None
 
-    @property
-    def after_batch(self) -> Callable[[], None] | None:
-        return self._queue.after_batch
-
-    @after_batch.setter
-    def after_batch(self, cb: Callable[[], None] | None) -> None:
-        self._queue.after_batch = cb
-
-    @property
-    def batches(self) -> int:
-        return self._queue.batches
-
-    @property
-    def ops_committed(self) -> int:
-        return self._queue.ops_committed
 
     async def __aenter__(self) -> PostgresStore:
         try:
@@ -214,24 +199,6 @@ class PostgresStore(SqlReads):
 
     # ------------------------------------------------------------------ writes
 
-    def write_nowait(self, writes: list[Write], on_commit: Callable[[], None] | None = None,
-                     done: anyio.Event | None = None) -> None:
-        """Queue a write at once, in order, without waiting for room. Raises StoreError if closed."""
-        self._queue.write_nowait(writes, on_commit, done)
-
-    async def write(self, writes: list[Write],
-                    on_commit: Callable[[], None] | None = None) -> None:
-        """Queue a write (committed later, ``on_commit`` called after); wait while the queue is full.
-
-        The op is queued before the first await, so writes keep the order in
-        which callers made them. Cancel-safe: if cancelled while waiting for
-        room, the op stays queued and is committed.
-        """
-        await self._queue.write(writes, on_commit)
-
-    async def commit(self, writes: list[Write]) -> None:
-        """Queue a write and wait until it is committed."""
-        await self._queue.commit(writes)
 
     async def _commit_batch(self, ordered: Buckets) -> None:
         conn = self._wconn

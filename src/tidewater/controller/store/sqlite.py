@@ -30,7 +30,7 @@ The schema and its migrations are in :mod:`.sqlite_migrations`.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +39,11 @@ import anyio
 
 from ...errors import StoreError
 from . import schema
-from .base import Op, Write
+from .base import Op
 from .reads import SqlReads
 from .schema import INSERT_COLUMNS, TASK_UPDATE_COLUMNS, columns
 from .sqlite_migrations import migrate
-from .writer import Buckets, GroupCommit
+from .writer import Buckets, GroupCommit, QueuedWrites
 
 
 def _insert(table: str, op: Op, verb: str = "INSERT") -> str:
@@ -96,7 +96,7 @@ _PRAGMAS = (
 )
 
 
-class SqliteStore(SqlReads):
+class SqliteStore(QueuedWrites, SqlReads):
     """The embedded store. An async context manager owning its writer task.
 
     ``after_batch`` (if set) is called after the ``on_commit`` callbacks of
@@ -118,21 +118,6 @@ class SqliteStore(SqlReads):
                                   max_batch=max_batch)
         self._tg: anyio.abc.TaskGroup | None = None
 
-    @property
-    def after_batch(self) -> Callable[[], None] | None:
-        return self._queue.after_batch
-
-    @after_batch.setter
-    def after_batch(self, cb: Callable[[], None] | None) -> None:
-        self._queue.after_batch = cb
-
-    @property
-    def batches(self) -> int:
-        return self._queue.batches
-
-    @property
-    def ops_committed(self) -> int:
-        return self._queue.ops_committed
 
     async def __aenter__(self) -> SqliteStore:
         try:
@@ -191,24 +176,6 @@ class SqliteStore(SqlReads):
 
     # ------------------------------------------------------------------ writes
 
-    def write_nowait(self, writes: list[Write], on_commit: Callable[[], None] | None = None,
-                     done: anyio.Event | None = None) -> None:
-        """Queue a write at once, in order, without waiting for room. Raises StoreError if closed."""
-        self._queue.write_nowait(writes, on_commit, done)
-
-    async def write(self, writes: list[Write],
-                    on_commit: Callable[[], None] | None = None) -> None:
-        """Queue a write (committed later, ``on_commit`` called after); wait while the queue is full.
-
-        The op is queued before the first await, so writes keep the order in
-        which callers made them. Cancel-safe: if cancelled while waiting for
-        room, the op stays queued and is committed.
-        """
-        await self._queue.write(writes, on_commit)
-
-    async def commit(self, writes: list[Write]) -> None:
-        """Queue a write and wait until it is committed."""
-        await self._queue.commit(writes)
 
     async def _commit_batch(self, ordered: Buckets) -> None:
         # One worker-thread call runs the whole transaction: one hand-off per

@@ -144,3 +144,49 @@ class GroupCommit:
                     self.after_batch()
                 except Exception:
                     log.exception("after_batch callback failed")
+
+
+class QueuedWrites:
+    """What every backend's writes are: a :class:`GroupCommit` queue, ``self._queue``.
+
+    A backend sets ``self._queue`` to a GroupCommit running its own
+    transaction function, and inherits the Store protocol's write side.
+    """
+
+    _queue: GroupCommit
+
+    @property
+    def after_batch(self) -> Callable[[], None] | None:
+        """Called after the ``on_commit`` callbacks of every committed batch."""
+        return self._queue.after_batch
+
+    @after_batch.setter
+    def after_batch(self, cb: Callable[[], None] | None) -> None:
+        self._queue.after_batch = cb
+
+    @property
+    def batches(self) -> int:
+        return self._queue.batches
+
+    @property
+    def ops_committed(self) -> int:
+        return self._queue.ops_committed
+
+    def write_nowait(self, writes: list[Write], on_commit: Callable[[], None] | None = None,
+                     done: anyio.Event | None = None) -> None:
+        """Queue a write at once, in order, without waiting for room. Raises StoreError if closed."""
+        self._queue.write_nowait(writes, on_commit, done)
+
+    async def write(self, writes: list[Write],
+                    on_commit: Callable[[], None] | None = None) -> None:
+        """Queue a write (committed later, ``on_commit`` called after); wait while the queue is full.
+
+        The op is queued before the first await, so writes keep the order in
+        which callers made them. Cancel-safe: if cancelled while waiting for
+        room, the op stays queued and is committed.
+        """
+        await self._queue.write(writes, on_commit)
+
+    async def commit(self, writes: list[Write]) -> None:
+        """Queue a write and wait until it is committed."""
+        await self._queue.commit(writes)
