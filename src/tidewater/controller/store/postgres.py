@@ -166,18 +166,12 @@ class PostgresStore(QueuedWrites, SqlReads):
         except BaseException:
             await self._close_conns()
             raise
-        self._queue.open_for_writes = True
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        await self._tg.start(self._queue.run)
+        await self._start_writer()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        assert self._tg is not None
-        # The writer drains what is queued, then ends.
-        self._queue.close()
         try:
-            await self._tg.__aexit__(None, None, None)
+            await self._stop_writer()
         finally:
             await self._close_conns()
 

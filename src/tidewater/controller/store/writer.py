@@ -154,6 +154,20 @@ class QueuedWrites:
     """
 
     _queue: GroupCommit
+    _tg: anyio.abc.TaskGroup | None
+
+    async def _start_writer(self) -> None:
+        """Open for writes and start the writer task (once the connections are open)."""
+        self._queue.open_for_writes = True
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        await self._tg.start(self._queue.run)
+
+    async def _stop_writer(self) -> None:
+        """Take no more writes; the writer drains what is queued, then ends."""
+        assert self._tg is not None
+        self._queue.close()
+        await self._tg.__aexit__(None, None, None)
 
     @property
     def after_batch(self) -> Callable[[], None] | None:
