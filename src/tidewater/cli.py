@@ -201,6 +201,10 @@ def main(ctx: click.Context, url: str, token: str, ca_file: str, verbose: int) -
               help="Seconds of pilot silence before its tasks are retried.")
 @click.option("--heartbeat", default=5.0, show_default=True, type=float,
               help="Pilot heartbeat interval in seconds.")
+@click.option("--disconnect-grace", default=None, type=float,
+              show_default="3 heartbeats, at most --lease-timeout",
+              help="Seconds a pilot whose connection closed has to come back before its "
+              "tasks are retried.")
 @click.option("--max-frame-bytes", default=Limits().max_frame_bytes, show_default=True,
               type=int, help="Largest websocket frame accepted.")
 @click.option("--max-tasks-per-submit", default=Limits().max_tasks_per_submit,
@@ -220,7 +224,7 @@ def main(ctx: click.Context, url: str, token: str, ca_file: str, verbose: int) -
 @click.option("--allow-plaintext", is_flag=True,
               help="Serve ws:// on a non-loopback --host (only behind a TLS proxy or tunnel).")
 def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float,
-           max_frame_bytes: int, max_tasks_per_submit: int, max_params_bytes: int,
+           disconnect_grace: float | None, max_frame_bytes: int, max_tasks_per_submit: int, max_params_bytes: int,
            tls_cert: str, tls_key: str, allow_plaintext: bool,
            max_requests_per_second: float, max_inline_bytes: int | None) -> None:
     """Run a controller until SIGINT or SIGTERM.
@@ -240,7 +244,8 @@ def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float
             f"({max_frame_bytes // 4}): a frame must hold at least one task's inline data")
     cfg = ControllerConfig(
         db=db, host=host, port=port,
-        timeouts=Timeouts(lease_timeout=lease_timeout, heartbeat_interval=heartbeat),
+        timeouts=Timeouts(lease_timeout=lease_timeout, heartbeat_interval=heartbeat,
+                          disconnect_grace=disconnect_grace),
         limits=Limits(max_frame_bytes=max_frame_bytes,
                       max_tasks_per_submit=max_tasks_per_submit,
                       max_params_bytes=max_params_bytes, max_inline_bytes=max_inline_bytes,

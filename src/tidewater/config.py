@@ -15,12 +15,20 @@ class Timeouts(msgspec.Struct, frozen=True, kw_only=True):
     """How often a pilot says it is alive (and lists what it runs)."""
     lease_timeout: float = 30.0
     """A pilot silent this long is declared lost; its running tasks are retried."""
+    disconnect_grace: float | None = None
+    """A pilot whose connection *closed* and that is not back this long is declared lost
+    (None: three heartbeat intervals; never longer than ``lease_timeout``)."""
     kill_grace: float = 5.0
     """SIGTERM -> SIGKILL delay when a task is cancelled or times out."""
     close: float = 5.0
     """Graceful shutdown of a connection or a store."""
     request: float = 60.0
     """Default wait for a reply to one client request."""
+
+    def grace(self) -> float:
+        """The effective disconnect grace (see ``disconnect_grace``)."""
+        g = 3 * self.heartbeat_interval if self.disconnect_grace is None else self.disconnect_grace
+        return max(0.0, min(g, self.lease_timeout))
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):

@@ -93,3 +93,55 @@ def test_time_going_backwards_does_not_expire() -> None:
     leases.touch("a", now=100.0)
     assert leases.expired(now=50.0) == []
     assert "a" in leases
+
+
+# ---------------------------------------------------------------------- the disconnect grace
+
+def test_a_closed_connection_shortens_the_lease_to_the_grace() -> None:
+    leases = Leases(timeout=30.0, grace=3.0)
+    leases.touch("p", now=100.0)
+    leases.closed("p", now=110.0)
+    assert leases.is_closed("p")
+    assert leases.next_deadline() == pytest.approx(113.0)
+    assert leases.expired(now=112.9) == []
+    assert leases.expired(now=113.0) == ["p"]
+
+
+def test_a_merely_silent_pilot_keeps_its_whole_lease() -> None:
+    leases = Leases(timeout=30.0, grace=3.0)
+    leases.touch("p", now=100.0)
+    assert not leases.is_closed("p")
+    assert leases.expired(now=129.9) == []
+    assert leases.expired(now=130.0) == ["p"]
+
+
+def test_the_grace_never_extends_a_lease_already_nearly_out() -> None:
+    leases = Leases(timeout=30.0, grace=3.0)
+    leases.touch("p", now=100.0)
+    leases.closed("p", now=129.0)
+    assert leases.next_deadline() == pytest.approx(130.0)
+
+
+def test_coming_back_within_the_grace_restores_the_whole_lease() -> None:
+    leases = Leases(timeout=30.0, grace=3.0)
+    leases.touch("p", now=100.0)
+    leases.closed("p", now=101.0)
+    leases.touch("p", now=102.0)  # its Hello on a new connection
+    assert not leases.is_closed("p")
+    assert leases.expired(now=110.0) == []
+    assert leases.next_deadline() == pytest.approx(132.0)
+
+
+def test_the_grace_is_capped_by_the_lease_and_a_closed_unknown_pilot_is_ignored() -> None:
+    leases = Leases(timeout=5.0, grace=60.0)
+    assert leases.grace == 5.0
+    leases.closed("ghost", now=0.0)
+    assert "ghost" not in leases and not leases.is_closed("ghost")
+
+
+def test_config_grace_defaults_to_three_heartbeats_within_the_lease() -> None:
+    from tidewater.config import Timeouts
+
+    assert Timeouts(heartbeat_interval=5.0, lease_timeout=30.0).grace() == 15.0
+    assert Timeouts(heartbeat_interval=5.0, lease_timeout=10.0).grace() == 10.0
+    assert Timeouts(disconnect_grace=2.0).grace() == 2.0

@@ -189,6 +189,58 @@ def test_a_pilot_lost_with_a_running_task_retries_it_as_a_recorded_attempt() -> 
     assert any(op == Op.DELETE_PILOT for op, _ in core.writes)
 
 
+def test_a_closed_connection_loses_the_pilot_after_the_grace_not_the_lease() -> None:
+    core = Core()
+    t = core.state.timeouts
+    (tid,) = core.submit(spec(max_retries=2))
+    rec = core.pilot()
+    (a,) = core.dispatch()
+    core.report(rec, rep(a, "started"))
+    core.run(core.state.pilot_gone(rec, PILOT, bye=False, now=core.now))
+    assert core.state_of(tid) == S.RUNNING  # it may be back soon
+    assert core.state.pilots.leases.next_deadline() == core.now + t.grace() < core.now + \
+        t.lease_timeout
+    core.run(core.state.lease_expired(core.now + t.grace() - 0.01))
+    assert core.state_of(tid) == S.RUNNING
+    core.run(core.state.lease_expired(core.now + t.grace()))
+    assert core.state_of(tid) == S.RESTART_READY
+    (lost,) = [p for op, p in core.writes if op == Op.INSERT_EVENT and p[3] == "RUN_TIMEOUT"]
+    assert "connection closed" in str(lost) and "not back within" in str(lost)
+
+
+def test_a_silent_pilot_keeps_its_tasks_for_the_whole_lease() -> None:
+    core = Core()
+    t = core.state.timeouts
+    (tid,) = core.submit(spec(max_retries=2))
+    rec = core.pilot()
+    (a,) = core.dispatch()
+    core.report(rec, rep(a, "started"))
+    core.run(core.state.lease_expired(core.now + t.lease_timeout - 0.01))
+    assert core.state_of(tid) == S.RUNNING
+    core.run(core.state.lease_expired(core.now + t.lease_timeout))
+    assert core.state_of(tid) == S.RESTART_READY
+    (lost,) = [p for op, p in core.writes if op == Op.INSERT_EVENT and p[3] == "RUN_TIMEOUT"]
+    assert f"silent for {t.lease_timeout:g}s" in str(lost)
+
+
+def test_a_pilot_back_within_the_grace_keeps_its_running_task() -> None:
+    core = Core()
+    t = core.state.timeouts
+    (tid,) = core.submit(spec(max_retries=2))
+    rec = core.pilot()
+    (a,) = core.dispatch()
+    core.report(rec, rep(a, "started"))
+    core.run(core.state.pilot_gone(rec, PILOT, bye=False, now=core.now))
+    core.now += t.grace() / 2
+    rec2 = core.pilot(held=[(tid, a.attempt)])
+    assert rec2 is rec
+    core.run(core.state.lease_expired(core.now + t.grace()))
+    assert core.state_of(tid) == S.RUNNING
+    core.report(rec, rep(a, "done", exit_code=0), seq=2)
+    assert core.state_of(tid) == S.JOB_FINISHED
+    assert [e for e in core.events(tid) if e[1] == "RUN_TIMEOUT"] == []
+
+
 # ---------------------------------------------------------------------- parents
 
 def test_a_child_becomes_ready_in_the_same_commit_as_its_last_parent_finishes() -> None:

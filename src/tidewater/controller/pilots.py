@@ -67,6 +67,12 @@ class PilotRec:
     draining: bool = False
     slot: PilotSlot | None = None
     """Its credit, kept here until the dispatcher may use it."""
+    connected_at: float = 0.0
+    """When its current (or last) connection was welcomed; 0: not since a restart."""
+    last_seen: float = 0.0
+    """When it last said anything (Hello, heartbeat, report); 0: not since a restart."""
+    left_at: float | None = None
+    """When its connection closed without a Bye (None while connected)."""
 
     def row(self) -> PilotRow:
         return PilotRow(self.pilot_id, self.site_id, self.owner_id, self.batch_job)
@@ -121,9 +127,9 @@ def check_hello(hello: P.Hello) -> None:
 class PilotBook:
     """Pilot records by id, their leases, and the sites held after a restart."""
 
-    def __init__(self, lease_timeout: float) -> None:
+    def __init__(self, lease_timeout: float, disconnect_grace: float | None = None) -> None:
         self.pilots: dict[str, PilotRec] = {}
-        self.leases = Leases(lease_timeout)
+        self.leases = Leases(lease_timeout, disconnect_grace)
         self.expected: dict[int, set[str]] = {}
         """Site -> stored pilots not yet back since the restart."""
 
@@ -176,6 +182,8 @@ class PilotBook:
         rec.hostname, rec.cores, rec.gpus, rec.peer = hello.hostname, hello.cores, hello.gpus, peer
         rec.node_count = max(1, len(hello.nodes))
         rec.draining = False
+        rec.connected_at = rec.last_seen = now
+        rec.left_at = None
         if batch_job:
             rec.batch_job = batch_job
         rec.slot = None

@@ -370,6 +370,7 @@ class ControllerService:
 
     def on_pilot_gone(self, rec: PilotRec, peer: Peer, *, bye: bool) -> None:
         self._execute(self.state.pilot_gone(rec, peer.id, bye=bye, now=time.time()))
+        self._lease_changed.set()  # its lease may now end sooner (the disconnect grace)
 
     # ================================================================== agents
 

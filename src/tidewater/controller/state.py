@@ -84,7 +84,7 @@ class ControllerState:
         self.limits = config.limits
         self.timeouts = config.timeouts
         self.tasks = TaskTable(config.limits.max_inline_bytes)
-        self.pilots = PilotBook(config.timeouts.lease_timeout)
+        self.pilots = PilotBook(config.timeouts.lease_timeout, config.timeouts.grace())
         self.jobs = JobBook()
         self.registry = Registry()
         self.notify = Notify(config.limits.max_watches, config.limits.max_frame_bytes)
@@ -290,6 +290,7 @@ class ControllerState:
 
     def reports(self, rec: PilotRec, msg: P.Reports, now: float) -> Effects:
         self.pilots.leases.touch(rec.pilot_id, now)
+        rec.last_seen = now
         fx = Effects()
         for r in msg.reports:
             t = self.tasks.is_current(rec.pilot_id, r)
@@ -344,6 +345,7 @@ class ControllerState:
     def heartbeat(self, rec: PilotRec, now: float) -> Effects:
         """Renew the pilot's lease and answer, so the pilot hears the controller too."""
         self.pilots.leases.touch(rec.pilot_id, now)
+        rec.last_seen = now
         if rec.peer is None:
             return Effects()
         return Effects(out=[Send(rec.peer, P.Ping(time=now))])
@@ -365,14 +367,22 @@ class ControllerState:
         self.demand_dirty.add(rec.site_id)
         if bye:
             return self._pilot_lost(rec, "the pilot exited", now)
+        # Closed without a Bye: lost unless it is back within the grace (not the lease).
+        self.pilots.leases.closed(rec.pilot_id, now)
+        rec.left_at = now
         return Effects(wake=True)
 
     def lease_expired(self, now: float) -> Effects:
         fx = Effects()
+        leases = self.pilots.leases
+        closed = {p for p in list(self.pilots.pilots) if leases.is_closed(p)}
         for rec in self.pilots.expired(now):
-            fx.extend(self._pilot_lost(
-                rec, f"pilot {rec.pilot_id} lost: silent for {self.timeouts.lease_timeout:g}s",
-                now))
+            if rec.pilot_id in closed:
+                why = (f"pilot {rec.pilot_id} lost: its connection closed and it was not back "
+                       f"within {leases.grace:g}s")
+            else:
+                why = f"pilot {rec.pilot_id} lost: silent for {leases.timeout:g}s"
+            fx.extend(self._pilot_lost(rec, why, now))
         return fx
 
     def _pilot_lost(self, rec: PilotRec, why: str, now: float) -> Effects:
