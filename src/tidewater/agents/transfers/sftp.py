@@ -28,13 +28,19 @@ import dataclasses
 import hashlib
 import os
 import posixpath
+import warnings
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, TypeVar, cast
 
 import anyio
-import asyncssh
+
+with warnings.catch_warnings():
+    # asyncssh still offers DSA keys; newer cryptography warns when that support is
+    # touched at import. Nothing here uses DSA, and the warning would reach every user.
+    warnings.filterwarnings("ignore", message="DSA is deprecated", category=UserWarning)
+    import asyncssh
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ...errors import TransferError
