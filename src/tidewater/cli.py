@@ -25,6 +25,7 @@ from . import apps as appmod
 from .client import Client
 from .config import ControllerConfig, Limits, Timeouts, default_db
 from .errors import TidewaterError
+from .progress import Notice
 from .proto import AppHooks, FileInfo, Input, Output, ParamSpec, Resources, TaskInfo, TaskSpec
 
 T = TypeVar("T")
@@ -53,7 +54,17 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
 
 def _client(ctx: click.Context) -> Client:
     o = ctx.obj
-    return Client(o["url"], o["token"], name="cli", reconnect=False, ca_file=o["ca_file"])
+    timeouts = Timeouts(progress=float(os.environ.get("TIDEWATER_PROGRESS_INTERVAL", "30")))
+    return Client(o["url"], o["token"], name="cli", reconnect=False, ca_file=o["ca_file"],
+                  on_notice=_notice, timeouts=timeouts)
+
+
+def _notice(n: Notice) -> None:
+    """What a submit or a wait should know, on stderr (never mixed into the output)."""
+    if n.trouble:
+        err.print(f"[yellow]warning:[/yellow] {n.text}", highlight=False)
+    else:
+        err.print(n.text, style="dim", highlight=False)
 
 
 def _kv(pairs: tuple[str, ...], what: str) -> dict[str, str]:
@@ -524,20 +535,41 @@ def site_add(ctx: click.Context, name: str) -> None:
 
 
 @site.command("ls")
+@click.option("--pilots", is_flag=True, help="Also list every pilot, with when it was last heard.")
+@click.option("--json", "json_out", is_flag=True, help="JSON, for scripts.")
 @click.pass_context
-def site_ls(ctx: click.Context) -> None:
-    """List your sites with their connected pilots."""
+def site_ls(ctx: click.Context, pilots: bool, json_out: bool) -> None:
+    """List your sites: health (up, degraded, down) and why, agent, pilots, capacity."""
 
     async def go() -> list[Any]:
         async with _client(ctx) as c:
             return await c.sites()
 
-    table = Table("site", "agent", "batch jobs", "pilots", "cores", "gpus", "created")
-    for s in _run(go):
-        table.add_row(s.name, "connected" if s.agent else "-", str(s.batch_jobs), str(s.pilots),
-                      str(s.cores), str(s.gpus),
-                      f"{datetime.fromtimestamp(s.created_at):%Y-%m-%d %H:%M}")
+    sites = _run(go)
+    if json_out:
+        click.echo(msgspec.json.encode(sites).decode())
+        return
+    table = Table("site", "health", "agent", "batch jobs", "pilots", "cores", "gpus",
+                  "last heard", "why")
+    now = time.time()
+    for s in sites:
+        style = {"up": "green", "degraded": "yellow", "down": "red"}.get(s.health, "")
+        heard = max(s.agent_seen, s.pilot_seen)
+        table.add_row(s.name, Text(s.health, style=style), "connected" if s.agent else "-",
+                      str(s.batch_jobs), str(s.pilots), str(s.cores), str(s.gpus),
+                      f"{now - heard:.0f} s ago" if heard else "-", Text(s.health_reason))
     out.print(table)
+    if pilots:
+        ptable = Table("site", "pilot", "host", "connected", "running", "cores", "gpus",
+                       "batch job", "last heard")
+        for s in sites:
+            for p in s.pilot_list:
+                ptable.add_row(s.name, p.pilot_id, p.hostname,
+                               "yes" if p.connected else "no (lease running)",
+                               str(p.running), str(p.cores), str(p.gpus),
+                               str(p.batch_job or "-"),
+                               f"{now - p.last_seen:.0f} s ago" if p.last_seen else "-")
+        out.print(ptable)
 
 
 @site.command("init")

@@ -46,6 +46,7 @@ from .errors import (
     TidewaterError,
     from_code,
 )
+from .progress import Notice, waiting_notices
 from .proto import ParamSpec, TaskEvent, TaskInfo, TaskSpec
 from .states import FINAL, TaskState
 from .transport import Link, LinkOptions, Session
@@ -125,6 +126,7 @@ class Client:
         self, url: str | None = None, token: str | None = None, *, name: str = "client",
         timeouts: Timeouts | None = None, reconnect: bool = True,
         ca_file: str | os.PathLike[str] | None = None,
+        on_notice: Callable[[Notice], None] | None = None,
     ) -> None:
         self.url = url or os.environ.get("TIDEWATER_URL", "")
         self.token = token or os.environ.get("TIDEWATER_TOKEN", "")
@@ -136,6 +138,9 @@ class Client:
             raise ConfigError("no token: pass token= or set TIDEWATER_TOKEN")
         self.name = name
         self.t = timeouts or Timeouts()
+        self.on_notice = on_notice or _log_notice
+        """Told what a submit should know (a site with nothing connected) and, every
+        ``timeouts.progress`` seconds of a wait, what the tasks are waiting for."""
         self.reconnect = reconnect
         self.welcome: P.Welcome | None = None
         self._pending: dict[int, _Request] = {}
@@ -453,6 +458,7 @@ class Client:
         offsets = [sum(len(b) for b in batches[:k]) for k in range(len(batches))]
         results: list[list[int]] = [[] for _ in batches]
         errors: list[BaseException] = []
+        warned: set[str] = set()
         sem = anyio.Semaphore(4)
 
         async def one(k: int, batch: list[TaskSpec]) -> None:
@@ -466,6 +472,10 @@ class Client:
                     errors.append(_renumber(exc, offsets[k]))
                     return
                 results[k] = list(r.ids)
+                for w in r.warnings:
+                    if w not in warned:
+                        warned.add(w)
+                        self.on_notice(Notice(w, True))
                 if progress is not None:
                     progress(len(r.ids))
 
@@ -526,7 +536,9 @@ class Client:
         Raises TimeoutError if ``timeout`` seconds pass first.
         """
         ids = list(dict.fromkeys(t.id if isinstance(t, Task) else int(t) for t in tasks))
-        deadline = None if timeout is None else anyio.current_time() + timeout
+        started = anyio.current_time()
+        deadline = None if timeout is None else started + timeout
+        notice_at = started + self.t.progress
         ready: deque[TaskInfo] = deque(self._results[i] for i in ids if i in self._results)
         left = {i for i in ids if i not in self._results}
         box = {"arrived": anyio.Event()}
@@ -555,13 +567,34 @@ class Client:
                     raise from_code(req.reply.code, req.reply.message)
                 if self._failure is not None:
                     raise ConnectionBroken(f"connection failed: {self._failure}")
-                wait_for = None if deadline is None else deadline - anyio.current_time()
-                with anyio.fail_after(wait_for):
+                now = anyio.current_time()
+                if deadline is not None and now >= deadline:
+                    raise TimeoutError
+                if now >= notice_at:
+                    await self._notice_waiting(left, now - started)
+                    notice_at = anyio.current_time() + self.t.progress
+                    continue
+                until = notice_at if deadline is None else min(deadline, notice_at)
+                with anyio.move_on_after(until - now):
                     await _wait_either(box["arrived"], req.done)
-                box["arrived"] = anyio.Event()
+                    box["arrived"] = anyio.Event()
         finally:
             if req is not None:
                 self._pending.pop(req.req_id, None)
+
+    async def _notice_waiting(self, left: set[int], waited: float) -> None:
+        """Say what the tasks in ``left`` wait for (best effort: a failed read says nothing)."""
+        sample = sorted(left)[:1000]
+        try:
+            with anyio.fail_after(self.t.request):
+                infos = await self.tasks(ids=sample, limit=len(sample))
+                sites = await self.sites()
+        except (TidewaterError, TimeoutError) as exc:
+            log.debug("could not read what the tasks wait for: %s", exc)
+            return
+        infos = [i for i in infos if i.id in left]  # some may have finished meanwhile
+        for n in waiting_notices(len(left), infos, sites, waited):
+            self.on_notice(n)
 
     async def _open(
         self, build: Callable[[int], P.Msg], on_reply: Callable[[Any], bool] | None
@@ -710,6 +743,10 @@ async def _wait_either(a: anyio.Event, b: anyio.Event) -> None:
 
         tg.start_soon(one, a)
         tg.start_soon(one, b)
+
+
+def _log_notice(n: Notice) -> None:
+    (log.warning if n.trouble else log.info)("%s", n.text)
 
 
 def connect(

@@ -24,6 +24,8 @@ class Timeouts(msgspec.Struct, frozen=True, kw_only=True):
     """Graceful shutdown of a connection or a store."""
     request: float = 60.0
     """Default wait for a reply to one client request."""
+    progress: float = 30.0
+    """How often a client waiting on tasks says what they are waiting for."""
 
     def grace(self) -> float:
         """The effective disconnect grace (see ``disconnect_grace``)."""

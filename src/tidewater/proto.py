@@ -94,16 +94,44 @@ class AppInfo(Struct):
     hooks: AppHooks | None = None
 
 
+class PilotInfo(Struct):
+    """One pilot of a site as the controller knows it now."""
+
+    pilot_id: str
+    hostname: str = ""
+    cores: I64 = 0
+    gpus: I64 = 0
+    connected: bool = False
+    """False: its connection closed (or it is not back since a restart) and its lease runs."""
+    last_seen: float = 0.0
+    """When it last said anything (0: not since the controller started)."""
+    running: I64 = 0
+    """Tasks it holds."""
+    batch_job: I64 = 0
+    draining: bool = False
+
+
 class SiteInfo(Struct):
     name: str
     created_at: float
     pilots: I64 = 0
+    """Pilots connected now."""
     cores: I64 = 0
     gpus: I64 = 0
     agent: bool = False
     """The site's agent is connected now."""
     batch_jobs: I64 = 0
     """Batch jobs of the site not yet ended."""
+    health: str = ""
+    """``up``, ``degraded`` (agent gone, pilots alive) or ``down`` (nothing connected)."""
+    health_reason: str = ""
+    """Why, in a sentence naming when the agent and the pilots were last heard from."""
+    agent_seen: float = 0.0
+    """When the site's agent last said anything (0: not since the controller started)."""
+    pilot_seen: float = 0.0
+    """When any pilot of the site last said anything (0: not since the controller started)."""
+    pilot_list: list[PilotInfo] = []
+    """Every pilot the controller holds for the site, connected or within its lease."""
 
 
 class Resources(Struct):
@@ -575,6 +603,8 @@ ClientToController = (
 class Submitted(Msg, tag="submitted"):
     req_id: I64
     ids: list[I64]
+    warnings: list[str] = []
+    """Stored, but worth knowing: e.g. a site with nothing connected, where tasks will wait."""
 
 
 class TaskList(Msg, tag="task_list"):

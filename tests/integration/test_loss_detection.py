@@ -53,8 +53,8 @@ async def test_a_killed_pilots_tasks_are_retried_after_the_grace_not_the_lease(
     reasons = [str(r[0]) for r in c.rows("SELECT data FROM events WHERE to_state = 'RUN_TIMEOUT'")]
     assert len(reasons) == 2
     assert all(f"connection closed and it was not back within {GRACE:g}s" in r for r in reasons)
-    print(f"killed pilot's tasks finished elsewhere {detected_in:.2f} s after kill -9 "
-          f"(grace {GRACE:g} s, lease {LONG_LEASE:g} s)")
+    # Seen here: about 1.0 s with a 1 s grace (docs/reliability.md).
+    assert detected_in < LONG_LEASE / 4
 
 
 async def test_a_frozen_pilot_keeps_its_task_until_its_lease_runs_out(tmp_path: Path) -> None:

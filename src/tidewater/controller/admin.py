@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .. import proto as P
-from .. import states
 from . import access
 from .effects import Effects, Send
 from .model import Principal, TokenRow
@@ -38,17 +37,9 @@ def add_site(st: ControllerState, who: Principal, peer: int, msg: P.AddSite,
     return fx
 
 
-def list_sites(st: ControllerState, who: Principal, peer: int, msg: P.ListSites) -> Effects:
-    out = []
-    for rec in st.registry.owned_sites(who):
-        pilots = st.pilots.connected(rec.id)
-        out.append(P.SiteInfo(
-            name=rec.name, created_at=rec.created_at, pilots=len(pilots),
-            cores=sum(p.cores for p in pilots), gpus=sum(p.gpus for p in pilots),
-            agent=rec.id in st.jobs.agents,
-            batch_jobs=sum(1 for j in st.jobs.jobs.values()
-                           if j.site_id == rec.id and j.state not in states.JOB_FINAL),
-        ))
+def list_sites(st: ControllerState, who: Principal, peer: int, msg: P.ListSites,
+               now: float) -> Effects:
+    out = [st.site_info(rec, now) for rec in st.registry.owned_sites(who)]
     return Effects(out=[Send(peer, P.SiteList(req_id=msg.req_id, sites=out))])
 
 

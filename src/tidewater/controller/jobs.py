@@ -53,6 +53,8 @@ class JobBook:
         self.jobs: dict[int, JobRec] = {}
         self.agents: dict[int, int] = {}
         """Site id -> connection id of its agent."""
+        self.agent_seen: dict[int, float] = {}
+        """Site id -> when its agent last said anything (since this controller started)."""
         self.limits: dict[int, P.SiteLimits] = {}
         """Site id -> what its agent last said the scheduler allows."""
         self._next_id = 1
@@ -228,6 +230,7 @@ class JobBook:
         if old is not None and old != peer:
             fx.out.append(Close(old, 4000, "replaced by a new connection of the site's agent"))
         self.agents[site.id] = peer
+        self.agent_seen[site.id] = now
         self._demand_sent.pop(site.id, None)
         if hello.limits is not None:
             self.limits[site.id] = hello.limits
@@ -253,6 +256,15 @@ class JobBook:
         fx.after.append(AgentOwes(site.id, peer))
         log.info("agent of site %s connected (%d live batch jobs)", site.name, len(jobs))
         return fx
+
+    def agent_heard(self, site_id: int, now: float) -> None:
+        """The site's agent said something at ``now`` (its last heartbeat, for health)."""
+        self.agent_seen[site_id] = now
+
+    def had_agent(self, site_id: int) -> bool:
+        """The site has had an agent: seen since the start, its limits known, or jobs made."""
+        return (site_id in self.agent_seen or site_id in self.limits
+                or any(j.site_id == site_id for j in self.jobs.values()))
 
     def agent_gone(self, site_id: int, peer: int) -> None:
         """Connection ``peer`` of the site's agent closed (a newer one stays)."""

@@ -20,6 +20,7 @@ from ..errors import InvalidRequest, NotFound
 from ..states import TaskState as S
 from . import access
 from .effects import After, Effects, KillOnPilot, Send, Touched
+from .health import submit_warning
 from .model import LiveTask, Principal, SiteRec
 from .notify import WatchSub
 from .staging import resolve, workdir_of
@@ -119,7 +120,11 @@ def submit(st: ControllerState, who: Principal, peer: int, msg: P.Submit, plan: 
     apps_used = sorted({t.app for t, _ in plan.prepared})
     writes.append(access.audit(who, "task.submit", f"{ids[0]}-{ids[-1]}", now,
                                   count=len(ids), sites=sites, apps=apps_used))
-    after: list[After] = [Send(peer, P.Submitted(req_id=msg.req_id, ids=ids))]
+    warnings = [w for sid in sorted({t.site_id for t, _ in plan.prepared})
+                if (w := submit_warning(st.registry.site_name(sid),
+                                        st.site_health(sid, now))) is not None]
+    after: list[After] = [Send(peer, P.Submitted(req_id=msg.req_id, ids=ids,
+                                                 warnings=warnings))]
     after += touched
     return Effects(writes=writes, after=after)
 

@@ -220,7 +220,7 @@ class ControllerService:
             case P.AddSite():
                 return admin.add_site(st, who, pid, msg, now)
             case P.ListSites():
-                return admin.list_sites(st, who, pid, msg)
+                return admin.list_sites(st, who, pid, msg, now)
             case P.AddApp():
                 return admin.add_app(st, who, pid, msg, now)
             case P.ListApps():
@@ -383,6 +383,7 @@ class ControllerService:
 
     async def on_agent(self, site_id: int, peer: Peer, msg: P.Msg) -> None:
         st = self.state
+        st.jobs.agent_heard(site_id, time.time())
         match msg:
             case P.JobUpdates():
                 await self._run(st.jobs.job_updates(site_id, peer.id, msg, time.time()))

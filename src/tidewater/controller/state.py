@@ -44,8 +44,9 @@ from .effects import (
     Send,
     Touched,
 )
+from .health import Health, SiteSigns, site_health
 from .jobs import JobBook, why_ended
-from .model import JobRec, LiveTask, Principal
+from .model import JobRec, LiveTask, Principal, SiteRec
 from .notify import Notify
 from .pilots import Decision, PilotBook, PilotRec, build_assignment, check_hello, reconcile
 from .registry import Registry
@@ -168,6 +169,40 @@ class ControllerState:
 
     def agent_of(self, site_id: int) -> int | None:
         return self.jobs.agents.get(site_id)
+
+    # ================================================================== health
+
+    def site_health(self, site_id: int, now: float) -> Health:
+        """Up, degraded or down, and why (see :mod:`.health`)."""
+        pilots = [p for p in self.pilots.pilots.values() if p.site_id == site_id]
+        live = sum(1 for p in pilots if p.peer is not None)
+        return site_health(SiteSigns(
+            agent_connected=site_id in self.jobs.agents,
+            agent_seen=self.jobs.agent_seen.get(site_id, 0.0),
+            had_agent=self.jobs.had_agent(site_id),
+            pilots=live, pilots_away=len(pilots) - live,
+            pilot_seen=max((p.last_seen for p in pilots), default=0.0)), now)
+
+    def site_info(self, rec: SiteRec, now: float) -> P.SiteInfo:
+        """A site as ``site ls`` shows it: capacity, health, and every pilot held for it."""
+        pilots = sorted((p for p in self.pilots.pilots.values() if p.site_id == rec.id),
+                        key=lambda p: p.pilot_id)
+        connected = [p for p in pilots if p.peer is not None]
+        health = self.site_health(rec.id, now)
+        return P.SiteInfo(
+            name=rec.name, created_at=rec.created_at, pilots=len(connected),
+            cores=sum(p.cores for p in connected), gpus=sum(p.gpus for p in connected),
+            agent=rec.id in self.jobs.agents,
+            batch_jobs=sum(1 for j in self.jobs.jobs.values()
+                           if j.site_id == rec.id and j.state not in states.JOB_FINAL),
+            health=health.state, health_reason=health.reason,
+            agent_seen=self.jobs.agent_seen.get(rec.id, 0.0),
+            pilot_seen=max((p.last_seen for p in pilots), default=0.0),
+            pilot_list=[P.PilotInfo(
+                pilot_id=p.pilot_id, hostname=p.hostname, cores=p.cores, gpus=p.gpus,
+                connected=p.peer is not None, last_seen=p.last_seen, running=len(p.assigned),
+                batch_job=p.batch_job, draining=p.draining) for p in pilots],
+        )
 
     # ================================================================== after commit
 
