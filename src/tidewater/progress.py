@@ -38,7 +38,8 @@ def waiting_notices(waiting: int, infos: list[TaskInfo], sites: list[SiteInfo],
     per_site: dict[str, list[str]] = {}
     for (site, state), n in sorted(counts.items()):
         per_site.setdefault(site, []).append(f"{n} {state}")
-    head = f"still waiting after {waited:.0f} s for {waiting} task{'s' if waiting != 1 else ''}"
+    secs = f"{waited:.1f}" if waited < 10 else f"{waited:.0f}"
+    head = f"still waiting after {secs} s for {waiting} task{'s' if waiting != 1 else ''}"
     if not per_site:
         return [Notice(head, False)]
     out: list[Notice] = []
