@@ -38,7 +38,7 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
     try:
         return anyio.run(fn)
     except TidewaterError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except BaseExceptionGroup as group:
         match, rest = group.split(TidewaterError)
@@ -47,7 +47,7 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
         first: BaseException = match
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
-        err.print(f"[red]error:[/red] {first}", highlight=False)
+        err.print(f"[red]error:[/red] {first}", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 
