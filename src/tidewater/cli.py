@@ -265,6 +265,26 @@ def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float
     _run(go)
 
 
+@main.command("backup")
+@click.argument("dest", type=click.Path(dir_okay=False))
+@click.option("--db", default=default_db, show_default="~/.tidewater/tidewater.db",
+              help="The store to copy: a SQLite file (path or sqlite:///path) or "
+                   "postgresql://user@host/db.")
+@click.option("--force", is_flag=True, help="Replace DEST if it exists.")
+def backup(dest: str, db: str, force: bool) -> None:
+    """Copy the store to DEST, consistently, while the controller runs.
+
+    SQLite: an online backup into a new file (written aside, then renamed).
+    PostgreSQL: `pg_dump -Fc` (needs pg_dump on PATH); restore with pg_restore.
+    """
+    from .controller.store.backup import backup as take
+
+    done = _run(lambda: take(db, dest, force=force))
+    err.print(f"copied {done.store} to {done.dest}: {done.tasks} tasks, "
+              f"{done.size:,} bytes", highlight=False, soft_wrap=True)
+    err.print(f"to restore: {done.restore}", highlight=False, soft_wrap=True)
+
+
 @main.command("dev-cert")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--host", "hosts", multiple=True,
