@@ -821,6 +821,10 @@ def app_ls(ctx: click.Context, site: str | None) -> None:
 @click.option("--idle-timeout", type=float, default=None, help="Exit after this many idle seconds.")
 @click.option("--wall-margin", type=float, default=30.0, show_default=True,
               help="Seconds before the batch job's end to stop taking and running tasks.")
+@click.option("--drain-timeout", type=click.FloatRange(min=0), default=Timeouts().drain,
+              show_default=True,
+              help="On SIGTERM/SIGINT, seconds running tasks may finish before they are "
+              "killed and handed back (a second signal: at once).")
 @click.option("--launcher", default="", help="MPI launcher for multi-rank tasks "
               "(mpiexec, cray-mpiexec, mpirun, srun, aprun, jsrun).")
 @click.option("--head", is_flag=True, help="Head mode: serve every node of the batch job, "
@@ -828,8 +832,14 @@ def app_ls(ctx: click.Context, site: str | None) -> None:
 @click.pass_context
 def pilot(ctx: click.Context, site: str, cores: int, gpus: int, prefetch: int, workdir: str,
           pilot_id: str, heartbeat: float, token_file: str, batch_job: int,
-          idle_timeout: float | None, wall_margin: float, launcher: str, head: bool) -> None:
-    """Run a pilot on this machine: it runs the site's tasks until stopped."""
+          idle_timeout: float | None, wall_margin: float, drain_timeout: float, launcher: str,
+          head: bool) -> None:
+    """Run a pilot on this machine: it runs the site's tasks until stopped.
+
+    SIGTERM or SIGINT: it takes no more work, hands back what has not started,
+    lets running tasks finish for up to --drain-timeout seconds, hands back
+    what still runs, and exits 0. A second signal skips the wait.
+    """
     import socket
 
     from .pilot import PilotConfig, run_pilot
@@ -867,7 +877,8 @@ def pilot(ctx: click.Context, site: str, cores: int, gpus: int, prefetch: int, w
         pilot_id = pilot_id or f"job{batch_job}-{host}-{index}-{os.urandom(3).hex()}"
     cfg = PilotConfig(url=o["url"], token=o["token"], site=site, cores=cores, gpus=gpus,
                       prefetch=prefetch, workdir=workdir, pilot_id=pilot_id,
-                      timeouts=Timeouts(heartbeat_interval=heartbeat), token_file=token_file,
+                      timeouts=Timeouts(heartbeat_interval=heartbeat, drain=drain_timeout),
+                      token_file=token_file,
                       batch_job=batch_job, end_time=end_time, wall_margin=wall_margin,
                       idle_timeout=idle_timeout, launcher=launcher or None, head_nodes=head_nodes,
                       ca_file=o["ca_file"])
