@@ -592,7 +592,11 @@ def site_init(ctx: click.Context, directory: str, name: str, scheduler: str, sit
 @site.command("start")
 @click.argument("directory", type=click.Path(file_okay=False, exists=True))
 def site_start(directory: str) -> None:
-    """Run the site's agent: batch jobs on its scheduler, until SIGINT or SIGTERM."""
+    """Run the site's agent: batch jobs on its scheduler, until SIGINT or SIGTERM.
+
+    Stopping leaves the batch jobs (and the pilots in them) running; started
+    again, the agent adopts them.
+    """
     from .agents.settings import load
     from .agents.site import Agent
 
@@ -609,7 +613,11 @@ def site_start(directory: str) -> None:
             err.print(f"agent of site {settings.site.name!r} connected to "
                       f"{settings.site.controller} ({settings.site.scheduler})")
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
+                async for signum in signals:
+                    # Batch jobs are left running: a restarted agent adopts them.
+                    with anyio.move_on_after(
+                            settings.site.scheduler_timeout + Timeouts().close + 5):
+                        await agent.stop(f"{signal.Signals(signum).name} received")
                     tg.cancel_scope.cancel()
                     return
 

@@ -20,6 +20,7 @@ import tidewater
 from tidewater import Client, Task
 
 from .procs import Proc, cluster, until
+from .test_site_agent import job_state, local_jobs, setup_site
 
 pytestmark = pytest.mark.integration
 
@@ -109,3 +110,53 @@ async def test_a_second_signal_skips_the_drain(tmp_path: Path) -> None:
             await c.start_pilot(site_token, pilot_id="second")
             info = await task.result(timeout=30)
     assert (info.state, info.attempt, info.pilot) == ("JOB_FINISHED", 2, "second")
+
+
+async def test_stopped_agent_leaves_its_jobs_running_and_adopts_them_again(
+    tmp_path: Path
+) -> None:
+    flag = tmp_path / "let-the-task-end"
+    async with cluster(tmp_path) as c:
+        await c.start_controller()
+        token = await c.add_user("alice")
+        async with tidewater.connect(c.url, token=token) as client:
+            site_dir = await setup_site(c, tmp_path, client)
+            agent = await c.start_agent(site_dir)
+            job = await client.queue_submit("laptop", nodes=1, wall_time_min=10)
+            task = await client.submit(
+                "sh", site="laptop",
+                params={"script": f"while [ ! -e {flag} ]; do sleep 0.05; done; echo done"})
+
+            async def running() -> bool:
+                return (await task.info()).state == "RUNNING"
+
+            await until(running, what="the task running in the batch job")
+            sched_id = (await job_state(client, job.id)).scheduler_id
+            assert sched_id
+            agent.proc.send_signal(signal.SIGTERM)
+            assert await exit_status(agent, EXIT_SLACK) == 0
+            await agent.wait_for("batch jobs are left running")
+            # The job and its pilot go on without the agent: the running task finishes,
+            # and new work runs too.
+            await anyio.Path(flag).touch()
+            info = await task.result(timeout=30)
+            assert (info.state, info.attempt, info.stdout_tail) == ("JOB_FINISHED", 1, "done\n")
+            assert info.pilot.startswith(f"job{job.id}-")
+            (listed,) = local_jobs(tmp_path / "local-jobs")
+            assert listed["state"] == "RUNNING"
+            more = await client.submit("hello", site="laptop", params={"n": 2})
+            assert (await more.result(timeout=30)).state == "JOB_FINISHED"
+            # Started again, the agent adopts the job: same scheduler id, no second job.
+            again = await c.start_agent(site_dir, name="agent-2")
+            await again.wait_for("agent of laptop connected")
+            assert len(local_jobs(tmp_path / "local-jobs")) == 1
+            j = await job_state(client, job.id)
+            assert (j.state, j.scheduler_id, j.pilots) == ("running", sched_id, 1)
+            # And it is under the new agent's control.
+            await client.queue_cancel(job.id)
+
+            async def cancelled() -> bool:
+                return (await job_state(client, job.id)).state == "finished"
+
+            await until(cancelled, what="the adopted job to be cancelled")
+            assert local_jobs(tmp_path / "local-jobs")[0]["state"] == "CANCELLED"
