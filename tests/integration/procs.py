@@ -223,7 +223,8 @@ def write_site(
         "site": {"name": name, "controller": url, "scheduler": scheduler,
                  "work_root": str(directory / "work"), "python": PY, "poll_interval": 0.5,
                  "heartbeat_interval": HEARTBEAT, "pilot_idle_timeout": 600.0,
-                 "wall_time_margin": 1.0, "launcher": "mpiexec"},
+                 "wall_time_margin": 1.0, "pilot_drain_timeout": 2.0,
+                 "launcher": "mpiexec"},
         "scheduler": {}, "job": {"wall_time_min": 10}, "limits": {}, "autoscale": {},
     }
     for sec, values in (sections or {}).items():
