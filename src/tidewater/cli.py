@@ -39,7 +39,7 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
     try:
         return anyio.run(fn)
     except TidewaterError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except BaseExceptionGroup as group:
         match, rest = group.split(TidewaterError)
@@ -48,7 +48,7 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
         first: BaseException = match
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
-        err.print(f"[red]error:[/red] {first}", highlight=False)
+        err.print(f"[red]error:[/red] {first}", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 
@@ -279,6 +279,26 @@ def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float
             tg.cancel_scope.cancel()
 
     _run(go)
+
+
+@main.command("backup")
+@click.argument("dest", type=click.Path(dir_okay=False))
+@click.option("--db", default=default_db, show_default="~/.tidewater/tidewater.db",
+              help="The store to copy: a SQLite file (path or sqlite:///path) or "
+                   "postgresql://user@host/db.")
+@click.option("--force", is_flag=True, help="Replace DEST if it exists.")
+def backup(dest: str, db: str, force: bool) -> None:
+    """Copy the store to DEST, consistently, while the controller runs.
+
+    SQLite: an online backup into a new file (written aside, then renamed).
+    PostgreSQL: `pg_dump -Fc` (needs pg_dump on PATH); restore with pg_restore.
+    """
+    from .controller.store.backup import backup as take
+
+    done = _run(lambda: take(db, dest, force=force))
+    err.print(f"copied {done.store} to {done.dest}: {done.tasks} tasks, "
+              f"{done.size:,} bytes", highlight=False, soft_wrap=True)
+    err.print(f"to restore: {done.restore}", highlight=False, soft_wrap=True)
 
 
 @main.command("dev-cert")
@@ -609,7 +629,11 @@ def site_init(ctx: click.Context, directory: str, name: str, scheduler: str, sit
 @site.command("start")
 @click.argument("directory", type=click.Path(file_okay=False, exists=True))
 def site_start(directory: str) -> None:
-    """Run the site's agent: batch jobs on its scheduler, until SIGINT or SIGTERM."""
+    """Run the site's agent: batch jobs on its scheduler, until SIGINT or SIGTERM.
+
+    Stopping leaves the batch jobs (and the pilots in them) running; started
+    again, the agent adopts them.
+    """
     from .agents.settings import load
     from .agents.site import Agent
 
@@ -626,7 +650,11 @@ def site_start(directory: str) -> None:
             err.print(f"agent of site {settings.site.name!r} connected to "
                       f"{settings.site.controller} ({settings.site.scheduler})")
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
+                async for signum in signals:
+                    # Batch jobs are left running: a restarted agent adopts them.
+                    with anyio.move_on_after(
+                            settings.site.scheduler_timeout + Timeouts().close + 5):
+                        await agent.stop(f"{signal.Signals(signum).name} received")
                     tg.cancel_scope.cancel()
                     return
 
@@ -838,6 +866,10 @@ def app_ls(ctx: click.Context, site: str | None) -> None:
 @click.option("--idle-timeout", type=float, default=None, help="Exit after this many idle seconds.")
 @click.option("--wall-margin", type=float, default=30.0, show_default=True,
               help="Seconds before the batch job's end to stop taking and running tasks.")
+@click.option("--drain-timeout", type=click.FloatRange(min=0), default=Timeouts().drain,
+              show_default=True,
+              help="On SIGTERM/SIGINT, seconds running tasks may finish before they are "
+              "killed and handed back (a second signal: at once).")
 @click.option("--launcher", default="", help="MPI launcher for multi-rank tasks "
               "(mpiexec, cray-mpiexec, mpirun, srun, aprun, jsrun).")
 @click.option("--head", is_flag=True, help="Head mode: serve every node of the batch job, "
@@ -845,8 +877,14 @@ def app_ls(ctx: click.Context, site: str | None) -> None:
 @click.pass_context
 def pilot(ctx: click.Context, site: str, cores: int, gpus: int, prefetch: int, workdir: str,
           pilot_id: str, heartbeat: float, token_file: str, batch_job: int,
-          idle_timeout: float | None, wall_margin: float, launcher: str, head: bool) -> None:
-    """Run a pilot on this machine: it runs the site's tasks until stopped."""
+          idle_timeout: float | None, wall_margin: float, drain_timeout: float, launcher: str,
+          head: bool) -> None:
+    """Run a pilot on this machine: it runs the site's tasks until stopped.
+
+    SIGTERM or SIGINT: it takes no more work, hands back what has not started,
+    lets running tasks finish for up to --drain-timeout seconds, hands back
+    what still runs, and exits 0. A second signal skips the wait.
+    """
     import socket
 
     from .pilot import PilotConfig, run_pilot
@@ -884,7 +922,8 @@ def pilot(ctx: click.Context, site: str, cores: int, gpus: int, prefetch: int, w
         pilot_id = pilot_id or f"job{batch_job}-{host}-{index}-{os.urandom(3).hex()}"
     cfg = PilotConfig(url=o["url"], token=o["token"], site=site, cores=cores, gpus=gpus,
                       prefetch=prefetch, workdir=workdir, pilot_id=pilot_id,
-                      timeouts=Timeouts(heartbeat_interval=heartbeat), token_file=token_file,
+                      timeouts=Timeouts(heartbeat_interval=heartbeat, drain=drain_timeout),
+                      token_file=token_file,
                       batch_job=batch_job, end_time=end_time, wall_margin=wall_margin,
                       idle_timeout=idle_timeout, launcher=launcher or None, head_nodes=head_nodes,
                       ca_file=o["ca_file"])

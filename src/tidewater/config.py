@@ -22,6 +22,11 @@ class Timeouts(msgspec.Struct, frozen=True, kw_only=True):
     """SIGTERM -> SIGKILL delay when a task is cancelled or times out."""
     close: float = 5.0
     """Graceful shutdown of a connection or a store."""
+    drain: float = 20.0
+    """A pilot told to stop (SIGTERM) lets its running tasks finish this long, then kills
+    and hands back what still runs (``tidewater pilot --drain-timeout``). Under Slurm's
+    default KillWait (30 s from SIGTERM to SIGKILL), so a cancelled or timed-out batch
+    job's pilot hands its tasks back before it is killed."""
     request: float = 60.0
     """Default wait for a reply to one client request."""
     progress: float = 30.0

@@ -13,6 +13,11 @@
     │   ├── ConnectionBroken        it broke (reset, timeout, refused)
     │   └── TLSError                the TLS handshake failed: certificate not verified, TLS mismatch
     ├── StoreError                  the database failed
+    │   └── StoreRefused            a --db that is not a store this Tidewater may open (where,
+    │       │                       problem, advice); the file or database is left untouched
+    │       ├── StoreCorrupt        not a database, or a damaged one
+    │       ├── StoreForeign        someone else's database (tables)
+    │       └── StoreTooNew         migrated by a newer Tidewater (version, supported)
     ├── CodecError (also ValueError) a function task's value cannot be encoded or decoded
     ├── PathEscape (also ValueError) a path on a site would leave its directory (path, base)
     │   └── WorkdirError            a task's work directory outside the pilot's root
@@ -120,6 +125,49 @@ class TLSError(ConnectionError_):
 
 class StoreError(TidewaterError):
     pass
+
+
+class StoreRefused(StoreError):
+    """A ``--db`` Tidewater will not open, nor write to: ``where`` (a file or a URL
+    without its password), ``problem`` (what is wrong) and ``advice`` (what to do).
+    The message is one line, naming all three."""
+
+    def __init__(self, where: str, problem: str, advice: str) -> None:
+        self.where = where
+        self.problem = problem
+        self.advice = advice
+        super().__init__(f"refusing store {where}: {problem}; {advice} (it was left unchanged)")
+
+
+class StoreCorrupt(StoreRefused):
+    """Not a database at all, or one whose pages are damaged (``detail``: SQLite's words)."""
+
+    def __init__(self, where: str, detail: str) -> None:
+        self.detail = detail
+        super().__init__(
+            where, f"the file is not a SQLite database or is damaged ({detail})",
+            f"restore it from a backup, or salvage what it holds with `sqlite3 {where} .recover`")
+
+
+class StoreForeign(StoreRefused):
+    """A database that holds other tables and is not marked as a Tidewater store."""
+
+    def __init__(self, where: str, tables: list[str]) -> None:
+        self.tables = tables
+        shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+        super().__init__(where, f"it is not a Tidewater store: it holds other tables ({shown})",
+                         "give --db a new file or an empty database")
+
+
+class StoreTooNew(StoreRefused):
+    """A store migrated by a newer Tidewater (schema ``version`` > ``supported``)."""
+
+    def __init__(self, where: str, version: int, supported: int) -> None:
+        self.version = version
+        self.supported = supported
+        super().__init__(
+            where, f"it has schema version {version}, newer than this Tidewater's ({supported})",
+            "upgrade Tidewater to open it")
 
 
 class CodecError(TidewaterError, ValueError):

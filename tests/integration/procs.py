@@ -118,11 +118,12 @@ class Cluster:
 
     async def start_pilot(
         self, token: str, *, pilot_id: str, cores: int = 1, site: str = "", prefetch: int = 1,
-        wait: bool = True,
+        wait: bool = True, drain_timeout: float = 0.0,
     ) -> Proc:
+        """A pilot; ``drain_timeout`` 0 (the default here): SIGTERM kills its tasks at once."""
         args = [PY, "-m", "tidewater", "pilot", "--cores", str(cores), "--prefetch",
                 str(prefetch), "--workdir", str(self.tmp / "work" / pilot_id), "--pilot-id",
-                pilot_id, "--heartbeat", str(HEARTBEAT)]
+                pilot_id, "--heartbeat", str(HEARTBEAT), "--drain-timeout", str(drain_timeout)]
         if site:
             args += ["--site", site]
         proc = await anyio.open_process(args, env={**self.env, "TIDEWATER_TOKEN": token},
@@ -222,7 +223,8 @@ def write_site(
         "site": {"name": name, "controller": url, "scheduler": scheduler,
                  "work_root": str(directory / "work"), "python": PY, "poll_interval": 0.5,
                  "heartbeat_interval": HEARTBEAT, "pilot_idle_timeout": 600.0,
-                 "wall_time_margin": 1.0, "launcher": "mpiexec"},
+                 "wall_time_margin": 1.0, "pilot_drain_timeout": 2.0,
+                 "launcher": "mpiexec"},
         "scheduler": {}, "job": {"wall_time_min": 10}, "limits": {}, "autoscale": {},
     }
     for sec, values in (sections or {}).items():

@@ -204,10 +204,38 @@ def test_kill_of_another_attempt_leaves_the_running_one_alone() -> None:
 def test_stopping_stops_everything_with_a_report_and_starts_nothing() -> None:
     b = book(cores=1)
     b.run_tasks([task(1), task(2)], NOW)
-    assert b.stop("the pilot was stopped") == [Stop((1, 1), "the pilot was stopped", False)]
+    assert b.stop("the pilot was stopped", NOW) == [
+        Stop((1, 1), "the pilot was stopped", False)]
     assert not b.queue
     assert b.ended((1, 1), done(1), NOW) == []
     assert b.run_tasks([task(3)], NOW) == []
+
+
+def handed_back(b: PilotBook) -> list[tuple[int, str, str]]:
+    return [(r.task_id, r.kind, r.message) for f in sent(b.outgoing(1 << 20))
+            if isinstance(f, P.Reports) for r in f.reports if r.kind != "started"]
+
+
+def test_draining_hands_the_queue_back_at_once_and_lets_running_tasks_finish() -> None:
+    b = book(cores=1, prefetch=2)
+    b.run_tasks([task(1), task(2), task(3)], NOW)
+    b.drain("the pilot was stopped", NOW)
+    assert list(b.running) == [(1, 1)] and not b.queue
+    assert handed_back(b) == [
+        (2, "killed", "the pilot was stopped: handed back before it started"),
+        (3, "killed", "the pilot was stopped: handed back before it started")]
+    # What runs goes on; when it ends nothing new starts, and its report is owed as usual.
+    assert b.ended((1, 1), done(1), NOW) == []
+    assert handed_back(b) == [(1, "done", "")]
+    assert b.hello_credit() == (0, 0)
+
+
+def test_work_pushed_while_draining_is_handed_back_unstarted() -> None:
+    b = book(cores=2)
+    b.drain("stopping", NOW)
+    assert b.run_tasks([task(7)], NOW) == []
+    assert handed_back(b) == [(7, "killed", "the pilot is stopping: handed back before it started")]
+    assert b.held() == [(7, 1)]  # until the controller acknowledges the report
 
 
 # --------------------------------------------------------------------------- reports, held, acks

@@ -24,6 +24,7 @@ from typing import Literal
 
 import msgspec
 
+from ..config import Timeouts
 from ..errors import ConfigError
 
 SCHEDULERS = ("slurm", "pbs", "lsf", "cobalt", "local")
@@ -51,6 +52,10 @@ class SiteSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     heartbeat_interval: float = 5.0
     wall_time_margin: float = 30.0
     """Pilots stop taking tasks, and end what runs, this long before the job's wall time."""
+    pilot_drain_timeout: float = Timeouts().drain
+    """A pilot sent SIGTERM (its job cancelled) lets running tasks finish this long before
+    handing them back: keep it below the scheduler's SIGTERM -> SIGKILL grace (Slurm's
+    KillWait, 30 s by default)."""
     scheduler_timeout: float = 60.0
 
 
@@ -281,6 +286,7 @@ def pilot_argv(
         "--prefetch", str(s.site.pilot_prefetch),
         "--heartbeat", f"{s.site.heartbeat_interval:g}",
         "--wall-margin", f"{s.site.wall_time_margin:g}",
+        "--drain-timeout", f"{s.site.pilot_drain_timeout:g}",
         "--launcher", s.launcher,
     ]
     if s.site.cores_per_node:

@@ -15,7 +15,9 @@ work. It never runs tasks. It:
   list of live jobs carries their scheduler ids, and a job submitted just
   before the crash is found in the listing by its unique name
   (``tw-<site>-<id>``) instead of being submitted twice;
-* runs the autoscaler (:mod:`.autoscale`) whenever demand or jobs change.
+* runs the autoscaler (:mod:`.autoscale`) whenever demand or jobs change;
+* told to stop (:meth:`Agent.stop`, SIGTERM), leaves its batch jobs running:
+  it finishes the scheduler command in flight, sends what it owes, and goes.
 """
 
 from __future__ import annotations
@@ -107,6 +109,9 @@ class Agent:
         self._rescale = anyio.Event()
         self._connected = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
+        self.stopping = False
+        self._reconciling = anyio.Lock()  # held while a reconcile runs scheduler commands
+        self._acked = anyio.Event()  # set at every Ack from the controller
         self.decisions = 0
         self.last_decision = autoscale.Decision()
         self.engine = Engine(settings, self._staged)
@@ -132,6 +137,33 @@ class Agent:
             await tg.start(self.engine.run)
             await tg.start(self.session.run)
             task_status.started()
+
+    async def stop(self, reason: str = "stopping") -> None:
+        """Stop without touching the batch jobs: they, and the pilots in them, keep
+        running, and an agent started again adopts them.
+
+        Nothing new is submitted or cancelled from now on; a scheduler command
+        already running (``sbatch``, ``scancel``) is let finish, bounded by the
+        site's ``scheduler_timeout``, so its outcome is not lost. The job updates,
+        transfer results and requests owed to the controller are then sent and
+        acknowledged (bounded by ``Timeouts.close``), and the connection is
+        closed. The caller then cancels :meth:`run`. Cancel-safe: what is not
+        reported is found again by the next agent's reconcile.
+        """
+        self.stopping = True
+        log.info("stopping (%s): batch jobs are left running", reason)
+        with anyio.move_on_after(self.s.site.scheduler_timeout):
+            await self._reconciling.acquire()  # and never released: no reconcile after this
+        with anyio.move_on_after(self.t.close):
+            while self.pending or self.staged or self.requests_out or len(self.session.outbox):
+                self._acked = anyio.Event()
+                self.session.wake()
+                await self._acked.wait()
+        owed = len(self.pending) + len(self.staged) + len(self.session.outbox)
+        if owed:
+            log.warning("stopping with %d reports unacknowledged: the next agent finds "
+                        "their jobs again in the scheduler's listing", owed)
+        await self.session.aclose()
 
     async def _site_limits(self) -> P.SiteLimits:
         s = self.s
@@ -201,8 +233,10 @@ class Agent:
                 log.warning("controller: %s", msg.message)
             case P.Reject():
                 raise ConnectionBroken(f"controller refused: {msg.reason}")
+            case P.Ack():
+                self._acked.set()  # the session's outbox has applied it
             case _:
-                pass  # Ack: the session's outbox has applied it
+                pass
 
     def _outgoing(self) -> list[bytes]:
         """What the sender sends now: updates and transfer results (kept), then requests."""
@@ -305,7 +339,10 @@ class Agent:
             with anyio.move_on_after(self.s.site.poll_interval):
                 await self._look.wait()
             self._look = anyio.Event()
-            await self.reconcile()
+            async with self._reconciling:
+                if self.stopping:
+                    return
+                await self.reconcile()
 
     async def reconcile(self) -> None:
         """Look at the scheduler, report changes, submit and cancel what is due.
@@ -455,7 +492,7 @@ class Agent:
                 await self._rescale.wait()
             self._rescale = anyio.Event()
             if (not self.s.autoscale.enabled or self.session.link is None
-                    or not self._connected.is_set()):
+                    or not self._connected.is_set() or self.stopping):
                 continue
             retry_at = self.autoscale_once()
 

@@ -137,7 +137,11 @@ class PilotBook:
 
     def hello_credit(self) -> tuple[int, int]:
         """The credit a new Hello grants (free + prefetch - queued), which replaces what
-        was still to be given back: the controller starts counting afresh."""
+        was still to be given back: the controller starts counting afresh. None while
+        draining: a pilot that is stopping takes no more work."""
+        if self.stopping:
+            self.pending_credit = (0, 0)
+            return (0, 0)
         queued_cores = sum(a.cores for a in self.queue)
         queued_gpus = sum(a.gpus for a in self.queue)
         self.pending_credit = (0, 0)
@@ -150,12 +154,16 @@ class PilotBook:
         """The controller pushed ``tasks``: queue them and start what fits.
 
         A task already held (a push resent after a reconnect) is not queued
-        twice; its credit goes back.
+        twice; its credit goes back. While draining, what arrives (sent before
+        the controller heard the Drain) is handed back at once.
         """
         have = set(self.held())
         for a in tasks:
             key = (a.task_id, a.attempt)
-            if key in have:
+            if self.stopping and key not in have:
+                have.add(key)
+                self._hand_back(a, now, "the pilot is stopping")
+            elif key in have:
                 self._give_back(a)
             else:
                 have.add(key)
@@ -216,11 +224,24 @@ class PilotBook:
         for tid in [t for t, u in self._unacked.items() if u.seq is not None and u.seq <= seq]:
             del self._unacked[tid]
 
-    def stop(self, reason: str) -> list[Command]:
-        """The pilot is stopping: start nothing more, forget the queue, stop what runs."""
+    def drain(self, reason: str, now: float) -> None:
+        """The pilot is stopping but lets what runs finish: start nothing more, and hand
+        the queued tasks back now (a ``killed`` report each, so the controller gives
+        them to another pilot at once, without counting a retry)."""
         self.stopping = True
-        self.queue.clear()
+        while self.queue:
+            self._hand_back(self.queue.popleft(), now, reason)
+
+    def stop(self, reason: str, now: float) -> list[Command]:
+        """The pilot is stopping now: start nothing more, hand the queue back, and stop
+        what runs (each reported ``killed`` with ``reason``: the controller retries it)."""
+        self.drain(reason, now)
         return [Stop(key, reason, False) for key in self.running]
+
+    def _hand_back(self, a: P.Assignment, now: float, reason: str) -> None:
+        self._give_back(a)
+        self._final(P.Report(task_id=a.task_id, attempt=a.attempt, kind="killed", time=now,
+                             message=f"{reason}: handed back before it started"))
 
     # ------------------------------------------------------------------ what to send
 

@@ -129,6 +129,9 @@ class Pilot:
         # Keyed by (task, attempt): a new attempt may start while an old one is being killed.
         self.running: dict[tuple[int, int], Running] = {}
         self._changed = anyio.Event()  # set when running tasks end or reports are acked
+        self._drain_scope: anyio.CancelScope | None = None
+        self._skip_drain = False
+        self._stop_started = False
         self._tg: TaskGroup | None = None
         self._base_env = dict(os.environ)
         self._base_env.pop("TIDEWATER_TOKEN", None)
@@ -191,13 +194,42 @@ class Pilot:
                 return
             await anyio.sleep(left)
 
-    async def stop(self, reason: str = "stopping") -> None:
-        """Kill running tasks, flush their reports, say Bye, and end :meth:`run`."""
-        self.session.stop()
-        self.book.stopping = True  # nothing new starts while the Drain is on its way
+    async def stop(self, reason: str = "stopping", *, drain: float = 0.0) -> None:
+        """Stop: take no more work, finish or hand back what is held, say Bye, end :meth:`run`.
+
+        At once: a Drain tells the controller to send nothing more, and every
+        queued task that has not started is handed back (reported ``killed``;
+        the controller gives it to another pilot without counting a retry).
+        Running tasks may finish for up to ``drain`` seconds (:meth:`skip_drain`
+        cuts that short); whatever still runs then is killed and reported with
+        ``reason``, so the controller retries it at once rather than after a
+        lease. The reports are flushed (bounded by ``close + kill_grace``),
+        then Bye. Cancel-safe only in the sense that a cancelled stop leaves
+        the controller to notice the pilot is gone when its lease runs out.
+        """
+        if self._stop_started:
+            self.skip_drain()  # stopping already: a second reason to stop ends the wait
+            return
+        self._stop_started = True
+        self.book.drain(reason, time.time())  # nothing new starts while the Drain is on its way
         await self.session.send_quietly(P.Drain(reason=reason))
+        self.session.wake()
+        if self.running and drain > 0 and not self._skip_drain:
+            log.info("stopping: letting %d running tasks finish (up to %g s); a second "
+                     "SIGTERM or SIGINT stops them now", len(self.running), drain)
+            with anyio.move_on_after(drain) as scope:
+                self._drain_scope = scope
+                while self.running:
+                    await self._changed.wait()
+                    self._changed = anyio.Event()
+            self._drain_scope = None
+            if self.running:
+                log.info("stopping: %d tasks still running, handing them back",
+                         len(self.running))
+        # No reconnecting once the last reports are out.
+        self.session.stop()
         # Kill only after the Drain: the controller must not retry them here.
-        self._execute(self.book.stop(reason))
+        self._execute(self.book.stop(reason, time.time()))
         with anyio.move_on_after(self.t.close + self.t.kill_grace):
             while self.running or self.book.reports or (
                     len(self.book.outbox) and self.session.link is not None):
@@ -208,6 +240,12 @@ class Pilot:
         await self.session.aclose()
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
+
+    def skip_drain(self) -> None:
+        """Stop waiting for running tasks to finish: a second signal while stopping."""
+        self._skip_drain = True
+        if self._drain_scope is not None:
+            self._drain_scope.cancel()
 
     def held(self) -> list[tuple[int, int]]:
         """(task, attempt) of every task this pilot has (:meth:`.book.PilotBook.held`)."""
@@ -238,6 +276,9 @@ class Pilot:
         )
 
     async def _welcomed(self, link: Link, welcome: P.Welcome) -> None:
+        if self.book.stopping:
+            # Reconnected while draining: the controller must still send nothing.
+            await link.send(P.Drain(reason="the pilot is stopping"))
         log.info("pilot %s connected to %s (site %s, %d cores, %d gpus)", self.pilot_id,
                  self.cfg.url, welcome.site, self.cfg.cores, self.cfg.gpus)
 
@@ -489,8 +530,12 @@ class Pilot:
 
 
 async def run_pilot(config: PilotConfig) -> None:
-    """Run a pilot until SIGINT/SIGTERM (then stop it cleanly) or until it stops itself
-    (idle, or its batch job ending)."""
+    """Run a pilot until it stops itself (idle, or its batch job ending) or is told to.
+
+    SIGTERM or SIGINT: :meth:`Pilot.stop` with ``config.timeouts.drain``
+    (take no more work, hand back the queue, let running tasks finish that
+    long, hand back the rest, Bye); a second signal skips the wait.
+    """
     import signal
 
     pilot = Pilot(config)
@@ -505,11 +550,21 @@ async def run_pilot(config: PilotConfig) -> None:
 
         await tg.start(main)
 
+        async def stop() -> None:
+            await pilot.stop("the pilot was stopped", drain=config.timeouts.drain)
+            tg.cancel_scope.cancel()
+
         async def on_signal() -> None:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    await pilot.stop("the pilot was stopped")
-                    tg.cancel_scope.cancel()
-                    return
+                stopping = False
+                async for signum in signals:
+                    if not stopping:
+                        stopping = True
+                        log.info("%s: stopping", signal.Signals(signum).name)
+                        tg.start_soon(stop)
+                    else:
+                        log.info("%s again: not waiting for running tasks",
+                                 signal.Signals(signum).name)
+                        pilot.skip_drain()
 
         tg.start_soon(on_signal)

@@ -23,7 +23,10 @@ from tidewater.config import Timeouts, home
 from tidewater.errors import SchedulerOutputError
 
 DIRECTIVE = "#TWLOCAL"
-DEFAULT_KILL_GRACE = Timeouts().kill_grace
+_T = Timeouts()
+DEFAULT_KILL_GRACE = _T.drain + _T.kill_grace + _T.close
+"""SIGTERM -> SIGKILL on cancel (30 s, Slurm's default KillWait): room for a pilot to let
+its tasks finish for its default drain timeout and hand back the rest before it is killed."""
 
 LOCAL_STATES: dict[str, JobState] = {
     "PENDING": JobState.QUEUED,

@@ -20,7 +20,7 @@ import time
 
 import asyncpg
 
-from ...errors import StoreError
+from ...errors import StoreForeign, StoreTooNew
 from .schema import FINAL_STATES, SCHEMA_VERSION
 
 log = logging.getLogger("tidewater.store")
@@ -198,8 +198,9 @@ assert sorted(MIGRATIONS) == list(range(FIRST_VERSION, SCHEMA_VERSION + 1))
 async def migrate(conn: asyncpg.Connection, where: str) -> None:
     """Bring the database to :data:`SCHEMA_VERSION`; every missing step in one transaction.
 
-    Raises :class:`StoreError` for a schema newer than this Tidewater's and
-    for a database holding other tables and no ``tidewater_schema`` (asyncpg
+    Raises :class:`StoreTooNew` for a schema newer than this Tidewater's and
+    :class:`StoreForeign` for a database holding other tables and no
+    ``tidewater_schema``, changing nothing in either case (asyncpg
     errors are left to the caller, which translates them).
     """
     async with conn.transaction():
@@ -210,11 +211,8 @@ async def migrate(conn: asyncpg.Connection, where: str) -> None:
                 "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
                 "ORDER BY tablename")]
             if found:
-                raise StoreError(
-                    f"{where} is not a Tidewater store: it holds other tables "
-                    f"({', '.join(found[:5])}{', ...' if len(found) > 5 else ''}) and no "
-                    f"{MARKER_TABLE}; give --db an empty database"
-                )
+                # Refused before anything is created: the transaction leaves it as it was.
+                raise StoreForeign(where, found)
             await conn.execute(
                 f"CREATE TABLE {MARKER_TABLE} (version BIGINT PRIMARY KEY, "
                 "applied_at DOUBLE PRECISION NOT NULL)")
@@ -223,10 +221,7 @@ async def migrate(conn: asyncpg.Connection, where: str) -> None:
             version = int(await conn.fetchval(
                 f"SELECT coalesce(max(version), 0) FROM {MARKER_TABLE}"))
         if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"store {where} has schema version {version}, newer than this Tidewater's "
-                f"({SCHEMA_VERSION}); upgrade Tidewater"
-            )
+            raise StoreTooNew(where, version, SCHEMA_VERSION)
         for target in range(max(version + 1, FIRST_VERSION), SCHEMA_VERSION + 1):
             await conn.execute(MIGRATIONS[target])
             await conn.execute(f"INSERT INTO {MARKER_TABLE} (version, applied_at) "

@@ -25,6 +25,13 @@ A failed commit raises :class:`~tidewater.errors.StoreError` out of the
 writer, which stops the task group that owns the store (the controller)
 rather than acknowledge work that is not stored. sqlite3 and aiosqlite
 errors are translated into StoreError, saying what failed and on which file.
+
+Opening never writes to a file it then refuses: the file is first read
+through a read-only connection (:func:`.sqlite_migrations.recognise`), and a
+file that is not a database or is damaged (:class:`StoreCorrupt`), holds
+someone else's tables (:class:`StoreForeign`) or a newer schema
+(:class:`StoreTooNew`) is refused before the journal mode is set or a
+migration runs.
 The schema and its migrations are in :mod:`.sqlite_migrations`.
 """
 from __future__ import annotations
@@ -37,12 +44,12 @@ from typing import Any
 import aiosqlite
 import anyio
 
-from ...errors import StoreError
+from ...errors import StoreCorrupt, StoreError
 from . import schema
 from .base import Op
 from .reads import SqlReads
 from .schema import INSERT_COLUMNS, TASK_UPDATE_COLUMNS, columns
-from .sqlite_migrations import migrate
+from .sqlite_migrations import is_corrupt, migrate, recognise
 from .writer import Buckets, GroupCommit, QueuedWrites
 
 
@@ -123,8 +130,15 @@ class SqliteStore(QueuedWrites, SqlReads):
         try:
             if self.path != ":memory:":
                 await anyio.Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            # Recognised read-only first: a file that is refused is never written to.
+            await anyio.to_thread.run_sync(recognise, self.path)
             self._wconn = await anyio.to_thread.run_sync(self._open_writer)
             self._rconn = await self._open()
+        except sqlite3.DatabaseError as exc:
+            await self._close_conns()
+            if is_corrupt(exc):
+                raise StoreCorrupt(self.path, str(exc)) from exc
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         except (sqlite3.Error, OSError) as exc:
             await self._close_conns()
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
@@ -180,7 +194,7 @@ class SqliteStore(QueuedWrites, SqlReads):
         except sqlite3.Error as exc:
             # A failed commit means memory and disk disagree: stop the
             # controller rather than acknowledge work that is not stored.
-            raise StoreError(f"commit to {self.path} failed: {exc}") from exc
+            raise _failed(f"commit to {self.path}", self.path, exc) from exc
 
     def _apply(self, ordered: Buckets) -> None:
         conn = self._wconn
@@ -204,5 +218,15 @@ class SqliteStore(QueuedWrites, SqlReads):
             async with self._rconn.execute(sql, params) as cur:
                 rows = await cur.fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(f"reading store {self.path} failed: {exc}") from exc
+            raise _failed(f"reading store {self.path}", self.path, exc) from exc
         return [tuple(r) for r in rows]
+
+
+def _failed(doing: str, path: str, exc: sqlite3.Error) -> StoreError:
+    """The StoreError for ``exc``; damage found while running says what to do."""
+    if is_corrupt(exc):
+        return StoreError(
+            f"{doing} failed: the file is damaged ({exc}); stop the controller, then "
+            f"restore the store from a backup (`tidewater backup`) or salvage it with "
+            f"`sqlite3 {path} .recover | sqlite3 NEW.db`")
+    return StoreError(f"{doing} failed: {exc}")

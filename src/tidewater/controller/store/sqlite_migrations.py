@@ -7,10 +7,13 @@ binds are in :mod:`.schema`, not here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
+from pathlib import Path
 
-from ...errors import StoreError
+from ...errors import StoreCorrupt, StoreForeign, StoreRefused, StoreTooNew
 from .schema import FINAL_STATES, SCHEMA_VERSION
 
 log = logging.getLogger("tidewater.store")
@@ -211,32 +214,93 @@ MIGRATIONS: list[str] = [
 ]
 
 
+TIDEWATER_TABLES = frozenset({"users", "sites", "apps", "tasks", "events", "submissions"})
+"""Tables every Tidewater store has had since schema version 1."""
+
+CORRUPT_CODES = frozenset({"SQLITE_NOTADB", "SQLITE_CORRUPT"})
+
+
+def is_corrupt(exc: sqlite3.Error) -> bool:
+    """SQLite says the file is not a database, or a damaged one."""
+    name = getattr(exc, "sqlite_errorname", "")
+    text = str(exc)
+    return (name in CORRUPT_CODES or name.startswith("SQLITE_CORRUPT")
+            or "not a database" in text or "malformed" in text)
+
+
 def tables(conn: sqlite3.Connection) -> list[str]:
     return [r[0] for r in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
         "ORDER BY name")]
 
 
+def check(conn: sqlite3.Connection, where: str) -> int:
+    """The schema version of the database on ``conn``, after making sure it is one this
+    Tidewater may open: reads only (the header and the schema), writes nothing.
+
+    Raises :class:`StoreCorrupt` (not a database, or its first page or schema is
+    damaged), :class:`StoreTooNew` and :class:`StoreForeign`.
+    """
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        # Reading the whole schema parses page 1 and every table's definition.
+        found = tables(conn)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        if is_corrupt(exc):
+            raise StoreCorrupt(where, str(exc)) from exc
+        raise
+    if version > SCHEMA_VERSION:
+        raise StoreTooNew(where, version, SCHEMA_VERSION)
+    if version == 0 and found:
+        raise StoreForeign(where, found)
+    if version > 0 and not TIDEWATER_TABLES <= set(found):
+        # A version number but not our tables: someone else's use of user_version.
+        raise StoreForeign(where, found or ["no tables"])
+    return version
+
+
+def recognise(path: str) -> int:
+    """The schema version of the SQLite file at ``path`` (0: no file, or an empty one),
+    read through a read-only connection so a file that is refused is left byte for
+    byte as it was (no journal-mode change, no checkpoint, no migration).
+
+    Raises :class:`StoreCorrupt`, :class:`StoreTooNew`, :class:`StoreForeign`, or
+    sqlite3.Error / OSError for a file that cannot be read (the caller translates).
+    """
+    if path == ":memory:" or not path:
+        return 0
+    try:
+        if os.stat(path).st_size == 0:
+            return 0
+    except FileNotFoundError:
+        return 0
+    # A read-only connection to a file in WAL mode still makes its -wal and -shm
+    # files; those it made are taken away again when the file is refused.
+    beside = [f"{path}-wal", f"{path}-shm"]
+    existed = {b for b in beside if os.path.exists(b)}
+    conn = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        return check(conn, path)
+    except StoreRefused:
+        conn.close()
+        for b in beside:
+            if b not in existed:
+                with contextlib.suppress(OSError):
+                    os.remove(b)
+        raise
+    finally:
+        conn.close()
+
+
 def migrate(conn: sqlite3.Connection, where: str) -> None:
     """Bring the schema to :data:`SCHEMA_VERSION`, one versioned step at a time.
 
-    Raises :class:`StoreError` for a store of a newer Tidewater, and for a
-    database at ``where`` that holds tables but is not a Tidewater store.
+    Raises :class:`StoreTooNew` for a store of a newer Tidewater, and
+    :class:`StoreForeign` for a database at ``where`` that holds tables but is
+    not a Tidewater store (checked again here, on the writer's connection).
     """
-    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"store {where} has schema version {version}, newer than this Tidewater's "
-            f"({SCHEMA_VERSION}); upgrade Tidewater"
-        )
-    if version == 0:
-        found = tables(conn)
-        if found:
-            raise StoreError(
-                f"{where} is not a Tidewater store: it holds other tables "
-                f"({', '.join(found[:5])}{', ...' if len(found) > 5 else ''}); "
-                "give --db a new file or an empty database"
-            )
+    version = check(conn, where)
     for target in range(version + 1, SCHEMA_VERSION + 1):
         script = MIGRATIONS[target - 1]
         conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {target};\nCOMMIT;")
