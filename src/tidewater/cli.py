@@ -228,7 +228,6 @@ def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float
     Outside loopback it serves TLS only: give --tls-cert and --tls-key.
     """
     from .controller import Server
-    from .controller.store.base import redact
     from .tls import check_listen
 
     logging.getLogger("tidewater").setLevel(min(logging.getLogger().level, logging.INFO))
@@ -255,12 +254,27 @@ def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float
     async def go() -> None:
         srv = Server(cfg)
         async with anyio.create_task_group() as tg:
-            url = await tg.start(srv.run)
-            err.print(f"tidewater controller on {url} (store {redact(db)})")
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
-                async for _ in sigs:
-                    break
-            tg.cancel_scope.cancel()
+
+            async def on_signals() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
+                    async for signum in sigs:
+                        name = signal.Signals(signum).name
+                        if not srv.url or srv.stopping:
+                            # A standby holds nothing; a second signal means now.
+                            logging.getLogger("tidewater.controller").info(
+                                "%s: stopping now", name)
+                            tg.cancel_scope.cancel()
+                            return
+                        logging.getLogger("tidewater.controller").info(
+                            "%s: shutting down gracefully (within %gs)", name, cfg.timeouts.close)
+                        srv.stop()
+
+            async def serve() -> None:
+                await srv.run()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(on_signals)
+            tg.start_soon(serve)
 
     _run(go)
 

@@ -21,6 +21,9 @@ class Timeouts(msgspec.Struct, frozen=True, kw_only=True):
     """Graceful shutdown of a connection or a store."""
     request: float = 60.0
     """Default wait for a reply to one client request."""
+    leader_check: float = 1.0
+    """How often a leading controller checks the connection that holds its leader lock
+    (and a standby on SQLite tries the lock again)."""
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):

@@ -13,6 +13,7 @@
     │   ├── ConnectionBroken        it broke (reset, timeout, refused)
     │   └── TLSError                the TLS handshake failed: certificate not verified, TLS mismatch
     ├── StoreError                  the database failed
+    │   └── LeadershipLost          this controller no longer holds the store's leader lock
     ├── CodecError (also ValueError) a function task's value cannot be encoded or decoded
     ├── PathEscape (also ValueError) a path on a site would leave its directory (path, base)
     │   └── WorkdirError            a task's work directory outside the pilot's root
@@ -120,6 +121,19 @@ class TLSError(ConnectionError_):
 
 class StoreError(TidewaterError):
     pass
+
+
+class LeadershipLost(StoreError):
+    """The connection holding the store's leader lock is gone (``store``: where, redacted).
+
+    Another controller may hold the lock now, so this one must stop serving at once.
+    """
+
+    def __init__(self, store: str, why: str) -> None:
+        self.store = store
+        self.why = why
+        super().__init__(f"lost the leader's lock on {store} ({why}): stopping so that two "
+                         "controllers never serve at once")
 
 
 class CodecError(TidewaterError, ValueError):
