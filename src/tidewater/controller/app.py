@@ -51,6 +51,21 @@ class WsPeer:
         self._queue: deque[bytes] = deque()
         self._wake = anyio.Event()
         self._closing: tuple[int, str] | None = None
+        self.reading = anyio.CancelScope()
+        """Around the handling of this peer's frames; :meth:`hang_up` cancels it."""
+        self.hung_up: tuple[int, str] | None = None
+
+    def hang_up(self, code: int, reason: str) -> None:
+        """Stop reading; then (:meth:`close`) send what is queued and close with ``code``.
+
+        The close starts only once reading has stopped, so that aiohttp's
+        close handshake reads the peer's close frame before the socket
+        closes: a socket closed with the peer's frames unread is reset, and
+        the peer may never hear why.
+        """
+        if self.hung_up is None:
+            self.hung_up = (code, reason)
+            self.reading.cancel()
 
     def send(self, msg: P.Msg) -> None:
         if self._closing is not None:
@@ -139,7 +154,7 @@ class ControllerApp:
         """
         self.stop_reading(code, reason)
         for peer in self.peers:
-            peer.close(code, reason)
+            peer.hang_up(code, reason)
         return len(self.peers)
 
     async def connections_closed(self) -> None:
@@ -212,7 +227,7 @@ class ControllerApp:
             return ws
         peer = WsPeer(ws, limits.outgoing_queue)
         if self.closing is not None:
-            peer.close(*self.closing)
+            peer.hang_up(*self.closing)
         self.c.connected(who, peer)
         self.peers.add(peer)
         try:
@@ -227,20 +242,26 @@ class ControllerApp:
         async with anyio.create_task_group() as tg:
             tg.start_soon(peer.sender, tg.cancel_scope)
             try:
-                if hello.role == "client":
-                    peer.send(self._welcome(who))
-                    log.info("client %s (%s) connected from %s", who.user, hello.name, remote)
-                    await self._client_loop(ws, who, peer)
-                elif hello.role == "agent":
-                    await self._agent_session(ws, who, peer, hello)
-                else:
-                    await self._pilot_session(ws, who, peer, hello)
+                with peer.reading:
+                    if hello.role == "client":
+                        peer.send(self._welcome(who))
+                        log.info("client %s (%s) connected from %s", who.user, hello.name,
+                                 remote)
+                        await self._client_loop(ws, who, peer)
+                    elif hello.role == "agent":
+                        await self._agent_session(ws, who, peer, hello)
+                    else:
+                        await self._pilot_session(ws, who, peer, hello)
             finally:
                 if hello.role == "client":
                     self.c.on_client_gone(who, peer)
                 self.c.disconnected(who, peer)
-                peer.detach()
-                tg.cancel_scope.cancel()
+                if peer.hung_up is not None:
+                    # The sender sends what is queued and the close frame, then ends the group.
+                    peer.close(*peer.hung_up)
+                else:
+                    peer.detach()
+                    tg.cancel_scope.cancel()
 
     def _welcome(self, who: Principal, site: str = "") -> P.Welcome:
         return P.Welcome(
@@ -490,11 +511,15 @@ class Server:
         try:
             await lead.watch()
         except LeadershipLost as exc:
-            dropped = self.controller.store.abandon()
+            dropped = self.controller.abandon()
             closed = web_app.close_all(*DEPOSED)
-            log.error("%s; closed %d connections, dropped %d writes not yet committed "
+            log.error("%s; closing %d connections, dropped %d writes not yet committed "
                       "(their senders will send them again to the new leader)",
                       exc, closed, dropped)
+            # Nothing is served any more; let the close frames reach the peers (so they
+            # move on at once) before the listener's cleanup tears the sockets down.
+            with anyio.move_on_after(self.config.timeouts.leader_check, shield=True):
+                await web_app.connections_closed()
             raise
 
     async def shutdown(self, site: web.BaseSite, web_app: ControllerApp) -> None:

@@ -239,7 +239,7 @@ class Pilot:
 
     async def _welcomed(self, link: Link, welcome: P.Welcome) -> None:
         log.info("pilot %s connected to %s (site %s, %d cores, %d gpus)", self.pilot_id,
-                 self.cfg.url, welcome.site, self.cfg.cores, self.cfg.gpus)
+                 self.session.url, welcome.site, self.cfg.cores, self.cfg.gpus)
 
     def _received(self, msg: P.ControllerToPilot) -> None:
         match msg:
