@@ -173,7 +173,9 @@ def _when(t: float | None) -> str:
 
 @click.group()
 @click.option("--url", envvar="TIDEWATER_URL", default="ws://127.0.0.1:8765",
-              show_default=True, help="Controller URL (or TIDEWATER_URL).")
+              show_default=True,
+              help="Controller URL (or TIDEWATER_URL); several, comma-separated, for a "
+                   "leader and its standbys: the first that answers is used.")
 @click.option("--token", envvar="TIDEWATER_TOKEN", default="", help="Token (or TIDEWATER_TOKEN).")
 @click.option("--ca-file", envvar="TIDEWATER_CA_FILE", default="",
               type=click.Path(dir_okay=False),
@@ -223,7 +225,10 @@ def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float
            max_frame_bytes: int, max_tasks_per_submit: int, max_params_bytes: int,
            tls_cert: str, tls_key: str, allow_plaintext: bool,
            max_requests_per_second: float, max_inline_bytes: int | None) -> None:
-    """Run a controller until SIGINT or SIGTERM.
+    """Run a controller until SIGINT or SIGTERM (graceful; a second signal: at once).
+
+    Several controllers may share one store: one leads, the others wait for
+    its lock without listening, and take over when it goes.
 
     Outside loopback it serves TLS only: give --tls-cert and --tls-key.
     """
