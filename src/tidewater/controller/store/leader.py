@@ -134,7 +134,9 @@ async def leadership(db: str, *, check: float,
 async def _file_leadership(path: str, check: float,
                            waiting: Callable[[str], None]) -> AsyncIterator[_FileLock]:
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        # Before the store's first open, which would make its directory too.
+        await anyio.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fd = await anyio.to_thread.run_sync(os.open, path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise StoreError(f"cannot open the leader's lock file {path}: "
                          f"{exc.strerror or exc}") from exc
