@@ -129,7 +129,8 @@ class ControllerApp:
         self.closing: tuple[int, str] | None = None
         """Set when the controller goes away: new connections are refused, frames dropped."""
         self._busy = 0
-        self._idle = anyio.Event()
+        self._change = anyio.Event()
+        """Set (and replaced) whenever a frame's handling ends or a connection ends."""
 
     def stop_reading(self, code: int, reason: str) -> None:
         """Refuse new connections and leave every frame from now on unhandled (unacknowledged).
@@ -140,11 +141,14 @@ class ControllerApp:
         if self.closing is None:
             self.closing = (code, reason)
 
+    def _changed(self) -> None:
+        change, self._change = self._change, anyio.Event()
+        change.set()
+
     async def handlers_idle(self) -> None:
         """Wait until no frame is being handled (after :meth:`stop_reading`: for good)."""
         while self._busy:
-            self._idle = anyio.Event()
-            await self._idle.wait()
+            await self._change.wait()
 
     def close_all(self, code: int, reason: str) -> int:
         """Stop reading and close every connection with ``code`` and ``reason``: how many.
@@ -160,8 +164,7 @@ class ControllerApp:
     async def connections_closed(self) -> None:
         """Wait until every connection has ended."""
         while self.peers:
-            self._idle = anyio.Event()
-            await self._idle.wait()
+            await self._change.wait()
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "server_id": self.c.server_id,
@@ -234,7 +237,7 @@ class ControllerApp:
             await self._session(ws, who, peer, hello, remote)
         finally:
             self.peers.discard(peer)
-            self._idle.set()
+            self._changed()
         return ws
 
     async def _session(self, ws: web.WebSocketResponse, who: Principal, peer: WsPeer,
@@ -335,8 +338,7 @@ class ControllerApp:
                                   message="internal controller error; see the controller log"))
             finally:
                 self._busy -= 1
-                if not self._busy:
-                    self._idle.set()
+                self._changed()
         return False
 
     async def _client_loop(self, ws: web.WebSocketResponse, who: Principal, peer: WsPeer) -> None:
@@ -538,6 +540,9 @@ class Server:
         bound = t.close * (1 - CLEANUP_SHARE)
         await site.stop()
         web_app.stop_reading(*SHUTDOWN)
+        # No new assignment: one committed after the peers are closed would reach its
+        # pilot only through the next controller's reconciliation.
+        self.controller.dispatching = False
         log.info("shutting down: stopped listening and reading; %d connections open",
                  len(web_app.peers))
         with anyio.move_on_after(bound) as scope:

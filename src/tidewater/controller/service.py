@@ -84,6 +84,8 @@ class ControllerService:
         self.started_at = time.time()
         self.deposed = False
         """Set by :meth:`abandon`: this controller may no longer write (or announce) anything."""
+        self.dispatching = True
+        """Cleared while shutting down: ready tasks wait for the next controller."""
 
     def abandon(self) -> int:
         """Write and announce nothing more: drop the writes not yet committed; how many.
@@ -424,7 +426,8 @@ class ControllerService:
         while True:
             await self._wake.wait()
             self._wake = anyio.Event()
-            self._execute(self.state.dispatch(time.time()))
+            if self.dispatching:
+                self._execute(self.state.dispatch(time.time()))
 
     async def _lease_loop(self) -> None:
         leases = self.state.pilots.leases
