@@ -6,6 +6,8 @@ import itertools
 import random
 
 import pytest
+from websockets.exceptions import ConnectionClosedError as WsClosedError
+from websockets.frames import Close
 
 from tidewater import proto as P
 from tidewater.errors import (
@@ -20,6 +22,7 @@ from tidewater.errors import (
 from tidewater.transport import (
     Outbox,
     Rotation,
+    _closed,
     backoff,
     controller_urls,
     is_retryable,
@@ -222,6 +225,20 @@ def test_rotation_of_one_url_keeps_it_and_backs_off_after_each_failure() -> None
     assert [r.failed() for _ in range(3)] == [True, True, True]
     r.lost()
     assert r.current == "only"
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [(1012, ConnectionClosed),
+     (1013, ConnectionClosed), (4003, ConnectionClosed), (1006, ConnectionBroken),
+     (1011, ConnectionBroken)],
+)
+def test_a_close_says_whether_the_controller_meant_it(
+    code: int, kind: type[TidewaterError],
+) -> None:
+    exc = _closed(WsClosedError(Close(code, "controller shutting down"), None))
+    assert type(exc) is kind and is_retryable(exc)
+    assert f"{code} controller shutting down" in str(exc)
 
 
 # --------------------------------------------------------------------------- outbox
