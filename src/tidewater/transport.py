@@ -483,6 +483,7 @@ class Session:
         """
         delays = backoff()
         rotation = self.rotation
+        failures: list[str] = []  # of this round, for the message when all of them failed
         while not self._stopping:
             url = rotation.current
             try:
@@ -495,11 +496,17 @@ class Session:
                 retryable = is_retryable(exc)
                 once = (not self._welcomed and not self._persistent) or not self._reconnect
                 round_over = rotation.failed()
+                failures.append(str(exc))
                 # Every URL is tried once before a failure is final or a delay is due.
                 if not retryable or (once and round_over):
                     if self._persistent:
                         self._log.error("%s refused: %s", self.role, exc)
+                    if retryable and len(failures) > 1:
+                        raise ConnectionBroken("no controller answered: "
+                                               + "; ".join(failures)) from exc
                     raise
+                if round_over:
+                    failures.clear()
                 if not round_over:
                     self._log.info("cannot reach the controller at %s (%s); trying %s",
                                    url, exc, rotation.current)
@@ -510,6 +517,7 @@ class Session:
                 await anyio.sleep(delay)
                 continue
             delays = backoff()
+            failures.clear()
             rotation.connected()
             lost = await self._connected(link, welcome, task_status)
             if lost is not None and not self._reconnect:
