@@ -42,7 +42,7 @@ async def test_peers_skip_a_standby_and_follow_it_once_it_leads(
             return "standby: waiting for the leader's lock on " + db in caplog.text
 
         await until(standing_by, what="the second controller to stand by")
-        async with tidewater.connect(urls, token=token) as client:
+        async with tidewater.connect(urls.split(","), token=token) as client:  # as a list
             _site, site_token = await client.add_site("laptop")
             await client.add_app("laptop", "greet", "echo hello {name}")
             pilot = Pilot(PilotConfig(url=urls, token=site_token, cores=1,
