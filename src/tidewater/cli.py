@@ -184,7 +184,9 @@ def _when(t: float | None) -> str:
 
 @click.group()
 @click.option("--url", envvar="TIDEWATER_URL", default="ws://127.0.0.1:8765",
-              show_default=True, help="Controller URL (or TIDEWATER_URL).")
+              show_default=True,
+              help="Controller URL (or TIDEWATER_URL); several, comma-separated, for a "
+                   "leader and its standbys: the first that answers is used.")
 @click.option("--token", envvar="TIDEWATER_TOKEN", default="", help="Token (or TIDEWATER_TOKEN).")
 @click.option("--ca-file", envvar="TIDEWATER_CA_FILE", default="",
               type=click.Path(dir_okay=False),
@@ -238,12 +240,14 @@ def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float
            disconnect_grace: float | None, max_frame_bytes: int, max_tasks_per_submit: int, max_params_bytes: int,
            tls_cert: str, tls_key: str, allow_plaintext: bool,
            max_requests_per_second: float, max_inline_bytes: int | None) -> None:
-    """Run a controller until SIGINT or SIGTERM.
+    """Run a controller until SIGINT or SIGTERM (graceful; a second signal: at once).
+
+    Several controllers may share one store: one leads, the others wait for
+    its lock without listening, and take over when it goes.
 
     Outside loopback it serves TLS only: give --tls-cert and --tls-key.
     """
     from .controller import Server
-    from .controller.store.base import redact
     from .tls import check_listen
 
     logging.getLogger("tidewater").setLevel(min(logging.getLogger().level, logging.INFO))
@@ -271,12 +275,27 @@ def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float
     async def go() -> None:
         srv = Server(cfg)
         async with anyio.create_task_group() as tg:
-            url = await tg.start(srv.run)
-            err.print(f"tidewater controller on {url} (store {redact(db)})")
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
-                async for _ in sigs:
-                    break
-            tg.cancel_scope.cancel()
+
+            async def on_signals() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
+                    async for signum in sigs:
+                        name = signal.Signals(signum).name
+                        if not srv.url or srv.stopping:
+                            # A standby holds nothing; a second signal means now.
+                            logging.getLogger("tidewater.controller").info(
+                                "%s: stopping now", name)
+                            tg.cancel_scope.cancel()
+                            return
+                        logging.getLogger("tidewater.controller").info(
+                            "%s: shutting down gracefully (within %gs)", name, cfg.timeouts.close)
+                        srv.stop()
+
+            async def serve() -> None:
+                await srv.run()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(on_signals)
+            tg.start_soon(serve)
 
     _run(go)
 

@@ -123,11 +123,13 @@ class Client:
     """
 
     def __init__(
-        self, url: str | None = None, token: str | None = None, *, name: str = "client",
+        self, url: str | Sequence[str] | None = None, token: str | None = None, *,
+        name: str = "client",
         timeouts: Timeouts | None = None, reconnect: bool = True,
         ca_file: str | os.PathLike[str] | None = None,
         on_notice: Callable[[Notice], None] | None = None,
     ) -> None:
+        # Several controllers (a list, or commas): the client follows whichever leads.
         self.url = url or os.environ.get("TIDEWATER_URL", "")
         self.token = token or os.environ.get("TIDEWATER_TOKEN", "")
         # A wss:// controller is verified against this CA alone, else the system trust store.
@@ -750,13 +752,15 @@ def _log_notice(n: Notice) -> None:
 
 
 def connect(
-    url: str | None = None, token: str | None = None, *,
+    url: str | Sequence[str] | None = None, token: str | None = None, *,
     ca_file: str | os.PathLike[str] | None = None, **kwargs: Any,
 ) -> Client:
     """A :class:`Client` for ``async with``.
 
     URL, token and CA file default to ``TIDEWATER_URL``, ``TIDEWATER_TOKEN``
-    and ``TIDEWATER_CA_FILE``. A ``wss://`` controller's certificate is
+    and ``TIDEWATER_CA_FILE``. ``url`` may name a leader and its standbys (a
+    list, or URLs separated by commas): the client uses the first that
+    answers and moves on when it goes. A ``wss://`` controller's certificate is
     verified against ``ca_file`` (else the system trust store); entering the
     client raises :class:`~tidewater.TLSError` if it does not verify.
     """
@@ -880,7 +884,8 @@ class SyncClient(AbstractContextManager["SyncClient"]):
     The async client runs on an event loop in a background thread.
     """
 
-    def __init__(self, url: str | None = None, token: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, url: str | Sequence[str] | None = None, token: str | None = None,
+                 **kwargs: Any) -> None:
         self._async = Client(url, token, **kwargs)
         self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
         self._portal: BlockingPortal | None = None
@@ -964,7 +969,7 @@ class SyncClient(AbstractContextManager["SyncClient"]):
 
 
 def connect_sync(
-    url: str | None = None, token: str | None = None, *,
+    url: str | Sequence[str] | None = None, token: str | None = None, *,
     ca_file: str | os.PathLike[str] | None = None, **kwargs: Any,
 ) -> SyncClient:
     """A :class:`SyncClient` for ``with``; arguments as :func:`connect`."""

@@ -29,6 +29,9 @@ class Timeouts(msgspec.Struct, frozen=True, kw_only=True):
     job's pilot hands its tasks back before it is killed."""
     request: float = 60.0
     """Default wait for a reply to one client request."""
+    leader_check: float = 1.0
+    """How often a leading controller checks the connection that holds its leader lock
+    (and a standby on SQLite tries the lock again)."""
     progress: float = 30.0
     """How often a client waiting on tasks says what they are waiting for."""
 

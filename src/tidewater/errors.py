@@ -13,6 +13,7 @@
     │   ├── ConnectionBroken        it broke (reset, timeout, refused)
     │   └── TLSError                the TLS handshake failed: certificate not verified, TLS mismatch
     ├── StoreError                  the database failed
+    │   ├── LeadershipLost          this controller no longer holds the store's leader lock
     │   └── StoreRefused            a --db that is not a store this Tidewater may open (where,
     │       │                       problem, advice); the file or database is left untouched
     │       ├── StoreCorrupt        not a database, or a damaged one
@@ -125,6 +126,19 @@ class TLSError(ConnectionError_):
 
 class StoreError(TidewaterError):
     pass
+
+
+class LeadershipLost(StoreError):
+    """The connection holding the store's leader lock is gone (``store``: where, redacted).
+
+    Another controller may hold the lock now, so this one must stop serving at once.
+    """
+
+    def __init__(self, store: str, why: str) -> None:
+        self.store = store
+        self.why = why
+        super().__init__(f"lost the leader's lock on {store} ({why}): stopping so that two "
+                         "controllers never serve at once")
 
 
 class StoreRefused(StoreError):

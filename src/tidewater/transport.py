@@ -27,7 +27,7 @@ import os
 import random
 import ssl
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -95,6 +95,65 @@ def ws_url(url: str) -> str:
     return url if url.endswith("/ws") else url + "/ws"
 
 
+def controller_urls(value: str | Sequence[str]) -> list[str]:
+    """The controller URLs a peer may use, in order: a comma-separated string or a list.
+
+    Each is checked and normalised by :func:`ws_url`; duplicates are dropped.
+    Raises :class:`ConfigError` for an empty list or a URL that is not ws(s)://.
+    """
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    urls: list[str] = []
+    for part in parts:
+        if part.strip():
+            url = ws_url(part)
+            if url not in urls:
+                urls.append(url)
+    if not urls:
+        raise ConfigError("no controller URL given (one, or several separated by commas)")
+    return urls
+
+
+class Rotation:
+    """Which controller URL to try next, and whether a whole round has failed. Pure.
+
+    Several controllers share one store and only the leader listens, so a
+    peer walks the list: each failed attempt moves to the next URL at once,
+    and only a whole round of failures (every URL tried since the last
+    success) calls for a backoff delay. A link that is lost after it was
+    welcomed moves on too: the controller it was talking to may be gone for
+    good, and a standby may be leading now.
+    """
+
+    def __init__(self, urls: Sequence[str]) -> None:
+        if not urls:
+            raise ConfigError("no controller URL given")
+        self.urls = list(urls)
+        self.index = 0
+        self._failed = 0
+
+    @property
+    def current(self) -> str:
+        return self.urls[self.index]
+
+    def failed(self) -> bool:
+        """The current URL could not be reached: move on. True when a whole round failed."""
+        self.index = (self.index + 1) % len(self.urls)
+        self._failed += 1
+        if self._failed >= len(self.urls):
+            self._failed = 0
+            return True
+        return False
+
+    def connected(self) -> None:
+        """The current URL welcomed us: a new round starts here."""
+        self._failed = 0
+
+    def lost(self) -> None:
+        """A welcomed link ended: try the next URL first (the same one, if it is alone)."""
+        self.index = (self.index + 1) % len(self.urls)
+        self._failed = 0
+
+
 class Link:
     """One open websocket to the controller."""
 
@@ -140,10 +199,16 @@ class Link:
             await self._ws.close()
 
 
+CLOSED_ON_PURPOSE = frozenset({1012, 1013})
+"""Close codes of a controller that goes away on purpose and asks peers to come back
+(1012 service restart: shutting down or no longer leading; 1013 try again later)."""
+
+
 def _closed(exc: WsClosed) -> TidewaterError:
     rcvd = exc.rcvd
     why = f"{rcvd.code} {rcvd.reason}".strip() if rcvd is not None else "no close frame"
-    if isinstance(exc, ConnectionClosedOK) or (rcvd is not None and rcvd.code >= 4000):
+    if isinstance(exc, ConnectionClosedOK) or (rcvd is not None and (
+            rcvd.code >= 4000 or rcvd.code in CLOSED_ON_PURPOSE)):
         return ConnectionClosed(f"the controller closed the connection ({why})")
     return ConnectionBroken(f"connection to the controller broke ({why})")
 
@@ -331,6 +396,12 @@ class Session:
     the connection; the session backs off (:func:`backoff`) and connects
     again while :func:`is_retryable` says it may help.
 
+    ``url`` may name several controllers (a comma-separated string or a
+    list, see :func:`controller_urls`): a failed attempt moves to the next
+    one at once, the backoff delay applies after a whole round, and a lost
+    link tries the next one first (:class:`Rotation`). Raises
+    :class:`ConfigError` at once for a URL that is not ws(s)://.
+
     ``persistent`` peers (pilot, agent) retry their very first connection
     too and log a refusal before raising it; others (a client) raise at once
     if the first attempt fails, so the caller hears why. With ``reconnect``
@@ -342,7 +413,8 @@ class Session:
     """
 
     def __init__(
-        self, url: str, *, role: str, hello: Callable[[], P.Hello], decoder: P.Decoder[Any],
+        self, url: str | Sequence[str], *, role: str, hello: Callable[[], P.Hello],
+        decoder: P.Decoder[Any],
         on_message: Callable[[Any], None], timeouts: Timeouts, log: logging.Logger,
         on_welcome: Callable[[Link, P.Welcome], Awaitable[None]] | None = None,
         outgoing: Callable[[], list[bytes]] | None = None,
@@ -350,7 +422,7 @@ class Session:
         outbox: Outbox | None = None, persistent: bool = True, reconnect: bool = True,
         options: LinkOptions = LinkOptions(),
     ) -> None:
-        self.url = url
+        self.rotation = Rotation(controller_urls(url))
         self.role = role
         self.outbox = outbox if outbox is not None else Outbox()
         self.link: Link | None = None
@@ -370,6 +442,11 @@ class Session:
         self._wake = anyio.Event()
         self._stopping = False
         self._welcomed = False
+
+    @property
+    def url(self) -> str:
+        """The controller URL in use (or tried next)."""
+        return self.rotation.current
 
     def wake(self) -> None:
         """Have the sender call ``outgoing()`` (now if connected, else after reconnecting)."""
@@ -405,28 +482,47 @@ class Session:
         keeps everything not yet acknowledged.
         """
         delays = backoff()
+        rotation = self.rotation
+        failures: list[str] = []  # of this round, for the message when all of them failed
         while not self._stopping:
+            url = rotation.current
             try:
                 link, welcome = await open_link(
-                    self.url, self._hello(), timeout=self._t.connect,
+                    url, self._hello(), timeout=self._t.connect,
                     max_size=self._options.max_size, ping_interval=self._options.ping_interval,
                     ping_timeout=self._options.ping_timeout, ca_file=self._options.ca_file,
                 )
             except Exception as exc:
-                first = not self._welcomed and not self._persistent
-                if first or not self._reconnect or not is_retryable(exc):
+                retryable = is_retryable(exc)
+                once = (not self._welcomed and not self._persistent) or not self._reconnect
+                round_over = rotation.failed()
+                failures.append(str(exc))
+                # Every URL is tried once before a failure is final or a delay is due.
+                if not retryable or (once and round_over):
                     if self._persistent:
                         self._log.error("%s refused: %s", self.role, exc)
+                    if retryable and len(failures) > 1:
+                        raise ConnectionBroken("no controller answered: "
+                                               + "; ".join(failures)) from exc
                     raise
+                if round_over:
+                    failures.clear()
+                if not round_over:
+                    self._log.info("cannot reach the controller at %s (%s); trying %s",
+                                   url, exc, rotation.current)
+                    continue
                 delay = next(delays)
                 self._log.info("cannot reach the controller at %s (%s); retrying in %.2fs",
-                               self.url, exc, delay)
+                               url, exc, delay)
                 await anyio.sleep(delay)
                 continue
             delays = backoff()
+            failures.clear()
+            rotation.connected()
             lost = await self._connected(link, welcome, task_status)
             if lost is not None and not self._reconnect:
                 raise lost
+            rotation.lost()
 
     async def _connected(
         self, link: Link, welcome: P.Welcome, task_status: TaskStatus[None]

@@ -98,20 +98,38 @@ class Cluster:
         self.db = db or STORE_URL or str(tmp / "tw.db")
         self.port = free_port()
         self.url = f"ws://127.0.0.1:{self.port}"
+        self.ports = [self.port]
         self.controller: Proc | None = None
+        self.controllers: dict[int, Proc] = {}
+        """Every controller process started, by port (the last one started on each)."""
         self.pilots: dict[str, Proc] = {}
         self.env = {**os.environ, "TIDEWATER_URL": self.url, "TIDEWATER_HOME": str(tmp / "home")}
         self.site_dirs: list[tuple[Path, dict[str, str]]] = []
 
-    async def start_controller(self, *extra: str) -> Proc:
+    def add_controller_port(self) -> int:
+        """Another port for a controller on the same store; ``url`` (and so every peer
+        started after this) then lists every port, comma-separated."""
+        port = free_port()
+        self.ports.append(port)
+        self.url = ",".join(f"ws://127.0.0.1:{p}" for p in self.ports)
+        self.env["TIDEWATER_URL"] = self.url
+        return port
+
+    async def start_controller(self, *extra: str, port: int | None = None,
+                               ready: str = "controller listening on") -> Proc:
+        """A controller process on ``port`` (default: the first); returns once it logs ``ready``."""
+        port = port or self.port
         proc = await anyio.open_process(
-            [PY, "-m", "tidewater", "server", "--db", self.db, "--port", str(self.port),
+            [PY, "-m", "tidewater", "server", "--db", self.db, "--port", str(port),
              "--lease-timeout", str(LEASE), "--heartbeat", str(HEARTBEAT), *extra],
             env=self.env, stdout=None,
         )
-        self.controller = Proc("controller", proc, self.tg)
-        await self.controller.wait_for("controller listening on")
-        return self.controller
+        p = Proc(f"controller :{port}", proc, self.tg)
+        self.controllers[port] = p
+        if port == self.port:
+            self.controller = p
+        await p.wait_for(ready)
+        return p
 
     async def add_user(self, name: str) -> str:
         return await add_user(self.db, name)
@@ -175,8 +193,8 @@ class Cluster:
     async def stop(self) -> None:
         for p in list(self.pilots.values()):
             await p.stop()
-        if self.controller is not None:
-            await self.controller.stop()
+        for c in self.controllers.values():
+            await c.stop()
         for d, env in self.site_dirs:
             await cancel_site_jobs(d, env)
 

@@ -51,3 +51,17 @@ def test_body_quotes_the_pilot_command_and_refuses_unknown_placeholders(tmp_path
     assert "'/a b/pilot-token'" in body and "n=2" in body
     with pytest.raises(ConfigError, match="placeholder"):
         render_body("${nope}", job_id=1, site="s", nodes=1, wall_time_min=1, pilot_launch=[])
+
+
+def test_several_controllers_reach_the_pilots_as_one_url_list(tmp_path: Path) -> None:
+    d = init_site(tmp_path / "site", name="s", scheduler="local", controller="ws://a:1",
+                  token="tws_0123456789abcdef.secret")
+    text = (d / "settings.toml").read_text()
+    (d / "settings.toml").write_text(text.replace(
+        'controller = "ws://a:1"', 'controller = ["ws://a:1", "ws://b:2"]'))
+    argv = pilot_argv(load(d), job_id=7, token_file="/t", head=False)
+    assert argv[argv.index("--url") + 1] == "ws://a:1/ws,ws://b:2/ws"
+    (d / "settings.toml").write_text(text.replace('controller = "ws://a:1"',
+                                                  'controller = "ws://a:1,ftp://b"'))
+    with pytest.raises(ConfigError, match="site.controller"):
+        load(d)

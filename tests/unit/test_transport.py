@@ -6,6 +6,8 @@ import itertools
 import random
 
 import pytest
+from websockets.exceptions import ConnectionClosedError as WsClosedError
+from websockets.frames import Close
 
 from tidewater import proto as P
 from tidewater.errors import (
@@ -17,7 +19,15 @@ from tidewater.errors import (
     StoreError,
     TidewaterError,
 )
-from tidewater.transport import Outbox, backoff, is_retryable, ws_url
+from tidewater.transport import (
+    Outbox,
+    Rotation,
+    _closed,
+    backoff,
+    controller_urls,
+    is_retryable,
+    ws_url,
+)
 
 
 def take(it, n: int) -> list[float]:  # type: ignore[no-untyped-def]
@@ -159,6 +169,76 @@ def test_ws_url_is_idempotent() -> None:
 def test_ws_url_bad_scheme(bad: str) -> None:
     with pytest.raises(ConfigError, match="ws://"):
         ws_url(bad)
+
+
+# --------------------------------------------------------------------------- several URLs
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("ws://a:1", ["ws://a:1/ws"]),
+        ("ws://a:1,ws://b:2", ["ws://a:1/ws", "ws://b:2/ws"]),
+        (" ws://a:1 , wss://b:2/ws ,", ["ws://a:1/ws", "wss://b:2/ws"]),
+        ("ws://a:1,ws://a:1/ws", ["ws://a:1/ws"]),
+        (["http://a:1", "ws://b:2"], ["ws://a:1/ws", "ws://b:2/ws"]),
+    ],
+)
+def test_controller_urls_split_and_normalise(given: str | list[str], expected: list[str]) -> None:
+    assert controller_urls(given) == expected
+
+
+@pytest.mark.parametrize("bad", ["", " , ", [], "ws://a:1,ftp://b"])
+def test_controller_urls_refuse_empty_or_bad(bad: str | list[str]) -> None:
+    with pytest.raises(ConfigError):
+        controller_urls(bad)
+
+
+def test_rotation_moves_on_at_each_failure_and_backs_off_after_a_round() -> None:
+    r = Rotation(["a", "b", "c"])
+    tried, rounds = [], []
+    for _ in range(7):
+        tried.append(r.current)
+        rounds.append(r.failed())
+    assert tried == ["a", "b", "c", "a", "b", "c", "a"]
+    # A delay is due only once every URL has failed since the last success.
+    assert rounds == [False, False, True, False, False, True, False]
+
+
+def test_rotation_stays_on_a_url_that_works_and_restarts_the_round_there() -> None:
+    r = Rotation(["a", "b"])
+    assert r.failed() is False  # a refused
+    assert r.current == "b"
+    r.connected()
+    assert r.current == "b"
+    # Lost: the other controller may lead now, so it is tried first...
+    r.lost()
+    assert r.current == "a"
+    # ...and a whole round (a, then b again) fails before a delay.
+    assert r.failed() is False
+    assert r.current == "b"
+    assert r.failed() is True
+
+
+def test_rotation_of_one_url_keeps_it_and_backs_off_after_each_failure() -> None:
+    r = Rotation(["only"])
+    assert [r.failed() for _ in range(3)] == [True, True, True]
+    r.lost()
+    assert r.current == "only"
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [(1012, ConnectionClosed),
+     (1013, ConnectionClosed), (4003, ConnectionClosed), (1006, ConnectionBroken),
+     (1011, ConnectionBroken)],
+)
+def test_a_close_says_whether_the_controller_meant_it(
+    code: int, kind: type[TidewaterError],
+) -> None:
+    exc = _closed(WsClosedError(Close(code, "controller shutting down"), None))
+    assert type(exc) is kind and is_retryable(exc)
+    assert f"{code} controller shutting down" in str(exc)
 
 
 # --------------------------------------------------------------------------- outbox

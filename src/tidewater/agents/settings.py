@@ -26,6 +26,7 @@ import msgspec
 
 from ..config import Timeouts
 from ..errors import ConfigError
+from ..transport import controller_urls
 
 SCHEDULERS = ("slurm", "pbs", "lsf", "cobalt", "local")
 DEFAULT_LAUNCHER = {
@@ -35,7 +36,9 @@ DEFAULT_LAUNCHER = {
 
 class SiteSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
-    controller: str = "ws://127.0.0.1:8765"
+    controller: str | list[str] = "ws://127.0.0.1:8765"
+    """The controller's URL; several (a list, or one string separated by commas) when a
+    standby shares the leader's store: the agent and its pilots follow whichever leads."""
     token_file: str = "token"
     ca_file: str = ""
     """CA certificate a ``wss://`` controller is verified against ("": system trust store)."""
@@ -152,6 +155,10 @@ def load(directory: str | Path) -> SiteSettings:
         s = msgspec.convert(raw, SiteSettings)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{f}: {exc}") from None
+    try:
+        controller_urls(s.site.controller)
+    except ConfigError as exc:
+        raise ConfigError(f"{f}: site.controller: {exc}") from None
     if s.site.scheduler not in SCHEDULERS:
         raise ConfigError(f"{f}: scheduler {s.site.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
     return msgspec.structs.replace(s, directory=str(d))
@@ -278,7 +285,7 @@ def pilot_argv(
     py = s.site.python or sys.executable
     ca_file = s.ca_file()
     argv = [
-        py, "-m", "tidewater", "--url", s.site.controller,
+        py, "-m", "tidewater", "--url", ",".join(controller_urls(s.site.controller)),
         *(["--ca-file", ca_file] if ca_file else []), "pilot",
         "--site", s.site.name, "--batch-job", str(job_id), "--token-file", token_file,
         "--workdir", str(s.path(s.site.work_root)),

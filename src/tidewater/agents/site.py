@@ -207,7 +207,7 @@ class Agent:
     async def _welcomed(self, link: Link, welcome: P.Welcome) -> None:
         self.site_tag = welcome.site_tag or self.site_tag
         self._connected = anyio.Event()  # set again by this connection's Jobs
-        log.info("agent of %s connected to %s", welcome.site, self.s.site.controller)
+        log.info("agent of %s connected to %s", welcome.site, self.session.url)
 
     def _received(self, msg: P.ControllerToAgent) -> None:
         match msg:

@@ -24,11 +24,12 @@ from anyio.abc import TaskStatus
 
 from .. import proto as P
 from ..config import ControllerConfig
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, LeadershipLost
 from ..tls import check_listen, server_context
 from .model import Principal
 from .service import ControllerService
 from .store.base import redact
+from .store.leader import Lead, fence, leadership
 
 log = logging.getLogger("tidewater.controller.app")
 
@@ -50,6 +51,21 @@ class WsPeer:
         self._queue: deque[bytes] = deque()
         self._wake = anyio.Event()
         self._closing: tuple[int, str] | None = None
+        self.reading = anyio.CancelScope()
+        """Around the handling of this peer's frames; :meth:`hang_up` cancels it."""
+        self.hung_up: tuple[int, str] | None = None
+
+    def hang_up(self, code: int, reason: str) -> None:
+        """Stop reading; then (:meth:`close`) send what is queued and close with ``code``.
+
+        The close starts only once reading has stopped, so that aiohttp's
+        close handshake reads the peer's close frame before the socket
+        closes: a socket closed with the peer's frames unread is reset, and
+        the peer may never hear why.
+        """
+        if self.hung_up is None:
+            self.hung_up = (code, reason)
+            self.reading.cancel()
 
     def send(self, msg: P.Msg) -> None:
         if self._closing is not None:
@@ -109,6 +125,46 @@ class ControllerApp:
         self.app.router.add_get("/ws", self.ws_handler)
         self.app.router.add_get("/health", self.health)
         self.app.router.add_get("/metrics", self.metrics)
+        self.peers: set[WsPeer] = set()
+        self.closing: tuple[int, str] | None = None
+        """Set when the controller goes away: new connections are refused, frames dropped."""
+        self._busy = 0
+        self._change = anyio.Event()
+        """Set (and replaced) whenever a frame's handling ends or a connection ends."""
+
+    def stop_reading(self, code: int, reason: str) -> None:
+        """Refuse new connections and leave every frame from now on unhandled (unacknowledged).
+
+        Peers send what was not acknowledged again to whichever controller
+        serves next, so nothing is lost by dropping it here.
+        """
+        if self.closing is None:
+            self.closing = (code, reason)
+
+    def _changed(self) -> None:
+        change, self._change = self._change, anyio.Event()
+        change.set()
+
+    async def handlers_idle(self) -> None:
+        """Wait until no frame is being handled (after :meth:`stop_reading`: for good)."""
+        while self._busy:
+            await self._change.wait()
+
+    def close_all(self, code: int, reason: str) -> int:
+        """Stop reading and close every connection with ``code`` and ``reason``: how many.
+
+        What is already queued to a peer (acknowledgements of committed
+        work) is sent before its close frame.
+        """
+        self.stop_reading(code, reason)
+        for peer in self.peers:
+            peer.hang_up(code, reason)
+        return len(self.peers)
+
+    async def connections_closed(self) -> None:
+        """Wait until every connection has ended."""
+        while self.peers:
+            await self._change.wait()
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "server_id": self.c.server_id,
@@ -136,6 +192,8 @@ class ControllerApp:
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
     async def ws_handler(self, request: web.Request) -> web.StreamResponse:
+        if self.closing is not None:
+            raise web.HTTPServiceUnavailable(text=f"{self.closing[1]}\n")
         limits = self.c.limits
         ws = web.WebSocketResponse(max_msg_size=limits.max_frame_bytes, compress=False,
                                    autoping=True)
@@ -171,25 +229,42 @@ class ControllerApp:
                                "user token", "auth")
             return ws
         peer = WsPeer(ws, limits.outgoing_queue)
+        if self.closing is not None:
+            peer.hang_up(*self.closing)
         self.c.connected(who, peer)
+        self.peers.add(peer)
+        try:
+            await self._session(ws, who, peer, hello, remote)
+        finally:
+            self.peers.discard(peer)
+            self._changed()
+        return ws
+
+    async def _session(self, ws: web.WebSocketResponse, who: Principal, peer: WsPeer,
+                       hello: P.Hello, remote: str) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(peer.sender, tg.cancel_scope)
             try:
-                if hello.role == "client":
-                    peer.send(self._welcome(who))
-                    log.info("client %s (%s) connected from %s", who.user, hello.name, remote)
-                    await self._client_loop(ws, who, peer)
-                elif hello.role == "agent":
-                    await self._agent_session(ws, who, peer, hello)
-                else:
-                    await self._pilot_session(ws, who, peer, hello)
+                with peer.reading:
+                    if hello.role == "client":
+                        peer.send(self._welcome(who))
+                        log.info("client %s (%s) connected from %s", who.user, hello.name,
+                                 remote)
+                        await self._client_loop(ws, who, peer)
+                    elif hello.role == "agent":
+                        await self._agent_session(ws, who, peer, hello)
+                    else:
+                        await self._pilot_session(ws, who, peer, hello)
             finally:
                 if hello.role == "client":
                     self.c.on_client_gone(who, peer)
                 self.c.disconnected(who, peer)
-                peer.detach()
-                tg.cancel_scope.cancel()
-        return ws
+                if peer.hung_up is not None:
+                    # The sender sends what is queued and the close frame, then ends the group.
+                    peer.close(*peer.hung_up)
+                else:
+                    peer.detach()
+                    tg.cancel_scope.cancel()
 
     def _welcome(self, who: Principal, site: str = "") -> P.Welcome:
         return P.Welcome(
@@ -247,9 +322,12 @@ class ControllerApp:
                 peer.send(P.Error(req_id=_req_id_of(data), code="bad_frame",
                                   message=f"malformed frame: {exc}"))
                 continue
+            if self.closing is not None:
+                continue  # going away: the peer sends it again to whoever serves next
             if stop is not None and isinstance(msg, stop):
                 return True
             req_id = getattr(msg, "req_id", 0)
+            self._busy += 1
             try:
                 await handle(msg)
             except InvalidRequest as exc:
@@ -258,6 +336,9 @@ class ControllerApp:
                 log.exception("internal error handling %s", type(msg).__name__)
                 peer.send(P.Error(req_id=req_id, code="internal",
                                   message="internal controller error; see the controller log"))
+            finally:
+                self._busy -= 1
+                self._changed()
         return False
 
     async def _client_loop(self, ws: web.WebSocketResponse, who: Principal, peer: WsPeer) -> None:
@@ -345,6 +426,15 @@ async def peer_wait_closed(ws: web.WebSocketResponse) -> None:
             pass
 
 
+SHUTDOWN = (1012, "controller shutting down")
+"""How a controller that stops on purpose closes every connection (1012: service restart;
+peers treat it as retryable and reconnect, to the next URL or to the restarted controller)."""
+CLEANUP_SHARE = 0.2
+"""Of ``Timeouts.close``, what the listener's cleanup may take after a graceful shutdown."""
+DEPOSED = (1012, "controller lost the leader's lock")
+"""How a controller that lost its leadership closes every connection."""
+
+
 class Server:
     """A controller and its HTTP listener. ``await tg.start(server.run)`` -> url.
 
@@ -352,6 +442,13 @@ class Server:
     ``wss://``. ``run`` raises :class:`ConfigError` before listening when the
     certificate cannot be loaded, or when it would serve plaintext on a
     non-loopback host without ``config.allow_plaintext``.
+
+    Before it opens the store or listens, ``run`` takes the store's leader
+    lock (:mod:`.store.leader`), waiting as a standby while another
+    controller holds it. If the lock is lost, it closes every connection and
+    drops the writes not yet committed at once, and raises
+    :class:`~tidewater.errors.LeadershipLost`. :meth:`stop` shuts down
+    gracefully: ``run`` then returns.
     """
 
     def __init__(self, config: ControllerConfig) -> None:
@@ -359,6 +456,16 @@ class Server:
         self.controller = ControllerService(config)
         self.port = config.port
         self.url = ""
+        self.leading = False
+        self._stop = anyio.Event()
+
+    def stop(self) -> None:
+        """Shut down gracefully (see :meth:`shutdown`); ``run`` returns when done."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     async def run(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
         check_listen(self.config)
@@ -366,30 +473,91 @@ class Server:
         if self.config.tls_cert:
             ssl_context = await anyio.to_thread.run_sync(
                 server_context, self.config.tls_cert, self.config.tls_key)
-        async with anyio.create_task_group() as tg:
-            await tg.start(self.controller.run)
+        t = self.config.timeouts
+
+        def waiting(where: str) -> None:
+            log.info("standby: waiting for the leader's lock on %s", where)
+
+        async with leadership(self.config.db or ":memory:", check=t.leader_check,
+                              waiting=waiting) as lead:
+            self.leading = True
+            fence(self.controller.store, lead)
             web_app = ControllerApp(self.controller)
-            runner = web.AppRunner(web_app.app, handle_signals=False, access_log=None,
-                                   shutdown_timeout=self.config.timeouts.close)
-            await runner.setup()
-            try:
-                site = web.TCPSite(runner, self.config.host, self.config.port,
-                                   reuse_address=True, ssl_context=ssl_context)
-                await site.start()
-                addr: Any = runner.addresses[0]
-                self.port = int(addr[1])
-                host = self.config.host
-                shown = f"[{host}]" if ":" in host else host
-                scheme = "wss" if ssl_context is not None else "ws"
-                self.url = f"{scheme}://{shown}:{self.port}"
-                log.info("controller listening on %s (store %s)", self.url,
-                         redact(self.config.db or ":memory:"))
-                task_status.started(self.url)
-                await anyio.sleep_forever()
-            finally:
-                with anyio.move_on_after(self.config.timeouts.close, shield=True):
-                    await runner.cleanup()
-                tg.cancel_scope.cancel()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._guard, lead, web_app)
+                await tg.start(self.controller.run)
+                # Handlers still running when the listener is torn down get a fifth of
+                # the close bound; a graceful shutdown has closed them all by then.
+                runner = web.AppRunner(web_app.app, handle_signals=False, access_log=None,
+                                       shutdown_timeout=t.close * CLEANUP_SHARE)
+                await runner.setup()
+                try:
+                    site = web.TCPSite(runner, self.config.host, self.config.port,
+                                       reuse_address=True, ssl_context=ssl_context)
+                    await site.start()
+                    addr: Any = runner.addresses[0]
+                    self.port = int(addr[1])
+                    host = self.config.host
+                    shown = f"[{host}]" if ":" in host else host
+                    scheme = "wss" if ssl_context is not None else "ws"
+                    self.url = f"{scheme}://{shown}:{self.port}"
+                    log.info("controller listening on %s (store %s)", self.url,
+                             redact(self.config.db or ":memory:"))
+                    task_status.started(self.url)
+                    await self._stop.wait()
+                    await self.shutdown(site, web_app)
+                finally:
+                    with anyio.move_on_after(t.close, shield=True):
+                        await runner.cleanup()
+                    tg.cancel_scope.cancel()
+        log.info("controller stopped")
+
+    async def _guard(self, lead: Lead, web_app: ControllerApp) -> None:
+        """Stop serving the moment the leader's lock may be lost: never two leaders."""
+        try:
+            await lead.watch()
+        except LeadershipLost as exc:
+            dropped = self.controller.abandon()
+            closed = web_app.close_all(*DEPOSED)
+            log.error("%s; closing %d connections, dropped %d writes not yet committed "
+                      "(their senders will send them again to the new leader)",
+                      exc, closed, dropped)
+            # Nothing is served any more; let the close frames reach the peers (so they
+            # move on at once) before the listener's cleanup tears the sockets down.
+            with anyio.move_on_after(self.config.timeouts.leader_check, shield=True):
+                await web_app.connections_closed()
+            raise
+
+    async def shutdown(self, site: web.BaseSite, web_app: ControllerApp) -> None:
+        """Stop gracefully, within most of ``Timeouts.close``: nothing acknowledged is lost.
+
+        Stops listening and handling frames (those unhandled were not
+        acknowledged: their senders send them again), lets the writes already
+        queued commit (so their acknowledgements go out), then closes every
+        connection with :data:`SHUTDOWN`, a code peers retry on.
+        """
+        t = self.config.timeouts
+        bound = t.close * (1 - CLEANUP_SHARE)
+        await site.stop()
+        web_app.stop_reading(*SHUTDOWN)
+        # No new assignment: one committed after the peers are closed would reach its
+        # pilot only through the next controller's reconciliation.
+        self.controller.dispatching = False
+        log.info("shutting down: stopped listening and reading; %d connections open",
+                 len(web_app.peers))
+        with anyio.move_on_after(bound) as scope:
+            await web_app.handlers_idle()
+            before = self.controller.store.ops_committed
+            await self.controller.store.commit([])
+            log.info("shutting down: every queued write is committed (%d just now)",
+                     self.controller.store.ops_committed - before - 1)
+            closed = web_app.close_all(*SHUTDOWN)
+            await web_app.connections_closed()
+            log.info("shutting down: closed %d connections (%d %s)", closed, *SHUTDOWN)
+        if scope.cancelled_caught:
+            web_app.close_all(*SHUTDOWN)
+            log.warning("shutting down: not done within %gs; ending the %d connections left",
+                        bound, len(web_app.peers))
 
 
 @asynccontextmanager

@@ -82,6 +82,20 @@ class ControllerService:
         self._wake = anyio.Event()
         self._lease_changed = anyio.Event()
         self.started_at = time.time()
+        self.deposed = False
+        """Set by :meth:`abandon`: this controller may no longer write (or announce) anything."""
+        self.dispatching = True
+        """Cleared while shutting down: ready tasks wait for the next controller."""
+
+    def abandon(self) -> int:
+        """Write and announce nothing more: drop the writes not yet committed; how many.
+
+        For a controller that lost the leader's lock: another may own the
+        store now. Effects produced later (a connection's end, a lease) are
+        dropped too, so nothing is acknowledged that this store will not hold.
+        """
+        self.deposed = True
+        return self.store.abandon()
 
     # ================================================================== life
 
@@ -102,6 +116,8 @@ class ControllerService:
 
     def _execute(self, fx: Effects) -> None:
         """Deliver ``out`` now; queue the writes with what follows them. Never awaits."""
+        if self.deposed:
+            return
         for o in fx.out:
             self._deliver(o)
         if fx.writes or fx.after:
@@ -112,6 +128,8 @@ class ControllerService:
 
     async def _run(self, fx: Effects) -> None:
         """As :meth:`_execute`, then wait while the store's queue is over its bound."""
+        if self.deposed:
+            return
         for o in fx.out:
             self._deliver(o)
         if fx.writes or fx.after:
@@ -410,7 +428,8 @@ class ControllerService:
         while True:
             await self._wake.wait()
             self._wake = anyio.Event()
-            self._execute(self.state.dispatch(time.time()))
+            if self.dispatching:
+                self._execute(self.state.dispatch(time.time()))
 
     async def _lease_loop(self) -> None:
         leases = self.state.pilots.leases

@@ -280,7 +280,7 @@ class Pilot:
             # Reconnected while draining: the controller must still send nothing.
             await link.send(P.Drain(reason="the pilot is stopping"))
         log.info("pilot %s connected to %s (site %s, %d cores, %d gpus)", self.pilot_id,
-                 self.cfg.url, welcome.site, self.cfg.cores, self.cfg.gpus)
+                 self.session.url, welcome.site, self.cfg.cores, self.cfg.gpus)
 
     def _received(self, msg: P.ControllerToPilot) -> None:
         match msg:

@@ -135,6 +135,9 @@ class Store(Protocol):
                      on_commit: Callable[[], None] | None = None) -> None:
         """Queue a write at once, in order, without waiting for room. Raises StoreError if closed."""
 
+    def abandon(self) -> int:
+        """Take no more writes, drop the queued ones uncommitted (never acknowledged): how many."""
+
     async def write(self, writes: list[Write],
                     on_commit: Callable[[], None] | None = None) -> None:
         """Queue a write, then wait while the queue is over its bound. Cancel-safe (stays queued)."""

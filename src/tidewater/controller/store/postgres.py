@@ -44,7 +44,7 @@ from typing import Any
 import anyio
 import asyncpg
 
-from ...errors import StoreError
+from ...errors import LeadershipLost, StoreError
 from . import schema
 from .base import Op, redact
 from .postgres_migrations import migrate
@@ -114,6 +114,10 @@ WRITE_SQL: dict[Op, str] = {
 }
 assert set(WRITE_SQL) == set(Op) == set(schema.OP_ORDER)
 
+FENCE_SQL = ("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
+             "AND pid = $1 AND granted)")
+"""Whether the leader's lock session (by backend pid) still holds its advisory lock."""
+
 _MARK = re.compile(r"\?")
 
 
@@ -149,7 +153,9 @@ class PostgresStore(QueuedWrites, SqlReads):
         self._queue = GroupCommit(self._commit_batch, queue_size=queue_size,
                                   max_batch=max_batch)
         self._tg: anyio.abc.TaskGroup | None = None
-
+        self.fence_pid: int | None = None
+        """The backend pid of the session holding the leader's lock (:func:`.leader.fence`):
+        each commit checks, last in its transaction, that it still holds it."""
 
     async def __aenter__(self) -> PostgresStore:
         try:
@@ -204,6 +210,10 @@ class PostgresStore(QueuedWrites, SqlReads):
                 async with conn.transaction():
                     for op, rows in ordered:
                         await conn.executemany(WRITE_SQL[op], rows)
+                    if self.fence_pid is not None and not await conn.fetchval(
+                            FENCE_SQL, self.fence_pid):
+                        # Rolled back: another controller may lead this store now.
+                        raise LeadershipLost(self.url, "the session holding it has ended")
             except ERRORS as exc:
                 # Memory and disk disagree: stop the controller rather than
                 # acknowledge work that is not stored.

@@ -88,6 +88,19 @@ class GroupCommit:
         self.open_for_writes = False
         self._has_ops.set()
 
+    def abandon(self) -> int:
+        """Take no more writes and drop those queued, uncommitted: how many were dropped.
+
+        Their callbacks never run, so nothing dropped is acknowledged. For a
+        controller that may no longer write (it lost the leader's lock); a
+        commit already under way still finishes or fails.
+        """
+        dropped = len(self._ops)
+        self._ops.clear()
+        self.close()
+        self._has_room.set()
+        return dropped
+
     def write_nowait(self, writes: list[Write], on_commit: Callable[[], None] | None = None,
                      done: anyio.Event | None = None) -> None:
         """Queue a write at once, in order, without waiting for room. Raises StoreError if closed."""
@@ -168,6 +181,10 @@ class QueuedWrites:
         assert self._tg is not None
         self._queue.close()
         await self._tg.__aexit__(None, None, None)
+
+    def abandon(self) -> int:
+        """Take no more writes and drop the queued ones (see :meth:`GroupCommit.abandon`)."""
+        return self._queue.abandon()
 
     @property
     def after_batch(self) -> Callable[[], None] | None:
