@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from ..integration.procs import LEASE
+from .invariants import assert_holds
 from .report import Row
 from .workload import World, world
 
@@ -53,7 +54,7 @@ async def test_kill_pilots(tmp_path: Path, chaos_seed: int, chaos_report: list[R
             redone = {e.task_id for e in lost}
             w.row.recover.append(max(w.finished_at(redone)) - t0 if redone else None)
         v = w.verdict(tasks)
-    assert v.ok, v.summary()
+    assert_holds(v)
     assert v.states["JOB_FINISHED"] == n
     for victim, t0, held in victims:
         retried = {e.task_id for e in w.losses({victim}, t0)}
@@ -85,7 +86,7 @@ async def test_kill_agent(tmp_path: Path, chaos_seed: int, chaos_report: list[Ro
         after = await w.job()
         v = w.verdict(tasks)
         jobs = await w.client.queue(include_finished=True)
-    assert v.ok, v.summary()
+    assert_holds(v)
     assert v.states["JOB_FINISHED"] == n and v.retried == 0
     # Adopted: the same job, same scheduler id, still running with its pilot; no new job.
     assert [j.id for j in jobs] == [before.id]
@@ -123,5 +124,5 @@ async def test_kill_controller(tmp_path: Path, chaos_seed: int,
         after = [t for t in w.finished_at({t.id for t in tasks}) if t > restarted]
         w.row.recover.append(min(after) - t0 if after else None)
         v = w.verdict(tasks)
-    assert v.ok, v.summary()
+    assert_holds(v)
     assert v.states["JOB_FINISHED"] == n
