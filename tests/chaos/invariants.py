@@ -74,9 +74,19 @@ class Verdict:
                 f"{f' (first {limit})' if more > 0 else ''}:\n  {head}")
 
 
+UNRECORDED = (
+    "the controller does not record an attempt it dispatched to a pilot that is lost before "
+    "the pilot's 'started' report arrives: when the lease ends it requeues the task silently "
+    "(no event, no retry counted) and runs it again as the next attempt, although the lost "
+    "pilot may have run it (a pilot cut off from the controller goes on starting the tasks it "
+    "had prefetched; a pilot killed just after starting a task never reports it), so the "
+    "store shows one run where there were two"
+)
+"""The known product gap that :class:`UnrecordedExecution` stands for."""
+
+
 class UnrecordedExecution(AssertionError):
-    """The only violations are executions no event records (a known product gap; see the
-    long-partition scenario)."""
+    """The only violations are executions no event records: the gap :data:`UNRECORDED`."""
 
 
 def assert_holds(v: Verdict) -> None:
