@@ -52,7 +52,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("chaos report")
     for line in table(_ROWS).splitlines():
         terminalreporter.write_line(line)
-    terminalreporter.write_line(f"replay: TIDEWATER_CHAOS_SEED={_SEED} pytest -m chaos")
+    terminalreporter.write_line(f"replay: TIDEWATER_CHAOS_SEED={_SEED} pytest tests/chaos")
 
 
 @pytest.fixture(scope="session")
