@@ -48,11 +48,12 @@ async def cut_when_busy(w: World, ns: Netns, away: set[str], seconds: float) -> 
     Returns (cut time, heal time, tasks the store showed running on the island at the cut).
     """
     running: set[int] = set()
-    with anyio.fail_after(30):
-        while not running:
-            running = w.running_on(away)
-            if not running:
-                await anyio.sleep(0.05)
+
+    async def busy() -> bool:
+        running.update(w.running_on(away))
+        return bool(running)
+
+    await until(busy, what="a task running on the island")
     t0 = time.time()
     ns.cut()
     # Holding the partition for a set time is the fault itself, not a synchronisation.
