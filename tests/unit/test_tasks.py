@@ -240,6 +240,36 @@ def test_a_pilot_back_within_the_grace_keeps_its_running_task() -> None:
     assert core.state_of(tid) == S.JOB_FINISHED
     assert [e for e in core.events(tid) if e[1] == "RUN_TIMEOUT"] == []
 
+def test_a_pilot_lost_before_it_reported_a_start_leaves_that_attempt_on_record() -> None:
+    """It may have started the task and died before its report left (or, cut off,
+    started it from its prefetch queue): the attempt is recorded, never requeued unseen."""
+    core = Core()
+    (tid,) = core.submit(spec(max_retries=2))
+    rec = core.pilot()
+    (a,) = core.dispatch()
+    core.run(core.state.pilot_gone(rec, PILOT, bye=False, now=core.now))
+    core.now += core.state.timeouts.lease_timeout + 1
+    core.run(core.state.lease_expired(core.now))
+    assert core.state_of(tid) == S.RESTART_READY
+    assert core.events(tid)[-3:] == [("STAGED_IN", "RUNNING"), ("RUNNING", "RUN_TIMEOUT"),
+                                     ("RUN_TIMEOUT", "RESTART_READY")]
+    data = [p[5] for op, p in core.writes if op == Op.INSERT_EVENT and p[1] == tid][-3:]
+    assert f'"attempt":{a.attempt}' in str(data[0]) and "unconfirmed" in str(data[0])
+    assert "may have started" in str(data[1])
+    core.pilot()
+    (b,) = core.dispatch()
+    assert (b.task_id, b.attempt) == (tid, a.attempt + 1)
+
+
+def test_a_pilot_that_said_bye_hands_back_unstarted_tasks_without_an_attempt() -> None:
+    core = Core()
+    (tid,) = core.submit(spec())
+    rec = core.pilot()
+    core.dispatch()
+    core.run(core.state.pilot_gone(rec, PILOT, bye=True, now=core.now))
+    assert core.state_of(tid) == S.STAGED_IN
+    assert core.events(tid) == [("CREATED", "READY"), ("READY", "STAGED_IN")]
+
 
 # ---------------------------------------------------------------------- parents
 

@@ -401,7 +401,7 @@ class ControllerState:
         self.dispatcher.remove_pilot(rec.pilot_id)
         self.demand_dirty.add(rec.site_id)
         if bye:
-            return self._pilot_lost(rec, "the pilot exited", now)
+            return self._pilot_lost(rec, "the pilot exited", now, said_bye=True)
         # Closed without a Bye: lost unless it is back within the grace (not the lease).
         self.pilots.leases.closed(rec.pilot_id, now)
         rec.left_at = now
@@ -420,7 +420,17 @@ class ControllerState:
             fx.extend(self._pilot_lost(rec, why, now))
         return fx
 
-    def _pilot_lost(self, rec: PilotRec, why: str, now: float) -> Effects:
+    def _pilot_lost(self, rec: PilotRec, why: str, now: float, *,
+                    said_bye: bool = False) -> Effects:
+        """The pilot is gone: its attempts are over, its tasks go back to the queue.
+
+        A running attempt ends RUN_TIMEOUT (then RESTART_READY or FAILED). So does one
+        the pilot was sent but never reported started, unless the pilot said Bye (it
+        reports every task it started before it does): a pilot may start a task and
+        die before its report leaves, or, cut off, start the tasks it had prefetched.
+        Such an attempt may have run, so it is recorded (RUNNING, marked unconfirmed)
+        and counted like any lost attempt, never requeued unseen.
+        """
         fx = Effects(wake=True)
         lost = 0
         for task_id in list(rec.assigned):
@@ -432,6 +442,13 @@ class ControllerState:
                 w, tt = self._fail(t, S.RUN_TIMEOUT, now, why)
                 fx.writes += w
                 fx.after += tt
+            elif not said_bye and t.state in states.RUNNABLE:
+                w, tt = self.tasks.transition(t, [S.RUNNING], now, {
+                    "attempt": t.attempt, "pilot": rec.pilot_id, "unconfirmed": True})
+                w2, tt2 = self._fail(t, S.RUN_TIMEOUT, now,
+                                     f"{why} (the task was sent to it; it may have started)")
+                fx.writes += w + w2
+                fx.after += tt + tt2
             else:
                 self._unassign(t)
                 fx.after.append(Touched(t, [], t.state))
