@@ -23,6 +23,7 @@
     ├── PathEscape (also ValueError) a path on a site would leave its directory (path, base)
     │   └── WorkdirError            a task's work directory outside the pilot's root
     ├── TaskFileError               the pilot could not write a task's inline input (path)
+    ├── WorkdirUnusable             the pilot's own work filesystem failed (root, reason): it stops
     ├── WorkerStartError (also RuntimeError) a function-task worker did not start (argv)
     ├── SchedulerError              a batch scheduler refused or failed
     │   ├── SchedulerCommandError   a scheduler command exited non-zero (argv, stdout, stderr, rc)
@@ -216,6 +217,20 @@ class WorkdirError(PathEscape):
 
     def __init__(self, workdir: str, root: str | os.PathLike[str]) -> None:
         super().__init__(workdir, root, f"escapes the pilot's root {os.fspath(root)}")
+
+
+class WorkdirUnusable(TidewaterError):
+    """The filesystem under a pilot's work root failed it (full, over quota, read-only,
+    I/O errors): a fault of the pilot's node, not of the task that hit it. ``root`` is
+    the pilot's work root, ``reason`` the system's words."""
+
+    def __init__(self, pilot_id: str, root: str | os.PathLike[str], reason: str) -> None:
+        self.pilot_id = pilot_id
+        self.root = os.fspath(root)
+        self.reason = reason
+        super().__init__(f"pilot {pilot_id} cannot use its work directory {self.root}: "
+                         f"{reason}; it stopped taking work (free the space or fix the "
+                         "filesystem, then start it again)")
 
 
 class TaskFileError(TidewaterError):

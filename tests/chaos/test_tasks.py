@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import anyio
 import pytest
 
 from tidewater import TaskSpec
@@ -75,9 +76,10 @@ async def test_hung_and_flooding_tasks(tmp_path: Path, chaos_seed: int,
 
 async def test_pilot_on_a_full_filesystem(tmp_path: Path, full_tmpfs: Path, chaos_seed: int,
                                           chaos_report: list[Row]) -> None:
-    """A pilot whose work directory is on a full filesystem: every task it takes fails at
-    once saying so, and is retried (elsewhere, or there again until its retries run out,
-    then FAILED with that message). Nothing vanishes, nothing hangs."""
+    """A pilot whose work directory is on a full filesystem hands back the few tasks it
+    was sent (recorded attempts, retried elsewhere, saying why) and stops taking work:
+    it exits non-zero naming its work directory, instead of failing every task it would
+    be sent. Nothing vanishes, nothing hangs, no task fails for the node's fault."""
     n = 500
     async with world(tmp_path, "full-workdir", chaos_seed, chaos_report) as w:
         await w.start_agent()
@@ -88,33 +90,41 @@ async def test_pilot_on_a_full_filesystem(tmp_path: Path, full_tmpfs: Path, chao
         at = w.rng.randint(n // 10, n // 3)
         await w.reach(at)
         t0 = time.time()
-        await w.start_pilot("full", cores=1, workdir=full_tmpfs)
+        full = await w.start_pilot("full", cores=1, workdir=full_tmpfs)
+        with anyio.fail_after(60):
+            code = await full.proc.wait()
         await w.settle(tasks)
         infos = {i.id: i for i in await w.client.wait(tasks)}
         events = w.events()
         v = w.verdict(tasks)
-        alive = {p: w.c.pilots[p].proc.returncode is None
-                 for p in ("p0", "p1", "full", "agent-0")}
+        alive = {p: w.c.pilots[p].proc.returncode is None for p in ("p0", "p1", "agent-0")}
         # Every attempt the full pilot took, and how it ended.
         on_full: dict[int, list[str]] = {}
         last_pilot: dict[int, str] = {}
         for e in events:
             if e.to_state == "RUNNING":
                 last_pilot[e.task_id] = str(e.data.get("pilot"))
-            elif e.to_state in ("RUN_ERROR", "RUN_DONE") and last_pilot.get(e.task_id) == "full":
+            elif e.to_state in ("RUN_ERROR", "RUN_DONE", "RUN_TIMEOUT") and \
+                    last_pilot.get(e.task_id) == "full":
                 on_full.setdefault(e.task_id, []).append(
                     f"{e.to_state}: {e.data.get('reason', '')}")
         failed = [t for t, i in infos.items() if i.state == "FAILED"]
-        w.row.faults = [f"pilot on a full fs from {at}: {sum(map(len, on_full.values()))} "
-                        f"attempts failed there, {len(failed)} tasks FAILED"]
-        # detect: the full pilot started -> its first failure; recover: -> the last task done
-        first = [e.time for e in events if e.to_state == "RUN_ERROR"]
+        handed = sum(map(len, on_full.values()))
+        w.row.faults = [f"pilot on a full fs from {at}: {handed} attempts handed back, "
+                        f"pilot stopped (exit {code}), {len(failed)} tasks FAILED"]
+        # detect: the full pilot started -> its first attempt handed back;
+        # recover: -> the last task done
+        first = [e.time for e in events if e.to_state == "RUN_TIMEOUT"]
         w.row.detect.append(min(first) - t0 if first else None)
         w.row.recover.append(max(e.time for e in events if e.to_state in FINAL) - t0)
     assert_holds(v)
     assert alive == dict.fromkeys(alive, True)
+    assert code != 0
+    assert any(f"cannot use its work directory {full_tmpfs}" in ln and NO_SPACE in ln
+               for ln in full.lines), full.log()
     assert on_full, "the pilot on the full filesystem was given no work"
+    # It took no more than one round of its credit (1 core + a prefetch of 2).
+    assert handed <= 3, on_full
     for outcomes in on_full.values():
-        assert all(o.startswith("RUN_ERROR") and NO_SPACE in o for o in outcomes), outcomes
-    for tid in failed:  # only what the full pilot failed, and saying why
-        assert tid in on_full and NO_SPACE in infos[tid].error, infos[tid]
+        assert all(o.startswith("RUN_TIMEOUT") and NO_SPACE in o for o in outcomes), outcomes
+    assert failed == [], [infos[t].error for t in failed]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import pytest
 
 from tidewater.controller.validate import check_workdir
@@ -72,3 +75,16 @@ def test_error_names_the_input() -> None:
 def test_long_but_allowed() -> None:
     path = "/".join(["d"] * 512)[:1024]
     assert check_workdir(path) == path
+
+
+@pytest.mark.parametrize(("err", "fault"), [
+    (errno.ENOSPC, True), (errno.EDQUOT, True), (errno.EROFS, True), (errno.EIO, True),
+    (errno.ENOENT, False), (errno.EACCES, False), (errno.ENOEXEC, False),
+])
+def test_only_a_failing_work_filesystem_is_the_pilots_fault(err: int, fault: bool) -> None:
+    """A missing or non-executable command is the task's problem; a full, read-only or
+    failing filesystem is the node's, and the pilot must stop taking work."""
+    from tidewater.pilot.runner import storage_fault
+
+    assert storage_fault(OSError(err, os.strerror(err))) is fault
+    assert not storage_fault(ValueError("not an OSError"))

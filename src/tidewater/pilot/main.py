@@ -21,6 +21,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -30,13 +31,22 @@ from anyio.abc import TaskGroup, TaskStatus
 from .. import codec
 from .. import proto as P
 from ..config import Limits, Timeouts
-from ..errors import AuthError, ConfigError, WorkerStartError
+from ..errors import AuthError, ConfigError, WorkdirUnusable, WorkerStartError
 from ..hooks import HOOK_TIMEOUT
 from ..transport import Link, LinkOptions, Session
 from . import launchers
 from .book import Command, PilotBook, Placement, Start, Stop
 from .nodes import Node
-from .runner import STDERR, STDOUT, Outcome, TaskProcess, WorkdirError, tail_file, task_dir
+from .runner import (
+    STDERR,
+    STDOUT,
+    Outcome,
+    TaskProcess,
+    WorkdirError,
+    storage_fault,
+    tail_file,
+    task_dir,
+)
 from .taskfiles import TaskFileError, collect_outputs, write_inputs
 from .workers import WorkerPool
 
@@ -129,6 +139,8 @@ class Pilot:
         # Keyed by (task, attempt): a new attempt may start while an old one is being killed.
         self.running: dict[tuple[int, int], Running] = {}
         self._changed = anyio.Event()  # set when running tasks end or reports are acked
+        self.fault: WorkdirUnusable | None = None
+        """Set when the work filesystem failed: the pilot stops, and exits non-zero."""
         self._drain_scope: anyio.CancelScope | None = None
         self._skip_drain = False
         self._stop_started = False
@@ -391,6 +403,8 @@ class Pilot:
             wd = task_dir(self.root, a.workdir)
             wd.mkdir(parents=True, exist_ok=True)
         except (WorkdirError, OSError) as exc:
+            if storage_fault(exc):
+                return self._storage_fault(exc)
             return Outcome("error", None, str(exc))
         out, err = wd / STDOUT, wd / STDERR
         self._started(r)
@@ -417,8 +431,9 @@ class Pilot:
 
     # ------------------------------------------------------------------ files and hooks
 
-    async def _prepare(self, r: Running) -> str:
-        """Inline inputs and the preprocess hook, before the run; an error message or ""."""
+    async def _prepare(self, r: Running) -> str | BaseException:
+        """Inline inputs and the preprocess hook, before the run; an error message or "",
+        or the error if the work filesystem failed (:func:`.runner.storage_fault`)."""
         a = r.a
         if not (a.inputs or (a.hooks and a.hooks.preprocess)):
             return ""
@@ -428,6 +443,9 @@ class Pilot:
             if a.inputs:
                 await anyio.to_thread.run_sync(write_inputs, wd, a.inputs)
         except (WorkdirError, TaskFileError, OSError) as exc:
+            cause = exc.__context__ if isinstance(exc, TaskFileError) else exc
+            if cause is not None and storage_fault(cause):
+                return cause
             return str(exc)
         if a.hooks and a.hooks.preprocess:
             return await self._hook(r, "preprocess", a.hooks.preprocess, Outcome("", None))
@@ -498,11 +516,30 @@ class Pilot:
             choice.append(str(value))
         return ""
 
+    def _storage_fault(self, exc: BaseException) -> Outcome:
+        """The work filesystem failed (:func:`storage_fault`): hand the task back and stop.
+
+        The task is reported killed with the reason, so the controller records
+        the attempt and retries it on another pilot; the pilot drains (it takes
+        no more work, lets running tasks finish within ``Timeouts.drain``) and
+        exits non-zero, rather than failing every task it would be sent.
+        """
+        reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc))
+        fault = WorkdirUnusable(self.pilot_id, self.root, reason)
+        if self.fault is None:
+            self.fault = fault
+            log.error("%s", fault)
+            if self._tg is not None:
+                self._tg.start_soon(partial(self.stop, str(fault), drain=self.t.drain))
+        return Outcome("killed", None, str(fault))
+
     async def _supervise(self, r: Running) -> Outcome:
         """Prepare, start and wait for the task; how it ended. A task that could not
         start is not reported started here: :meth:`_run_task` does that for every way out."""
         a = r.a
         why = await self._prepare(r)
+        if isinstance(why, BaseException):
+            return self._storage_fault(why)
         if why:
             return Outcome("error", None, why)
         if a.function:
@@ -512,6 +549,8 @@ class Pilot:
         except (WorkdirError, ConfigError) as exc:
             return Outcome("error", None, str(exc))
         except OSError as exc:
+            if storage_fault(exc):
+                return self._storage_fault(exc)
             what = a.argv[0] if a.argv else "/bin/sh"
             return Outcome("error", 127, f"cannot start {what!r}: {exc.strerror or exc}")
         self._started(r)
@@ -568,3 +607,5 @@ async def run_pilot(config: PilotConfig) -> None:
                         pilot.skip_drain()
 
         tg.start_soon(on_signal)
+    if pilot.fault is not None:
+        raise pilot.fault

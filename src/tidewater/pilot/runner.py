@@ -12,6 +12,7 @@ pipes. Where pidfds are missing, the wait falls back to a worker thread.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -38,6 +39,19 @@ def task_dir(root: Path, workdir: str) -> Path:
     if path != root and root not in path.parents:
         raise WorkdirError(workdir, root)
     return path
+
+
+STORAGE_FAULTS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+"""Errors of the filesystem under the pilot's work root: the node's fault, not the task's."""
+
+
+def storage_fault(exc: BaseException) -> bool:
+    """``exc`` says the pilot's filesystem failed (full, over quota, read-only, I/O error).
+
+    A pilot that keeps taking work after this fails every task it is sent in
+    milliseconds and so eats a whole workload's retries; it must stop instead.
+    """
+    return isinstance(exc, OSError) and exc.errno in STORAGE_FAULTS
 
 
 @dataclass
