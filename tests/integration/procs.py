@@ -159,7 +159,7 @@ class Cluster:
                                         env={**self.env, **(env or {})}, stdout=None)
         p = Proc(name, proc, self.tg)
         self.pilots[name] = p  # stopped with the others
-        if site_dir not in self.site_dirs:
+        if all(d != site_dir for d, _ in self.site_dirs):
             self.site_dirs.append((site_dir, env or {}))
         await p.wait_for("connected to")
         return p
