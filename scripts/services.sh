@@ -3,7 +3,7 @@
 # slurmd on 127.0.0.1), a private PostgreSQL 15 cluster on 127.0.0.1:55432, and
 # MPICH, from Debian packages.
 #
-#   scripts/services.sh install   apt packages (slurm, munge, mpich, openssh-server,
+#   scripts/services.sh install   apt packages (slurm, munge, mpich, openssh-server, iproute2,
 #                                 postgresql-15); quick when present
 #   scripts/services.sh start     install if needed, write the config, start the daemons,
 #                                 wait until a job runs and PostgreSQL answers; idempotent
@@ -31,7 +31,7 @@ CTLD_PORT=6817
 SLURMD_PORT=6818
 MUNGE_SOCKET=/run/munge/munge.socket.2
 MUNGE_KEY=/etc/munge/munge.key
-PACKAGES=(slurmctld slurmd slurm-client munge mpich openssh-server openssh-sftp-server postgresql-15)
+PACKAGES=(slurmctld slurmd slurm-client munge mpich openssh-server openssh-sftp-server postgresql-15 iproute2)
 # The private PostgreSQL cluster the 'postgres' tests use (tests/integration/conftest.py):
 # trust auth on loopback only, user postgres, its own data directory.
 PG_BIN=/usr/lib/postgresql/15/bin
