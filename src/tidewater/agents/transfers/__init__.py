@@ -34,7 +34,7 @@ def make_backend(scheme: str, settings: SiteSettings) -> Backend:
             from .globus import GlobusBackend
         except ImportError as exc:  # globus-sdk is an optional extra
             raise TransferError("globus://", f"globus:// needs globus-sdk on the site: "
-                                f"pip install 'tidewater[globus]' ({exc})",
+                                f"pip install 'tidewater-hpc[globus]' ({exc})",
                                 retryable=False) from None
         return GlobusBackend(settings)
     raise TransferError(f"{scheme}://", f"unsupported scheme {scheme!r}", retryable=False)
