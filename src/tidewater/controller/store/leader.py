@@ -31,6 +31,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Protocol
@@ -41,6 +42,7 @@ import asyncpg
 from ...errors import LeadershipLost, StoreError
 from .base import redact
 from .postgres import CONNECT_TIMEOUT, ERRORS, PostgresStore, _describe
+from .sqlite_migrations import recognise
 
 log = logging.getLogger("tidewater.controller.leader")
 
@@ -126,8 +128,22 @@ async def leadership(db: str, *, check: float,
     if not path or path == ":memory:":
         yield _NoLock()
         return
+    # Recognise the file (read-only) before the lock file is made beside it: a store
+    # that will be refused is left with nothing new next to it.
+    await anyio.to_thread.run_sync(_refuse_early, path)
     async with _file_leadership(path + ".lock", check, waiting) as flead:
         yield flead
+
+
+def _refuse_early(path: str) -> None:
+    """Raise the store's own refusal (StoreRefused) for a SQLite file it would refuse.
+
+    Other errors (an unreadable file) are left to the store's open, which says them.
+    """
+    try:
+        recognise(path)
+    except (sqlite3.Error, OSError):
+        pass
 
 
 @asynccontextmanager
