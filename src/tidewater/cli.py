@@ -1019,12 +1019,13 @@ def submit(ctx: click.Context, site: str, tags: tuple[str, ...], priority: int, 
     async def go() -> int:
         async with _client(ctx) as c:
             if len(specs) == 1 and not wait:
-                (task,) = await c.submit_many(specs)
+                (task,) = await c.submit_many(specs, push_results=False)
                 click.echo(task.id)
                 return 0
             with _progress() as bar:
                 sub = bar.add_task("submitted", total=len(specs))
-                tasks = await c.submit_many(specs, progress=lambda n: bar.advance(sub, n))
+                tasks = await c.submit_many(specs, progress=lambda n: bar.advance(sub, n),
+                                            push_results=wait)
                 if not wait:
                     for t in tasks:
                         click.echo(t.id)

@@ -148,6 +148,10 @@ class Client:
         self._pending: dict[int, _Request] = {}
         self._next_req = 1
         self._results: dict[int, TaskInfo] = {}
+        self._pushed: set[int] = set()
+        """Tasks whose final TaskInfo the controller pushes unasked (submit-and-wait)."""
+        self._result_hooks: set[Callable[[TaskInfo | None], None]] = set()
+        """Told of every final TaskInfo that arrives (None: the client failed)."""
         self._watches: dict[int, Watcher] = {}  # server watch id -> watcher
         self._failure: BaseException | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -200,6 +204,8 @@ class Client:
         self._failure = exc
         for req in self._pending.values():
             req.done.set()
+        for hook in list(self._result_hooks):
+            hook(None)
         for w in self._watches.values():
             w._close(exc)
 
@@ -239,6 +245,15 @@ class Client:
         req.done.set()
 
     # ------------------------------------------------------------------ requests
+
+    def _take_results(self, infos: Iterable[TaskInfo]) -> None:
+        """Keep the final ones and tell whoever waits on them."""
+        for info in infos:
+            if info.state in FINAL:
+                self._results[info.id] = info
+                self._pushed.discard(info.id)
+                for hook in list(self._result_hooks):
+                    hook(info)
 
     def _new_id(self) -> int:
         rid = self._next_req
@@ -443,13 +458,17 @@ class Client:
                 return
 
     async def submit_many(
-        self, specs: Iterable[TaskSpec], *, progress: Callable[[int], None] | None = None
+        self, specs: Iterable[TaskSpec], *, progress: Callable[[int], None] | None = None,
+        push_results: bool = True,
     ) -> list[Task]:
         """Submit many tasks in batches; every returned task is stored.
 
         Batches are pipelined (several in flight). If the controller refuses a
         batch (bad app, missing parameter) the error names the task; batches
-        before it were stored.
+        before it were stored. With ``push_results`` (the default) the
+        controller pushes each task's result to this client as it finishes, so
+        :meth:`Task.result`, :meth:`wait` and :meth:`as_completed` send nothing
+        more; pass False for work this client will not wait for.
         """
         specs = list(specs)
         limit = (self.welcome.max_tasks_per_submit if self.welcome else 0) or 1000
@@ -469,7 +488,7 @@ class Client:
                     return
                 key = uuid.uuid4().hex
                 try:
-                    r = await self._request(lambda i: P.Submit(req_id=i, tasks=batch, key=key))
+                    r = await self._submit_batch(batch, key, push_results)
                 except TidewaterError as exc:
                     errors.append(_renumber(exc, offsets[k]))
                     return
@@ -487,6 +506,44 @@ class Client:
         if errors:
             raise errors[0]
         return [Task(self, tid) for ids in results for tid in ids]
+
+    async def _submit_batch(self, batch: list[TaskSpec], key: str, push: bool) -> P.Submitted:
+        """One Submit; with ``push`` its request stays open for the pushed Results."""
+        if not push:
+            r: P.Submitted = await self._request(
+                lambda i: P.Submit(req_id=i, tasks=batch, key=key))
+            return r
+        submitted = anyio.Event()
+        box: dict[str, Any] = {}
+        left: set[int] = set()
+
+        def on_reply(msg: Any) -> bool:
+            if isinstance(msg, P.Submitted):
+                if "reply" not in box:
+                    box["reply"] = msg
+                    left.update(i for i in msg.ids if i not in self._results)
+                    self._pushed.update(left)
+                    submitted.set()
+                return not left
+            if isinstance(msg, P.Results):
+                self._take_results(msg.tasks)
+                left.difference_update(i.id for i in msg.tasks if i.state in FINAL)
+                return "reply" in box and not left
+            return True
+
+        req = await self._open(lambda i: P.Submit(req_id=i, tasks=batch, key=key, wait=True),
+                               on_reply)
+        try:
+            await _wait_either(submitted, req.done)
+        except BaseException:
+            self._pending.pop(req.req_id, None)
+            raise
+        if "reply" in box:
+            return box["reply"]  # type: ignore[no-any-return]
+        self._pending.pop(req.req_id, None)
+        if isinstance(req.reply, P.Error):
+            raise from_code(req.reply.code, req.reply.message)
+        raise ConnectionBroken(f"connection to the controller failed: {self._failure}")
 
     async def cancel(self, ids: Iterable[int | Task]) -> list[int]:
         """Cancel tasks; returns the ids that were still running or waiting."""
@@ -545,28 +602,36 @@ class Client:
         left = {i for i in ids if i not in self._results}
         box = {"arrived": anyio.Event()}
 
+        def hook(info: TaskInfo | None) -> None:
+            if info is None or info.id in left:
+                if info is not None:
+                    left.discard(info.id)
+                    ready.append(info)
+                box["arrived"].set()
+
+        asked = sorted(i for i in left if i not in self._pushed)  # the rest come unasked
+
         def on_reply(msg: Any) -> bool:
             if isinstance(msg, P.Results):
-                for info in msg.tasks:
-                    if info.state in FINAL:
-                        self._results[info.id] = info
-                        if info.id in left:
-                            left.discard(info.id)
-                            ready.append(info)
-                box["arrived"].set()
-            return not left
+                self._take_results(msg.tasks)
+            return all(i in self._results for i in asked)
 
-        req = await self._open(lambda i: P.Wait(req_id=i, ids=sorted(left)), on_reply) \
-            if left else None
+        self._result_hooks.add(hook)
+        req = None
         try:
+            if asked:
+                req = await self._open(lambda i: P.Wait(req_id=i, ids=asked), on_reply)
             while True:
                 while ready:
                     yield ready.popleft()
                 if not left:
                     return
-                assert req is not None
-                if req.done.is_set() and isinstance(req.reply, P.Error):
-                    raise from_code(req.reply.code, req.reply.message)
+                if req is not None and req.done.is_set():
+                    if isinstance(req.reply, P.Error):
+                        raise from_code(req.reply.code, req.reply.message)
+                    if self._failure is None:  # all it asked came; the rest is pushed
+                        self._pending.pop(req.req_id, None)
+                        req = None
                 if self._failure is not None:
                     raise ConnectionBroken(f"connection failed: {self._failure}")
                 now = anyio.current_time()
@@ -578,9 +643,11 @@ class Client:
                     continue
                 until = notice_at if deadline is None else min(deadline, notice_at)
                 with anyio.move_on_after(until - now):
-                    await _wait_either(box["arrived"], req.done)
+                    await (box["arrived"].wait() if req is None
+                           else _wait_either(box["arrived"], req.done))
                     box["arrived"] = anyio.Event()
         finally:
+            self._result_hooks.discard(hook)
             if req is not None:
                 self._pending.pop(req.req_id, None)
 
@@ -594,7 +661,8 @@ class Client:
         except (TidewaterError, TimeoutError) as exc:
             log.debug("could not read what the tasks wait for: %s", exc)
             return
-        infos = [i for i in infos if i.id in left]  # some may have finished meanwhile
+        self._take_results(infos)  # a result that was never pushed is taken here too
+        infos = [i for i in infos if i.id in left]
         for n in waiting_notices(len(left), infos, sites, waited):
             self.on_notice(n)
 

@@ -449,6 +449,10 @@ class Submit(Msg, tag="submit"):
     # Set on a resend after a reconnect: the controller then also looks for the
     # key in the store (it may have restarted); first sends skip that read.
     resend: bool = False
+    # Submit and wait in one request: after Submitted, each task's final TaskInfo
+    # is pushed to this connection in Results frames under this req_id, as for a
+    # Wait sent at once (one round trip fewer on the latency-critical path).
+    wait: bool = False
 
 
 class Query(Msg, tag="query"):

@@ -384,3 +384,36 @@ def test_a_wait_answers_what_it_can_and_names_tasks_that_finished_during_the_rea
         requests.wait(core.state, ALICE, OTHER, P.Wait(req_id=6, ids=[b, 999]),
                       Stored(read={999}))
     assert core.state.notify.waiters == {b: [(OTHER, 5)]}
+
+
+# ---------------------------------------------------------------------- submit and wait
+
+def test_a_submit_that_waits_gets_its_results_pushed_under_its_own_request() -> None:
+    """One round trip: Submitted, then each task's final TaskInfo under the same req_id,
+    with no Wait sent."""
+    core = Core()
+    msg = P.Submit(req_id=7, tasks=[spec(), spec()], wait=True)
+    plan = requests.plan_submit(core.state, ALICE, msg, core.now)
+    core.run(requests.submit(core.state, ALICE, CLIENT, msg, plan, Stored(), core.now))
+    (sub,) = core.take(CLIENT, P.Submitted)
+    assert sub.req_id == 7
+    rec = core.pilot()
+    a, b = core.dispatch()
+    core.report(rec, rep(a, "started"), rep(a, "done", exit_code=0))
+    (first,) = core.take(CLIENT, P.Results)
+    assert (first.req_id, [(i.id, i.state) for i in first.tasks]) == (7, [(a.task_id,
+                                                                           "JOB_FINISHED")])
+    core.report(rec, rep(b, "started"), rep(b, "done", exit_code=0), seq=2)
+    (second,) = core.take(CLIENT, P.Results)
+    assert (second.req_id, [i.id for i in second.tasks]) == (7, [b.task_id])
+    assert core.take(CLIENT, P.Results) == []  # each result once
+
+
+def test_a_submit_that_does_not_wait_gets_no_results() -> None:
+    core = Core()
+    (tid,) = core.submit(spec())
+    rec = core.pilot()
+    (a,) = core.dispatch()
+    core.report(rec, rep(a, "started"), rep(a, "done", exit_code=0))
+    assert core.state_of(tid) == S.JOB_FINISHED
+    assert core.take(CLIENT, P.Results) == []

@@ -92,6 +92,8 @@ def submit(st: ControllerState, who: Principal, peer: int, msg: P.Submit, plan: 
         if span is not None:
             # A resend: the same ids, once everything queued so far is committed.
             ids = list(range(span[0], span[0] + span[1]))
+            if msg.wait:  # the driver waits for stored tasks; here only live ones remain
+                st.notify.wait(peer, msg.req_id, [i for i in ids if i in st.tasks.live])
             return Effects(after=[Send(peer, P.Submitted(req_id=msg.req_id, ids=ids))])
     parent_state: dict[int, S] = {}
     first_naming: dict[int, int] = {}
@@ -120,6 +122,10 @@ def submit(st: ControllerState, who: Principal, peer: int, msg: P.Submit, plan: 
     apps_used = sorted({t.app for t, _ in plan.prepared})
     writes.append(access.audit(who, "task.submit", f"{ids[0]}-{ids[-1]}", now,
                                   count=len(ids), sites=sites, apps=apps_used))
+    if msg.wait:
+        # Registered now, answered from the commit of each task's final state,
+        # which follows this submit's commit (so Submitted always comes first).
+        st.notify.wait(peer, msg.req_id, ids)
     warnings = [w for sid in sorted({t.site_id for t, _ in plan.prepared})
                 if (w := submit_warning(st.registry.site_name(sid),
                                         st.site_health(sid, now))) is not None]

@@ -300,6 +300,8 @@ class ControllerService:
                 # Answered once everything queued so far is committed.
                 await self._run(Effects(after=[Send(peer.id, P.Submitted(req_id=msg.req_id,
                                                                          ids=ids))]))
+                if msg.wait:  # a resent submit-and-wait: wait for them now
+                    await self._wait(who, peer, P.Wait(req_id=msg.req_id, ids=ids))
                 return
         stored = Stored()  # what is read stays read: a parent that finished is final
         for _ in range(MAX_READ_ROUNDS):
