@@ -8,16 +8,8 @@ The public API::
         info = await task.result()
 """
 
-from .client import (
-    Client,
-    RemoteExecutor,
-    SyncClient,
-    SyncTask,
-    Task,
-    Watcher,
-    connect,
-    connect_sync,
-)
+from .client import Client, Task, Watcher, connect
+from .client_sync import RemoteExecutor, SyncClient, SyncTask, connect_sync
 from .errors import (
     AppError,
     AuthError,
