@@ -43,8 +43,8 @@ class Leases:
         return pilot_id in self._deadline
 
     def expired(self, now: float) -> list[str]:
-        """Pilots whose lease ran out by ``now``; they are dropped (see :meth:`is_closed`
-        before calling this to tell the two kinds apart)."""
+        """Pilots whose lease ran out by ``now``. Their deadlines are dropped; whether
+        each was closed (:meth:`is_closed`) is kept until :meth:`drop`."""
         gone = [p for p, t in self._deadline.items() if now >= t]
         for p in gone:
             del self._deadline[p]

@@ -410,9 +410,8 @@ class ControllerState:
     def lease_expired(self, now: float) -> Effects:
         fx = Effects()
         leases = self.pilots.leases
-        closed = {p for p in list(self.pilots.pilots) if leases.is_closed(p)}
         for rec in self.pilots.expired(now):
-            if rec.pilot_id in closed:
+            if leases.is_closed(rec.pilot_id):  # kept until the pilot is dropped
                 why = (f"pilot {rec.pilot_id} lost: its connection closed and it was not back "
                        f"within {leases.grace:g}s")
             else:
