@@ -265,29 +265,34 @@ def _print(r: Report) -> None:
 
     # A pilot starts a warm worker for each of its cores on first use: its first frames
     # pay for a new interpreter and the imports of numpy and scipy, the rest do not.
-    first: list[float] = []
-    warm: list[float] = []
+    first: list[TaskInfo] = []
+    warm: list[TaskInfo] = []
     seen: Counter[str] = Counter()
     for i in sorted(ok, key=lambda i: i.started_at or 0.0):
-        took = 1000 * ((i.finished_at or 0.0) - (i.started_at or 0.0))
         seen[i.pilot] += 1
-        (first if seen[i.pilot] <= r.cores else warm).append(took)
+        (first if seen[i.pilot] <= r.cores else warm).append(i)
+    warm_ms = [1000 * ((i.finished_at or 0.0) - (i.started_at or 0.0)) for i in warm]
     wait_s = [i.started_at - i.created_at for i in ok if i.started_at]
     frames = table(f"2. {r.frames} frames: a function app in warm workers ({r.workers})",
                    "Every frame was submitted at once, before any pilot existed: its wait "
                    "is the site's start-up plus its place in the queue.")
     if ok:
-        if warm:
+        if warm_ms:
             frames.add_row("one frame's analysis in a warm worker, started -> finished, "
                            "median / p99 (ms)",
-                           f"{statistics.median(warm):.1f} / {_pct(warm, .99):.1f}")
+                           f"{statistics.median(warm_ms):.1f} / {_pct(warm_ms, .99):.1f}")
         frames.add_row("a pilot's first frame: it starts the worker, which imports numpy "
-                       "and scipy (ms)", ", ".join(f"{ms:.0f}" for ms in first))
-        last = max(i.finished_at for i in ok if i.finished_at)
-        if len(starts) > 1 and last > starts[0]:
-            frames.add_row("frames analysed per second, first started -> last finished "
-                           "(the workers' start included)",
-                           f"{len(ok) / (last - starts[0]):.0f}")
+                       "and scipy (ms)",
+                       ", ".join(f"{1000 * ((i.finished_at or 0.0) - (i.started_at or 0.0)):.0f}"
+                                 for i in first))
+        last = max(i.finished_at or 0.0 for i in ok)
+        frames.add_row("all frames: first started -> last finished (s)",
+                       f"{last - starts[0]:.2f}")
+        all_warm = max(i.finished_at or 0.0 for i in first)
+        after = [i for i in warm if (i.finished_at or 0.0) > all_warm]
+        if after and last > all_warm:
+            frames.add_row(f"frames analysed per second once every worker was warm "
+                           f"({len(after)} frames)", f"{len(after) / (last - all_warm):.0f}")
         frames.add_row(f"submit -> start, median / max (s): queueing behind the other "
                        f"frames for {r.workers}, plus the start-up above",
                        f"{statistics.median(wait_s):.2f} / {max(wait_s):.2f}")
