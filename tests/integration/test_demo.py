@@ -55,8 +55,12 @@ async def test_demo_prints_every_figure_and_gives_its_batch_job_back(tmp_path: P
 
     median, p99 = figure(out, "one frame's analysis in a warm worker")
     assert 0 < median <= p99
-    assert len(figure(out, "a pilot's first frame")) >= 1
-    assert figure(out, "frames analysed per second")[0] > 0
+    # 2 pilots x 1 core; one pilot may have done every frame before the other connected.
+    assert len(figure(out, "a worker's first frame")) in (1, 2)
+    first_to_last = figure(out, "all frames: first started -> last finished (s)")
+    assert first_to_last[-1] > 0
+    if "frames analysed per second" in out:  # only with 10 frames after both workers warm
+        assert figure(out, "frames analysed per second")[-1] > 0
     wait_median, wait_max = figure(out, "submit -> start, median / max (s): queueing")
     assert 0 < wait_median <= wait_max
     simulated, found, matched = figure(out, "peaks simulated / found")
