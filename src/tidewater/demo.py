@@ -60,6 +60,8 @@ console = Console(stderr=True)
 FRAME_SIZE = 256
 WARM_UP = 10
 """No-op calls before the burst's measured ones: each worker imports the function's module."""
+DEADLINE = 300.0
+"""The frames and the burst take seconds; after this long something is stuck: give up."""
 MIN_RECALL = 0.9
 """Share of the simulated peaks that must be found (peaks that overlap merge into one)."""
 MIN_PRECISION = 0.9
@@ -83,6 +85,7 @@ class Report:
     peaks_matched: int = 0
     burst: list[float] = field(default_factory=list)  # seconds, one per measured no-op
     burst_infos: list[TaskInfo] = field(default_factory=list)
+    task_ids: list[int] = field(default_factory=list)  # every task submitted
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -138,14 +141,20 @@ async def run_demo(*, frames: int, pilots: int, cores: int, burst: int,
                 console.print("site 'local' is idle: no batch job, no pilot; its agent "
                               "(local fork scheduler, autoscaler on) is connected")
                 try:
-                    await _frames(client, report, base / "results")
-                    await _burst(client, report, burst)
+                    with anyio.move_on_after(DEADLINE) as scope:
+                        await _frames(client, report, base / "results")
+                        await _burst(client, report, burst)
+                    if scope.cancelled_caught:
+                        report.problems.append(
+                            f"not done after {DEADLINE:g} s: {len(report.frame_infos)} of "
+                            f"{frames} frames and {len(report.burst_infos)} of "
+                            f"{WARM_UP + burst} no-op tasks had finished")
                     report.job = next(iter(await client.queue(site="local",
                                                               include_finished=True)), None)
                 finally:
                     released = time.perf_counter()
                     with anyio.move_on_after(20, shield=True) as scope:
-                        await _release(client)
+                        await _release(client, report.task_ids)
                     if scope.cancelled_caught:
                         report.problems.append("the batch job had not ended 20 s after it was "
                                                "cancelled (its pilots exit after 60 s idle)")
@@ -157,13 +166,17 @@ async def run_demo(*, frames: int, pilots: int, cores: int, burst: int,
             return not report.problems
 
 
-async def _release(client: Client) -> None:
-    """Cancel the demo's batch jobs and wait until they are gone (their pilots with them)."""
-    for job in await client.queue(site="local"):
-        await client.queue_cancel(job.id)
-    while True:
-        if not await client.queue(site="local"):
-            return
+async def _release(client: Client, task_ids: list[int]) -> None:
+    """Cancel whatever of the demo's tasks is left (none, unless something went wrong), then
+    its batch jobs, and wait until they are gone (their pilots with them)."""
+    if task_ids:
+        await client.cancel(task_ids)
+    cancelled: set[int] = set()
+    while jobs := await client.queue(site="local"):
+        for job in jobs:  # one the autoscaler asked for while we cancelled is cancelled too
+            if job.id not in cancelled:
+                await client.queue_cancel(job.id)
+                cancelled.add(job.id)
         await anyio.sleep(0.1)
 
 
@@ -186,12 +199,14 @@ async def _frames(client: Client, report: Report, out_dir: Path) -> None:
         done = bar.add_task("frames analysed ", total=n)
         report.t0 = time.time()
         tasks = await client.submit_many(specs, progress=lambda k: bar.advance(sub, k))
+        report.task_ids += [t.id for t in tasks]
         index = {t.id: i for i, t in enumerate(tasks)}
         # The reduction waits for every frame (AWAITING_PARENTS) and starts the moment
         # the last one finishes; its summary comes back inline as an output.
         reduce_task = await client.submit("reduce", site="local", parents=tasks,
                                           args=(str(out_dir), n), outputs=["summary.json"],
                                           tags={"demo": "reduce"})
+        report.task_ids.append(reduce_task.id)
         async for info in client.as_completed(tasks):
             report.frame_infos.append(info)
             if info.state == "JOB_FINISHED" and info.result is not None:
@@ -201,7 +216,7 @@ async def _frames(client: Client, report: Report, out_dir: Path) -> None:
     if red.state == "JOB_FINISHED":
         report.summary = json.loads(await reduce_task.output("summary.json"))
         if red.result is None or codec.decode(red.result) != report.summary:
-            report.problems.append("reduce returned something else than its summary.json")
+            report.problems.append("reduce returned something other than its summary.json")
 
     for info in [*report.frame_infos, red]:
         if info.state != "JOB_FINISHED":
@@ -230,6 +245,7 @@ async def _burst(client: Client, report: Report, burst: int) -> None:
     for i in range(WARM_UP + burst):
         t = time.perf_counter()
         task = await client.submit("noop", site="local", args=(i,), tags={"demo": "burst"})
+        report.task_ids.append(task.id)
         info = await task.result()
         took = time.perf_counter() - t
         value = codec.decode(info.result) if info.result is not None else None
@@ -253,7 +269,7 @@ def _print(r: Report) -> None:
           and i.finished_at]
     starts = sorted(i.started_at for i in ok if i.started_at)
 
-    idle = table("1. idle site -> work running (s after the frames were submitted)",
+    idle = table("1. idle site -> work running (s after the client began submitting the frames)",
                  "The site had no batch job and no pilot; its agent asked for one when the "
                  "frames waited.")
     j = r.job
@@ -337,8 +353,8 @@ def _print(r: Report) -> None:
     states = Counter(i.state for i in [*r.frame_infos,
                                        *([r.reduce_info] if r.reduce_info else []),
                                        *r.burst_infos])
-    console.print("tasks by final state: " + ", ".join(f"{s} {k}" for s, k in
-                                                       sorted(states.items())), highlight=False)
+    console.print("tasks by final state: " + (", ".join(
+        f"{s} {k}" for s, k in sorted(states.items())) or "none"), highlight=False)
     for p in r.problems[:10]:
         console.print(f"[red]wrong:[/red] {p}", highlight=False)
     if len(r.problems) > 10:
