@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install Tidewater into it (with test tools when given "test").
+# Create .venv and install Tidewater into it: with what the demo needs, or with test tools (which include it) when given "test".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -13,9 +13,15 @@ if [ ! -x .venv/bin/python ]; then
         "$PY" -m venv .venv
     fi
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-if [ "${1:-}" = "test" ]; then
-    .venv/bin/python -m pip install --quiet -e '.[test]'
-else
-    .venv/bin/python -m pip install --quiet -e .
+extra=demo
+[ "${1:-}" = "test" ] && extra=test
+# The install is editable, so only a change to what is installed (pyproject.toml, this
+# script) needs pip again: a second run starts the demo or the tests at once.
+stamp=.venv/.tidewater-setup-$extra
+sum=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sum" ]; then
+    exit 0
 fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[$extra]"
+echo "$sum" >"$stamp"

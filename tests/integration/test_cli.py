@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -155,20 +154,6 @@ async def test_cli_site_init_start_and_queue(tmp_path: Path) -> None:
                     break
         code, _, err = await tw("queue", "cancel", "999", check=False)
         assert code == 1 and "no batch job 999" in err
-
-
-async def test_demo_runs_a_small_workflow_on_an_idle_local_site(tmp_path: Path) -> None:
-    r = await anyio.run_process(
-        [PY, "-m", "tidewater", "demo", "--frames", "8", "--keep", str(tmp_path / "demo")],
-        env={**os.environ, "TIDEWATER_HOME": str(tmp_path / "home")}, check=False)
-    err = r.stderr.decode()
-    assert r.returncode == 0, err
-    assert "demo passed" in err and "submitted by the agent" in err and "recall" in err
-    # Its batch job was cancelled on the way out: no pilot is left behind.
-    r = await anyio.run_process([PY, "-m", "tidewater.agents.schedulers.localexec", "status",
-                                 "--state-dir", str(tmp_path / "demo" / "jobs")])
-    states = [json.loads(line)["state"] for line in r.stdout.decode().splitlines()]
-    assert states == ["CANCELLED"]
 
 
 async def test_cli_tokens_users_and_audit(tmp_path: Path) -> None:

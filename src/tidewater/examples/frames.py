@@ -1,125 +1,144 @@
-"""A small real analysis: find and measure peaks in synthetic detector frames.
+"""The demo's analysis: find and measure peaks in synthetic area-detector frames.
 
-``python -m tidewater.examples.frames analyze --seed 3 --size 256 --out-dir DIR``
-simulates one area-detector frame (Poisson background plus Gaussian Bragg-like
-peaks), finds the peaks above a noise threshold, and writes their count,
-centroids and integrated intensity to ``DIR/frame-<seed>.json``.
+* :func:`simulate` (on the instrument's side, the client): one frame of
+  detector counts (``uint16``), Poisson noise on a flat background plus a few
+  Gaussian Bragg-like peaks, and where those peaks really are;
+* :func:`analyze` (a function app, in a pilot's warm worker): label the
+  connected regions above a noise threshold (:func:`scipy.ndimage.label`),
+  measure each one's centroid and integrated intensity from its own pixels
+  (:func:`find_peaks`), write them to ``<out_dir>/frame-<index>.json`` and
+  return them;
+* :func:`reduce` (a function app, child of every ``analyze`` task): merge
+  those files into ``summary.json`` in its work directory (the task's
+  output) and return the summary;
+* :func:`match` (the client's check): how many true peaks were found where
+  they are.
 
-``python -m tidewater.examples.frames reduce --dir DIR --expect N`` merges
-every frame's result into ``DIR/summary.json`` and prints it.
+Everything is vectorised: a 256 x 256 frame takes about 2 ms, so a round
+trip through Tidewater is a visible share of a task, as with real fast
+analyses. scipy is the ``demo`` extra (``pip install
+'tidewater-hpc[demo]'``), imported only where a frame is analysed.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+
+BACKGROUND = 5.0
+"""Mean counts per pixel away from the peaks."""
 
 
-def simulate(seed: int, size: int) -> tuple[np.ndarray, int]:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    frame = rng.poisson(5.0, (size, size)).astype(np.float64)
-    n_peaks = int(rng.integers(3, 12))
-    for _ in range(n_peaks):
-        cy, cx = rng.uniform(8, size - 8, 2)
-        amp = rng.uniform(200, 800)
-        sigma = rng.uniform(1.2, 2.5)
-        frame += amp * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
-    return frame, n_peaks
+def simulate(index: int, size: int = 256) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.float64]]:
+    """Frame ``index`` (its random seed) of ``size`` x ``size`` pixels, and its peaks' true
+    ``(y, x)`` centres, one row per peak (3 to 11 peaks)."""
+    rng = np.random.default_rng(index)
+    expected = np.full((size, size), BACKGROUND)
+    n = int(rng.integers(3, 12))
+    centres = rng.uniform(8, size - 8, (n, 2))
+    amps = rng.uniform(200, 800, n)
+    sigmas = rng.uniform(1.2, 2.5, n)
+    r = 12  # a peak is drawn within +-12 px of its centre: past 4.8 sigma it adds nothing
+    for (cy, cx), amp, sigma in zip(centres, amps, sigmas, strict=True):
+        y0, x0 = max(0, int(cy) - r), max(0, int(cx) - r)
+        yy, xx = np.ogrid[y0:min(size, int(cy) + r + 1), x0:min(size, int(cx) + r + 1)]
+        expected[yy, xx] += amp * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
+    frame = np.minimum(rng.poisson(expected), np.iinfo(np.uint16).max).astype(np.uint16)
+    return frame, centres
 
 
-def find_peaks(frame: np.ndarray, threshold_sigma: float = 8.0) -> list[dict[str, float]]:
-    background = float(np.median(frame))
-    noise = float(np.std(frame[frame < np.percentile(frame, 90)]))
-    mask = frame > background + threshold_sigma * noise
-    # Label connected regions with a simple flood fill (4-connectivity).
-    labels = np.zeros(frame.shape, dtype=np.int32)
-    peaks: list[dict[str, float]] = []
-    for y, x in zip(*np.nonzero(mask), strict=True):
-        if labels[y, x]:
-            continue
-        label = len(peaks) + 1
-        stack = [(int(y), int(x))]
-        labels[y, x] = label
-        pix: list[tuple[int, int]] = []
-        while stack:
-            cy, cx = stack.pop()
-            pix.append((cy, cx))
-            for ny, nx in ((cy + 1, cx), (cy - 1, cx), (cy, cx + 1), (cy, cx - 1)):
-                if (0 <= ny < frame.shape[0] and 0 <= nx < frame.shape[1]
-                        and mask[ny, nx] and not labels[ny, nx]):
-                    labels[ny, nx] = label
-                    stack.append((ny, nx))
-        ys = np.array([p[0] for p in pix])
-        xs = np.array([p[1] for p in pix])
-        w = frame[ys, xs] - background
-        peaks.append({
-            "y": float((ys * w).sum() / w.sum()),
-            "x": float((xs * w).sum() / w.sum()),
-            "intensity": float(w.sum()),
-            "pixels": len(pix),
-        })
+def find_peaks(frame: npt.NDArray[np.integer[Any]], threshold_sigma: float = 8.0,
+               min_pixels: int = 3) -> dict[str, Any]:
+    """Connected regions of at least ``min_pixels`` pixels whose counts exceed the
+    background by ``threshold_sigma`` times the noise, in a frame of detector counts
+    (non-negative integers).
+
+    Returns ``{"centroids": (n, 2) array of (y, x), "intensity": (n,) array of counts
+    above the background, "pixels": (n,) array}``. Raises ``ValueError`` for a frame
+    that is not of non-negative integer counts.
+    """
+    from scipy import ndimage
+
+    if frame.ndim != 2 or not np.issubdtype(frame.dtype, np.integer) or (
+            frame.size and int(frame.min()) < 0):
+        raise ValueError(f"a frame is a 2-d array of non-negative integer counts, "
+                         f"not {frame.ndim}-d {frame.dtype}")
+    # Counts are integers, so their histogram gives the quantiles without a sort.
+    hist = np.bincount(frame.ravel())
+    cum = np.cumsum(hist)
+    background = int(np.searchsorted(cum, (frame.size + 1) // 2))  # the median count
+    p90 = int(np.searchsorted(cum, 0.9 * frame.size))
+    below = hist[:p90]  # the pixels under the 90th percentile: no peak in them
+    values = np.arange(p90, dtype=np.float64)
+    mean = float(values @ below) / max(1, int(below.sum()))
+    noise = (float(((values - mean) ** 2) @ below) / max(1, int(below.sum()))) ** 0.5
+    labels, n = ndimage.label(frame > background + threshold_sigma * noise)
+    # Moments of each region from its own pixels only: a frame is mostly background.
+    ys, xs = np.nonzero(labels)
+    region = labels[ys, xs]
+    signal = frame[ys, xs] - float(background)
+    pixels = np.bincount(region, minlength=n + 1)
+    total = np.bincount(region, weights=signal, minlength=n + 1)
+    keep = np.flatnonzero(pixels >= min_pixels)
+    keep = keep[keep > 0]  # label 0 is the background; a lone hot pixel is noise
+    centroids = np.stack([np.bincount(region, weights=signal * ys, minlength=n + 1)[keep],
+                          np.bincount(region, weights=signal * xs, minlength=n + 1)[keep]],
+                         axis=1) / total[keep, None]
+    return {"centroids": centroids.astype(np.float64), "intensity": total[keep],
+            "pixels": pixels[keep].astype(np.int64)}
+
+
+def analyze(frame: npt.NDArray[Any], index: int, out_dir: str) -> dict[str, Any]:
+    """Find the peaks of frame ``index``, write them to ``<out_dir>/frame-<index>.json``
+    (atomically) and return them (:func:`find_peaks`' arrays)."""
+    peaks = find_peaks(frame)
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".frame-{index}.json.{os.getpid()}"
+    tmp.write_text(json.dumps({"index": index, **{k: v.tolist() for k, v in peaks.items()}}))
+    tmp.replace(d / f"frame-{index}.json")
     return peaks
 
 
-def analyze(seed: int, size: int, out_dir: Path) -> dict[str, object]:
-    frame, truth = simulate(seed, size)
-    peaks = find_peaks(frame)
-    result: dict[str, object] = {
-        "seed": seed,
-        "peaks_found": len(peaks),
-        "peaks_simulated": truth,
-        "total_intensity": sum(p["intensity"] for p in peaks),
-        "peaks": peaks,
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".frame-{seed}.json.tmp"
-    tmp.write_text(json.dumps(result))
-    tmp.replace(out_dir / f"frame-{seed}.json")
-    return result
+def reduce(out_dir: str, expect: int) -> dict[str, Any]:
+    """Merge the ``expect`` frame results in ``out_dir`` into ``summary.json`` (in the
+    current directory: the task's work directory) and return the summary.
 
-
-def reduce(directory: Path, expect: int, summary_path: Path | None = None) -> dict[str, object]:
-    results = [json.loads(p.read_text()) for p in sorted(directory.glob("frame-*.json"))]
+    Raises ``ValueError`` if there are not exactly ``expect`` results.
+    """
+    results = [json.loads(p.read_text()) for p in sorted(Path(out_dir).glob("frame-*.json"))]
     if len(results) != expect:
-        raise SystemExit(f"expected {expect} frame results in {directory}, found {len(results)}")
-    found = sum(r["peaks_found"] for r in results)
-    simulated = sum(r["peaks_simulated"] for r in results)
+        raise ValueError(f"expected {expect} frame results in {out_dir}, found {len(results)}")
+    counts = [len(r["intensity"]) for r in results]
+    intensity = [i for r in results for i in r["intensity"]]
     summary = {
         "frames": len(results),
-        "peaks_found": found,
-        "peaks_simulated": simulated,
-        "recall": found / simulated if simulated else 1.0,
-        "mean_intensity_per_frame": sum(r["total_intensity"] for r in results) / len(results),
+        "peaks": sum(counts),
+        "peaks_per_frame": {"min": min(counts, default=0), "max": max(counts, default=0),
+                            "mean": round(sum(counts) / len(results), 3) if results else 0.0},
+        "mean_peak_intensity": round(sum(intensity) / len(intensity), 1) if intensity else 0.0,
     }
-    (summary_path or directory / "summary.json").write_text(json.dumps(summary, indent=2))
+    Path("summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="frames")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("analyze")
-    a.add_argument("--seed", type=int, required=True)
-    a.add_argument("--size", type=int, default=256)
-    a.add_argument("--out-dir", type=Path, required=True)
-    r = sub.add_parser("reduce")
-    r.add_argument("--dir", type=Path, required=True)
-    r.add_argument("--expect", type=int, required=True)
-    r.add_argument("--summary", type=Path, default=None,
-                   help="where to write summary.json (default: in --dir)")
-    args = ap.parse_args(argv)
-    if args.cmd == "analyze":
-        res = analyze(args.seed, args.size, args.out_dir)
-        print(json.dumps({k: v for k, v in res.items() if k != "peaks"}))  # noqa: T201
-    else:
-        print(json.dumps(reduce(args.dir, args.expect, args.summary)))  # noqa: T201
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def match(found: npt.NDArray[np.float64], truth: npt.NDArray[np.float64],
+          tolerance: float = 2.0) -> int:
+    """How many true centres have a found centroid within ``tolerance`` pixels (each found
+    centroid counted once at most)."""
+    if not len(found) or not len(truth):
+        return 0
+    dist = np.hypot(*(truth[:, None, :] - found[None, :, :]).transpose(2, 0, 1))
+    pairs = sorted(np.argwhere(dist <= tolerance).tolist(), key=lambda ij: dist[ij[0], ij[1]])
+    true_used: set[int] = set()
+    found_used: set[int] = set()
+    for i, j in pairs:  # closest pairs first, each centre and each centroid used once
+        if i not in true_used and j not in found_used:
+            true_used.add(i)
+            found_used.add(j)
+    return len(true_used)
