@@ -287,7 +287,7 @@ def main() -> None:
     print()
     print(comparison.markdown(header, body))
     print()
-    print(comparison.NOTE)
+    print(comparison.note(figures))
     for system, errs in errors.items():
         for e in errs:
             print(f"{comparison.LABELS[system]}: {e}")

@@ -194,8 +194,13 @@ def markdown(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(header), line(["---"] * len(header)), *(line(r) for r in body)])
 
 
-NOTE = ("Medians over rounds, [min-max] across rounds. Ratios are Tidewater's median ÷ the "
-        "peer's median (first the SQLite store, then after ' / ' the PostgreSQL store): for "
-        "ms rows (lower is better) a ratio below 1 means Tidewater is faster; for tasks/s "
-        "rows (higher is better) a ratio above 1 means Tidewater is faster. 'met?' judges "
-        "each target for each store in the same order.")
+def note(figures: Figures) -> str:
+    """What the ratios and verdicts of :func:`rows` mean, for the stores measured."""
+    both = measured(figures, TW) and measured(figures, TW_PG)
+    order = (" (first the SQLite store, then after ' / ' the PostgreSQL store)" if both
+             else "")
+    return ("Medians over rounds, [min-max] across rounds. Ratios are Tidewater's median ÷ "
+            f"the peer's median{order}: for ms rows (lower is better) a ratio below 1 means "
+            "Tidewater is faster; for tasks/s rows (higher is better) a ratio above 1 means "
+            "Tidewater is faster. Targets are the [performance] issue's; 'met?' judges each "
+            "one" + (" for each store in the same order." if both else "."))

@@ -100,3 +100,10 @@ def test_table_states_medians_ratios_and_verdicts() -> None:
 def test_markdown_escapes_pipes() -> None:
     text = cmp.markdown(["a", "b"], [["x|y", "1"]])
     assert text.splitlines() == ["| a | b |", "| --- | --- |", "| x\\|y | 1 |"]
+
+
+def test_note_names_the_store_order_only_when_both_were_measured() -> None:
+    one = figures(tw={"noop_tput": [1.0]})
+    both = figures(tw={"noop_tput": [1.0]}, tw_pg={"noop_tput": [1.0]})
+    assert "PostgreSQL" not in cmp.note(one)
+    assert "then after ' / ' the PostgreSQL store" in cmp.note(both)
