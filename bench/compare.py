@@ -229,6 +229,20 @@ def run(cfg: Config, systems: list[str], pg: str | None) -> tuple[
     return figures, errors
 
 
+def load_line() -> str:
+    """The load average and, where the kernel has it, the CPU pressure (the share of time
+    some runnable task waited for a CPU): how shared the machine was."""
+    line = "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    try:
+        some = Path("/proc/pressure/cpu").read_text().splitlines()[0].split()
+        fields = dict(f.split("=") for f in some[1:])
+        line += (f"; CPU pressure (some runnable task waiting) {fields['avg10']} % over 10 s, "
+                 f"{fields['avg60']} % over 60 s, {fields['avg300']} % over 300 s")
+    except (OSError, IndexError, KeyError, ValueError):
+        pass
+    return line
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true",
@@ -261,7 +275,8 @@ def main() -> None:
                  chain=a.chain or base.chain, warmup=base.warmup,
                  peer_timeout=a.peer_timeout or base.peer_timeout)
     print(machine_line())
-    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    load_start = load_line()
+    print(f"at the start: {load_start}")
     pg, pg_note = pick_pg(a.pg, a.use_pg)
     print(pg_note)
     systems = [comparison.TW] + ([comparison.TW_PG] if pg else [])
@@ -282,8 +297,9 @@ def main() -> None:
     print()
     print(f"{cfg.repeats} rounds interleaved; round trips {cfg.k} tasks one at a time, "
           f"throughput {cfg.n} tasks at once, chains of {cfg.chain}; 2 workers / pilots "
-          f"× 1 core each; {wall / 60:.1f} min in all; load average at the end: "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+          f"× 1 core each; {wall / 60:.1f} min in all")
+    load_end = load_line()
+    print(f"at the end: {load_end}")
     print()
     print(comparison.markdown(header, body))
     print()
@@ -293,7 +309,8 @@ def main() -> None:
             print(f"{comparison.LABELS[system]}: {e}")
     if a.json:
         Path(a.json).write_text(json.dumps({
-            "machine": machine_line(), "config": asdict(cfg), "pg": pg, "wall_s": wall,
+            "machine": machine_line(), "load": [load_start, load_end],
+            "config": asdict(cfg), "pg": pg, "wall_s": wall,
             "skipped": skipped, "figures": figures, "errors": errors,
             "table": {"header": header, "rows": body}}, indent=1) + "\n")
 
