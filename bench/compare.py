@@ -148,6 +148,10 @@ async def tidewater_round(cfg: Config, db: str | None) -> Round:
 KINDS = ("noop", "true")
 
 
+class PeerFailed(Exception):
+    """A peer's child process failed or timed out; the message says which and why."""
+
+
 def peer_child(peer: str, cfg: Config) -> dict[str, Any]:
     """In the child process: every workload once on one started peer (one start-up)."""
     if peer in chain.CHAINS:
@@ -175,7 +179,7 @@ def peer_round(cfg: Config, peer: str) -> Round:
     got = peers.run_child([str(Path(__file__).resolve()), "--peer-child", peer,
                            "--config", json.dumps(asdict(cfg))], cfg.peer_timeout)
     if "error" in got:
-        raise RuntimeError(got["error"])
+        raise PeerFailed(got["error"])
     out: Round = {}
     for kind in KINDS:
         rtt = ms(got["latency"][kind][0])
@@ -218,6 +222,8 @@ def run(cfg: Config, systems: list[str], pg: str | None) -> tuple[
                 else:
                     got = peer_round(cfg, system)
                 errs = []
+            except PeerFailed as exc:
+                got, errs = {}, [str(exc)]
             except Exception as exc:  # one failed round is reported, the others still run
                 got, errs = {}, [f"{type(exc).__name__}: {exc}"]
             for key, value in got.items():
