@@ -49,14 +49,8 @@ its argument:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.util
 import json
-import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -114,13 +108,17 @@ def links(stamps: Sequence[tuple[float, float]]) -> tuple[list[float], list[floa
 # --------------------------------------------------------------------------- tidewater
 
 
-async def one_chain(c: Any, n: int) -> Run:  # c: common.Cluster
+async def one_chain(c: Any, n: int, app: str = "true", args: tuple[Any, ...] = ()
+                    ) -> Run:  # c: common.Cluster
+    """A chain of ``n`` tasks of ``app`` (``args`` for a function app), each the parent of
+    the next, submitted one after another; waits for the last one."""
     client = c.client
     t0 = time.perf_counter()
     tasks = []
     prev = None
     for _ in range(n):
-        prev = await client.submit("true", site=c.site, parents=[] if prev is None else [prev])
+        prev = await client.submit(app, site=c.site, parents=[] if prev is None else [prev],
+                                   args=args)
         tasks.append(prev)
     assert prev is not None
     await client.wait([prev], timeout=60)
@@ -237,17 +235,25 @@ def measure_peer(peer: str, *, n: int, repeats: int, warmup: int,
     b = CHAINS[peer]()
     out: dict[str, Any] = {"peer": peer, "startup_s": time.perf_counter() - t0}
     try:
-        for kind in kinds:
-            if warmup:
-                b.chain(kind, warmup)
-            runs = []
-            for _ in range(repeats):
-                wall, stamps = b.chain(kind, n)
-                gaps, run_times = links(stamps)
-                runs.append(Run(wall_per_link=wall / n, gaps=gaps, runs=run_times).to_json())
-            out[kind] = runs
+        out.update(chains_on(b, n=n, repeats=repeats, warmup=warmup, kinds=kinds))
     finally:
         b.close()
+    return out
+
+
+def chains_on(b: Any, *, n: int, repeats: int, warmup: int, kinds: Sequence[str]
+              ) -> dict[str, list[dict[str, Any]]]:
+    """kind -> each chain's :class:`Run` as JSON, on a started ``DaskChain``/``ParslChain``."""
+    out = {}
+    for kind in kinds:
+        if warmup:
+            b.chain(kind, warmup)
+        runs = []
+        for _ in range(repeats):
+            wall, stamps = b.chain(kind, n)
+            gaps, run_times = links(stamps)
+            runs.append(Run(wall_per_link=wall / n, gaps=gaps, runs=run_times).to_json())
+        out[kind] = runs
     return out
 
 
@@ -260,34 +266,11 @@ def run_peer(peer: str, *, n: int, repeats: int, warmup: int, kinds: Sequence[st
 
     Returns the figures, or ``{"error": why}`` (not installed, failed, timed out).
     """
-    mod = {"dask": "distributed", "parsl": "parsl"}[peer]
-    if importlib.util.find_spec(mod) is None:
+    if not peer_mod.available(peer):
         return {"error": f"not installed ({peer_mod.INSTALL_HINT[peer]})"}
-    argv = [sys.executable, str(Path(__file__).resolve()), "--child", peer, "-n", str(n),
-            "--repeats", str(repeats), "--warmup", str(warmup), "--kinds", ",".join(kinds)]
-    # Parsl starts its interchange and worker pool as scripts found on PATH.
-    bindir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
-    with tempfile.TemporaryDirectory(prefix="peer-") as cwd:
-        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             stdin=subprocess.DEVNULL, cwd=cwd, env=env,
-                             start_new_session=True)
-        try:
-            out, err = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
-            p.communicate()
-            return {"error": f"timed out after {timeout:g}s (killed)"}
-        finally:
-            # Workers that outlived their parent (same session) go too.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGKILL)
-    lines = out.decode(errors="replace").strip().splitlines()
-    if p.returncode != 0 or not lines:
-        tail = "\n".join(err.decode(errors="replace").strip().splitlines()[-5:])
-        return {"error": f"exit code {p.returncode}: {tail}"}
-    return json.loads(lines[-1])  # type: ignore[no-any-return]
+    return peer_mod.run_child([str(Path(__file__).resolve()), "--child", peer, "-n", str(n),
+                               "--repeats", str(repeats), "--warmup", str(warmup),
+                               "--kinds", ",".join(kinds)], timeout)
 
 
 # --------------------------------------------------------------------------- report

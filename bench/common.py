@@ -3,10 +3,13 @@
 :func:`cluster` starts, as separate processes on this machine,
 
 * a controller: ``python -m tidewater server --db DB --port PORT`` on a free
-  loopback port, waited for by connecting with retries under a deadline;
-* a user (``tidewater.controller.users.add_user`` on the same SQLite store,
-  while the server runs: WAL), a site and the apps asked for, through the
-  client;
+  loopback port, waited for by connecting with retries under a deadline. DB
+  is a new SQLite file in the temporary directory, or, given a PostgreSQL
+  server's URL (``db=``), a new database on that server made for this
+  cluster and dropped afterwards (:func:`fresh_pg_database`);
+* a user (``tidewater.controller.users.add_user`` on the same store while
+  the server runs: WAL on SQLite), a site and the apps asked for, through
+  the client;
 * ``pilots`` pilot processes (``python -m tidewater pilot --cores C
   --workdir DIR`` with TIDEWATER_URL and the site token), and waits until
   ``client.sites()`` shows them all connected.
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
+import asyncpg
 
 from tidewater.client import Client, Task
 from tidewater.controller.users import add_user
@@ -236,11 +240,70 @@ async def wait_pilots(client: Client, site: str, n: int, timeout: float,
         await anyio.sleep(0.05)
 
 
+# --------------------------------------------------------------------------- PostgreSQL
+
+# The private cluster of `scripts/services.sh start` (as tests/integration/pg.py).
+LOCAL_PG_URL = f"postgresql://postgres@127.0.0.1:{os.environ.get('TIDEWATER_PG_PORT', '55432')}/postgres"
+PG_ENV = "TIDEWATER_BENCH_PG"
+
+
+def is_pg_url(db: str | None) -> bool:
+    return db is not None and db.startswith(("postgresql://", "postgres://"))
+
+
+async def pg_ping(url: str, timeout: float = 3.0) -> str | None:
+    """None if the PostgreSQL server at ``url`` accepts a connection, else why not."""
+    try:
+        with anyio.fail_after(timeout):
+            conn = await asyncpg.connect(url, timeout=timeout)
+            await conn.close()
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _with_database(url: str, name: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    u = urlsplit(url)
+    return urlunsplit((u.scheme, u.netloc, "/" + name, u.query, u.fragment))
+
+
+@contextlib.asynccontextmanager
+async def fresh_pg_database(server_url: str) -> AsyncIterator[str]:
+    """The URL of a new, empty database on the server ``server_url`` points at.
+
+    ``server_url`` names any database its user may connect to and create
+    databases from. The new one is dropped on the way out (its connections
+    closed by force), also when cancelled.
+    """
+    import uuid
+
+    name = f"tw_bench_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(server_url, timeout=10)
+    try:
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    try:
+        yield _with_database(server_url, name)
+    finally:
+        with anyio.move_on_after(20, shield=True):
+            conn = await asyncpg.connect(server_url, timeout=10)
+            try:
+                await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            finally:
+                await conn.close()
+
+
+# --------------------------------------------------------------------------- cluster
+
+
 @contextlib.asynccontextmanager
 async def cluster(
     *, pilots: int = 1, cores: int = 1, apps: dict[str, str] | None = None,
     startup_timeout: float = 30.0, keep: bool = False, pilot_args: Sequence[str] = (),
-    pilot_root: str | None = None,
+    pilot_root: str | None = None, db: str | None = None,
 ) -> AsyncIterator[Cluster]:
     """A controller process, a user, site ``bench`` with ``apps``, and connected pilots.
 
@@ -248,12 +311,33 @@ async def cluster(
     The store, logs and pilot work directories go to a new temporary
     directory; ``pilot_root`` puts the pilots' work directories (one
     directory and two files per task) under another one (e.g. ``/dev/shm``).
+    ``db``: None for a SQLite store in the temporary directory, or a
+    ``postgresql://`` URL of a server on which a new database is made for
+    this cluster (and dropped afterwards).
     """
+    if is_pg_url(db):
+        assert db is not None
+        async with fresh_pg_database(db) as url, _cluster(
+                pilots=pilots, cores=cores, apps=apps, startup_timeout=startup_timeout,
+                keep=keep, pilot_args=pilot_args, pilot_root=pilot_root, store=url) as c:
+            yield c
+    else:
+        async with _cluster(pilots=pilots, cores=cores, apps=apps,
+                            startup_timeout=startup_timeout, keep=keep, pilot_args=pilot_args,
+                            pilot_root=pilot_root, store=None) as c:
+            yield c
+
+
+@contextlib.asynccontextmanager
+async def _cluster(
+    *, pilots: int, cores: int, apps: dict[str, str] | None, startup_timeout: float,
+    keep: bool, pilot_args: Sequence[str], pilot_root: str | None, store: str | None,
+) -> AsyncIterator[Cluster]:
     apps = apps if apps is not None else {"true": "/bin/true"}
     base = Path(tempfile.mkdtemp(prefix="tidewater-bench-"))
     work = Path(tempfile.mkdtemp(prefix="tidewater-pilots-", dir=pilot_root)) \
         if pilot_root else base
-    db = str(base / "bench.db")
+    db = store if store is not None else str(base / "bench.db")
     servers: list[subprocess.Popen[bytes]] = []
     started: list[subprocess.Popen[bytes]] = []  # pilots
     ok = False

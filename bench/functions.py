@@ -23,6 +23,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -35,40 +36,52 @@ from tidewater import TaskSpec, codec  # noqa: E402
 FN = "tidewater.examples.functions:noop"
 
 
+async def add_noop(c: Any) -> None:  # c: common.Cluster
+    """Register the function app ``noop`` on the cluster's site."""
+    await c.client.add_app(c.site, "noop", function=FN)
+
+
+async def latency_run(c: Any, k: int) -> list[float]:
+    """``k`` no-op function tasks one at a time, each awaited; their round trips (s)."""
+    rtt = []
+    for i in range(k):
+        t0 = time.perf_counter()
+        value = await (await c.client.submit("noop", site=c.site, args=(i,))).value()
+        rtt.append(time.perf_counter() - t0)
+        assert value == i
+    return rtt
+
+
+async def throughput_run(c: Any, n: int) -> float:
+    """``n`` no-op function tasks submitted at once, every result awaited; tasks/s."""
+    blob = codec.encode_call((1,), {})
+    specs = [TaskSpec(app="noop", site=c.site, args=blob) for _ in range(n)]
+    t0 = time.perf_counter()
+    tasks = await c.client.submit_many(specs)
+    infos = await c.client.wait(tasks)
+    rate = n / (time.perf_counter() - t0)
+    bad = [i for i in infos if i.state != "JOB_FINISHED"]
+    assert not bad, bad[:3]
+    return rate
+
+
 async def latency(k: int, repeats: int) -> tuple[list[float], list[float]]:
     p50s, p99s = [], []
     async with cluster(pilots=1, cores=1, apps={}) as c:
-        await c.client.add_app(c.site, "noop", function=FN)
-        for i in range(20):  # warm the worker
-            await (await c.client.submit("noop", site=c.site, args=(i,))).value()
+        await add_noop(c)
+        await latency_run(c, 20)  # warm the worker
         for _ in range(repeats):
-            rtt = []
-            for i in range(k):
-                t0 = time.perf_counter()
-                value = await (await c.client.submit("noop", site=c.site, args=(i,))).value()
-                rtt.append(time.perf_counter() - t0)
-                assert value == i
-            p50s.append(median(ms(rtt)))
-            p99s.append(p99(ms(rtt)))
+            rtt = ms(await latency_run(c, k))
+            p50s.append(median(rtt))
+            p99s.append(p99(rtt))
     return p50s, p99s
 
 
 async def throughput(n: int, repeats: int) -> list[float]:
-    rates = []
     async with cluster(pilots=2, cores=1, apps={}) as c:
-        await c.client.add_app(c.site, "noop", function=FN)
-        blob = codec.encode_call((1,), {})
-        warm = await c.client.submit_many(
-            [TaskSpec(app="noop", site=c.site, args=blob) for _ in range(200)])
-        await c.client.wait(warm)
-        for _ in range(repeats):
-            specs = [TaskSpec(app="noop", site=c.site, args=blob) for _ in range(n)]
-            t0 = time.perf_counter()
-            tasks = await c.client.submit_many(specs)
-            infos = await c.client.wait(tasks)
-            rates.append(n / (time.perf_counter() - t0))
-            bad = [i for i in infos if i.state != "JOB_FINISHED"]
-            assert not bad, bad[:3]
+        await add_noop(c)
+        await throughput_run(c, 200)  # warm-up
+        rates = [await throughput_run(c, n) for _ in range(repeats)]
     return rates
 
 

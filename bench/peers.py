@@ -178,26 +178,35 @@ def measure(peer: str, mode: str, *, k: int, n: int, repeats: int,
     startup = time.perf_counter() - t0
     out: dict[str, Any] = {"peer": peer, "mode": mode, "startup_s": startup}
     try:
-        for kind in kinds:
-            fn = FUNCS[kind]
-            for i in range(WARMUP):
-                b.one(fn, i)
-            runs: list[Any] = []
-            for _ in range(repeats):
-                if mode == "latency":
-                    rtts = []
-                    for i in range(k):
-                        t = time.perf_counter()
-                        b.one(fn, i)
-                        rtts.append(time.perf_counter() - t)
-                    runs.append(rtts)
-                else:
-                    t = time.perf_counter()
-                    b.many(fn, n)
-                    runs.append(n / (time.perf_counter() - t))
-            out[kind] = runs
+        out.update(measure_on(b, mode, k=k, n=n, repeats=repeats, kinds=kinds))
     finally:
         b.close()
+    return out
+
+
+def measure_on(b: Any, mode: str, *, k: int, n: int, repeats: int,
+               kinds: Sequence[str]) -> dict[str, list[Any]]:
+    """kind -> per-run figures on a started backend ``b`` (a warm-up of WARMUP tasks first):
+    each run's round trips in seconds (latency), or its tasks/s (throughput)."""
+    out: dict[str, list[Any]] = {}
+    for kind in kinds:
+        fn = FUNCS[kind]
+        for i in range(WARMUP):
+            b.one(fn, i)
+        runs: list[Any] = []
+        for _ in range(repeats):
+            if mode == "latency":
+                rtts = []
+                for i in range(k):
+                    t = time.perf_counter()
+                    b.one(fn, i)
+                    rtts.append(time.perf_counter() - t)
+                runs.append(rtts)
+            else:
+                t = time.perf_counter()
+                b.many(fn, n)
+                runs.append(n / (time.perf_counter() - t))
+        out[kind] = runs
     return out
 
 
@@ -213,13 +222,28 @@ def run_peer(peer: str, mode: str, *, k: int = 200, n: int = 10_000, repeats: in
     """
     if not available(peer):
         return {"error": f"not installed ({INSTALL_HINT[peer]})"}
-    argv = [sys.executable, str(Path(__file__).resolve()), "--child", "--peer", peer,
-            "--mode", mode, "-k", str(k), "-n", str(n), "--repeats", str(repeats),
-            "--kinds", ",".join(kinds)]
+    return run_child([str(Path(__file__).resolve()), "--child", "--peer", peer,
+                      "--mode", mode, "-k", str(k), "-n", str(n), "--repeats", str(repeats),
+                      "--kinds", ",".join(kinds)], timeout)
+
+
+def run_child(args: Sequence[str], timeout: float) -> dict[str, Any]:
+    """Run ``python ARGS`` in a new session and a temporary working directory, bounded by
+    ``timeout`` seconds; the JSON object on the last line of its stdout.
+
+    Returns ``{"error": why}`` if it failed or timed out (then it is killed with
+    its whole process group). Whatever it left running in its session is killed
+    too.
+    """
+    argv = [sys.executable, *args]
     # Parsl starts its interchange and worker pool as scripts found on PATH:
-    # put this interpreter's bin directory (the venv's) first.
+    # put this interpreter's bin directory (the venv's) first. Its workers
+    # unpickle task functions by module name (``peers.noop``, ``chain.stamp_true``)
+    # when the child imported them rather than defined them in ``__main__``.
     bindir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+    path = os.pathsep.join(x for x in (str(HERE), os.environ.get("PYTHONPATH")) if x)
+    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
+           "PYTHONPATH": path}
     with tempfile.TemporaryDirectory(prefix="peer-") as cwd:
         p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              stdin=subprocess.DEVNULL, cwd=cwd, env=env,
