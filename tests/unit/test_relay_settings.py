@@ -117,3 +117,15 @@ def test_bad_relay_settings_are_refused_with_the_reason(tmp_path: Path, lines: s
     with pytest.raises(ConfigError, match=why) as info:
         load(d)
     assert "settings.toml" in str(info.value)
+
+
+def test_a_pilot_given_a_malformed_relay_address_says_so_and_does_not_start() -> None:
+    from click.testing import CliRunner
+
+    from tidewater.cli import main
+
+    r = CliRunner().invoke(main, ["--token", "t", "pilot", "--relay", "login01"])
+    assert r.exit_code == 2
+    assert "--relay 'login01' must be HOST:PORT" in " ".join(r.output.split())
+    r = CliRunner().invoke(main, ["--token", "t", "pilot"], env={"TIDEWATER_RELAY": "x:0"})
+    assert r.exit_code == 2 and "from 1 to 65535" in " ".join(r.output.split())
