@@ -308,6 +308,8 @@ async def open_link(
     :mod:`tidewater.agents.relay`): the TCP connection goes there and asks it
     (HTTP CONNECT) for the controller of ``url``; TLS, the Host header, the
     certificate check and the Hello still go to that controller, end to end.
+    Cancel-safe, but a CONNECT exchange with the relay in progress (in a
+    worker thread) is let finish first, within ``timeout``.
 
     Raises :class:`AuthError` if the controller rejects the Hello,
     :class:`TLSError` if its certificate does not verify or only one side

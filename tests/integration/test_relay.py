@@ -186,3 +186,11 @@ async def test_a_half_closed_connection_still_carries_the_answer() -> None:
             assert answer == b"got 200000 bytes"
         tg.cancel_scope.cancel()
 
+
+
+async def test_a_relay_address_in_use_is_refused_with_the_reason() -> None:
+    first = Relay("127.0.0.1", 0, "ws://127.0.0.1:1")
+    async with running(first):
+        second = Relay("127.0.0.1", first.port, "ws://127.0.0.1:1")
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{first.port}"):
+            await second.run()
