@@ -22,6 +22,7 @@ to send) is plugged in.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -152,44 +153,58 @@ class _RelayAnswer(Exception):
         self.reason = reason
 
 
-def _tunnel(relay: tuple[str, int], target: str, timeout: float) -> socket.socket:
+async def _tunnel(relay: tuple[str, int], target: str) -> socket.socket:
     """A TCP socket to a site agent's relay that it has joined to ``target``'s host and port.
 
-    Blocking (run it in a thread), bounded by ``timeout`` throughout. The
-    request is an HTTP ``CONNECT``; nothing else is sent, so TLS and the
+    The request is an HTTP ``CONNECT``; nothing else is sent, so TLS and the
     websocket handshake that follow on the socket are between the peer and
     the controller. Raises OSError when the relay cannot be reached or hangs
-    up, :class:`_RelayAnswer` when it refuses.
+    up, :class:`_RelayAnswer` when it refuses. Cancel-safe (the socket is
+    closed). The caller bounds the time.
     """
     where = urlsplit(target)
     port = where.port or (443 if where.scheme == "wss" else 80)
     hostport = format_address(where.hostname or "", port)
-    sock = socket.create_connection(relay, timeout=timeout)
-    try:
-        sock.sendall(f"CONNECT {hostport} HTTP/1.1\r\nHost: {hostport}\r\n\r\n".encode())
-        head = b""
-        # Byte by byte up to the blank line: what follows belongs to TLS or websockets
-        # (the relay sends nothing more until the controller speaks, but do not rely on it).
-        while not head.endswith(b"\r\n\r\n"):
-            byte = sock.recv(1)
-            if not byte:
-                raise ConnectionResetError("the relay closed the connection before answering")
-            head += byte
-            if len(head) > 8192:
-                raise _RelayAnswer(0, "the relay's answer is too long: is it a Tidewater relay?")
-        status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-        parts = status_line.split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-            raise _RelayAnswer(0, f"not an HTTP answer ({status_line[:80]!r}): is it a "
-                                  "Tidewater relay?")
-        if parts[1] != "200":
-            raise _RelayAnswer(int(parts[1]), parts[2] if len(parts) > 2 else "")
-        sock.settimeout(None)
-        sock.setblocking(False)
-        return sock
-    except BaseException:
-        sock.close()
-        raise
+    # The socket is handed to websockets' asyncio client, so asyncio's own socket calls.
+    loop = asyncio.get_running_loop()
+    addresses = await anyio.getaddrinfo(*relay, type=socket.SOCK_STREAM)
+    failure: OSError = OSError(f"{format_address(*relay)} has no address")
+    for family, kind, proto, _name, address in addresses:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, address)
+            except OSError as exc:
+                failure = exc
+                sock.close()
+                continue
+            request = f"CONNECT {hostport} HTTP/1.1\r\nHost: {hostport}\r\n\r\n"
+            await loop.sock_sendall(sock, request.encode())
+            head = b""
+            # Byte by byte up to the blank line: what follows belongs to TLS or websockets
+            # (the relay sends nothing more until the controller speaks; do not rely on it).
+            while not head.endswith(b"\r\n\r\n"):
+                byte = await loop.sock_recv(sock, 1)
+                if not byte:
+                    raise ConnectionResetError("the relay closed the connection before "
+                                               "answering")
+                head += byte
+                if len(head) > 8192:
+                    raise _RelayAnswer(0, "the relay's answer is too long: is it a "
+                                          "Tidewater relay?")
+            status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            parts = status_line.split(" ", 2)
+            if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+                raise _RelayAnswer(0, f"not an HTTP answer ({status_line[:80]!r}): is it a "
+                                      "Tidewater relay?")
+            if parts[1] != "200":
+                raise _RelayAnswer(int(parts[1]), parts[2] if len(parts) > 2 else "")
+            return sock
+        except BaseException:
+            sock.close()
+            raise
+    raise failure
 
 
 class Rotation:
@@ -308,8 +323,6 @@ async def open_link(
     :mod:`tidewater.agents.relay`): the TCP connection goes there and asks it
     (HTTP CONNECT) for the controller of ``url``; TLS, the Host header, the
     certificate check and the Hello still go to that controller, end to end.
-    Cancel-safe, but a CONNECT exchange with the relay in progress (in a
-    worker thread) is let finish first, within ``timeout``.
 
     Raises :class:`AuthError` if the controller rejects the Hello,
     :class:`TLSError` if its certificate does not verify or only one side
@@ -329,7 +342,7 @@ async def open_link(
             if relay_at is not None:
                 # The socket goes to the relay; websockets then runs TLS (server name
                 # and certificate check) and its handshake with the URL's host over it.
-                tls["sock"] = await anyio.to_thread.run_sync(_tunnel, relay_at, target, timeout)
+                tls["sock"] = await _tunnel(relay_at, target)
             ws = await connect(
                 target, max_size=max_size, compression=None, ping_interval=ping_interval,
                 ping_timeout=ping_timeout, open_timeout=None, close_timeout=2,

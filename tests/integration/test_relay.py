@@ -118,6 +118,9 @@ async def test_the_relay_carries_connections_to_its_sites_controllers_only(
             # The site's controller is down: a break, retried like a refused connection.
             with pytest.raises(ConnectionBroken, match="502 Bad Gateway"):
                 await open_link("ws://127.0.0.1:1", hello("t"), timeout=5, relay=via)
+            # No relay there at all: a break too, naming the relay.
+            with pytest.raises(ConnectionBroken, match="through the relay 127.0.0.1:1"):
+                await open_link("ws://127.0.0.1:1", hello("t"), timeout=5, relay="127.0.0.1:1")
             # Something that is not a CONNECT request.
             stream = await anyio.connect_tcp("127.0.0.1", relay.port)
             async with stream:
