@@ -148,7 +148,7 @@ class _RelayAnswer(Exception):
     """The relay answered CONNECT with something other than 200."""
 
     def __init__(self, status: int, reason: str) -> None:
-        super().__init__(f"{status} {reason}".strip())
+        super().__init__(f"{status} {reason}".strip() if status else reason)
         self.status = status
         self.reason = reason
 

@@ -3,7 +3,8 @@ connect to the agent on the login node, which carries their bytes to the control
 
 A pilot started with ``--relay HOST:PORT`` opens its TCP connection to the
 relay and asks for the controller with an HTTP ``CONNECT host:port`` request
-(websockets' client does this for an ``http://`` proxy); the relay checks that
+(as through an HTTP proxy; :func:`tidewater.transport.open_link` sends it and
+hands the socket to websockets); the relay checks that
 ``host:port`` is one of the agent's own controller URLs, opens a TCP
 connection to it, answers ``200`` and from then on copies bytes both ways.
 The pilot's TLS handshake (server name and certificate check against the
@@ -27,8 +28,8 @@ for reaching the controller, and a request head of at most
 other is told (``send_eof``) and the connection stays open the other way
 until that side is done too, or for ``linger`` seconds at most.
 
-:func:`parse_address`, :func:`targets` and :func:`parse_connect` are pure;
-:class:`Relay` is the driver.
+:func:`targets` and :func:`parse_connect` are pure (addresses are parsed by
+:func:`tidewater.transport.parse_address`); :class:`Relay` is the driver.
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ log = logging.getLogger("tidewater.agent.relay")
 
 MAX_REQUEST_BYTES = 8192
 """The longest CONNECT request head the relay reads (websockets sends about 100 bytes)."""
-CHUNK = 65536
 
 
 class RelayRefused(TidewaterError):
