@@ -893,11 +893,15 @@ def app_ls(ctx: click.Context, site: str | None) -> None:
               "(mpiexec, cray-mpiexec, mpirun, srun, aprun, jsrun).")
 @click.option("--head", is_flag=True, help="Head mode: serve every node of the batch job, "
               "launching every task through --launcher.")
+@click.option("--relay", envvar="TIDEWATER_RELAY", default="", metavar="HOST:PORT",
+              help="Connect through the site agent's relay at HOST:PORT (compute nodes that "
+              "cannot reach the controller); TLS and the token still go to the controller. "
+              "Or TIDEWATER_RELAY.")
 @click.pass_context
 def pilot(ctx: click.Context, site: str, cores: int, gpus: int, prefetch: int, workdir: str,
           pilot_id: str, heartbeat: float, token_file: str, batch_job: int,
           idle_timeout: float | None, wall_margin: float, drain_timeout: float, launcher: str,
-          head: bool) -> None:
+          head: bool, relay: str) -> None:
     """Run a pilot on this machine: it runs the site's tasks until stopped.
 
     SIGTERM or SIGINT: it takes no more work, hands back what has not started,
@@ -913,6 +917,12 @@ def pilot(ctx: click.Context, site: str, cores: int, gpus: int, prefetch: int, w
     o = ctx.obj
     if not o["token"] and not token_file:
         raise click.UsageError("a pilot needs a token: set TIDEWATER_TOKEN, --token or --token-file")
+    if relay:
+        from .transport import format_address, parse_address
+        try:
+            relay = format_address(*parse_address(relay, "--relay"))
+        except TidewaterError as exc:
+            raise click.BadParameter(str(exc), param_hint="--relay") from None
     explicit = ctx.get_parameter_source("cores") == click.core.ParameterSource.COMMANDLINE
     host = socket.gethostname()
     end_time = None
@@ -945,7 +955,7 @@ def pilot(ctx: click.Context, site: str, cores: int, gpus: int, prefetch: int, w
                       token_file=token_file,
                       batch_job=batch_job, end_time=end_time, wall_margin=wall_margin,
                       idle_timeout=idle_timeout, launcher=launcher or None, head_nodes=head_nodes,
-                      ca_file=o["ca_file"])
+                      ca_file=o["ca_file"], relay=relay)
     _run(lambda: run_pilot(cfg))
 
 

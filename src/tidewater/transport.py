@@ -22,9 +22,11 @@ to send) is plugged in.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
+import socket
 import ssl
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -111,6 +113,98 @@ def controller_urls(value: str | Sequence[str]) -> list[str]:
     if not urls:
         raise ConfigError("no controller URL given (one, or several separated by commas)")
     return urls
+
+
+def parse_address(value: str, what: str = "address") -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for an IPv6 address) -> (host, port).
+
+    Raises :class:`ConfigError` naming ``what`` and the value when the port is
+    missing or not in 1-65535, or the host is empty.
+    """
+    text = value.strip()
+    hint = f"{what} {value!r} must be HOST:PORT (e.g. 0.0.0.0:7700, login01:7700, [::]:7700)"
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ConfigError(hint)
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or ":" in host:
+            raise ConfigError(hint)
+    if not host:
+        raise ConfigError(hint)
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(f"{hint}: the port must be a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def format_address(host: str, port: int) -> str:
+    """The inverse of :func:`parse_address` (brackets around an IPv6 address)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _RelayAnswer(Exception):
+    """The relay answered CONNECT with something other than 200."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}".strip() if status else reason)
+        self.status = status
+        self.reason = reason
+
+
+async def _tunnel(relay: tuple[str, int], target: str) -> socket.socket:
+    """A TCP socket to a site agent's relay that it has joined to ``target``'s host and port.
+
+    The request is an HTTP ``CONNECT``; nothing else is sent, so TLS and the
+    websocket handshake that follow on the socket are between the peer and
+    the controller. Raises OSError when the relay cannot be reached or hangs
+    up, :class:`_RelayAnswer` when it refuses. Cancel-safe (the socket is
+    closed). The caller bounds the time.
+    """
+    where = urlsplit(target)
+    port = where.port or (443 if where.scheme == "wss" else 80)
+    hostport = format_address(where.hostname or "", port)
+    # The socket is handed to websockets' asyncio client, so asyncio's own socket calls.
+    loop = asyncio.get_running_loop()
+    addresses = await anyio.getaddrinfo(*relay, type=socket.SOCK_STREAM)
+    failure: OSError = OSError(f"{format_address(*relay)} has no address")
+    for family, kind, proto, _name, address in addresses:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, address)
+            except OSError as exc:
+                failure = exc
+                sock.close()
+                continue
+            request = f"CONNECT {hostport} HTTP/1.1\r\nHost: {hostport}\r\n\r\n"
+            await loop.sock_sendall(sock, request.encode())
+            head = b""
+            # Byte by byte up to the blank line: what follows belongs to TLS or websockets
+            # (the relay sends nothing more until the controller speaks; do not rely on it).
+            while not head.endswith(b"\r\n\r\n"):
+                byte = await loop.sock_recv(sock, 1)
+                if not byte:
+                    raise ConnectionResetError("the relay closed the connection before "
+                                               "answering")
+                head += byte
+                if len(head) > 8192:
+                    raise _RelayAnswer(0, "the relay's answer is too long: is it a "
+                                          "Tidewater relay?")
+            status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            parts = status_line.split(" ", 2)
+            if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+                raise _RelayAnswer(0, f"not an HTTP answer ({status_line[:80]!r}): is it a "
+                                      "Tidewater relay?")
+            if parts[1] != "200":
+                raise _RelayAnswer(int(parts[1]), parts[2] if len(parts) > 2 else "")
+            return sock
+        except BaseException:
+            sock.close()
+            raise
+    raise failure
 
 
 class Rotation:
@@ -217,6 +311,7 @@ async def open_link(
     url: str, hello: P.Hello, *, timeout: float, max_size: int = 64 * 1024 * 1024,
     ping_interval: float | None = 20.0, ping_timeout: float | None = 20.0,
     ssl_context: ssl.SSLContext | None = None, ca_file: str | os.PathLike[str] | None = None,
+    relay: str | None = None,
 ) -> tuple[Link, P.Welcome]:
     """Connect, greet, and return the link with the controller's Welcome.
 
@@ -224,19 +319,30 @@ async def open_link(
     ``ca_file`` alone, else against the system trust store (hostname checked
     in every case); both are ignored for ``ws://``.
 
+    ``relay`` (``HOST:PORT``, a site agent's relay, see
+    :mod:`tidewater.agents.relay`): the TCP connection goes there and asks it
+    (HTTP CONNECT) for the controller of ``url``; TLS, the Host header, the
+    certificate check and the Hello still go to that controller, end to end.
+
     Raises :class:`AuthError` if the controller rejects the Hello,
     :class:`TLSError` if its certificate does not verify or only one side
-    speaks TLS, :class:`ConfigError` for a bad URL or CA file,
-    :class:`ConnectionBroken` if it cannot be reached in ``timeout``.
+    speaks TLS, :class:`ConfigError` for a bad URL or CA file, or a relay that
+    refuses to carry the connection to this controller,
+    :class:`ConnectionBroken` if it (or the relay) cannot be reached in ``timeout``.
     """
     target = ws_url(url)
     deadline = anyio.current_time() + timeout
     tls: dict[str, Any] = {}
     if target.startswith("wss://"):
         tls["ssl"] = ssl_context or await anyio.to_thread.run_sync(client_context, ca_file)
+    relay_at = parse_address(relay, "relay") if relay else None
     ws: ClientConnection | None = None
     try:
         with anyio.fail_after(timeout):
+            if relay_at is not None:
+                # The socket goes to the relay; websockets then runs TLS (server name
+                # and certificate check) and its handshake with the URL's host over it.
+                tls["sock"] = await _tunnel(relay_at, target)
             ws = await connect(
                 target, max_size=max_size, compression=None, ping_interval=ping_interval,
                 ping_timeout=ping_timeout, open_timeout=None, close_timeout=2,
@@ -259,9 +365,16 @@ async def open_link(
         raise TLSError(target, f"the TLS handshake failed ({exc.reason or exc}); is the "
                                "controller serving TLS? A plaintext controller takes a ws:// "
                                "URL") from None
+    except _RelayAnswer as exc:
+        if exc.status in (400, 403):  # asked for what this relay never carries: final
+            raise ConfigError(f"the relay {relay} will not carry a connection to {target}: "
+                              f"{exc}; is the relay this site's agent, and does its "
+                              "site.controller list this URL?") from None
+        raise ConnectionBroken(f"the relay {relay} could not connect to {target}: "
+                               f"{exc}") from None
     except InvalidMessage as exc:
         # A TLS server hangs up on a plain HTTP request: tell that from a server that died.
-        if target.startswith("ws://"):
+        if target.startswith("ws://") and not relay:  # through a relay it is not reachable
             with anyio.move_on_after(deadline - anyio.current_time()):
                 if await _speaks_tls(target):
                     raise TLSError(target, "the controller serves TLS: use a wss:// URL "
@@ -269,7 +382,8 @@ async def open_link(
                                            "trust store)") from None
         raise ConnectionBroken(f"cannot connect to {target}: {exc}") from None
     except (OSError, InvalidHandshake) as exc:
-        raise ConnectionBroken(f"cannot connect to {target}: {exc}") from None
+        via = f" through the relay {relay}" if relay else ""
+        raise ConnectionBroken(f"cannot connect to {target}{via}: {exc}") from None
     except InvalidURI as exc:
         raise ConfigError(f"bad controller URL {url!r}: {exc}") from None
     except msgspec.MsgspecError as exc:
@@ -378,6 +492,9 @@ class LinkOptions:
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
     ca_file: str | None = None
+    relay: str | None = None
+    """``HOST:PORT`` of a site agent's relay to connect through (pilots on compute nodes
+    that cannot reach the controller: ``tidewater pilot --relay``); None: directly."""
 
 
 class Session:
@@ -491,6 +608,7 @@ class Session:
                     url, self._hello(), timeout=self._t.connect,
                     max_size=self._options.max_size, ping_interval=self._options.ping_interval,
                     ping_timeout=self._options.ping_timeout, ca_file=self._options.ca_file,
+                    relay=self._options.relay,
                 )
             except Exception as exc:
                 retryable = is_retryable(exc)

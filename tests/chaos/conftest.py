@@ -97,16 +97,21 @@ class Netns:
     host_if: str
     host_ip: str
     ns_ip: str
+    outer: str = ""
+    """The namespace the link's other end is in ("": this host's own)."""
 
     @property
     def prefix(self) -> list[str]:
         return ["ip", "netns", "exec", self.name]
 
+    def _ip(self) -> list[str]:
+        return ["ip", "-n", self.outer] if self.outer else ["ip"]
+
     def cut(self) -> None:
-        _must("ip", "link", "set", self.host_if, "down")
+        _must(*self._ip(), "link", "set", self.host_if, "down")
 
     def heal(self) -> None:
-        _must("ip", "link", "set", self.host_if, "up")
+        _must(*self._ip(), "link", "set", self.host_if, "up")
 
 
 @pytest.fixture
@@ -141,6 +146,37 @@ def netns() -> Iterator[Netns]:
                 pass
         _run("ip", "link", "del", host_if)  # takes its peer with it
         _run("ip", "netns", "del", name)
+
+
+@pytest.fixture
+def inner_netns(netns: Netns) -> Iterator[Netns]:
+    """A namespace behind ``netns``: its only link goes to ``netns`` (``host_ip`` is the
+    address there), with no route beyond, so from inside it nothing but ``netns`` can be
+    reached, the host included. Removed afterwards, every process in it killed."""
+    tag = secrets.token_hex(3)
+    name, outer_if, ns_if = f"tw-{tag}", f"two{tag}", f"twi{tag}"
+    third, fourth = secrets.randbelow(256), 4 * secrets.randbelow(64)
+    outer_ip, ns_ip = f"10.214.{third}.{fourth + 1}", f"10.214.{third}.{fourth + 2}"
+    r = _run("ip", "netns", "add", name)
+    if r.returncode != 0:
+        pytest.skip(f"`ip netns add` failed ({r.stderr.strip()}): {HOW_TO_ROOT}")
+    try:
+        _must("ip", "link", "add", outer_if, "type", "veth", "peer", "name", ns_if)
+        _must("ip", "link", "set", outer_if, "netns", netns.name)
+        _must("ip", "link", "set", ns_if, "netns", name)
+        _must("ip", "-n", netns.name, "addr", "add", f"{outer_ip}/30", "dev", outer_if)
+        _must("ip", "-n", netns.name, "link", "set", outer_if, "up")
+        _must("ip", "-n", name, "addr", "add", f"{ns_ip}/30", "dev", ns_if)
+        _must("ip", "-n", name, "link", "set", ns_if, "up")
+        _must("ip", "-n", name, "link", "set", "lo", "up")
+        yield Netns(name, outer_if, outer_ip, ns_ip, outer=netns.name)
+    finally:
+        for pid in _run("ip", "netns", "pids", name).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        _run("ip", "netns", "del", name)  # its veth goes with it, and the peer with that
 
 
 @pytest.fixture

@@ -66,12 +66,14 @@ class World:
     # ---------------------------------------------------------------- processes
 
     async def start_pilot(self, pilot_id: str, *, cores: int = 2, prefix: Sequence[str] = (),
-                          url: str = "", workdir: Path | None = None) -> Proc:
-        """A pilot process (under ``prefix``, e.g. ``ip netns exec NS``); returns once connected."""
+                          url: str = "", workdir: Path | None = None,
+                          env: dict[str, str] | None = None) -> Proc:
+        """A pilot process (under ``prefix``, e.g. ``ip netns exec NS``; ``env`` added to its
+        environment, e.g. TIDEWATER_RELAY); returns once connected."""
         args = [*prefix, PY, "-m", "tidewater", "pilot", "--cores", str(cores), "--prefetch", "2",
                 "--workdir", str(workdir or self.tmp / "work" / pilot_id), "--pilot-id",
                 pilot_id, "--heartbeat", str(HEARTBEAT)]
-        env = {**self.c.env, "TIDEWATER_TOKEN": self.site_token}
+        env = {**self.c.env, "TIDEWATER_TOKEN": self.site_token, **(env or {})}
         if url:
             env["TIDEWATER_URL"] = url
         proc = await anyio.open_process(args, env=env, stdout=None)
@@ -80,14 +82,17 @@ class World:
         await p.wait_for(f"pilot {pilot_id} connected")
         return p
 
-    async def start_agent(self, *, prefix: Sequence[str] = (), url: str = "") -> Proc:
-        """`tidewater site start` on the local scheduler (the first call writes the site)."""
+    async def start_agent(self, *, prefix: Sequence[str] = (), url: str = "",
+                          sections: dict[str, dict[str, object]] | None = None) -> Proc:
+        """`tidewater site start` on the local scheduler (the first call writes the site,
+        with ``sections`` added to its settings)."""
         site_dir = self.tmp / "site"
         if not site_dir.exists():
             self.agent_prefix, self.agent_url = list(prefix), url or self.c.url
             write_site(site_dir, name=SITE, scheduler="local", url=self.agent_url,
                        token=self.site_token,
-                       sections={"scheduler": {"state_dir": str(self.tmp / "local-jobs")}})
+                       sections={"scheduler": {"state_dir": str(self.tmp / "local-jobs")},
+                                 **(sections or {})})
             self.c.site_dirs.append((site_dir, {}))
         proc = await anyio.open_process(
             [*self.agent_prefix, PY, "-m", "tidewater", "site", "start", str(site_dir)],
@@ -196,17 +201,29 @@ class World:
 
 @asynccontextmanager
 async def world(tmp: Path, scenario: str, seed: int, report: list[Row], *,
-                controller_args: Sequence[str] = ()) -> AsyncIterator[World]:
+                controller_args: Sequence[str] = (), tls: Path | None = None,
+                ) -> AsyncIterator[World]:
     """A controller on the test's store with the chaos apps on site ``hpc``; the scenario's
-    row goes into ``report`` when it ends (also on failure, with what was measured)."""
+    row goes into ``report`` when it ends (also on failure, with what was measured).
+
+    ``tls``: a directory holding ``server.pem``, ``server.key`` and ``ca.pem`` (the
+    certificate must name 127.0.0.1): the controller serves wss://, and the client and
+    every process started with the cluster's environment verify it against ``ca.pem``."""
     t0 = time.monotonic()
     ledger = tmp / "ledger"  # outside every work directory
     rec = RECORD.format(ledger=shlex.quote(str(ledger)))
     async with cluster(tmp) as c:
+        ca = None
+        if tls is not None:
+            ca = tls / "ca.pem"
+            c.url = f"wss://127.0.0.1:{c.port}"
+            c.env.update(TIDEWATER_URL=c.url, TIDEWATER_CA_FILE=str(ca))
+            controller_args = (*controller_args, "--tls-cert", str(tls / "server.pem"),
+                               "--tls-key", str(tls / "server.key"))
         await c.start_controller(*controller_args)
         row = Row(scenario, "postgres" if c.on_postgres else "sqlite", seed)
         token = await c.add_user("chaos")
-        async with tidewater.connect(c.url, token=token) as client:
+        async with tidewater.connect(c.url, token=token, ca_file=ca) as client:
             _site, site_token = await client.add_site(SITE)
             await client.add_app(SITE, "work", f"{rec}; sleep {{s}}")
             await client.add_app(SITE, "hang", f"{rec}; exec sleep 600")

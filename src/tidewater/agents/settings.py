@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import socket
 import string
 import sys
 import tomllib
@@ -26,7 +27,9 @@ import msgspec
 
 from ..config import Timeouts
 from ..errors import ConfigError
-from ..transport import controller_urls
+from ..transport import controller_urls, format_address, parse_address
+
+WILDCARD_HOSTS = ("0.0.0.0", "::", "*")
 
 SCHEDULERS = ("slurm", "pbs", "lsf", "cobalt", "local")
 DEFAULT_LAUNCHER = {
@@ -118,6 +121,21 @@ class TransfersSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     globus_poll_interval: float = 2.0
 
 
+class RelaySection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The agent's relay for pilots whose compute nodes cannot reach the controller
+    (see :mod:`.relay` and docs/sites.md). Off while ``listen`` is empty."""
+
+    listen: str = ""
+    """``HOST:PORT`` the agent listens on for its pilots, e.g. ``0.0.0.0:7700``."""
+    advertise: str = ""
+    """``HOST:PORT`` the pilots dial ("": the listening address, or this host's name when
+    that is every interface, with the listening port)."""
+    max_connections: int = 256
+    """Relayed connections at once; more are refused until one ends."""
+    connect_timeout: float = 10.0
+    """Seconds for a pilot's request and for reaching the controller."""
+
+
 class SiteSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     site: SiteSection
     scheduler: dict[str, str | int | float | bool] = {}
@@ -125,6 +143,7 @@ class SiteSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     limits: LimitsSection = LimitsSection()
     autoscale: AutoscaleSection = AutoscaleSection()
     transfers: TransfersSection = TransfersSection()
+    relay: RelaySection = RelaySection()
     directory: str = ""
     """Where the settings were read from (set by :func:`load`)."""
 
@@ -139,6 +158,19 @@ class SiteSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     @property
     def launcher(self) -> str:
         return self.site.launcher or DEFAULT_LAUNCHER.get(self.site.scheduler, "mpiexec")
+
+    def relay_address(self, hostname: str) -> str | None:
+        """``HOST:PORT`` this site's pilots connect through (None: the relay is off).
+
+        ``relay.advertise`` if set, else the listening address, with ``hostname``
+        (this host's name) for a wildcard host such as ``0.0.0.0``.
+        """
+        if not self.relay.listen:
+            return None
+        if self.relay.advertise:
+            return self.relay.advertise.strip()
+        host, port = parse_address(self.relay.listen, "relay.listen")
+        return format_address(hostname if host in WILDCARD_HOSTS else host, port)
 
 
 def load(directory: str | Path) -> SiteSettings:
@@ -161,7 +193,34 @@ def load(directory: str | Path) -> SiteSettings:
         raise ConfigError(f"{f}: site.controller: {exc}") from None
     if s.site.scheduler not in SCHEDULERS:
         raise ConfigError(f"{f}: scheduler {s.site.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+    try:
+        check_relay(s.relay)
+    except ConfigError as exc:
+        raise ConfigError(f"{f}: {exc}") from None
     return msgspec.structs.replace(s, directory=str(d))
+
+
+def check_relay(r: RelaySection) -> None:
+    """Raise :class:`ConfigError` saying which ``[relay]`` setting is wrong, and how."""
+    if not r.listen:
+        if r.advertise:
+            raise ConfigError("relay.advertise is set but relay.listen is not: set listen "
+                              '(e.g. "0.0.0.0:7700") to turn the relay on')
+        return
+    host, _port = parse_address(r.listen, "relay.listen")
+    if host == "*":
+        raise ConfigError('relay.listen: write "0.0.0.0:PORT" (or "[::]:PORT") for every '
+                          "interface")
+    if r.advertise:
+        adv, _ = parse_address(r.advertise, "relay.advertise")
+        if adv in WILDCARD_HOSTS:
+            raise ConfigError(f"relay.advertise {r.advertise!r}: pilots need an address to "
+                              "dial, not a wildcard: give the login node's name or address")
+    if r.max_connections < 1:
+        raise ConfigError(f"relay.max_connections = {r.max_connections}: must be at least 1")
+    if not r.connect_timeout > 0:
+        raise ConfigError(f"relay.connect_timeout = {r.connect_timeout:g}: must be more "
+                          "than 0 seconds")
 
 
 def read_token(s: SiteSettings) -> str:
@@ -268,6 +327,13 @@ def init_site(
         'globus_work_root = "" # the work root as that collection sees it',
         'globus_token_file = ""',
         "",
+        "[relay]               # compute nodes that cannot reach the controller connect to this",
+        "                      # agent, which carries their bytes (TLS and tokens stay end to end)",
+        'listen = ""           # "": off; e.g. "0.0.0.0:7700"',
+        'advertise = ""        # what pilots dial, e.g. "login01:7700" ("": this host\'s name)',
+        "max_connections = 256",
+        "connect_timeout = 10.0",
+        "",
     ]
     f.write_text("\n".join(lines))
     t = d / "job-template.sh"
@@ -279,11 +345,17 @@ def init_site(
 
 
 def pilot_argv(
-    s: SiteSettings, *, job_id: int, token_file: str, head: bool,
+    s: SiteSettings, *, job_id: int, token_file: str, head: bool, hostname: str = "",
 ) -> list[str]:
-    """The pilot command inside a batch job."""
+    """The pilot command inside a batch job.
+
+    With the relay on, the pilots connect through it: ``--relay`` is
+    :meth:`SiteSettings.relay_address` (``hostname``: the login node's name,
+    for a relay listening on every interface; default this host's).
+    """
     py = s.site.python or sys.executable
     ca_file = s.ca_file()
+    relay = s.relay_address(hostname or socket.gethostname())
     argv = [
         py, "-m", "tidewater", "--url", ",".join(controller_urls(s.site.controller)),
         *(["--ca-file", ca_file] if ca_file else []), "pilot",
@@ -300,6 +372,8 @@ def pilot_argv(
         argv += ["--cores", str(s.site.cores_per_node)]
     if s.site.gpus_per_node:
         argv += ["--gpus", str(s.site.gpus_per_node)]
+    if relay:
+        argv += ["--relay", relay]
     if head:
         argv.append("--head")
     return argv

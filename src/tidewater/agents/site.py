@@ -39,9 +39,10 @@ from .. import proto as P
 from .. import states
 from ..config import Timeouts
 from ..errors import ConnectionBroken, SchedulerError, TidewaterError
-from ..transport import Link, LinkOptions, Session
+from ..transport import Link, LinkOptions, Session, parse_address
 from . import autoscale
 from .reconcile import Cancel, Command, Note, Submit, Update, diff, job_name, listed_change
+from .relay import Relay
 from .schedulers import get_scheduler
 from .schedulers.base import JobRequest, JobStatus, SchedulerClient
 from .settings import SiteSettings, pilot_argv, read_token, render_body
@@ -116,6 +117,13 @@ class Agent:
         self.last_decision = autoscale.Decision()
         self.engine = Engine(settings, self._staged)
         self.staged: list[P.StageResult] = []
+        self.relay: Relay | None = None
+        """The relay for pilots that cannot reach the controller (``[relay]``), if on."""
+        if settings.relay.listen:
+            host, port = parse_address(settings.relay.listen, "relay.listen")
+            self.relay = Relay(host, port, settings.site.controller,
+                               max_connections=settings.relay.max_connections,
+                               connect_timeout=settings.relay.connect_timeout)
         self.session = Session(
             settings.site.controller, role="agent", hello=self._hello,
             decoder=P.to_agent_decoder, on_message=self._received, on_welcome=self._welcomed,
@@ -128,10 +136,14 @@ class Agent:
     # ------------------------------------------------------------------ life
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run until cancelled. Raises AuthError when the controller refuses the token."""
+        """Run until cancelled. Raises AuthError when the controller refuses the token,
+        ConfigError when the relay cannot listen on its address."""
         self.limits = await self._site_limits()
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            if self.relay is not None:
+                # First: pilots of jobs adopted after a restart are waiting to reconnect.
+                await tg.start(self.relay.run)
             tg.start_soon(self._reconcile_loop)
             tg.start_soon(self._autoscale_loop)
             await tg.start(self.engine.run)

@@ -85,6 +85,8 @@ class PilotConfig:
     """Re-read at every (re)connection, so a rotated token is picked up."""
     ca_file: str = ""
     """CA certificate a ``wss://`` controller is verified against ("": system trust store)."""
+    relay: str = ""
+    """``HOST:PORT`` of the site agent's relay to connect through ("": directly)."""
     end_time: float | None = None
     """When the allocation ends (epoch seconds)."""
     wall_margin: float = 30.0
@@ -156,7 +158,8 @@ class Pilot:
             options=LinkOptions(max_size=config.limits.max_frame_bytes,
                                 ping_interval=self.t.heartbeat_interval,
                                 ping_timeout=self.t.lease_timeout,
-                                ca_file=config.ca_file or None),
+                                ca_file=config.ca_file or None,
+                                relay=config.relay or None),
         )
 
     # ------------------------------------------------------------------ life
