@@ -232,7 +232,7 @@ class TaskTable:
             w, tt = self._step(t, path, now)
             writes.append(schema.insert_task(t))  # in the state the path ends in
             writes += w
-            writes += [schema.insert_tag(k, v, t.id) for k, v in t.tags.items()]
+            writes += [schema.insert_tag(k, v, t.id, t.owner_id) for k, v in t.tags.items()]
             self.live[t.id] = t
             touched += tt
         self.counters["tasks_submitted"] += len(prepared)
