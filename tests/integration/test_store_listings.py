@@ -36,7 +36,7 @@ import asyncpg
 import pytest
 
 from tidewater.controller.model import Event, LiveTask
-from tidewater.controller.store import postgres_migrations, schema, sqlite_migrations
+from tidewater.controller.store import postgres_migrations, reads, schema, sqlite_migrations
 from tidewater.controller.store.base import Store, TaskQuery
 from tidewater.controller.store.open import open_store
 from tidewater.controller.store.postgres import numbered
@@ -199,6 +199,15 @@ async def test_watch_replay_reads_events_from_their_index(
     assert all(e.tags == wanted[e.task_id].tags for e in got)
     sql, args = events_sql(q, since, 100)
     assert_indexed(filled, await plan(filled, sql, args), q)
+
+
+async def test_recovery_reads_every_live_task_in_chunks(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reads, "LIVE_CHUNK", 97)
+    rec = await store.recover()
+    assert [t.id for t in rec.live] == [t.id for t in TASKS if t.state.value not in
+                                        schema.FINAL_STATES]
+    assert rec.live == [t for t in TASKS if t.state.value not in schema.FINAL_STATES]
 
 
 # ---------------------------------------------------------------------- migration

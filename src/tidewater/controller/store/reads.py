@@ -24,6 +24,7 @@ from .base import Recovered, TaskQuery
 from .schema import columns
 
 CHUNK = 500
+LIVE_CHUNK = 10_000
 _TASKS = columns(schema.TASK_COLUMNS)
 _TASKS_T = columns(schema.TASK_COLUMNS, "t.")
 _TOKENS = columns(schema.TOKEN_COLUMNS)
@@ -157,8 +158,7 @@ class SqlReads:
             f"SELECT {columns(schema.SITE_COLUMNS)} FROM sites")]
         apps = [schema.app_from_row(r) for r in await self._rows(
             f"SELECT {columns(schema.APP_COLUMNS)} FROM apps")]
-        live = [schema.task_from_row(r) for r in await self._rows(
-            f"SELECT {_TASKS} FROM {self._live_tasks_from} WHERE state NOT IN {_FINAL}")]
+        live = await self._live_tasks()
         by_id = {t.id: t for t in live}
         # Inline bytes of live tasks: inputs still to send, outputs children may refer to.
         with_data = [t.id for t in live if t.files and any(f.state == "inline" for f in t.files)]
@@ -191,6 +191,37 @@ class SqlReads:
             f"SELECT {columns(schema.PILOT_COLUMNS)} FROM pilots ORDER BY since, pilot_id")]
         return Recovered(next_task=next_task, next_event=next_event, sites=sites, apps=apps,
                          live=live, parents=parents, jobs=jobs, pilots=pilots)
+
+    async def _live_tasks(self) -> list[LiveTask]:
+        """Every task not final, read :data:`LIVE_CHUNK` at a time in id order.
+
+        A million queued tasks are a million rows: read at once, their rows
+        and each row's own copy of every text would be held together (about
+        twice what the tasks keep), and the process would keep that peak.
+        Read in chunks, with texts that repeat from row to row (app, tags,
+        parameters, argv, environment) shared as they are decoded, only a
+        chunk's rows are ever held.
+        """
+        live: list[LiveTask] = []
+        texts: dict[str, str] = {}
+        after = 0
+        while True:
+            rows = await self._rows(
+                f"SELECT {_TASKS} FROM {self._live_tasks_from} WHERE state NOT IN {_FINAL} "
+                "AND id > ? ORDER BY id LIMIT ?", (after, LIVE_CHUNK))
+            for r in rows:
+                t = schema.task_from_row(r)
+                if len(texts) > 100_000:
+                    texts.clear()
+                t.app = texts.setdefault(t.app, t.app)
+                t.params_j = texts.setdefault(t.params_j, t.params_j)
+                t.tags_j = texts.setdefault(t.tags_j, t.tags_j)
+                t.argv_j = texts.setdefault(t.argv_j, t.argv_j)
+                t.env_j = texts.setdefault(t.env_j, t.env_j)
+                live.append(t)
+            if len(rows) < LIVE_CHUNK:
+                return live
+            after = live[-1].id
 
     # ------------------------------------------------------------------ tasks
 
