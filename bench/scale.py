@@ -62,7 +62,6 @@ from common import (  # noqa: E402
     log_tail,
     machine_line,
     median,
-    ms,
     p99,
     stop_processes,
     table,
@@ -70,8 +69,9 @@ from common import (  # noqa: E402
     wait_pilots,
 )
 
-from tidewater.client import Client, TaskSpec  # noqa: E402
+from tidewater.client import Client  # noqa: E402
 from tidewater.controller.users import add_user  # noqa: E402
+from tidewater.proto import TaskSpec  # noqa: E402
 
 FILL, PROBE = "fill", "bench"
 BATCH = 50_000
@@ -119,15 +119,69 @@ class Controller:
 
 
 @dataclass
-class Point:
-    name: str
-    rss: float
-    hwm: float
-    tasks: int
+class Stack:
+    """A controller with its user, the two sites, a pilot on PROBE and its filled tasks."""
+
+    c: Controller
+    token: str = ""
+    pilot: subprocess.Popen[bytes] | None = None
+    ids: list[int] = field(default_factory=list)
+
+    @property
+    def plog(self) -> Path:
+        return self.c.base / "pilot.log"
+
+    async def setup(self, name: str, timeout: float) -> None:
+        self.c.base.mkdir(parents=True, exist_ok=True)
+        await self.c.start(timeout)
+        self.token = await add_user(self.c.db, f"{name}{os.getpid()}")
+        async with Client(self.c.url, self.token, name="scale") as client:
+            for site in (FILL, PROBE):
+                _s, site_token = await client.add_site(site)
+                await client.add_app(site, "true", "/bin/true")
+            env = {**os.environ, "TIDEWATER_URL": self.c.url, "TIDEWATER_TOKEN": site_token}
+            self.pilot = _spawn([PY, "-m", "tidewater", "pilot", "--cores", "1", "--workdir",
+                                 str(self.c.base / "pilot")], self.plog, env)
+            await self.wait_pilot(client, timeout)
+            for _ in range(20):  # warm-up: the pilot's first tasks are slower
+                await collect(client, [await client.submit("true", site=PROBE)], stall=10.0)
+
+    async def wait_pilot(self, client: Client, timeout: float) -> None:
+        assert self.pilot is not None
+        await wait_pilots(client, PROBE, 1, timeout, [self.pilot], [self.plog])
+
+    def client(self) -> Client:
+        return Client(self.c.url, self.token, name="scale")
+
+    async def restart(self, timeout: float) -> None:
+        self.c.stop()
+        await self.c.start(timeout)
+
+    def stop(self) -> None:
+        stop_processes([self.pilot] if self.pilot is not None else [])
+        self.c.stop()
+
+
+@dataclass
+class Side:
+    """What one controller gave at one point."""
+
+    rss: float = 0.0
+    hwm: float = 0.0
     listings: dict[str, list[float]] = field(default_factory=dict)
     ack: list[list[float]] = field(default_factory=list)
     start: list[list[float]] = field(default_factory=list)
     failed: int = 0
+
+    def p50s(self, what: str) -> list[float]:
+        return [median(r) for r in getattr(self, what)]
+
+
+@dataclass
+class Point:
+    name: str
+    small: Side
+    large: Side
 
 
 def listings(queued_state: str) -> list[tuple[str, dict[str, Any]]]:
@@ -141,33 +195,44 @@ def listings(queued_state: str) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
-async def measure(c: Controller, client: Client, name: str, tasks: int, state: str,
-                  repeats: int, probes: int) -> Point:
-    assert c.proc is not None
-    rss, hwm = memory(c.proc.pid)
-    point = Point(name, rss, hwm, tasks)
-    for label, kw in listings(state):
+async def probe(client: Client, side: Side, ack: list[float], start: list[float]) -> None:
+    t0 = time.perf_counter()
+    task = await client.submit("true", site=PROBE, tags={"probe": "1"})
+    ack.append(1000 * (time.perf_counter() - t0))
+    info = (await collect(client, [task], stall=10.0)).infos[task.id]
+    if info.state != "JOB_FINISHED" or info.started_at is None:
+        side.failed += 1
+    else:
+        start.append(1000 * (info.started_at - info.created_at))
+
+
+async def measure(name: str, small: tuple[Stack, Client], large: tuple[Stack, Client],
+                  states: tuple[str, str], repeats: int, probes: int) -> Point:
+    """Both controllers, turn about (one call or probe each), so both see the same load."""
+    point = Point(name, Side(), Side())
+    pairs = [(small, point.small, states[0]), (large, point.large, states[1])]
+    for (stack, _client), side, _state in pairs:
+        assert stack.c.proc is not None
+        side.rss, side.hwm = memory(stack.c.proc.pid)
+    for i, (label, _kw) in enumerate(listings(states[0])):
         for newest in (False, True):
-            times = []
+            key = f"{label}, {'newest' if newest else 'oldest'}"
             for _ in range(repeats):
-                t0 = time.perf_counter()
-                await client.tasks(limit=50, newest=newest, **kw)
-                times.append(time.perf_counter() - t0)
-            point.listings[f"{label}, {'newest' if newest else 'oldest'}"] = ms(times)
+                for (_stack, client), side, state in pairs:
+                    kw = listings(state)[i][1]
+                    t0 = time.perf_counter()
+                    await client.tasks(limit=50, newest=newest, **kw)
+                    side.listings.setdefault(key, []).append(
+                        1000 * (time.perf_counter() - t0))
     for _run in range(3):
-        ack: list[float] = []
-        start: list[float] = []
+        runs: list[tuple[list[float], list[float]]] = [([], []) for _ in pairs]
         for _ in range(max(1, probes // 3)):
-            t0 = time.perf_counter()
-            task = await client.submit("true", site=PROBE, tags={"probe": "1"})
-            ack.append(time.perf_counter() - t0)
-            info = (await collect(client, [task], stall=10.0)).infos[task.id]
-            if info.state != "JOB_FINISHED" or info.started_at is None:
-                point.failed += 1
-                continue
-            start.append(info.started_at - info.created_at)
-        point.ack.append(ms(ack))
-        point.start.append(ms(start))
+            for ((_stack, client), side, _state), (ack, start) in zip(pairs, runs, strict=True):
+                await probe(client, side, ack, start)
+        for (_p, side, _state), (ack, start) in zip(pairs, runs, strict=True):
+            side.ack.append(ack)
+            side.start.append(start)
+    print(f"  measured: {name}", file=sys.stderr, flush=True)
     return point
 
 
@@ -185,108 +250,87 @@ async def fill(client: Client, have: int, upto: int, ids: list[int]) -> None:
 
 
 async def run(n: int, db: str | None, repeats: int, probes: int, timeout: float) -> list[Point]:
+    """A controller with N tasks ("large") beside one with 1,000 ("small"), measured in turn."""
     base = Path(tempfile.mkdtemp(prefix="tidewater-scale-"))
-    c = Controller(db=db or str(base / "scale.db"), base=base)
-    pilot: subprocess.Popen[bytes] | None = None
+    small = Stack(Controller(db=str(base / "small" / "scale.db"), base=base / "small"))
+    large = Stack(Controller(db=db or str(base / "large" / "scale.db"), base=base / "large"))
     points: list[Point] = []
     ok = False
     try:
-        await c.start(timeout)
-        token = await add_user(c.db, f"scale{os.getpid()}")
-        async with Client(c.url, token, name="scale") as client:
-            for site in (FILL, PROBE):
-                _s, site_token = await client.add_site(site)
-                await client.add_app(site, "true", "/bin/true")
-            env = {**os.environ, "TIDEWATER_URL": c.url, "TIDEWATER_TOKEN": site_token}
-            plog = base / "pilot.log"
-            pilot = _spawn([PY, "-m", "tidewater", "pilot", "--cores", "1", "--workdir",
-                            str(base / "pilot")], plog, env)
-            await wait_pilots(client, PROBE, 1, timeout, [pilot], [plog])
-            for _ in range(20):  # warm-up: the pilot's first tasks are slower
-                await collect(client, [await client.submit("true", site=PROBE)], stall=10.0)
-            ids: list[int] = []
-            await fill(client, 0, min(SMALL, n), ids)
-            (first,) = await client.tasks(ids=ids[:1])
-            queued = first.state
-            points.append(await measure(c, client, f"{SMALL:,} queued", len(ids), queued,
-                                        repeats, probes))
-            print(f"  measured at {len(ids):,}", file=sys.stderr, flush=True)
-            await fill(client, len(ids), n, ids)
-            points.append(await measure(c, client, f"{n:,} queued", n, queued, repeats,
-                                        probes))
-            print(f"  measured at {n:,}", file=sys.stderr, flush=True)
-        c.stop()
-        await c.start(timeout)
-        async with Client(c.url, token, name="scale") as client:
-            await wait_pilots(client, PROBE, 1, timeout, [pilot], [plog])
-            points.append(await measure(c, client, f"{n:,} queued, restarted", n, queued,
-                                        repeats, probes))
-            print("  measured after the restart; cancelling", file=sys.stderr, flush=True)
-            for i in range(0, len(ids), 10_000):
-                await client.cancel(ids[i : i + 10_000])
-        c.stop()
-        await c.start(timeout)
-        async with Client(c.url, token, name="scale") as client:
-            await wait_pilots(client, PROBE, 1, timeout, [pilot], [plog])
-            points.append(await measure(c, client, f"{n:,} final, restarted", n, "KILLED",
-                                        repeats, probes))
+        await small.setup("small", timeout)
+        await large.setup("large", timeout)
+        async with small.client() as sc:
+            async with large.client() as lc:
+                await fill(sc, 0, SMALL, small.ids)
+                await fill(lc, 0, n, large.ids)
+                (first,) = await sc.tasks(ids=small.ids[:1])
+                queued = first.state
+                points.append(await measure(f"{n:,} queued", (small, sc), (large, lc),
+                                            (queued, queued), repeats, probes))
+            await large.restart(timeout)
+            async with large.client() as lc:
+                await large.wait_pilot(lc, timeout)
+                points.append(await measure(f"{n:,} queued, restarted", (small, sc),
+                                            (large, lc), (queued, queued), repeats, probes))
+                print("  cancelling", file=sys.stderr, flush=True)
+                for i in range(0, len(large.ids), 10_000):
+                    await lc.cancel(large.ids[i : i + 10_000])
+            await large.restart(timeout)
+            async with large.client() as lc:
+                await large.wait_pilot(lc, timeout)
+                points.append(await measure(f"{n:,} final, restarted", (small, sc),
+                                            (large, lc), (queued, "KILLED"), repeats, probes))
         ok = True
     finally:
-        stop_processes([pilot] if pilot is not None else [])
-        c.stop()
+        large.stop()
+        small.stop()
         _cleanup(base, ok=ok)
     return points
 
 
 def _cleanup(base: Path, *, ok: bool) -> None:
     if not ok:
-        for log in sorted(base.glob("*.log")):
-            print(f"--- {log.name} (tail)\n{log_tail(log, 15)}", file=sys.stderr)
+        for log in sorted(base.glob("*/*.log")):
+            print(f"--- {log} (tail)\n{log_tail(log, 15)}", file=sys.stderr)
         print(f"(bench files kept in {base})", file=sys.stderr)
     else:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def report(points: Sequence[Point], repeats: int) -> None:
-    base = points[0]
+def report(points: Sequence[Point], n: int, repeats: int) -> None:
     rows = []
     for p in points:
-        extra = (p.rss - base.rss) * 1024 * 1024 / max(p.tasks - base.tasks, 1)
-        rows.append([p.name, f"{p.rss:.0f}", f"{p.hwm:.0f}",
-                     f"{extra:.0f}" if p is not base else ""])
-    print(table("controller memory (MB; bytes per task over the first point)",
-                ["point", "RSS", "peak RSS", "B/task"], rows))
+        per_task = (p.large.rss - p.small.rss) * 1024 * 1024 / (n - SMALL)
+        rows.append([p.name, f"{p.large.rss:.0f}", f"{p.large.hwm:.0f}", f"{p.small.rss:.0f}",
+                     f"{per_task:.0f}"])
+    print(table(f"controller memory, MB (B/task: over the {SMALL:,}-task controller's RSS)",
+                ["point", "RSS", "peak RSS", f"RSS at {SMALL:,}", "B/task"], rows))
     print()
-    names = list(base.listings)
-    header = ["tasks(..., limit=50)", *(p.name for p in points)]
+    first = points[0]
+    header = ["tasks(..., limit=50)", f"{SMALL:,} queued", *(p.name for p in points)]
     rows = []
-    for name in names:
-        row: list[str] = [name]
-        for p in points:
-            v = p.listings[name]
-            row.append(f"{median(v):.1f} [{min(v):.1f}-{max(v):.1f}] p99 {p99(v):.1f}")
-        rows.append(row)
+    for key, small in first.small.listings.items():
+        rows.append([key, *(f"{median(v):.1f} [{min(v):.1f}-{max(v):.1f}] p99 {p99(v):.1f}"
+                            for v in (small, *(p.large.listings[key] for p in points)))])
     print(table(f"listing round trip, ms: p50 [min-max] p99 of {repeats} calls (the filled "
-                "tasks' state is the queued one, then KILLED at the last point)", header, rows))
+                "tasks' state is the queued one, KILLED once cancelled)", header, rows))
     print()
     rows = []
-    for label, get in (("submit acknowledged, p50", lambda p: p.ack),
-                       ("submit -> process started, p50", lambda p: p.start)):
-        row = [label]
-        for p in points:
-            row.append(Spread.of([median(r) for r in get(p)]).fmt(2))
-        rows.append(row)
-        row = [label.replace("p50", "p99, pooled")]
-        for p in points:
-            row.append(f"{p99([x for r in get(p) for x in r]):.2f}")
-        rows.append(row)
-    rows.append(["ratio of p50s to the first point", *(
-        f"{median([median(r) for r in p.ack]) / median([median(r) for r in base.ack]):.2f} / "
-        f"{median([median(r) for r in p.start]) / median([median(r) for r in base.start]):.2f}"
-        for p in points)])
-    print(table("submit, one at a time on the probe site, ms: median [min-max] of 3 runs' "
-                "p50", ["figure", *(p.name for p in points)], rows))
-    failed = sum(p.failed for p in points)
+    for p in points:
+        for what, label in (("ack", "submit acknowledged"),
+                            ("start", "submit -> process started")):
+            s, lg = p.small.p50s(what), p.large.p50s(what)
+            pooled_s = [x for r in getattr(p.small, what) for x in r]
+            pooled_l = [x for r in getattr(p.large, what) for x in r]
+            rows.append([p.name, label, Spread.of(s).fmt(2), Spread.of(lg).fmt(2),
+                         f"{median(lg) / median(s):.2f}", f"{p99(pooled_s):.2f}",
+                         f"{p99(pooled_l):.2f}"])
+    print(table("submit, one task at a time on the probe site, the two controllers in turn, "
+                "ms: median [min-max] of 3 runs' p50", ["point", "figure", f"p50 at {SMALL:,}",
+                                                          f"p50 at {n:,}", "ratio",
+                                                          f"p99 at {SMALL:,}", f"p99 at {n:,}"],
+                rows))
+    failed = sum(p.small.failed + p.large.failed for p in points)
     if failed:
         print(f"WARNING: {failed} probe tasks did not finish")
 
@@ -296,20 +340,20 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=1_000_000, help="tasks to fill the store with")
     ap.add_argument("--quick", action="store_true", help="100,000 tasks instead")
     ap.add_argument("--db", default=None,
-                    help="an empty PostgreSQL database (postgresql://...) instead of a "
-                         "SQLite file in a temporary directory; it is left filled")
+                    help="an empty PostgreSQL database (postgresql://...) for the large "
+                         "controller instead of a SQLite file; it is left filled")
     ap.add_argument("--listing-repeats", type=int, default=30)
     ap.add_argument("--probes", type=int, default=150, help="probe tasks at each point")
     ap.add_argument("--startup-timeout", type=float, default=300.0,
-                    help="seconds for the controller (recovery included) and the pilot")
+                    help="seconds for a controller (recovery included) and its pilot")
     a = ap.parse_args()
     n = 100_000 if a.quick else a.n
     print(machine_line())
     t = time.monotonic()
     points = anyio.run(run, n, a.db, a.listing_repeats, a.probes, a.startup_timeout)
     print(f"(scale: {time.monotonic() - t:.0f}s in all)", file=sys.stderr)
-    print(f"store: {'PostgreSQL' if a.db else 'SQLite'}, {n:,} tasks")
-    report(points, a.listing_repeats)
+    print(f"store of the large controller: {'PostgreSQL' if a.db else 'SQLite'}, {n:,} tasks")
+    report(points, n, a.listing_repeats)
 
 
 if __name__ == "__main__":
