@@ -2,38 +2,39 @@
 
     .venv/bin/python bench/scale.py [-n 1000000] [--quick] [--db postgresql://...]
 
-One controller process (``python -m tidewater server``, a SQLite file in a
-temporary directory unless ``--db`` names an empty PostgreSQL database), a
-user, two sites with the app ``true`` = ``/bin/true``: ``fill``, which has no
-pilot, and ``bench``, which has one pilot process with one core. The store
-is filled through the public client only (``submit_many`` in batches of
-50,000, ``push_results=False``) with tasks on ``fill``, tagged ``run`` =
-``i % 100``; they stay queued, as a million tasks waiting for an allocation
-would. Figures are taken at each of these points:
+Two controller processes (``python -m tidewater server``), each with a
+user, two sites with the app ``true`` = ``/bin/true`` -- ``fill``, which has
+no pilot, and ``bench``, which has one pilot process with one core -- and a
+store of its own: the *small* one (SQLite) gets 1,000 tasks, the *large*
+one N (a SQLite file, or the empty PostgreSQL database ``--db`` names).
+Stores are filled through the public client only (``submit_many`` in
+batches of 50,000, ``push_results=False``) with tasks on ``fill``, tagged
+``run`` = ``i % 100``; they stay queued, as tasks waiting for an allocation
+would. Figures are taken at three points:
 
-1. ``1k queued``: 1,000 tasks submitted;
-2. ``N queued``: N submitted (the same controller, as real submits leave it);
-3. ``N queued, restarted``: the controller stopped (SIGTERM) and started again
-   on the same store, so it holds the N tasks as recovery loads them; the
-   pilot reconnects by itself;
-4. ``N final, restarted``: every filled task cancelled through the client
+1. ``N queued``: right after the fill (the controller as real submits leave it);
+2. ``N queued, restarted``: the large controller stopped (SIGTERM) and
+   started again on its store, so it holds the N tasks as recovery loads
+   them; its pilot reconnects by itself;
+3. ``N final, restarted``: every filled task cancelled through the client
    (``cancel`` in batches: KILLED, final, the store keeps them), then the
-   controller restarted: a store of N final tasks, none of them in memory.
+   large controller restarted: a store of N final tasks, none in memory.
 
-At each point:
+At each point, the two controllers in turn (one listing call or one probe
+on each, alternately, so both see the same load from the rest of the
+machine):
 
-* controller memory: resident set (VmRSS) and its peak (VmHWM) from /proc,
-  and what the tasks add per task over the first point's figure;
-* listings: ``client.tasks(..., limit=50)`` round trips, by state, tag,
-  site and app (and everything, and a state almost no task is in), oldest
-  and newest first, each asked ``--listing-repeats`` times: p50 [min-max]
-  and p99, in ms;
+* controller memory: resident set (VmRSS) and its peak (VmHWM) from /proc;
+  bytes per task = (large RSS - small RSS) / (N - 1,000);
+* listings: ``client.tasks(..., limit=50)`` round trips by state, tag, site
+  and app (and everything, and a state almost no task is in), oldest and
+  newest first, each ``--listing-repeats`` times: p50 [min-max] and p99, ms;
 * submit: ``--probes`` tasks on ``bench`` submitted one at a time, each
   awaited before the next, in 3 runs: ``submit()`` acknowledged (stored)
   and submit -> process started (``started_at - created_at``), median
-  [min-max] of the per-run p50, in ms. The filled tasks are on another
-  site, so the probes never wait behind them; the store and the
-  controller's tables are the same size either way.
+  [min-max] of the per-run p50 on each controller, and their ratio. The
+  filled tasks are on the other site, so probes never wait behind them;
+  the store and the controller's tables are as large either way.
 """
 
 from __future__ import annotations

@@ -199,8 +199,9 @@ class SqlReads:
         and each row's own copy of every text would be held together (about
         twice what the tasks keep), and the process would keep that peak.
         Read in chunks, with texts that repeat from row to row (app, tags,
-        parameters, argv, environment) shared as they are decoded, only a
-        chunk's rows are ever held.
+        parameters, argv, environment) and the creation time of tasks
+        submitted together shared as they are decoded, only a chunk's rows
+        are ever held.
         """
         live: list[LiveTask] = []
         texts: dict[str, str] = {}
@@ -218,6 +219,8 @@ class SqlReads:
                 t.tags_j = texts.setdefault(t.tags_j, t.tags_j)
                 t.argv_j = texts.setdefault(t.argv_j, t.argv_j)
                 t.env_j = texts.setdefault(t.env_j, t.env_j)
+                if live and t.created_at == live[-1].created_at:
+                    t.created_at = live[-1].created_at  # one float per Submit, as submitted
                 live.append(t)
             if len(rows) < LIVE_CHUNK:
                 return live
