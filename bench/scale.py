@@ -6,7 +6,8 @@ Two controller processes (``python -m tidewater server``), each with a
 user, two sites with the app ``true`` = ``/bin/true`` -- ``fill``, which has
 no pilot, and ``bench``, which has one pilot process with one core -- and a
 store of its own: the *small* one (SQLite) gets 1,000 tasks, the *large*
-one N (a SQLite file, or the empty PostgreSQL database ``--db`` names).
+one N (SQLite files, or the empty PostgreSQL databases ``--small-db`` and
+``--db`` name: give both to compare submit latencies on one backend).
 Stores are filled through the public client only (``submit_many`` in
 batches of 50,000, ``push_results=False``) with tasks on ``fill``, tagged
 ``run`` = ``i % 100``; they stay queued, as tasks waiting for an allocation
@@ -250,10 +251,12 @@ async def fill(client: Client, have: int, upto: int, ids: list[int]) -> None:
         print(f"  {have:,} submitted ({rate:,.0f}/s)", file=sys.stderr, flush=True)
 
 
-async def run(n: int, db: str | None, repeats: int, probes: int, timeout: float) -> list[Point]:
+async def run(n: int, db: str | None, small_db: str | None, repeats: int, probes: int,
+              timeout: float) -> list[Point]:
     """A controller with N tasks ("large") beside one with 1,000 ("small"), measured in turn."""
     base = Path(tempfile.mkdtemp(prefix="tidewater-scale-"))
-    small = Stack(Controller(db=str(base / "small" / "scale.db"), base=base / "small"))
+    small = Stack(Controller(db=small_db or str(base / "small" / "scale.db"),
+                             base=base / "small"))
     large = Stack(Controller(db=db or str(base / "large" / "scale.db"), base=base / "large"))
     points: list[Point] = []
     ok = False
@@ -343,6 +346,10 @@ def main() -> None:
     ap.add_argument("--db", default=None,
                     help="an empty PostgreSQL database (postgresql://...) for the large "
                          "controller instead of a SQLite file; it is left filled")
+    ap.add_argument("--small-db", default=None,
+                    help="another empty PostgreSQL database, for the 1,000-task controller "
+                         "(default: a SQLite file); give one with --db to compare submit "
+                         "latencies on one backend")
     ap.add_argument("--listing-repeats", type=int, default=30)
     ap.add_argument("--probes", type=int, default=150, help="probe tasks at each point")
     ap.add_argument("--startup-timeout", type=float, default=300.0,
@@ -351,9 +358,11 @@ def main() -> None:
     n = 100_000 if a.quick else a.n
     print(machine_line())
     t = time.monotonic()
-    points = anyio.run(run, n, a.db, a.listing_repeats, a.probes, a.startup_timeout)
+    points = anyio.run(run, n, a.db, a.small_db, a.listing_repeats, a.probes,
+                       a.startup_timeout)
     print(f"(scale: {time.monotonic() - t:.0f}s in all)", file=sys.stderr)
-    print(f"store of the large controller: {'PostgreSQL' if a.db else 'SQLite'}, {n:,} tasks")
+    print(f"stores: {'PostgreSQL' if a.db else 'SQLite'} with {n:,} tasks, "
+          f"{'PostgreSQL' if a.small_db else 'SQLite'} with {SMALL:,}")
     report(points, n, a.listing_repeats)
 
 
