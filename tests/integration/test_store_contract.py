@@ -82,7 +82,7 @@ async def test_every_write_reads_back(url: str) -> None:
             schema.upsert_data(1, "in", "a", b"A"), schema.upsert_data(1, "out", "b", b"B"),
             schema.upsert_data(3, "out", "c", b"C"),
             schema.insert_event(1, Event(1, "CREATED", "READY", 1.0, {"why": "x"})),
-            schema.insert_tag("run", "a", 1),
+            schema.insert_tag("run", "a", 1, 1),
             schema.insert_submission(1, "key", 1, 2, 1.0),
             schema.insert_audit(1, "alice", "ta", "here", "task.submit", "1-2", {"n": 2}),
             schema.upsert_pilot(PilotRow("p1", 1, 1, 1), 5.0),
@@ -179,7 +179,7 @@ async def test_repeated_inserts_are_ignored(url: str) -> None:
                             schema.insert_task(a_task(2, state=S.AWAITING_PARENTS))])
         for _ in range(2):
             await store.commit([
-                schema.insert_tag("run", "a", 1), schema.insert_parent(2, 1),
+                schema.insert_tag("run", "a", 1, 1), schema.insert_parent(2, 1),
                 schema.insert_submission(1, "k", 1, 1, 1.0),
                 schema.upsert_data(1, "in", "x", b"new"),
             ])
@@ -199,7 +199,7 @@ async def test_query_filters_and_pages(url: str) -> None:
             writes += [schema.insert_task(a_task(
                 i, state=S.JOB_FINISHED if i % 2 else S.READY, site=1 if i <= 6 else 2,
                 app="echo" if i != 3 else "sleep", tags=f'{{"n":"{i % 3}"}}')),
-                schema.insert_tag("n", str(i % 3), i)]
+                schema.insert_tag("n", str(i % 3), i, 1)]
         writes.append(schema.insert_task(a_task(11, owner=2)))
         await store.commit(writes)
 
@@ -228,7 +228,7 @@ async def test_events_since_follow_the_query(url: str) -> None:
         eid = 0
         for i in range(1, 5):
             writes += [schema.insert_task(a_task(i, tags=f'{{"k":"{i % 2}"}}')),
-                       schema.insert_tag("k", str(i % 2), i)]
+                       schema.insert_tag("k", str(i % 2), i, 1)]
             for src, dst in (("CREATED", "READY"), ("READY", "RUNNING")):
                 eid += 1
                 writes.append(schema.insert_event(i, Event(eid, src, dst, float(eid),
@@ -274,7 +274,7 @@ async def test_a_newer_schema_is_refused(url: str) -> None:
         pg.rows(url, "INSERT INTO tidewater_schema (version, applied_at) VALUES (99, 0) "
                 "RETURNING version")
     with pytest.raises(StoreError, match=r"schema version 99, newer than this Tidewater's "
-                                         r"\(7\); upgrade Tidewater"):
+                                         rf"\({schema.SCHEMA_VERSION}\); upgrade Tidewater"):
         async with open_store(url):
             pass
 

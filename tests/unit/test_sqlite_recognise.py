@@ -38,7 +38,7 @@ def test_a_store_is_recognised_with_its_version(tmp_path: Path) -> None:
     ("trashed", StoreCorrupt, "malformed"),
     ("foreign", StoreForeign, "holds other tables (invoices)"),
     ("numbered", StoreForeign, "holds other tables (invoices)"),
-    ("newer", StoreTooNew, "schema version 8, newer than this Tidewater's"),
+    ("newer", StoreTooNew, f"schema version {SCHEMA_VERSION + 1}, newer than this Tidewater's"),
 ])
 def test_refused_files_are_left_as_they_were(
     tmp_path: Path, make: str, error: type[StoreRefused], words: str

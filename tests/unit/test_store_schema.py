@@ -119,7 +119,8 @@ def test_small_rows_bind_their_columns() -> None:
     assert stored(schema.upsert_data(7, "out", "a", b"x"), ["task_id", "direction", "path",
                                                             "data"]) == (7, "out", "a", b"x")
     assert stored(schema.insert_parent(8, 7), ["child", "parent"]) == (8, 7)
-    assert stored(schema.insert_tag("k", "v", 7), ["key", "value", "task_id"]) == ("k", "v", 7)
+    assert stored(schema.insert_tag("k", "v", 7, 1), ["owner_id", "key", "value", "task_id"]) == (
+        1, "k", "v", 7)
     sub = schema.insert_submission(1, "key", 10, 5, 2.0)
     (ids,) = stored(sub, ["ids"])
     assert schema.decode_submission(ids) == (10, 5)

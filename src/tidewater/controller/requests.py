@@ -53,7 +53,7 @@ def plan_submit(st: ControllerState, who: Principal, msg: P.Submit, now: float) 
     Raises InvalidRequest (nothing changed) for anything refused.
     """
     check_submit(msg, st.limits)
-    prepared = []
+    prepared: list[tuple[LiveTask, list[int]]] = []
     for i, spec in enumerate(msg.tasks):
         site = _site_for(st, who, i, spec.site)
         app = st.registry.app(site, spec.app)
@@ -62,9 +62,7 @@ def plan_submit(st: ControllerState, who: Principal, msg: P.Submit, now: float) 
             app_names=st.registry.app_names(site.id) if app is None else [],
             limits=st.limits,
             site_limits=st.jobs.limits.get(site.id), now=now)
-        t.tags_j, t.env_j = st.tasks.share(t.tags_j), st.tasks.share(t.env_j)
-        if t.extra_j:
-            t.extra_j = st.tasks.share(t.extra_j)
+        st.tasks.share_texts(t, prepared[-1][0] if prepared else None)
         prepared.append((t, refs))
     parents = [list(dict.fromkeys([*spec.parents, *refs]))
                for spec, (_t, refs) in zip(msg.tasks, prepared, strict=True)]

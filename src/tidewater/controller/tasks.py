@@ -68,9 +68,11 @@ class TaskTable:
              parents: list[tuple[int, int]], now: float) -> Change:
         """Take the store's live tasks; rebuild parent links; move any orphaned child on."""
         self.next_task, self.next_event = next_task, next_event
+        prev: LiveTask | None = None
         for t in live:
-            t.tags_j, t.env_j = self.share(t.tags_j), self.share(t.env_j)
+            self.share_texts(t, prev)
             self.live[t.id] = t
+            prev = t
         for child, parent in parents:
             p = self.live.get(parent)
             c = self.live.get(child)
@@ -91,8 +93,8 @@ class TaskTable:
     def share(self, text: str) -> str:
         """One copy of each distinct text (bounded), for the live tasks to share.
 
-        For what repeats across tasks (tags, environments); parameters and
-        argv are mostly unique and are kept as they are.
+        For what repeats across tasks (app names, tags, environments); see
+        :meth:`share_texts`.
         """
         shared = self._shared.get(text)
         if shared is not None:
@@ -100,6 +102,26 @@ class TaskTable:
         if len(self._shared) < MAX_SHARED_TEXTS:
             self._shared[text] = text
         return text
+
+    def share_texts(self, t: LiveTask, prev: LiveTask | None = None) -> None:
+        """Make ``t`` hold one copy of the texts that repeat between tasks.
+
+        App names, tags, environments and launch options go through
+        :meth:`share`; parameters and argv, often unique, are shared only when
+        equal to those of ``prev`` (the task before it in the same Submit, or
+        in id order when loading), which catches a batch of tasks of one app
+        without keeping unique texts alive in :meth:`share`'s table.
+        """
+        t.app, t.tags_j = self.share(t.app), self.share(t.tags_j)
+        if t.env_j != "{}":
+            t.env_j = self.share(t.env_j)
+        if t.extra_j:
+            t.extra_j = self.share(t.extra_j)
+        if prev is not None:
+            if t.params_j == prev.params_j:
+                t.params_j = prev.params_j
+            if t.argv_j == prev.argv_j:
+                t.argv_j = prev.argv_j
 
     # ------------------------------------------------------------------ reading
 
@@ -232,7 +254,7 @@ class TaskTable:
             w, tt = self._step(t, path, now)
             writes.append(schema.insert_task(t))  # in the state the path ends in
             writes += w
-            writes += [schema.insert_tag(k, v, t.id) for k, v in t.tags.items()]
+            writes += [schema.insert_tag(k, v, t.id, t.owner_id) for k, v in t.tags.items()]
             self.live[t.id] = t
             touched += tt
         self.counters["tasks_submitted"] += len(prepared)

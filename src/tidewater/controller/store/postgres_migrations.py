@@ -9,7 +9,7 @@ is one migrated by a newer Tidewater.
 
 The first PostgreSQL schema is version 7, equal to SQLite's version 7 (ids
 BIGINT, times DOUBLE PRECISION, blobs BYTEA); :data:`MIGRATIONS` maps each
-version to the script that reaches it from the one before. Column orders
+version to the script that reaches it from the one before (8 is SQLite's 8). Column orders
 the backend reads and binds are in :mod:`.schema`, not here.
 """
 
@@ -190,6 +190,20 @@ MIGRATIONS: dict[int, str] = {
         batch_job BIGINT NOT NULL DEFAULT 0,
         since DOUBLE PRECISION NOT NULL
     );
+    """,
+    # 8: every listing read through an index, whatever the store's size (see reads.py):
+    # one per filter a listing starts from (owner, site, app; the owner's state one
+    # exists), each ending in id for paging; tags keyed by owner first.
+    8: """
+    CREATE INDEX tasks_owner ON tasks (owner_id, id);
+    CREATE INDEX tasks_owner_site ON tasks (owner_id, site_id, id);
+    CREATE INDEX tasks_owner_app ON tasks (owner_id, app, id);
+    ALTER TABLE task_tags ADD COLUMN owner_id BIGINT;
+    UPDATE task_tags g SET owner_id = t.owner_id FROM tasks t WHERE t.id = g.task_id;
+    DELETE FROM task_tags WHERE owner_id IS NULL;
+    ALTER TABLE task_tags ALTER COLUMN owner_id SET NOT NULL;
+    ALTER TABLE task_tags DROP CONSTRAINT task_tags_pkey;
+    ALTER TABLE task_tags ADD PRIMARY KEY (owner_id, key, value, task_id);
     """,
 }
 assert sorted(MIGRATIONS) == list(range(FIRST_VERSION, SCHEMA_VERSION + 1))

@@ -24,7 +24,9 @@ from .base import Recovered, TaskQuery
 from .schema import columns
 
 CHUNK = 500
+LIVE_CHUNK = 10_000
 _TASKS = columns(schema.TASK_COLUMNS)
+_TASKS_T = columns(schema.TASK_COLUMNS, "t.")
 _TOKENS = columns(schema.TOKEN_COLUMNS)
 _USERS = columns(schema.USER_COLUMNS)
 _AUDIT = ", ".join(f'"{c}"' for c in schema.AUDIT_COLUMNS)
@@ -40,26 +42,92 @@ def marks(n: int) -> str:
     return ",".join("?" * n)
 
 
-def filter_sql(q: TaskQuery) -> tuple[str, list[Any]]:
-    """The WHERE clause (and its parameters) of a task query."""
-    where = ["owner_id = ?"]
+def _distinct(items: Sequence[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def filter_sql(q: TaskQuery, *, first_tag: bool = True, states: bool = True
+               ) -> tuple[str, list[Any]]:
+    """The conditions (and their parameters) of a task query on ``tasks t``.
+
+    Tags are ``EXISTS`` probes of the owner's ``task_tags`` key, one index
+    lookup per row; ``first_tag=False`` leaves out the tag a listing is driven
+    by, ``states=False`` the states a listing reads one index range each of.
+    """
+    where = ["t.owner_id = ?"]
     args: list[Any] = [q.owner_id]
     for sid in q.site_ids:
-        where.append("site_id = ?")
+        where.append("t.site_id = ?")
         args.append(sid)
-    if q.states:
-        where.append(f"state IN ({marks(len(q.states))})")
-        args.extend(q.states)
+    wanted = _distinct(q.states) if states else ()
+    if len(wanted) == 1:
+        where.append("t.state = ?")
+        args.append(wanted[0])
+    elif wanted:
+        where.append(f"t.state IN ({marks(len(wanted))})")
+        args.extend(wanted)
     if q.app is not None:
-        where.append("app = ?")
+        where.append("t.app = ?")
         args.append(q.app)
     if q.ids:
-        where.append(f"id IN ({marks(len(q.ids))})")
+        where.append(f"t.id IN ({marks(len(q.ids))})")
         args.extend(q.ids)
-    for k, v in q.tags:
-        where.append("id IN (SELECT task_id FROM task_tags WHERE key = ? AND value = ?)")
-        args.extend((k, v))
+    for k, v in q.tags[0 if first_tag else 1:]:
+        where.append("EXISTS (SELECT 1 FROM task_tags x WHERE x.owner_id = ? AND x.key = ? "
+                     "AND x.value = ? AND x.task_id = t.id)")
+        args.extend((q.owner_id, k, v))
     return " AND ".join(where), args
+
+
+def query_sql(q: TaskQuery, *, after_id: int, limit: int, newest: bool
+              ) -> tuple[str, list[Any]]:
+    """The SQL (``?`` placeholders) and parameters :meth:`SqlReads.query` runs.
+
+    Each shape reads one index in id order and stops after ``limit`` rows,
+    so its cost does not grow with the store (as long as the rows the other
+    conditions refuse are few):
+
+    * by tag: the owner's ``task_tags`` key of the first tag drives (``CROSS
+      JOIN`` keeps SQLite from starting anywhere else), each task read by id;
+    * by several states: one ordered range of ``tasks_owner_state`` per
+      state, each limited, merged;
+    * otherwise one range of the owner's index the planner picks (owner and
+      state, site, app, or owner alone).
+    """
+    order = "DESC" if newest else "ASC"
+    if q.tags:
+        key, value = q.tags[0]
+        cond, args = filter_sql(q, first_tag=False)
+        return (f"SELECT {columns(schema.TASK_COLUMNS, 't.')} FROM task_tags g "
+                "CROSS JOIN tasks t WHERE g.owner_id = ? AND g.key = ? AND g.value = ? "
+                f"AND g.task_id > ? AND t.id = g.task_id AND {cond} "
+                f"ORDER BY g.task_id {order} LIMIT ?",
+                [q.owner_id, key, value, after_id, *args, limit])
+    wanted = _distinct(q.states)
+    if len(wanted) > 1:
+        cond, args = filter_sql(q, states=False)
+        branches, params = [], []
+        for i, state in enumerate(wanted):
+            branches.append(
+                f"SELECT * FROM (SELECT {_TASKS_T} FROM tasks t WHERE {cond} AND t.state = ? "
+                f"AND t.id > ? ORDER BY t.id {order} LIMIT ?) AS s{i}")
+            params += [*args, state, after_id, limit]
+        return (" UNION ALL ".join(branches) + f" ORDER BY id {order} LIMIT ?",
+                [*params, limit])
+    cond, args = filter_sql(q)
+    return (f"SELECT {_TASKS_T} FROM tasks t WHERE {cond} AND t.id > ? "
+            f"ORDER BY t.id {order} LIMIT ?", [*args, after_id, limit])
+
+
+def events_sql(q: TaskQuery, since: int, limit: int) -> tuple[str, list[Any]]:
+    """The SQL and parameters :meth:`SqlReads.events_since` runs: the events after
+    ``since`` in id order (a range of their primary key; ``CROSS JOIN`` keeps
+    SQLite from starting from the tasks), each one's task read by id and kept
+    if it matches. Its cost is the events after ``since``, not the store's size."""
+    cond, args = filter_sql(q)
+    return ("SELECT e.id, e.task_id, e.from_state, e.to_state, e.time, e.data, t.tags "
+            "FROM events e CROSS JOIN tasks t WHERE e.id > ? AND t.id = e.task_id "
+            f"AND {cond} ORDER BY e.id LIMIT ?", [since, *args, limit])
 
 
 class SqlReads:
@@ -90,8 +158,7 @@ class SqlReads:
             f"SELECT {columns(schema.SITE_COLUMNS)} FROM sites")]
         apps = [schema.app_from_row(r) for r in await self._rows(
             f"SELECT {columns(schema.APP_COLUMNS)} FROM apps")]
-        live = [schema.task_from_row(r) for r in await self._rows(
-            f"SELECT {_TASKS} FROM {self._live_tasks_from} WHERE state NOT IN {_FINAL}")]
+        live = await self._live_tasks()
         by_id = {t.id: t for t in live}
         # Inline bytes of live tasks: inputs still to send, outputs children may refer to.
         with_data = [t.id for t in live if t.files and any(f.state == "inline" for f in t.files)]
@@ -125,6 +192,40 @@ class SqlReads:
         return Recovered(next_task=next_task, next_event=next_event, sites=sites, apps=apps,
                          live=live, parents=parents, jobs=jobs, pilots=pilots)
 
+    async def _live_tasks(self) -> list[LiveTask]:
+        """Every task not final, read :data:`LIVE_CHUNK` at a time in id order.
+
+        A million queued tasks are a million rows: read at once, their rows
+        and each row's own copy of every text would be held together (about
+        twice what the tasks keep), and the process would keep that peak.
+        Read in chunks, with texts that repeat from row to row (app, tags,
+        parameters, argv, environment) and the creation time of tasks
+        submitted together shared as they are decoded, only a chunk's rows
+        are ever held.
+        """
+        live: list[LiveTask] = []
+        texts: dict[str, str] = {}
+        after = 0
+        while True:
+            rows = await self._rows(
+                f"SELECT {_TASKS} FROM {self._live_tasks_from} WHERE state NOT IN {_FINAL} "
+                "AND id > ? ORDER BY id LIMIT ?", (after, LIVE_CHUNK))
+            for r in rows:
+                t = schema.task_from_row(r)
+                if len(texts) > 100_000:
+                    texts.clear()
+                t.app = texts.setdefault(t.app, t.app)
+                t.params_j = texts.setdefault(t.params_j, t.params_j)
+                t.tags_j = texts.setdefault(t.tags_j, t.tags_j)
+                t.argv_j = texts.setdefault(t.argv_j, t.argv_j)
+                t.env_j = texts.setdefault(t.env_j, t.env_j)
+                if live and t.created_at == live[-1].created_at:
+                    t.created_at = live[-1].created_at  # one float per Submit, as submitted
+                live.append(t)
+            if len(rows) < LIVE_CHUNK:
+                return live
+            after = live[-1].id
+
     # ------------------------------------------------------------------ tasks
 
     async def task_states(self, owner_id: int, ids: Sequence[int]) -> dict[int, TaskState]:
@@ -146,19 +247,12 @@ class SqlReads:
 
     async def query(self, q: TaskQuery, *, after_id: int, limit: int,
                     newest: bool) -> list[LiveTask]:
-        sql, args = filter_sql(q)
-        order = "DESC" if newest else "ASC"
-        return [schema.task_from_row(r) for r in await self._rows(
-            f"SELECT {_TASKS} FROM tasks WHERE {sql} AND id > ? ORDER BY id {order} LIMIT ?",
-            (*args, after_id, limit))]
+        sql, args = query_sql(q, after_id=after_id, limit=limit, newest=newest)
+        return [schema.task_from_row(r) for r in await self._rows(sql, args)]
 
     async def events_since(self, q: TaskQuery, since: int, limit: int) -> list[StoredEvent]:
-        sql, args = filter_sql(q)
-        return [schema.stored_event_from_row(r) for r in await self._rows(
-            "SELECT e.id, e.task_id, e.from_state, e.to_state, e.time, e.data, t.tags "
-            "FROM events e JOIN tasks t ON t.id = e.task_id WHERE e.id > ? AND t.id IN "
-            f"(SELECT id FROM tasks WHERE {sql}) ORDER BY e.id LIMIT ?",
-            (since, *args, limit))]
+        sql, args = events_sql(q, since, limit)
+        return [schema.stored_event_from_row(r) for r in await self._rows(sql, args)]
 
     async def output_data(self, task_id: int, path: str) -> bytes | None:
         row = await self._one(

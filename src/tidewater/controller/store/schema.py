@@ -31,8 +31,8 @@ from ..model import (
 )
 from .base import Op, SiteRow, Write
 
-SCHEMA_VERSION = 7
-"""Both backends migrate to this version (7: pilots kept across controller restarts)."""
+SCHEMA_VERSION = 8
+"""Both backends migrate to this version (8: every task listing read through an index)."""
 
 OP_ORDER: dict[Op, int] = {
     # Inside one commit: parents before children (users, sites, apps, jobs before
@@ -151,8 +151,9 @@ def insert_parent(child: int, parent: int) -> Write:
     return (Op.INSERT_PARENT, (child, parent))
 
 
-def insert_tag(key: str, value: str, task_id: int) -> Write:
-    return (Op.INSERT_TAG, (key, value, task_id))
+def insert_tag(key: str, value: str, task_id: int, owner_id: int) -> Write:
+    """A task's tag; the owner is kept with it so a listing by tag reads one owner's index."""
+    return (Op.INSERT_TAG, (key, value, task_id, owner_id))
 
 
 def insert_submission(owner_id: int, key: str, first: int, count: int, now: float) -> Write:
@@ -316,7 +317,7 @@ INSERT_COLUMNS: dict[Op, tuple[str, ...]] = {
     Op.INSERT_PARENT: ("child", "parent"),
     Op.UPSERT_DATA: ("task_id", "direction", "path", "data"),
     Op.INSERT_EVENT: EVENT_COLUMNS,
-    Op.INSERT_TAG: ("key", "value", "task_id"),
+    Op.INSERT_TAG: ("key", "value", "task_id", "owner_id"),
     Op.INSERT_SUBMISSION: ("owner_id", "key", "ids", "created_at"),
     Op.INSERT_AUDIT: ("time", "user_id", "user", "token_id", "remote", "action", "object",
                       "detail"),

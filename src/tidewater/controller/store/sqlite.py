@@ -46,7 +46,7 @@ import anyio
 
 from ...errors import StoreCorrupt, StoreError
 from . import schema
-from .base import Op
+from .base import Op, Recovered
 from .reads import SqlReads
 from .schema import INSERT_COLUMNS, TASK_UPDATE_COLUMNS, columns
 from .sqlite_migrations import is_corrupt, migrate, recognise
@@ -210,6 +210,13 @@ class SqliteStore(QueuedWrites, SqlReads):
             raise
 
     # ------------------------------------------------------------------ reads
+
+    async def recover(self) -> Recovered:
+        rec = await super().recover()
+        # Reading every live task filled the reader's page cache (up to cache_size);
+        # give it back, as the controller keeps those tasks in memory from now on.
+        await self._rows("PRAGMA shrink_memory")
+        return rec
 
     async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
         if self._rconn is None:

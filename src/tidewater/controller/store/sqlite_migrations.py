@@ -211,6 +211,26 @@ MIGRATIONS: list[str] = [
         since REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 8: every listing read through an index, whatever the store's size (see reads.py):
+    # one per filter a listing starts from (owner, site, app; the owner's state one
+    # exists), each ending in id for paging; tags keyed by owner first.
+    """
+    CREATE INDEX tasks_owner ON tasks (owner_id, id);
+    CREATE INDEX tasks_owner_site ON tasks (owner_id, site_id, id);
+    CREATE INDEX tasks_owner_app ON tasks (owner_id, app, id);
+    CREATE TABLE task_tags_v8 (
+        owner_id INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        task_id INTEGER NOT NULL,
+        PRIMARY KEY (owner_id, key, value, task_id)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO task_tags_v8 (owner_id, key, value, task_id)
+        SELECT t.owner_id, g.key, g.value, g.task_id
+        FROM task_tags g JOIN tasks t ON t.id = g.task_id;
+    DROP TABLE task_tags;
+    ALTER TABLE task_tags_v8 RENAME TO task_tags;
+    """,
 ]
 
 
