@@ -124,8 +124,7 @@ class ControllerState:
     def attempt_over(self, t: LiveTask) -> None:
         """The task's attempt no longer occupies its pilot (and the nodes it reserved)."""
         rec = self.pilots.pilots.get(t.pilot)
-        if rec is not None and t.id in rec.assigned:
-            rec.assigned.discard(t.id)
+        if rec is not None and self.pilots.unassign(rec, t.id):
             if self.dispatcher.pilot(rec.pilot_id) is not None:
                 self.dispatcher.task_left(rec.pilot_id)
             elif rec.slot is not None and rec.slot.busy > 0:
@@ -309,7 +308,7 @@ class ControllerState:
                     # Assigned before a controller restart (it may even have run): adopt.
                     self.dispatcher.discard(t.id)
                     t.attempt, t.pilot = attempt, rec.pilot_id
-                    rec.assigned.add(t.id)
+                    self.pilots.assign(rec, t.id)
                 case Decision.KILL:
                     kills.append((task_id, attempt))
         if kills:
@@ -388,8 +387,7 @@ class ControllerState:
     def drain(self, rec: PilotRec, reason: str) -> Effects:
         """The pilot is stopping: it gets no new work from now on."""
         self.dispatcher.remove_pilot(rec.pilot_id)
-        rec.draining = True
-        rec.slot = None
+        self.pilots.drain(rec)
         self.demand_dirty.add(rec.site_id)
         log.info("pilot %s is draining: %s", rec.pilot_id, reason or "no reason given")
         return Effects(wake=True)
@@ -480,7 +478,7 @@ class ControllerState:
                 continue
             t.attempt += 1
             t.pilot = pilot_id
-            rec.assigned.add(t.id)
+            self.pilots.assign(rec, t.id)
             self.demand_dirty.add(rec.site_id)
             others = [(p.hostname if (p := self.pilots.pilots.get(o)) else o)
                       for o in self.dispatcher.reserved(t.id)]
