@@ -210,10 +210,39 @@ class Cluster:
     server: subprocess.Popen[bytes]
     pilots: list[subprocess.Popen[bytes]] = field(default_factory=list)
     site: str = SITE
+    port: int = 0
+    servers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    """Every controller process started (stopped on the way out)."""
+    server_env: dict[str, str] | None = None
+    others: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    """Stopped before the controller on the way out: the pilots, and what :meth:`spawn` starts."""
 
     @property
     def server_log(self) -> Path:
         return self.base / "server.log"
+
+    def spawn(self, argv: list[str], log: Path, env: dict[str, str] | None = None
+              ) -> subprocess.Popen[bytes]:
+        """Start a process that is stopped (before the controller) on the way out."""
+        p = _spawn(argv, log, env)
+        self.others.append(p)
+        return p
+
+    async def restart_server(self, startup_timeout: float = 30.0) -> tuple[float, float]:
+        """SIGTERM the controller, wait for it to exit, start it again on the same store
+        and port; (time.time() when it exited, when the new one listens)."""
+        self.server.send_signal(signal.SIGTERM)
+        await anyio.to_thread.run_sync(self.server.wait)
+        exited = time.time()
+        log = self.base / f"server{len(self.servers)}.log"
+        self.server = _spawn(_server_argv(self.db, self.port), log, self.server_env)
+        self.servers.append(self.server)
+        await wait_listening(self.server, self.port, time.monotonic() + startup_timeout, log)
+        return exited, time.time()
+
+
+def _server_argv(db: str, port: int) -> list[str]:
+    return [PY, "-m", "tidewater", "server", "--db", db, "--port", str(port)]
 
 
 async def wait_pilots(client: Client, site: str, n: int, timeout: float,
@@ -240,7 +269,7 @@ async def wait_pilots(client: Client, site: str, n: int, timeout: float,
 async def cluster(
     *, pilots: int = 1, cores: int = 1, apps: dict[str, str] | None = None,
     startup_timeout: float = 30.0, keep: bool = False, pilot_args: Sequence[str] = (),
-    pilot_root: str | None = None,
+    pilot_root: str | None = None, server_env: dict[str, str] | None = None,
 ) -> AsyncIterator[Cluster]:
     """A controller process, a user, site ``bench`` with ``apps``, and connected pilots.
 
@@ -248,6 +277,7 @@ async def cluster(
     The store, logs and pilot work directories go to a new temporary
     directory; ``pilot_root`` puts the pilots' work directories (one
     directory and two files per task) under another one (e.g. ``/dev/shm``).
+    ``server_env``: the controller's environment (default: this one's).
     """
     apps = apps if apps is not None else {"true": "/bin/true"}
     base = Path(tempfile.mkdtemp(prefix="tidewater-bench-"))
@@ -255,15 +285,14 @@ async def cluster(
         if pilot_root else base
     db = str(base / "bench.db")
     servers: list[subprocess.Popen[bytes]] = []
-    started: list[subprocess.Popen[bytes]] = []  # pilots
+    started: list[subprocess.Popen[bytes]] = []  # pilots, and what the benchmark starts
     ok = False
     try:
         server = None
         for _attempt in range(3):  # the port we picked may be taken before the server binds
             port = free_port()
             slog = base / "server.log"
-            server = _spawn([PY, "-m", "tidewater", "server", "--db", db, "--port", str(port)],
-                            slog)
+            server = _spawn(_server_argv(db, port), slog, server_env)
             servers.append(server)
             try:
                 await wait_listening(server, port, time.monotonic() + startup_timeout, slog)
@@ -292,7 +321,8 @@ async def cluster(
                 pilot_procs.append(p)
             await wait_pilots(client, SITE, pilots, startup_timeout, pilot_procs, logs)
             yield Cluster(url=url, token=token, site_token=site_token, client=client,
-                          base=base, db=db, server=server, pilots=pilot_procs)
+                          base=base, db=db, server=server, pilots=pilot_procs, port=port,
+                          servers=servers, server_env=server_env, others=started)
         ok = True
     finally:
         _cleanup(started, servers, base, work, ok=ok, keep=keep)
