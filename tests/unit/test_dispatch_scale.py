@@ -170,3 +170,63 @@ def test_node_counts_follow_every_change(seed: int) -> None:
             book.remove(rec)
         for s in (1, 2):
             assert book.nodes(s) == brute_force(book, s)
+
+
+def test_site_counts_follow_every_change() -> None:
+    rng = random.Random(7)
+    book = PilotBook(lease_timeout=30)
+    peers = iter(range(1, 10_000))
+    for _ in range(500):
+        pilot_id = f"p{rng.randrange(12)}"
+        rec = book.pilots.get(pilot_id)
+        op = rng.choice(["hello", "away", "remove", "drain"])
+        if op == "hello" or rec is None:
+            book.hello(hello(pilot_id), site_id=1 + int(pilot_id[1:]) % 2, owner_id=1,
+                       batch_job=0, peer=next(peers), now=0.0)
+        elif op == "away" and rec.peer is not None:
+            book.away(rec, rec.peer)
+        elif op == "remove":
+            book.remove(rec)
+        elif op == "drain":
+            book.drain(rec)
+        for s in (1, 2):
+            mine = [p for p in dict.values(book.pilots) if p.site_id == s]
+            assert book.count(s) == (sum(1 for p in mine if p.peer is not None), len(mine))
+            assert sorted(p.pilot_id for p in book.of_site(s)) == sorted(p.pilot_id for p in mine)
+
+
+def test_submit_dispatch_and_demand_never_look_through_2000_pilots() -> None:
+    from .test_tasks import ALICE, Core, spec
+
+    agent = 99
+    core = Core()
+    (site,) = core.state.registry.owned_sites(ALICE)
+    core.state.jobs.agents[site.id] = agent  # the site has an agent: Demand every round
+    for k in range(MANY):
+        rec, fx = core.state.pilot_hello(
+            ALICE, 1000 + k, P.Hello(role="pilot", proto_version=1, token="", site="s",
+                                     pilot_id=f"p{k}", cores=1, credit_cores=3),
+            P.Welcome(proto_version=1, server_id="x"), core.now)
+        core.run(fx)
+    core.run(core.state.dispatch(core.now))
+    assert core.take(agent, P.Demand)[-1].idle_nodes == MANY
+    core.state.pilots.pilots = NoScan(core.state.pilots.pilots)
+
+    (tid,) = core.submit(spec())
+    looked = core.state.dispatcher.examined
+    core.run(core.state.dispatch(core.now))
+    assert core.state.dispatcher.examined - looked == 1
+    (peer, run), = [(p, m) for p, msgs in core.sent.items() for m in msgs
+                    if isinstance(m, P.RunTasks)]
+    assert [a.task_id for a in run.tasks] == [tid]
+    (demand,) = core.take(agent, P.Demand)
+    assert (demand.idle_nodes, demand.busy_nodes) == (MANY - 1, 1)
+
+    rec = core.state.pilots.pilots[f"p{peer - 1000}"]
+    core.run(core.state.reports(rec, P.Reports(seq=1, reports=[
+        P.Report(task_id=tid, attempt=1, kind="started", time=core.now),
+        P.Report(task_id=tid, attempt=1, kind="done", time=core.now, exit_code=0)]),
+        core.now))
+    core.run(core.state.dispatch(core.now))
+    (demand,) = core.take(agent, P.Demand)
+    assert (demand.idle_nodes, demand.busy_nodes) == (MANY, 0)

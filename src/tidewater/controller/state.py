@@ -172,20 +172,23 @@ class ControllerState:
     # ================================================================== health
 
     def site_health(self, site_id: int, now: float) -> Health:
-        """Up, degraded or down, and why (see :mod:`.health`)."""
-        pilots = [p for p in self.pilots.pilots.values() if p.site_id == site_id]
-        live = sum(1 for p in pilots if p.peer is not None)
+        """Up, degraded or down, and why (see :mod:`.health`).
+
+        Asked at every Submit: the pilots are counted, not looked through, unless
+        none is connected (only then does the reason name when one was last heard).
+        """
+        live, held = self.pilots.count(site_id)
+        seen = 0.0 if live else max((p.last_seen for p in self.pilots.of_site(site_id)),
+                                    default=0.0)
         return site_health(SiteSigns(
             agent_connected=site_id in self.jobs.agents,
             agent_seen=self.jobs.agent_seen.get(site_id, 0.0),
             had_agent=self.jobs.had_agent(site_id),
-            pilots=live, pilots_away=len(pilots) - live,
-            pilot_seen=max((p.last_seen for p in pilots), default=0.0)), now)
+            pilots=live, pilots_away=held - live, pilot_seen=seen), now)
 
     def site_info(self, rec: SiteRec, now: float) -> P.SiteInfo:
         """A site as ``site ls`` shows it: capacity, health, and every pilot held for it."""
-        pilots = sorted((p for p in self.pilots.pilots.values() if p.site_id == rec.id),
-                        key=lambda p: p.pilot_id)
+        pilots = sorted(self.pilots.of_site(rec.id), key=lambda p: p.pilot_id)
         connected = [p for p in pilots if p.peer is not None]
         health = self.site_health(rec.id, now)
         return P.SiteInfo(
