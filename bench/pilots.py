@@ -157,6 +157,7 @@ class SimPilot:
         )
 
     def _hello(self) -> P.Hello:
+        self.events.add("A", self.index)  # the Session builds a Hello for every attempt
         credit_cores, credit_gpus = self.book.hello_credit()
         return P.Hello(
             role="pilot", proto_version=P.PROTO_VERSION, token=self.token, name="pilot",
@@ -285,6 +286,7 @@ class Tail:
         self.paths = paths
         self._offsets = [0] * len(paths)
         self.welcomes: list[tuple[int, float]] = []
+        self.attempts: list[tuple[int, float]] = []
         self.received: dict[int, float] = {}
 
     def poll(self) -> None:
@@ -301,8 +303,18 @@ class Tail:
                 kind, key, at = line.split()
                 if kind == "W":
                     self.welcomes.append((int(key), float(at)))
+                elif kind == "A":
+                    self.attempts.append((int(key), float(at)))
                 elif kind == "R":
                     self.received.setdefault(int(key), float(at))
+
+    def attempts_since(self, since: float) -> dict[int, list[float]]:
+        """Pilot -> its connection attempts at or after ``since``."""
+        out: dict[int, list[float]] = {}
+        for pilot, at in self.attempts:
+            if at >= since:
+                out.setdefault(pilot, []).append(at)
+        return out
 
     def welcomed_since(self, since: float) -> dict[int, float]:
         """Pilot -> its first welcome at or after ``since``."""
@@ -386,7 +398,15 @@ class Restart:
     buckets: int  # 100 ms buckets with at least one welcome
     span: float  # first -> last welcome
     first_task: float  # listening -> a task's result on the client
-    hist: list[int]  # welcomes per second since listening
+    hist: list[int]  # welcomes per 100 ms since listening
+    arrive_busiest: int  # most successful attempts begun in one 100 ms bucket
+    arrive_buckets: int
+    arrive_span: float  # first -> last successful attempt begun
+    arrive_hist: list[int]  # successful attempts begun per 100 ms since listening
+    handshake_p50: float  # successful attempt begun -> welcomed
+    handshake_p99: float
+    attempts: float  # attempts per pilot (median) since SIGTERM
+    generators: float  # the load generators' CPU, cores, SIGTERM -> all back
 
 
 async def idle_run(c: Cluster, gens: list[int], seconds: float) -> Idle:
@@ -436,21 +456,36 @@ async def load_run(c: Cluster, tail: Tail, agent: Agent, rate: float, duration: 
                 controller=cpu, machine=machine, demands=agent.demands - d0)
 
 
-async def restart_run(c: Cluster, tail: Tail, n: int, timeout: float) -> Restart:
-    t_term = time.time()
+async def restart_run(c: Cluster, tail: Tail, gens: list[int], n: int, timeout: float
+                      ) -> Restart:
+    t_term, g0, w0 = time.time(), cpu_of(gens), time.monotonic()
     exited, listening = await c.restart_server()
     back = await wait_welcomed(tail, n, t_term, timeout, c)
+    generators = (cpu_of(gens) - g0) / (time.monotonic() - w0)
     times = sorted(back.values())
     rel = [t - listening for t in times]
-    buckets = Counter(math.floor(t / 0.1) for t in times)
-    seconds = Counter(max(0, math.floor(r)) for r in rel)
+    tried = tail.attempts_since(t_term)
+    # The attempt that succeeded: each pilot's last one begun before its welcome.
+    won = sorted(max(a for a in tried[p] if a <= w) for p, w in back.items())
+    shakes = [w - max(a for a in tried[p] if a <= w) for p, w in back.items()]
+
+    def per_100ms(ts: list[float]) -> tuple[Counter[int], list[int]]:
+        buckets = Counter(math.floor(t / 0.1) for t in ts)
+        since = Counter(max(0, math.floor((t - listening) / 0.1)) for t in ts)
+        return buckets, [since.get(b, 0) for b in range(max(since) + 1)]
+
+    buckets, hist = per_100ms(times)
+    arrive, arrive_hist = per_100ms(won)
     task = await c.client.submit("true", site=SITE)
     await task.result(timeout=120)
     first_task = time.time() - listening
     return Restart(
         down=exited - t_term, all_back=max(rel), p50=pct(rel, 0.5), p99=pct(rel, 0.99),
         busiest=max(buckets.values()), buckets=len(buckets), span=times[-1] - times[0],
-        first_task=first_task, hist=[seconds.get(s, 0) for s in range(max(seconds) + 1)])
+        first_task=first_task, hist=hist, arrive_busiest=max(arrive.values()),
+        arrive_buckets=len(arrive), arrive_span=won[-1] - won[0], arrive_hist=arrive_hist,
+        handshake_p50=pct(shakes, 0.5), handshake_p99=pct(shakes, 0.99),
+        attempts=median([float(len(v)) for v in tried.values()]), generators=generators)
 
 
 async def measure(a: argparse.Namespace) -> None:
@@ -458,7 +493,7 @@ async def measure(a: argparse.Namespace) -> None:
     env = dict(os.environ)
     if a.controller_pythonpath:
         env["PYTHONPATH"] = a.controller_pythonpath
-    async with cluster(pilots=0, server_env=env, startup_timeout=60) as c:
+    async with cluster(pilots=0, server_env=env, startup_timeout=60, keep=a.keep) as c:
         print(f"controller pid {c.server.pid}, {c.url}, store {c.db}", file=sys.stderr)
         agent = Agent(c.url, c.site_token)
         async with anyio.create_task_group() as tg:
@@ -509,7 +544,7 @@ async def measure(a: argparse.Namespace) -> None:
                 print(f"[{r + 1}] load: dispatch p50 {1000 * median(lo.dispatch):.2f} ms "
                       f"p99 {1000 * pct(lo.dispatch, 0.99):.2f} ms", file=sys.stderr)
                 if not a.no_restart:
-                    restarts.append(await restart_run(c, tail, n, a.connect_timeout))
+                    restarts.append(await restart_run(c, tail, gens, n, a.connect_timeout))
                     print(f"[{r + 1}] restart: all back {restarts[-1].all_back:.2f} s",
                           file=sys.stderr)
                     await anyio.sleep(a.settle)
@@ -558,12 +593,25 @@ def report(a: argparse.Namespace, connect_all: float, idles: list[Idle], loads: 
             ["restart: 100 ms buckets with a pilot back", f([float(r.buckets) for r in restarts],
                                                             0)],
             ["restart: listening -> a task's result, s", f([r.first_task for r in restarts])],
+            ["restart: attempts per pilot (median)", f([r.attempts for r in restarts], 0)],
+            ["restart: first -> last successful attempt begun, s",
+             f([r.arrive_span for r in restarts])],
+            ["restart: most successful attempts begun in one 100 ms",
+             f([float(r.arrive_busiest) for r in restarts], 0)],
+            ["restart: 100 ms buckets with a successful attempt begun",
+             f([float(r.arrive_buckets) for r in restarts], 0)],
+            ["restart: successful attempt begun -> welcomed p50, s",
+             f([r.handshake_p50 for r in restarts])],
+            ["restart: successful attempt begun -> welcomed p99, s",
+             f([r.handshake_p99 for r in restarts])],
+            ["restart: load generators' CPU, cores", f([r.generators for r in restarts], 2)],
         ]
     print(table(f"{len(idles)} repeats: median [min-max]; idle {a.idle:g} s; load "
                 f"{a.rate:g} tasks/s for {a.duration:g} s", ["figure", "value"], rows))
     for k, r in enumerate(restarts, 1):
-        print(f"restart {k}: pilots back per second since listening: "
-              + " ".join(str(x) for x in r.hist))
+        print(f"restart {k}, per 100 ms since the new controller listened:")
+        print("  successful attempts begun: " + " ".join(str(x) for x in r.arrive_hist))
+        print("  pilots welcomed:           " + " ".join(str(x) for x in r.hist))
     total = sum(x.submitted for x in loads)
     missing = sum(x.missing for x in loads)
     failed = sum(x.failed for x in loads)
@@ -593,6 +641,8 @@ def main() -> None:
                     help="pilots connecting at once per generator at start-up")
     ap.add_argument("--connect-timeout", type=float, default=180.0)
     ap.add_argument("--no-restart", action="store_true", help="skip the restarts")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the store, logs and the generators' events files")
     ap.add_argument("--quick", action="store_true",
                     help="200 pilots, 2 repeats of 10 s idle and 10 s of load")
     ap.add_argument("--controller-pythonpath", default="",
