@@ -358,6 +358,21 @@ def machine_busy() -> float:
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def listen_overflows() -> int:
+    """Connections this machine's listening sockets dropped because their queue was full
+    (TcpExt ListenOverflows in /proc/net/netstat; -1 where unreadable)."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return -1
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return int(table.get("ListenOverflows", -1))
+    return -1
+
+
 def cpu_of(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
@@ -407,6 +422,8 @@ class Restart:
     handshake_p99: float
     attempts: float  # attempts per pilot (median) since SIGTERM
     generators: float  # the load generators' CPU, cores, SIGTERM -> all back
+    overflows: int  # connections dropped by a full listen queue (machine-wide)
+    controller_ms: float  # the new controller's CPU per pilot, listening -> all back
 
 
 async def idle_run(c: Cluster, gens: list[int], seconds: float) -> Idle:
@@ -458,10 +475,13 @@ async def load_run(c: Cluster, tail: Tail, agent: Agent, rate: float, duration: 
 
 async def restart_run(c: Cluster, tail: Tail, gens: list[int], n: int, timeout: float
                       ) -> Restart:
-    t_term, g0, w0 = time.time(), cpu_of(gens), time.monotonic()
+    t_term, g0, w0, o0 = time.time(), cpu_of(gens), time.monotonic(), listen_overflows()
     exited, listening = await c.restart_server()
+    c0 = cpu_of([c.server.pid])
     back = await wait_welcomed(tail, n, t_term, timeout, c)
+    controller_ms = 1000 * (cpu_of([c.server.pid]) - c0) / n
     generators = (cpu_of(gens) - g0) / (time.monotonic() - w0)
+    overflows = listen_overflows() - o0
     times = sorted(back.values())
     rel = [t - listening for t in times]
     tried = tail.attempts_since(t_term)
@@ -485,7 +505,8 @@ async def restart_run(c: Cluster, tail: Tail, gens: list[int], n: int, timeout: 
         first_task=first_task, hist=hist, arrive_busiest=max(arrive.values()),
         arrive_buckets=len(arrive), arrive_span=won[-1] - won[0], arrive_hist=arrive_hist,
         handshake_p50=pct(shakes, 0.5), handshake_p99=pct(shakes, 0.99),
-        attempts=median([float(len(v)) for v in tried.values()]), generators=generators)
+        attempts=median([float(len(v)) for v in tried.values()]), generators=generators,
+        overflows=overflows, controller_ms=controller_ms)
 
 
 async def measure(a: argparse.Namespace) -> None:
@@ -604,7 +625,11 @@ def report(a: argparse.Namespace, connect_all: float, idles: list[Idle], loads: 
              f([r.handshake_p50 for r in restarts])],
             ["restart: successful attempt begun -> welcomed p99, s",
              f([r.handshake_p99 for r in restarts])],
+            ["restart: controller CPU per pilot back, ms",
+             f([r.controller_ms for r in restarts], 2)],
             ["restart: load generators' CPU, cores", f([r.generators for r in restarts], 2)],
+            ["restart: connections dropped, listen queue full (machine)",
+             f([float(r.overflows) for r in restarts], 0)],
         ]
     print(table(f"{len(idles)} repeats: median [min-max]; idle {a.idle:g} s; load "
                 f"{a.rate:g} tasks/s for {a.duration:g} s", ["figure", "value"], rows))
