@@ -130,7 +130,6 @@ class Dispatcher:
         self._heaps: dict[int, list[tuple[int, int]]] = {}
         self._queued: dict[int, QueuedTask] = {}
         self._pilots: dict[str, PilotSlot] = {}
-        self._site_pilots: dict[int, dict[str, PilotSlot]] = {}
         # Per site, the pilots with some credit, filed by free cores (then by arrival in
         # that level), and the levels in use in ascending order; pilot -> its level.
         self._ready: dict[int, dict[int, dict[str, PilotSlot]]] = {}
@@ -218,14 +217,12 @@ class Dispatcher:
     def add_pilot(self, slot: PilotSlot) -> None:
         self.remove_pilot(slot.pilot_id)
         self._pilots[slot.pilot_id] = slot
-        self._site_pilots.setdefault(slot.site_id, {})[slot.pilot_id] = slot
         self._file(slot)
 
     def remove_pilot(self, pilot_id: str) -> None:
         slot = self._pilots.pop(pilot_id, None)
         if slot is not None:
             self._unfile(slot)
-            self._site_pilots.get(slot.site_id, {}).pop(pilot_id, None)
 
     def pilot(self, pilot_id: str) -> PilotSlot | None:
         """The pilot's slot; change its credit only through :meth:`grant`."""

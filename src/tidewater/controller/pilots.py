@@ -309,9 +309,6 @@ class PilotBook:
         """(connected, held) pilots of the site; held counts those away within their lease."""
         return self._nodes.get(site_id, (0, 0, 0))[2], len(self._by_site.get(site_id, ()))
 
-    def connected(self, site_id: int) -> list[PilotRec]:
-        return [p for p in self.of_site(site_id) if p.peer is not None]
-
     def nodes(self, site_id: int) -> tuple[int, int]:
         """(idle, busy) nodes of the site's connected pilots: busy ones hold a task or drain.
 
