@@ -214,10 +214,39 @@ class Cluster:
     server: subprocess.Popen[bytes]
     pilots: list[subprocess.Popen[bytes]] = field(default_factory=list)
     site: str = SITE
+    port: int = 0
+    servers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    """Every controller process started (stopped on the way out)."""
+    server_env: dict[str, str] | None = None
+    others: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    """Stopped before the controller on the way out: the pilots, and what :meth:`spawn` starts."""
 
     @property
     def server_log(self) -> Path:
         return self.base / "server.log"
+
+    def spawn(self, argv: list[str], log: Path, env: dict[str, str] | None = None
+              ) -> subprocess.Popen[bytes]:
+        """Start a process that is stopped (before the controller) on the way out."""
+        p = _spawn(argv, log, env)
+        self.others.append(p)
+        return p
+
+    async def restart_server(self, startup_timeout: float = 30.0) -> tuple[float, float]:
+        """SIGTERM the controller, wait for it to exit, start it again on the same store
+        and port; (time.time() when it exited, when the new one listens)."""
+        self.server.send_signal(signal.SIGTERM)
+        await anyio.to_thread.run_sync(self.server.wait)
+        exited = time.time()
+        log = self.base / f"server{len(self.servers)}.log"
+        self.server = _spawn(_server_argv(self.db, self.port), log, self.server_env)
+        self.servers.append(self.server)
+        await wait_listening(self.server, self.port, time.monotonic() + startup_timeout, log)
+        return exited, time.time()
+
+
+def _server_argv(db: str, port: int) -> list[str]:
+    return [PY, "-m", "tidewater", "server", "--db", db, "--port", str(port)]
 
 
 async def wait_pilots(client: Client, site: str, n: int, timeout: float,
@@ -304,6 +333,7 @@ async def cluster(
     *, pilots: int = 1, cores: int = 1, apps: dict[str, str] | None = None,
     startup_timeout: float = 30.0, keep: bool = False, pilot_args: Sequence[str] = (),
     pilot_root: str | None = None, db: str | None = None,
+    server_env: dict[str, str] | None = None,
 ) -> AsyncIterator[Cluster]:
     """A controller process, a user, site ``bench`` with ``apps``, and connected pilots.
 
@@ -314,17 +344,20 @@ async def cluster(
     ``db``: None for a SQLite store in the temporary directory, or a
     ``postgresql://`` URL of a server on which a new database is made for
     this cluster (and dropped afterwards).
+    ``server_env``: the controller's environment (default: this one's).
     """
     if is_pg_url(db):
         assert db is not None
         async with fresh_pg_database(db) as url, _cluster(
                 pilots=pilots, cores=cores, apps=apps, startup_timeout=startup_timeout,
-                keep=keep, pilot_args=pilot_args, pilot_root=pilot_root, store=url) as c:
+                keep=keep, pilot_args=pilot_args, pilot_root=pilot_root, store=url,
+                server_env=server_env) as c:
             yield c
     else:
         async with _cluster(pilots=pilots, cores=cores, apps=apps,
                             startup_timeout=startup_timeout, keep=keep, pilot_args=pilot_args,
-                            pilot_root=pilot_root, store=None) as c:
+                            pilot_root=pilot_root, store=None,
+                            server_env=server_env) as c:
             yield c
 
 
@@ -332,6 +365,7 @@ async def cluster(
 async def _cluster(
     *, pilots: int, cores: int, apps: dict[str, str] | None, startup_timeout: float,
     keep: bool, pilot_args: Sequence[str], pilot_root: str | None, store: str | None,
+    server_env: dict[str, str] | None,
 ) -> AsyncIterator[Cluster]:
     apps = apps if apps is not None else {"true": "/bin/true"}
     base = Path(tempfile.mkdtemp(prefix="tidewater-bench-"))
@@ -339,15 +373,14 @@ async def _cluster(
         if pilot_root else base
     db = store if store is not None else str(base / "bench.db")
     servers: list[subprocess.Popen[bytes]] = []
-    started: list[subprocess.Popen[bytes]] = []  # pilots
+    started: list[subprocess.Popen[bytes]] = []  # pilots, and what the benchmark starts
     ok = False
     try:
         server = None
         for _attempt in range(3):  # the port we picked may be taken before the server binds
             port = free_port()
             slog = base / "server.log"
-            server = _spawn([PY, "-m", "tidewater", "server", "--db", db, "--port", str(port)],
-                            slog)
+            server = _spawn(_server_argv(db, port), slog, server_env)
             servers.append(server)
             try:
                 await wait_listening(server, port, time.monotonic() + startup_timeout, slog)
@@ -376,7 +409,8 @@ async def _cluster(
                 pilot_procs.append(p)
             await wait_pilots(client, SITE, pilots, startup_timeout, pilot_procs, logs)
             yield Cluster(url=url, token=token, site_token=site_token, client=client,
-                          base=base, db=db, server=server, pilots=pilot_procs)
+                          base=base, db=db, server=server, pilots=pilot_procs, port=port,
+                          servers=servers, server_env=server_env, others=started)
         ok = True
     finally:
         _cleanup(started, servers, base, work, ok=ok, keep=keep)

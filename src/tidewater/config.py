@@ -58,6 +58,11 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     """Requests one client connection may send per second, on average (burst: 2 s worth)."""
     max_watches: int = 1_000
     """Watches open at once on one client connection."""
+    listen_backlog: int = 4096
+    """Connections the controller's socket queues before it accepts them. After a restart
+    every pilot comes back within seconds; a short queue drops their SYNs, and each dropped
+    one costs its pilot a 1 s, then 3 s retransmission. The kernel caps it at
+    ``net.core.somaxconn``."""
 
 
 class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True):

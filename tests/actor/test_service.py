@@ -14,6 +14,7 @@ from tidewater import proto as P
 from tidewater.config import ControllerConfig
 from tidewater.controller.service import ControllerService
 from tidewater.controller.users import add_user
+from tidewater.errors import InvalidRequest
 
 M = TypeVar("M", bound=P.Msg)
 
@@ -226,7 +227,7 @@ async def test_watch_gets_every_event_once_in_commit_order(controller: Any) -> N
 
 async def test_pilot_hello_errors_say_what_to_do(controller: Any) -> None:
     c, who, _client, _db = controller
-    from tidewater.errors import InvalidRequest, NotFound
+    from tidewater.errors import NotFound
 
     def hello(**kw: Any) -> P.Hello:
         return P.Hello(role="pilot", proto_version=1, token="", pilot_id="p", cores=1, **kw)
@@ -264,3 +265,36 @@ async def test_replaying_watch_delivers_history_then_live_events_in_order(
         got += (await watcher.next(P.Events)).events
     ids = [e.id for e in got]
     assert ids == list(range(2, 2 * 40 + 1))
+
+
+async def test_a_burst_of_hellos_with_one_token_reads_it_once(controller: Any) -> None:
+    """After a restart a batch job's pilots all present its token at once: one store read
+    serves them, and each secret is still checked on its own."""
+    c, _who, client, _db = controller
+    await c.on_client(_who, client, P.AddSite(req_id=3, name="burst"))
+    token = (await client.next(P.SiteAdded)).token
+    reads: list[str] = []
+    read = c.store.token
+
+    async def counted(token_id: str) -> Any:
+        reads.append(token_id)
+        return await read(token_id)
+
+    c.store.token = counted
+    got: list[Any] = []
+    refused: list[str] = []
+
+    async def hello(raw: str) -> None:
+        try:
+            got.append(await c.authenticate(raw))
+        except InvalidRequest as exc:
+            refused.append(exc.message)
+
+    async with anyio.create_task_group() as tg:
+        for k in range(200):
+            tg.start_soon(hello, token if k != 100 else token[:-4] + "AAAA")
+    assert len(got) == 199 and all(w.site_id is not None for w in got)
+    assert refused == ["invalid token"]
+    assert 1 <= len(reads) < 10
+    await hello(token)  # a later Hello reads again
+    assert len(got) == 200 and len(reads) >= 2

@@ -174,7 +174,7 @@ def test_idle_and_busy_nodes_count_connected_pilots_only() -> None:
     a, _ = book.hello(hello(pilot_id="a"), site_id=1, owner_id=1, batch_job=0, peer=1, now=0)
     b, _ = book.hello(hello(pilot_id="b", nodes=[P.NodeInfo(host="x", cores=1, gpus=0)] * 3),
                       site_id=1, owner_id=1, batch_job=0, peer=2, now=0)
-    b.assigned.add(5)
+    book.assign(b, 5)
     c, _ = book.hello(hello(pilot_id="c"), site_id=1, owner_id=1, batch_job=0, peer=3, now=0)
     book.away(c, 3)
     assert book.nodes(1) == (1, 3)

@@ -493,7 +493,8 @@ class Server:
                 await runner.setup()
                 try:
                     site = web.TCPSite(runner, self.config.host, self.config.port,
-                                       reuse_address=True, ssl_context=ssl_context)
+                                       reuse_address=True, ssl_context=ssl_context,
+                                       backlog=self.config.limits.listen_backlog)
                     await site.start()
                     addr: Any = runner.addresses[0]
                     self.port = int(addr[1])

@@ -12,10 +12,21 @@ pilot with enough whole nodes of credit, or reserves that many idle
 node-mode pilots of one batch job: it is sent to the first, the others are
 charged in full and get their credit back from :meth:`Dispatcher.release`
 when the task's attempt ends.
+
+Cost: a round's work does not grow with a site's pilots. Pilots without
+credit are not looked at (each site keeps an index of the pilots that have
+some, filed by free cores, updated when credit is granted or charged), so
+2,000 busy pilots cost a round nothing; a single-node task goes to the
+first pilot that fits in the fullest credit level, so 2,000 idle ones cost
+it a look at one level. What still scales with pilots: a task that fits
+few of them (a GPU task among CPU pilots, a wall time few batch jobs
+have left) looks through those with enough credit, and a multi-node task
+through every pilot with credit (``examined`` counts both).
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from dataclasses import dataclass
 from typing import Protocol
@@ -135,7 +146,13 @@ class Dispatcher:
         self._heaps: dict[int, list[int]] = {}
         self._queued: dict[int, QueuedTask] = {}
         self._pilots: dict[str, PilotSlot] = {}
-        self._site_pilots: dict[int, dict[str, PilotSlot]] = {}
+        # Per site, the pilots with some credit, filed by free cores (then by arrival in
+        # that level), and the levels in use in ascending order; pilot -> its level.
+        self._ready: dict[int, dict[int, dict[str, PilotSlot]]] = {}
+        self._levels: dict[int, list[int]] = {}
+        self._level_of: dict[str, int] = {}
+        self.examined = 0
+        """Pilots :meth:`match` has looked at, all rounds together: its work, for tests."""
         # Per site: queued tasks, cores of single-node ones, GPUs, nodes of multi-node ones.
         self._demand: dict[int, list[int]] = {}
         self._walls: dict[int, dict[float, int]] = {}  # site -> wall-time estimate -> count
@@ -217,14 +234,15 @@ class Dispatcher:
     def add_pilot(self, slot: PilotSlot) -> None:
         self.remove_pilot(slot.pilot_id)
         self._pilots[slot.pilot_id] = slot
-        self._site_pilots.setdefault(slot.site_id, {})[slot.pilot_id] = slot
+        self._file(slot)
 
     def remove_pilot(self, pilot_id: str) -> None:
         slot = self._pilots.pop(pilot_id, None)
         if slot is not None:
-            self._site_pilots.get(slot.site_id, {}).pop(pilot_id, None)
+            self._unfile(slot)
 
     def pilot(self, pilot_id: str) -> PilotSlot | None:
+        """The pilot's slot; change its credit only through :meth:`grant`."""
         return self._pilots.get(pilot_id)
 
     def grant(self, pilot_id: str, cores: int, gpus: int) -> None:
@@ -232,6 +250,39 @@ class Dispatcher:
         if slot is not None:
             slot.credit_cores = min(slot.credit_cores + max(cores, 0), 1 << 30)
             slot.credit_gpus = min(slot.credit_gpus + max(gpus, 0), 1 << 30)
+            self._file(slot)
+
+    def ready(self, site_id: int) -> int:
+        """Pilots of the site with some credit (the only ones :meth:`match` looks at)."""
+        return sum(len(b) for b in self._ready.get(site_id, {}).values())
+
+    def _file(self, slot: PilotSlot) -> None:
+        """Put the pilot in the level of its free cores now (out of the index without credit)."""
+        level = slot.credit_cores if slot.credit_cores > 0 or slot.credit_gpus > 0 else None
+        if self._level_of.get(slot.pilot_id) == level:
+            return
+        self._unfile(slot)
+        if level is None:
+            return
+        buckets = self._ready.setdefault(slot.site_id, {})
+        bucket = buckets.get(level)
+        if bucket is None:
+            bucket = buckets[level] = {}
+            bisect.insort(self._levels.setdefault(slot.site_id, []), level)
+        bucket[slot.pilot_id] = slot
+        self._level_of[slot.pilot_id] = level
+
+    def _unfile(self, slot: PilotSlot) -> None:
+        level = self._level_of.pop(slot.pilot_id, None)
+        if level is None:
+            return
+        buckets = self._ready[slot.site_id]
+        bucket = buckets[level]
+        del bucket[slot.pilot_id]
+        if not bucket:
+            del buckets[level]
+            levels = self._levels[slot.site_id]
+            del levels[bisect.bisect_left(levels, level)]
 
     # -- matching
 
@@ -245,15 +296,12 @@ class Dispatcher:
         queues and charged against the pilots' credit.
         """
         out: list[tuple[str, int]] = []
-        for site_id, pilots in self._site_pilots.items():
-            heap = self._heaps.get(site_id)
-            if not heap or not pilots:
-                continue
-            ready = [p for p in pilots.values() if p.credit_cores > 0 or p.credit_gpus > 0]
-            if not ready:
+        for site_id, heap in self._heaps.items():
+            buckets = self._ready.get(site_id)
+            if not heap or not buckets:
                 continue
             skipped: list[int] = []
-            while heap and ready and len(skipped) < SCAN_LIMIT:
+            while heap and buckets and len(skipped) < SCAN_LIMIT:
                 key = heap[0]
                 task = self._queued.get(key & _ID_MASK)
                 if (task is None or task.site_id != site_id
@@ -261,9 +309,9 @@ class Dispatcher:
                     heapq.heappop(heap)  # withdrawn or re-pushed since: drop lazily
                     continue
                 if task.num_nodes > 1:
-                    got = self._match_nodes(task, ready, now)
+                    got = self._match_nodes(task, site_id, now)
                 else:
-                    got = self._best(task, ready, now)
+                    got = self._best(task, site_id, now)
                 heapq.heappop(heap)
                 if got is None:
                     skipped.append(key)
@@ -271,30 +319,40 @@ class Dispatcher:
                 del self._queued[task.task_id]
                 self._count(task, -1)
                 out.append((got.pilot_id, task.task_id))
-                ready = [p for p in ready if p.credit_cores > 0 or p.credit_gpus > 0]
             for key in skipped:
                 heapq.heappush(heap, key)
         return out
 
-    @staticmethod
-    def _charge(slot: PilotSlot, cores: int, gpus: int) -> None:
+    def _charge(self, slot: PilotSlot, cores: int, gpus: int) -> None:
         slot.credit_cores -= cores
         slot.credit_gpus -= gpus
         slot.busy += 1
+        self._file(slot)
 
-    def _best(self, task: QueuedTask, ready: list[PilotSlot], now: float | None
-              ) -> PilotSlot | None:
-        best: PilotSlot | None = None
-        for p in ready:
-            if p.fits(task, now) and (best is None or p.credit_cores > best.credit_cores):
-                best = p
-        if best is not None:
-            self._charge(best, *best.footprint(task))
-        return best
+    def _best(self, task: QueuedTask, site_id: int, now: float | None) -> PilotSlot | None:
+        """The first pilot that fits in the fullest level of free cores (None: none fits).
 
-    def _match_nodes(self, task: QueuedTask, ready: list[PilotSlot], now: float | None
+        A task takes at least its own cores, so levels below that are not looked at.
+        """
+        buckets = self._ready[site_id]
+        levels = self._levels[site_id]
+        for i in range(len(levels) - 1, -1, -1):
+            level = levels[i]
+            if level < task.cores:
+                break
+            for p in buckets[level].values():
+                self.examined += 1
+                if p.fits(task, now):
+                    self._charge(p, *p.footprint(task))
+                    return p
+        return None
+
+    def _match_nodes(self, task: QueuedTask, site_id: int, now: float | None
                      ) -> PilotSlot | None:
         """A head pilot with enough whole nodes, else idle node pilots of one batch job."""
+        buckets = self._ready[site_id]
+        ready = [p for level in reversed(self._levels[site_id]) for p in buckets[level].values()]
+        self.examined += len(ready)
         for p in ready:
             if p.nodes > 1 and p.fits(task, now):
                 self._charge(p, *p.footprint(task))

@@ -32,12 +32,20 @@ out (:meth:`PilotBook.held_sites`): until then, nobody knows which of the
 site's runnable tasks a returning pilot already holds. Pilots that connect
 meanwhile are welcomed and reconciled; their credit waits.
 
+**Counts kept as they change.** The idle and busy nodes of each site's
+connected pilots, and how many pilots it has connected, are running totals,
+moved whenever a pilot connects, leaves, drains, or gains its first task or
+loses its last (:meth:`PilotBook.assign`, :meth:`PilotBook.unassign`), and
+the pilots are indexed by site: every dispatch round asks for a site's
+Demand and every Submit for its health, and neither may cost a look at
+every pilot.
+
 No await, no clock (``now`` is an argument), no peers (ids only).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -61,7 +69,6 @@ class PilotRec:
     gpus: int = 0
     peer: int | None = None
     """The connection it is on (None while away)."""
-    assigned: set[int] = field(default_factory=set)
     batch_job: int = 0
     node_count: int = 1
     draining: bool = False
@@ -73,6 +80,14 @@ class PilotRec:
     """When it last said anything (Hello, heartbeat, report); 0: not since a restart."""
     left_at: float | None = None
     """When its connection closed without a Bye (None while connected)."""
+    _assigned: set[int] = field(default_factory=set, repr=False)
+    _counted: tuple[int, bool] | None = field(default=None, repr=False)
+    """The (nodes, busy) this pilot adds to its site's node counts now (None: nothing)."""
+
+    @property
+    def assigned(self) -> Set[int]:
+        """Tasks whose current attempt is this pilot's (change it through the book)."""
+        return self._assigned
 
     def row(self) -> PilotRow:
         return PilotRow(self.pilot_id, self.site_id, self.owner_id, self.batch_job)
@@ -132,20 +147,22 @@ class PilotBook:
         self.leases = Leases(lease_timeout, disconnect_grace)
         self.expected: dict[int, set[str]] = {}
         """Site -> stored pilots not yet back since the restart."""
+        self._nodes: dict[int, list[int]] = {}
+        """Site -> [idle nodes, busy nodes, pilots] of its connected pilots (module docstring)."""
+        self._by_site: dict[int, dict[str, PilotRec]] = {}
 
     # ------------------------------------------------------------------ restart
 
     def load(self, rows: list[PilotRow], running: list[LiveTask], now: float) -> None:
         """The pilots stored before a restart, and the tasks they were running."""
         for r in rows:
-            self.pilots[r.pilot_id] = PilotRec(r.pilot_id, r.site_id, r.owner_id,
-                                               batch_job=r.batch_job)
+            self._put(PilotRec(r.pilot_id, r.site_id, r.owner_id, batch_job=r.batch_job))
         for t in running:
             if t.state == S.RUNNING and t.pilot:
                 rec = self.pilots.get(t.pilot)
                 if rec is None:
-                    rec = self.pilots[t.pilot] = PilotRec(t.pilot, t.site_id, t.owner_id)
-                rec.assigned.add(t.id)
+                    rec = self._put(PilotRec(t.pilot, t.site_id, t.owner_id))
+                self.assign(rec, t.id)
         for rec in self.pilots.values():
             self.leases.touch(rec.pilot_id, now)
             self.expected.setdefault(rec.site_id, set()).add(rec.pilot_id)
@@ -163,8 +180,8 @@ class PilotBook:
         if ids:
             return []
         del self.expected[rec.site_id]
-        return [p.slot for p in self.pilots.values()
-                if p.site_id == rec.site_id and p.slot is not None and p.peer is not None]
+        return [p.slot for p in self.of_site(rec.site_id)
+                if p.slot is not None and p.peer is not None]
 
     # ------------------------------------------------------------------ connections
 
@@ -187,7 +204,8 @@ class PilotBook:
         if batch_job:
             rec.batch_job = batch_job
         rec.slot = None
-        self.pilots[rec.pilot_id] = rec
+        self._put(rec)
+        self._recount(rec)
         self.leases.touch(rec.pilot_id, now)
         return rec, replaced
 
@@ -223,14 +241,59 @@ class PilotBook:
             return False
         rec.peer = None
         rec.slot = None
+        self._recount(rec)
         return True
 
     def remove(self, rec: PilotRec) -> list[PilotSlot]:
         """Let the pilot go; the slots of its site freed if it was the last one awaited."""
         self.pilots.pop(rec.pilot_id, None)
+        self._by_site.get(rec.site_id, {}).pop(rec.pilot_id, None)
         self.leases.drop(rec.pilot_id)
-        rec.assigned.clear()
+        rec._assigned.clear()
+        self._recount(rec)
         return self._back(rec)
+
+    def assign(self, rec: PilotRec, task_id: int) -> None:
+        """The task's current attempt is the pilot's."""
+        rec._assigned.add(task_id)
+        self._recount(rec)
+
+    def unassign(self, rec: PilotRec, task_id: int) -> bool:
+        """The task's attempt no longer occupies the pilot; False if it did not."""
+        if task_id not in rec._assigned:
+            return False
+        rec._assigned.discard(task_id)
+        self._recount(rec)
+        return True
+
+    def drain(self, rec: PilotRec) -> None:
+        """The pilot takes no more work (until it says Hello again)."""
+        rec.draining = True
+        rec.slot = None
+        self._recount(rec)
+
+    def _put(self, rec: PilotRec) -> PilotRec:
+        self.pilots[rec.pilot_id] = rec
+        self._by_site.setdefault(rec.site_id, {})[rec.pilot_id] = rec
+        return rec
+
+    def _recount(self, rec: PilotRec) -> None:
+        """Move the pilot's share of its site's counts to what it is now."""
+        now = None
+        if rec.peer is not None and self.pilots.get(rec.pilot_id) is rec:
+            now = (max(1, rec.node_count), bool(rec._assigned) or rec.draining)
+        if now == rec._counted:
+            return
+        counts = self._nodes.setdefault(rec.site_id, [0, 0, 0])
+        if rec._counted is not None:
+            n, busy = rec._counted
+            counts[busy] -= n
+            counts[2] -= 1
+        if now is not None:
+            n, busy = now
+            counts[busy] += n
+            counts[2] += 1
+        rec._counted = now
 
     def expired(self, now: float) -> list[PilotRec]:
         return [rec for pid in self.leases.expired(now)
@@ -238,18 +301,20 @@ class PilotBook:
 
     # ------------------------------------------------------------------ views
 
-    def connected(self, site_id: int) -> list[PilotRec]:
-        return [p for p in self.pilots.values() if p.site_id == site_id and p.peer is not None]
+    def of_site(self, site_id: int) -> list[PilotRec]:
+        """Every pilot held for the site, connected or within its lease."""
+        return list(self._by_site.get(site_id, {}).values())
+
+    def count(self, site_id: int) -> tuple[int, int]:
+        """(connected, held) pilots of the site; held counts those away within their lease."""
+        return self._nodes.get(site_id, (0, 0, 0))[2], len(self._by_site.get(site_id, ()))
 
     def nodes(self, site_id: int) -> tuple[int, int]:
-        """(idle, busy) nodes of the site's connected pilots."""
-        idle = busy = 0
-        for p in self.connected(site_id):
-            n = max(1, p.node_count)
-            if p.assigned or p.draining:
-                busy += n
-            else:
-                idle += n
+        """(idle, busy) nodes of the site's connected pilots: busy ones hold a task or drain.
+
+        Kept as running totals: the cost does not grow with the site's pilots.
+        """
+        idle, busy, _ = self._nodes.get(site_id, (0, 0, 0))
         return idle, busy
 
 

@@ -27,6 +27,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol, TypeVar
 
@@ -39,7 +40,7 @@ from ..config import ControllerConfig
 from ..errors import InvalidRequest
 from . import admin, auth, requests
 from .effects import After, Close, Effects, Send
-from .model import Principal
+from .model import Principal, TokenRow, UserRow
 from .pilots import PilotRec
 from .state import ControllerState, NeedsRead, Stored
 from .store.base import Store
@@ -61,6 +62,15 @@ class Peer(Protocol):
     def send(self, msg: P.Msg) -> None: ...
 
     def close(self, code: int, reason: str) -> None: ...
+
+
+@dataclass
+class _TokenRead:
+    """One read of a token's row and its user's, shared by whoever asks meanwhile."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    rows: tuple[TokenRow | None, UserRow | None] | None = None
+    """None once done: the read failed or was cancelled."""
 
 
 class ControllerService:
@@ -86,6 +96,7 @@ class ControllerService:
         """Set by :meth:`abandon`: this controller may no longer write (or announce) anything."""
         self.dispatching = True
         """Cleared while shutting down: ready tasks wait for the next controller."""
+        self._token_reads: dict[str, _TokenRead] = {}
 
     def abandon(self) -> int:
         """Write and announce nothing more: drop the writes not yet committed; how many.
@@ -173,13 +184,41 @@ class ControllerService:
         parsed = tokens.parse(token)
         if parsed.legacy:
             row = await self.store.legacy_token(auth.legacy_hash(token))
+            user = await self.store.user(row.user_id) if row is not None else None
         else:
-            row = await self.store.token(parsed.id)
-        user = await self.store.user(row.user_id) if row is not None else None
+            row, user = await self._token_rows(parsed.id)
         return tokens.principal(
             parsed, token, row, user, now=time.time(), remote=remote,
             site_exists=lambda sid: sid in self.state.registry.sites,
             job_of=self.state.jobs.jobs.get)
+
+    async def _token_rows(self, token_id: str) -> tuple[TokenRow | None, UserRow | None]:
+        """The token's row and its user's; a read already under way for it is shared.
+
+        After a controller restart every pilot of a batch job presents the same
+        token within a second or two: read one by one, their identical reads
+        queue on the store's single reader, and the first Welcome waits for
+        thousands of them. A caller that arrives during a read gets that read's
+        rows, as if it had arrived a moment earlier; each caller still has its
+        own secret checked against them. If the read fails or is cancelled,
+        those waiting read for themselves. Cancel-safe.
+        """
+        flight = self._token_reads.get(token_id)
+        if flight is not None:
+            await flight.done.wait()
+            if flight.rows is not None:
+                return flight.rows
+            row = await self.store.token(token_id)
+            return row, await self.store.user(row.user_id) if row is not None else None
+        flight = self._token_reads[token_id] = _TokenRead()
+        try:
+            row = await self.store.token(token_id)
+            user = await self.store.user(row.user_id) if row is not None else None
+            flight.rows = (row, user)
+            return flight.rows
+        finally:
+            del self._token_reads[token_id]
+            flight.done.set()
 
     # ================================================================== reads
 

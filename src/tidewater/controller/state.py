@@ -124,8 +124,7 @@ class ControllerState:
     def attempt_over(self, t: LiveTask) -> None:
         """The task's attempt no longer occupies its pilot (and the nodes it reserved)."""
         rec = self.pilots.pilots.get(t.pilot)
-        if rec is not None and t.id in rec.assigned:
-            rec.assigned.discard(t.id)
+        if rec is not None and self.pilots.unassign(rec, t.id):
             if self.dispatcher.pilot(rec.pilot_id) is not None:
                 self.dispatcher.task_left(rec.pilot_id)
             elif rec.slot is not None and rec.slot.busy > 0:
@@ -173,20 +172,23 @@ class ControllerState:
     # ================================================================== health
 
     def site_health(self, site_id: int, now: float) -> Health:
-        """Up, degraded or down, and why (see :mod:`.health`)."""
-        pilots = [p for p in self.pilots.pilots.values() if p.site_id == site_id]
-        live = sum(1 for p in pilots if p.peer is not None)
+        """Up, degraded or down, and why (see :mod:`.health`).
+
+        Asked at every Submit: the pilots are counted, not looked through, unless
+        none is connected (only then does the reason name when one was last heard).
+        """
+        live, held = self.pilots.count(site_id)
+        seen = 0.0 if live else max((p.last_seen for p in self.pilots.of_site(site_id)),
+                                    default=0.0)
         return site_health(SiteSigns(
             agent_connected=site_id in self.jobs.agents,
             agent_seen=self.jobs.agent_seen.get(site_id, 0.0),
             had_agent=self.jobs.had_agent(site_id),
-            pilots=live, pilots_away=len(pilots) - live,
-            pilot_seen=max((p.last_seen for p in pilots), default=0.0)), now)
+            pilots=live, pilots_away=held - live, pilot_seen=seen), now)
 
     def site_info(self, rec: SiteRec, now: float) -> P.SiteInfo:
         """A site as ``site ls`` shows it: capacity, health, and every pilot held for it."""
-        pilots = sorted((p for p in self.pilots.pilots.values() if p.site_id == rec.id),
-                        key=lambda p: p.pilot_id)
+        pilots = sorted(self.pilots.of_site(rec.id), key=lambda p: p.pilot_id)
         connected = [p for p in pilots if p.peer is not None]
         health = self.site_health(rec.id, now)
         return P.SiteInfo(
@@ -309,7 +311,7 @@ class ControllerState:
                     # Assigned before a controller restart (it may even have run): adopt.
                     self.dispatcher.discard(t.id)
                     t.attempt, t.pilot = attempt, rec.pilot_id
-                    rec.assigned.add(t.id)
+                    self.pilots.assign(rec, t.id)
                 case Decision.KILL:
                     kills.append((task_id, attempt))
         if kills:
@@ -388,8 +390,7 @@ class ControllerState:
     def drain(self, rec: PilotRec, reason: str) -> Effects:
         """The pilot is stopping: it gets no new work from now on."""
         self.dispatcher.remove_pilot(rec.pilot_id)
-        rec.draining = True
-        rec.slot = None
+        self.pilots.drain(rec)
         self.demand_dirty.add(rec.site_id)
         log.info("pilot %s is draining: %s", rec.pilot_id, reason or "no reason given")
         return Effects(wake=True)
@@ -480,7 +481,7 @@ class ControllerState:
                 continue
             t.attempt += 1
             t.pilot = pilot_id
-            rec.assigned.add(t.id)
+            self.pilots.assign(rec, t.id)
             self.demand_dirty.add(rec.site_id)
             others = [(p.hostname if (p := self.pilots.pilots.get(o)) else o)
                       for o in self.dispatcher.reserved(t.id)]
