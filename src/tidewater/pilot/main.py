@@ -281,7 +281,7 @@ class Pilot:
     def _hello(self) -> P.Hello:
         credit_cores, credit_gpus = self.book.hello_credit()
         return P.Hello(
-            role="pilot", proto_version=P.PROTO_VERSION, token=self._token(),
+            role="pilot", proto_version=P.PROTO_VERSION, batches=True, token=self._token(),
             name="pilot", site=self.cfg.site, pilot_id=self.pilot_id,
             hostname=socket.gethostname(), cores=self.book.total_cores,
             gpus=self.book.total_gpus, credit_cores=credit_cores, credit_gpus=credit_gpus,
