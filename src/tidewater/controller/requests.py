@@ -66,7 +66,7 @@ def plan_submit(st: ControllerState, who: Principal, msg: P.Submit, now: float) 
         if t.extra_j:
             t.extra_j = st.tasks.share(t.extra_j)
         prepared.append((t, refs))
-    parents = [list(dict.fromkeys([*spec.parents, *refs]))
+    parents = [list(dict.fromkeys([*spec.parents, *refs])) if spec.parents or refs else []
                for spec, (_t, refs) in zip(msg.tasks, prepared, strict=True)]
     wanted: dict[int, int] = {}
     for i, pids in enumerate(parents):
