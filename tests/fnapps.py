@@ -76,6 +76,20 @@ def getcwd() -> str:
     return os.getcwd()
 
 
+def leave_file(name: str, text: str, say: str = "") -> str:
+    """Write ``name`` in the current directory (and ``say`` on stdout); the directory."""
+    with open(name, "w") as f:
+        f.write(text)
+    if say:
+        print(say)  # noqa: T201 - printing is the point
+    return os.getcwd()
+
+
+def read_file(name: str) -> str:
+    with open(name) as f:
+        return f.read()
+
+
 def getenv(name: str) -> str | None:
     return os.environ.get(name)
 

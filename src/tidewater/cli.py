@@ -34,10 +34,25 @@ out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
+def _loop_options() -> dict[str, Any]:
+    """anyio's backend options: uvloop when TIDEWATER_EVENT_LOOP=uvloop (the ``fast`` extra)."""
+    choice = os.environ.get("TIDEWATER_EVENT_LOOP", "asyncio")
+    if choice == "asyncio":
+        return {}
+    if choice != "uvloop":
+        raise click.UsageError(f"TIDEWATER_EVENT_LOOP={choice!r}: use asyncio or uvloop")
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        raise click.UsageError("TIDEWATER_EVENT_LOOP=uvloop needs uvloop: "
+                               "pip install 'tidewater-hpc[fast]'") from None
+    return {"use_uvloop": True}
+
+
 def _run(fn: Callable[[], Awaitable[T]]) -> T:
     """Run ``fn``; a Tidewater error (alone or in a task group's group) ends with a message."""
     try:
-        return anyio.run(fn)
+        return anyio.run(fn, backend_options=_loop_options())
     except TidewaterError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)

@@ -194,7 +194,7 @@ class Client:
                 raise  # the first connection failed: entering the client says why
 
     def _hello(self) -> P.Hello:
-        return P.Hello(role="client", proto_version=P.PROTO_VERSION, token=self.token,
+        return P.Hello(role="client", proto_version=P.PROTO_VERSION, batches=True, token=self.token,
                        name=self.name)
 
     async def _welcomed(self, link: Link, welcome: P.Welcome) -> None:

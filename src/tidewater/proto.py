@@ -30,7 +30,7 @@ kind).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
@@ -402,6 +402,9 @@ class Hello(Msg, tag="hello"):
     """When the pilot's process started (its start-up time is the gap to this Hello)."""
     # Agent only --------------------------------------------------------------
     limits: SiteLimits | None = None
+    # Every role ----------------------------------------------------------------
+    batches: bool = False
+    """The peer reads frames that hold several messages (:func:`pack`)."""
 
 
 class Welcome(Msg, tag="welcome"):
@@ -417,6 +420,8 @@ class Welcome(Msg, tag="welcome"):
     """Largest inline input (all of a task's together), argument or output."""
     site_tag: str = ""
     """Agents: a short tag unique to this site on this controller's store (job names carry it)."""
+    batches: bool = False
+    """The controller reads frames that hold several messages (:func:`pack`)."""
 
 
 class Reject(Msg, tag="reject"):
@@ -1052,6 +1057,40 @@ def encode_json(value: object) -> str:
     return _json_encoder.encode(value).decode()
 
 
+PACK_BYTES = 256 * 1024
+"""How many bytes of messages :func:`packed` puts in one frame (one message may be larger)."""
+
+
+def pack(frames: Sequence[bytes]) -> bytes:
+    """One frame holding the encoded messages ``frames``, in order: a msgpack array of them.
+
+    An array needs no re-encoding (its header, then the elements as they
+    are), and a receiver tells it from a single message (a map) by its first
+    byte. Only for peers that said they read it (``batches`` in Hello and
+    Welcome); a single message is returned as it is.
+    """
+    n = len(frames)
+    if n == 1:
+        return frames[0]
+    if n < 16:
+        head = bytes((0x90 | n,))
+    elif n < 1 << 16:
+        head = b"\xdc" + n.to_bytes(2, "big")
+    else:
+        head = b"\xdd" + n.to_bytes(4, "big")
+    return head + b"".join(frames)
+
+
+def packed(frames: Sequence[bytes], budget: int = PACK_BYTES) -> list[bytes]:
+    """``frames`` as few frames as :func:`pack` makes them, each about ``budget`` bytes at most."""
+    if len(frames) <= 1:
+        return list(frames)
+    return [pack(run) for run in chunk_by_size(list(frames), len, budget)]
+
+
+_ARRAY_FIRST = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}
+
+
 class Decoder(Generic[T]):
     """A msgpack decoder for one direction whose every failure is a msgspec error.
 
@@ -1063,10 +1102,22 @@ class Decoder(Generic[T]):
 
     def __init__(self, type_: type[T] | Any) -> None:
         self._decoder: msgspec.msgpack.Decoder[T] = msgspec.msgpack.Decoder(type_)
+        self._many: msgspec.msgpack.Decoder[list[T]] = msgspec.msgpack.Decoder(list[type_])  # type: ignore[valid-type]
 
     def decode(self, data: bytes) -> T:
         try:
             return self._decoder.decode(data)
+        except UnicodeDecodeError as exc:
+            raise msgspec.DecodeError(f"a string is not valid UTF-8 ({exc.reason})") from None
+        except RecursionError:
+            raise msgspec.DecodeError("the frame is nested too deeply") from None
+
+    def decode_all(self, data: bytes) -> list[T]:
+        """The messages of a frame: one, or those of a :func:`pack` (all or none of them)."""
+        if not data or data[0] not in _ARRAY_FIRST:
+            return [self.decode(data)]
+        try:
+            return self._many.decode(data)
         except UnicodeDecodeError as exc:
             raise msgspec.DecodeError(f"a string is not valid UTF-8 ({exc.reason})") from None
         except RecursionError:

@@ -559,6 +559,8 @@ class Session:
         self._wake = anyio.Event()
         self._stopping = False
         self._welcomed = False
+        self._batches = False
+        """The controller of the current link reads packed frames (Welcome.batches)."""
 
     @property
     def url(self) -> str:
@@ -648,8 +650,10 @@ class Session:
         """Serve one connection until it ends; what ended it (None: cancelled or stopped)."""
         lost: TidewaterError | None = None
         self.link = link
+        self._batches = welcome.batches
         try:
-            for frame in self.outbox.resend():
+            resend = self.outbox.resend()
+            for frame in P.packed(resend) if self._batches else resend:
                 await link.send_raw(frame)
             if self._on_welcome is not None:
                 await self._on_welcome(link, welcome)
@@ -677,13 +681,14 @@ class Session:
         while True:
             data = await (link.recv() if silence is None else link.recv_within(silence))
             try:
-                msg = self._decoder.decode(data)
+                msgs = self._decoder.decode_all(data)
             except msgspec.MsgspecError as exc:
                 self._log.warning("ignoring a frame the %s cannot decode: %s", self.role, exc)
                 continue
-            if isinstance(msg, P.Ack):
-                self.outbox.ack(msg.seq)
-            self._on_message(msg)
+            for msg in msgs:
+                if isinstance(msg, P.Ack):
+                    self.outbox.ack(msg.seq)
+                self._on_message(msg)
 
     async def _sender(self, link: Link) -> None:
         if self._outgoing is None:
@@ -693,7 +698,8 @@ class Session:
             self._wake = anyio.Event()
             # Everything to keep is numbered and held before the first await: frames
             # the link fails to carry now go out again on the next one.
-            for frame in self._outgoing():
+            frames = self._outgoing()
+            for frame in P.packed(frames) if self._batches else frames:
                 await link.send_raw(frame)
 
     async def _pinger(self, link: Link, interval: float, beat: Callable[[], P.Msg]) -> None:

@@ -120,7 +120,14 @@ async def test_an_agent_in_process_submits_a_batch_job_whose_pilot_runs_a_task(
                 assert (info.state, info.stdout_tail) == ("JOB_FINISHED", "hello batch\n")
                 assert info.pilot.startswith(f"job{job.id}")
                 tracked = agent.jobs[job.id]
-                assert tracked.scheduler_id and tracked.state == "running"
+                assert tracked.scheduler_id
+
+                # The job's pilot ran the task, but the agent learns that the job
+                # runs from its next look at the scheduler.
+                async def running() -> bool:
+                    return tracked.state == "running"
+
+                await until(running, what="the agent to see its batch job running")
 
                 await client.queue_cancel(job.id)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import urllib.request
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -40,14 +41,18 @@ class RawPeer:
         self.ws = ws
         self.role = role
         self._next_req = itertools.count(1_000_000)
+        self._unread: deque[P.Msg] = deque()
         self.seen: list[P.Msg] = []
         """Every message received that was not the reply a call waited for."""
 
     async def recv(self) -> P.Msg:
-        with anyio.fail_after(REPLY_TIMEOUT):
-            data = await self.ws.recv()
-        assert isinstance(data, bytes), f"the controller sent a text frame: {data!r}"
-        return REPLY_DECODERS[self.role].decode(data)
+        """The next message (a peer whose Hello said ``batches`` may get several per frame)."""
+        if not self._unread:
+            with anyio.fail_after(REPLY_TIMEOUT):
+                data = await self.ws.recv()
+            assert isinstance(data, bytes), f"the controller sent a text frame: {data!r}"
+            self._unread.extend(REPLY_DECODERS[self.role].decode_all(data))
+        return self._unread.popleft()
 
     async def request(self, build: Callable[[int], P.Msg]) -> P.Msg:
         """Send ``build(req_id)``; return the reply carrying that req_id (Error included)."""

@@ -46,6 +46,11 @@ async def test_function_tasks_run_in_warm_workers_with_numpy_values(tmp_path: Pa
             info = await shout.result()
             assert await shout.value() == "HI"
             assert info.stdout_tail == "to stdout: hi\n" and "to stderr: hi" in info.stderr_tail
+            # A task that prints gets its work directory and output files; one that
+            # neither prints nor writes a file gets nothing on disk.
+            tasks = tmp_path / "work" / "p1" / "tasks"
+            assert (tasks / str(shout.id) / "stdout.txt").read_text() == "to stdout: hi\n"
+            assert not (tasks / str(t.id)).exists()
 
             bad = await client.submit("boom", site="hpc", args=("frame 7 is empty",),
                                       max_retries=0)

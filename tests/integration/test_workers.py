@@ -9,6 +9,7 @@ the end of a process that is not ours is awaited on its pidfd.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -310,6 +311,64 @@ async def test_cwd_and_env_apply_to_one_call(pool: WorkerPool, tmp_path: Path) -
     assert not missing.ok and missing.error.startswith("FileNotFoundError")
 
 
+async def test_a_lazy_call_makes_its_directory_only_if_it_leaves_something(
+    tmp_path: Path,
+) -> None:
+    scratch = tmp_path / "scratch"
+    async with WorkerPool(size=1, env=ENV, scratch=str(scratch)) as pool:
+
+        async def lazily(func: str, wd: Path, *args: Any) -> CallResult:
+            return await pool.call(f"tests.fnapps:{func}", codec.encode_call(args, {}),
+                                   cwd=str(wd), stdout=str(wd / "out"), stderr=str(wd / "err"),
+                                   lazy=True, tail=8)
+
+        # Nothing printed, nothing written: no directory, no file, empty tails.
+        quiet = await lazily("add", tmp_path / "t1", 1, 2)
+        assert quiet.ok and quiet.result is not None and codec.decode(quiet.result) == 3
+        assert quiet.tails == ("", "") and not (tmp_path / "t1").exists()
+
+        # Prints and a file: the directory is made, with both; the tails are the ends.
+        wd = tmp_path / "t2"
+        busy = await lazily("noisy", wd, 2)
+        assert busy.ok and busy.tails == ("aw fd 1\n", " stderr\n")  # the last 8 bytes
+        assert (wd / "out").read_text() == "line 0\nline 1\nraw fd 1\n"
+        assert (wd / "err").read_text() == "to stderr\n"
+        left = await lazily("leave_file", tmp_path / "t3", "data.txt", "42", "saved")
+        assert left.ok and left.tails == ("saved\n", "")
+        assert (tmp_path / "t3" / "data.txt").read_text() == "42"
+        assert (tmp_path / "t3" / "out").read_text() == "saved\n"
+        # The function ran elsewhere (the worker's scratch), which is empty again.
+        assert left.result is not None and codec.decode(left.result) != str(tmp_path / "t3")
+        assert not any((scratch / str(left.worker_pid) / "cwd").iterdir())
+
+        # Each call's output is its own: the scratch files start empty.
+        again = await lazily("add", tmp_path / "t4", 2, 2)
+        assert again.tails == ("", "") and not (tmp_path / "t4").exists()
+
+        # A directory that exists (staged inputs) is used as it is.
+        staged = tmp_path / "t5"
+        staged.mkdir()
+        (staged / "in.txt").write_text("staged")
+        got = await lazily("read_file", staged, "in.txt")
+        assert got.ok and got.result is not None and codec.decode(got.result) == "staged"
+    assert not scratch.exists()
+
+
+async def test_a_lazy_call_whose_files_cannot_be_kept_fails_with_the_errno(
+    tmp_path: Path,
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    async with WorkerPool(size=1, env=ENV, scratch=str(tmp_path / "scratch")) as pool:
+        wd = blocker / "sub"  # its parent is a file: the directory cannot be made
+        res = await pool.call("tests.fnapps:leave_file", codec.encode_call(("a", "b"), {}),
+                              cwd=str(wd), stdout=str(wd / "out"), stderr=str(wd / "err"),
+                              lazy=True)
+        assert not res.ok and res.files_errno == errno.ENOTDIR
+        assert "cannot keep the call's files" in res.error
+        assert await value(pool, "add", 1, 1) == 2
+
+
 # --------------------------------------------------------------------------- lifecycle
 
 
@@ -381,6 +440,8 @@ async def test_wire_protocol_by_hand() -> None:
                 "result": codec.encode(3),
                 "error": "",
                 "traceback": "",
+                "tails": None,
+                "files_errno": 0,
             }
             await proc.stdin.send(frame({"id": "not an int"}))
             assert await proc.wait() == 2

@@ -8,9 +8,16 @@ import pytest
 
 from tidewater import proto as P
 from tidewater.controller.model import LiveTask, PilotRow
-from tidewater.controller.pilots import Decision, PilotBook, check_hello, reconcile
+from tidewater.controller.pilots import (
+    RECONNECT_ALLOWANCE,
+    Decision,
+    PilotBook,
+    check_hello,
+    reconcile,
+)
 from tidewater.errors import InvalidRequest
 from tidewater.states import TaskState as S
+from tidewater.transport import backoff
 
 
 def task(tid: int, state: S = S.STAGED_IN, *, pilot: str = "", attempt: int = 0,
@@ -122,8 +129,10 @@ def test_a_pilot_that_never_comes_back_releases_the_hold_when_its_lease_ends() -
                         now=1.0)
     book.make_slot(rec, hello(pilot_id="a"))
     assert book.slot_ready("a", 10) == []
-    assert [r.pilot_id for r in book.expired(29.0)] == []
-    (lost,) = book.expired(30.0)
+    # After a restart a stored pilot has its lease plus the longest reconnect delay.
+    assert [r.pilot_id for r in book.expired(30.0)] == []
+    book.leases.touch("a", 30.0)
+    (lost,) = book.expired(30.0 + RECONNECT_ALLOWANCE)
     assert lost.pilot_id == "gone"
     freed = book.remove(lost)
     assert [s.pilot_id for s in freed] == ["a"]
@@ -179,3 +188,10 @@ def test_idle_and_busy_nodes_count_connected_pilots_only() -> None:
     book.away(c, 3)
     assert book.nodes(1) == (1, 3)
     assert a.node_count == 1
+
+
+def test_the_restart_allowance_covers_every_reconnect_delay() -> None:
+    import random
+
+    delays = backoff(rng=random.Random(7))
+    assert max(next(delays) for _ in range(2000)) <= RECONNECT_ALLOWANCE

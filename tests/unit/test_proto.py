@@ -359,3 +359,31 @@ def test_payload_counts_inline_bytes() -> None:
                  outputs=[P.OutputFile(path="o", size=3, data=b"abc")])
     assert P.payload(a) == 512 + 1100
     assert P.payload(r) == 512 + 13
+
+
+@pytest.mark.parametrize("n", [1, 2, 15, 16, 300, 70_000])
+def test_a_packed_frame_decodes_to_its_messages_in_order(n: int) -> None:
+    msgs = [P.Ack(seq=i) for i in range(n)]
+    frame = P.pack([P.encode(m) for m in msgs])
+    assert P.to_pilot_decoder.decode_all(frame) == msgs
+    # A single message is sent as it is, and read as a frame of one.
+    assert P.to_pilot_decoder.decode_all(P.encode(msgs[0])) == msgs[:1]
+
+
+def test_packed_frames_keep_to_the_budget_and_the_order() -> None:
+    frames = [P.encode(P.Ping(time=float(i))) for i in range(1000)]
+    out = P.packed(frames, budget=1000)
+    assert len(out) > 1 and all(len(f) <= 1000 + 5 for f in out)
+    got = [m for f in out for m in P.to_client_decoder.decode_all(f)]
+    assert got == [P.Ping(time=float(i)) for i in range(1000)]
+    assert P.packed(frames[:1]) == frames[:1]  # one message: no array around it
+
+
+def test_a_packed_frame_with_one_bad_message_is_refused_whole() -> None:
+    good = P.encode(P.Ack(seq=1))
+    with pytest.raises(msgspec.ValidationError):
+        P.to_pilot_decoder.decode_all(P.pack([good, msgspec.msgpack.encode({"op": "nope"})]))
+    with pytest.raises(msgspec.ValidationError):  # a message of the other direction
+        P.to_pilot_decoder.decode_all(P.pack([good, P.encode(P.Heartbeat(time=1.0))]))
+    with pytest.raises(msgspec.DecodeError):  # truncated
+        P.to_pilot_decoder.decode_all(P.pack([good, good])[:-1])

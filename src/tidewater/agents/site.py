@@ -213,7 +213,7 @@ class Agent:
     def _hello(self) -> P.Hello:
         # Read again at every connection: a rotated token is picked up without a restart.
         self.token = read_token(self.s)
-        return P.Hello(role="agent", proto_version=P.PROTO_VERSION, token=self.token,
+        return P.Hello(role="agent", proto_version=P.PROTO_VERSION, batches=True, token=self.token,
                        name="agent", site=self.s.site.name, limits=self.limits)
 
     async def _welcomed(self, link: Link, welcome: P.Welcome) -> None:

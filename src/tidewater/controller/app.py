@@ -41,13 +41,18 @@ class WsPeer:
     """Outgoing side of one websocket: a queue drained by one sender task.
 
     ``send`` never blocks. A peer that lets more than ``limit`` frames pile
-    up is disconnected rather than buffered without bound.
+    up is disconnected rather than buffered without bound. For a peer that
+    reads them (``batches``), every message queued when the sender wakes
+    goes out in as few frames as :func:`~tidewater.proto.packed` makes (one
+    write each) instead of one frame each; the first frame (Welcome or
+    Reject) always goes alone.
     """
 
-    def __init__(self, ws: web.WebSocketResponse, limit: int) -> None:
+    def __init__(self, ws: web.WebSocketResponse, limit: int, batches: bool = False) -> None:
         self.id = next(_peer_ids)
         self._ws = ws
         self._limit = limit
+        self.batches = batches
         self._queue: deque[bytes] = deque()
         self._wake = anyio.Event()
         self._closing: tuple[int, str] | None = None
@@ -88,12 +93,19 @@ class WsPeer:
 
     async def sender(self, scope: anyio.CancelScope) -> None:
         ws = self._ws
+        sent = False
         try:
             while True:
                 await self._wake.wait()
                 self._wake = anyio.Event()
+                if self.batches and len(self._queue) > 1 and sent:
+                    frames = list(self._queue)
+                    self._queue.clear()
+                    for frame in P.packed(frames):
+                        await ws.send_bytes(frame)
                 while self._queue:
                     await ws.send_bytes(self._queue.popleft())
+                    sent = True
                 if self._closing is not None:
                     code, reason = self._closing
                     with anyio.move_on_after(2, shield=True):
@@ -228,7 +240,7 @@ class ControllerApp:
             await self._reject(ws, "a site or pilot token cannot be used by a client; use a "
                                "user token", "auth")
             return ws
-        peer = WsPeer(ws, limits.outgoing_queue)
+        peer = WsPeer(ws, limits.outgoing_queue, batches=hello.batches)
         if self.closing is not None:
             peer.hang_up(*self.closing)
         self.c.connected(who, peer)
@@ -273,7 +285,7 @@ class ControllerApp:
             lease_timeout=self.c.t.lease_timeout,
             max_frame_bytes=self.c.limits.max_frame_bytes,
             max_tasks_per_submit=self.c.limits.max_tasks_per_submit,
-            max_inline_bytes=self.c.limits.max_inline_bytes,
+            max_inline_bytes=self.c.limits.max_inline_bytes, batches=True,
         )
 
     async def _reject(self, ws: web.WebSocketResponse, reason: str, code: str) -> None:
@@ -311,34 +323,35 @@ class ControllerApp:
         on. Returns True when a frame of type ``stop`` (a pilot's Bye) ended it.
         """
         async for data in self._frames(ws, peer):
-            if rate is not None and not rate.take(time.monotonic()):
-                peer.send(P.Error(req_id=_req_id_of(data), code="limit", message=(
-                    f"more than {rate.rate:g} requests per second on this "
-                    "connection: this one was dropped; slow down (batch with submit_many)")))
-                continue
             try:
-                msg = decoder.decode(data)
+                msgs = decoder.decode_all(data)
             except msgspec.MsgspecError as exc:
                 peer.send(P.Error(req_id=_req_id_of(data), code="bad_frame",
                                   message=f"malformed frame: {exc}"))
                 continue
-            if self.closing is not None:
-                continue  # going away: the peer sends it again to whoever serves next
-            if stop is not None and isinstance(msg, stop):
-                return True
-            req_id = getattr(msg, "req_id", 0)
-            self._busy += 1
-            try:
-                await handle(msg)
-            except InvalidRequest as exc:
-                peer.send(P.Error(req_id=req_id, code=exc.code, message=exc.message))
-            except Exception:
-                log.exception("internal error handling %s", type(msg).__name__)
-                peer.send(P.Error(req_id=req_id, code="internal",
-                                  message="internal controller error; see the controller log"))
-            finally:
-                self._busy -= 1
-                self._changed()
+            for msg in msgs:
+                req_id = getattr(msg, "req_id", 0)
+                if rate is not None and not rate.take(time.monotonic()):
+                    peer.send(P.Error(req_id=req_id, code="limit", message=(
+                        f"more than {rate.rate:g} requests per second on this "
+                        "connection: this one was dropped; slow down (batch with submit_many)")))
+                    continue
+                if self.closing is not None:
+                    break  # going away: the peer sends it again to whoever serves next
+                if stop is not None and isinstance(msg, stop):
+                    return True
+                self._busy += 1
+                try:
+                    await handle(msg)
+                except InvalidRequest as exc:
+                    peer.send(P.Error(req_id=req_id, code=exc.code, message=exc.message))
+                except Exception:
+                    log.exception("internal error handling %s", type(msg).__name__)
+                    peer.send(P.Error(req_id=req_id, code="internal",
+                                      message="internal controller error; see the controller log"))
+                finally:
+                    self._busy -= 1
+                    self._changed()
         return False
 
     async def _client_loop(self, ws: web.WebSocketResponse, who: Principal, peer: WsPeer) -> None:

@@ -93,6 +93,14 @@ class PilotRec:
         return PilotRow(self.pilot_id, self.site_id, self.owner_id, self.batch_job)
 
 
+RECONNECT_ALLOWANCE = 7.5
+"""After a restart, how much longer than its lease a stored pilot has to come back: the
+longest wait between two of its reconnect attempts (:func:`tidewater.transport.backoff`,
+5 s + 50 % jitter). A pilot asleep in its backoff while the controller restarted is not
+taken for lost, and the tasks it may hold (sent, not yet reported) are not sent elsewhere
+while it still runs them."""
+
+
 class Decision(Enum):
     KEEP = "keep"
     LOSE = "lose"
@@ -164,7 +172,7 @@ class PilotBook:
                     rec = self._put(PilotRec(t.pilot, t.site_id, t.owner_id))
                 self.assign(rec, t.id)
         for rec in self.pilots.values():
-            self.leases.touch(rec.pilot_id, now)
+            self.leases.touch(rec.pilot_id, now + RECONNECT_ALLOWANCE)
             self.expected.setdefault(rec.site_id, set()).add(rec.pilot_id)
 
     def held_sites(self) -> set[int]:

@@ -64,7 +64,7 @@ def plan_submit(st: ControllerState, who: Principal, msg: P.Submit, now: float) 
             site_limits=st.jobs.limits.get(site.id), now=now)
         st.tasks.share_texts(t, prepared[-1][0] if prepared else None)
         prepared.append((t, refs))
-    parents = [list(dict.fromkeys([*spec.parents, *refs]))
+    parents = [list(dict.fromkeys([*spec.parents, *refs])) if spec.parents or refs else []
                for spec, (_t, refs) in zip(msg.tasks, prepared, strict=True)]
     wanted: dict[int, int] = {}
     for i, pids in enumerate(parents):

@@ -156,6 +156,15 @@ class ControllerService:
             self._execute(self.state.committed(after, time.time()))
 
     def _flush(self) -> None:
+        """After each committed batch: dispatch what it made runnable, then notify.
+
+        Dispatching here rather than in the dispatch loop sends a task that
+        just became runnable in the same turn of the event loop as its
+        commit, one hop sooner (the loop still runs for other wake-ups).
+        """
+        if self._wake.is_set() and self.dispatching and not self.deposed:
+            # The event stays set: the loop's own round then finds nothing left.
+            self._execute(self.state.dispatch(time.time()))
         for o in self.state.flush():
             self._deliver(o)
 

@@ -50,6 +50,9 @@ from .runner import (
 from .taskfiles import TaskFileError, collect_outputs, write_inputs
 from .workers import WorkerPool
 
+SCRATCH = ".tidewater-workers"
+"""Under the work root: the warm workers' scratch directories (see :mod:`.workers`)."""
+
 log = logging.getLogger("tidewater.pilot")
 
 
@@ -173,7 +176,8 @@ class Pilot:
         """
         self.root.mkdir(parents=True, exist_ok=True)
         # Warm Python workers for function tasks: started on the first one, kept between them.
-        async with WorkerPool(size=max(1, self.book.total_cores), env=self._base_env) as pool, \
+        async with WorkerPool(size=max(1, self.book.total_cores), env=self._base_env,
+                              scratch=str(self.root / SCRATCH)) as pool, \
                 anyio.create_task_group() as tg:
             self.pool = pool
             self._tg = tg
@@ -280,7 +284,7 @@ class Pilot:
     def _hello(self) -> P.Hello:
         credit_cores, credit_gpus = self.book.hello_credit()
         return P.Hello(
-            role="pilot", proto_version=P.PROTO_VERSION, token=self._token(),
+            role="pilot", proto_version=P.PROTO_VERSION, batches=True, token=self._token(),
             name="pilot", site=self.cfg.site, pilot_id=self.pilot_id,
             hostname=socket.gethostname(), cores=self.book.total_cores,
             gpus=self.book.total_gpus, credit_cores=credit_cores, credit_gpus=credit_gpus,
@@ -402,9 +406,11 @@ class Pilot:
         """A function task: one call in a warm worker; its prints go to the task's files."""
         a = r.a
         limit = self.cfg.limits.tail_bytes
+        # A work directory that exists (staged inputs, a shared workdir) is used as it
+        # is; otherwise the call runs in its worker's scratch directory and the work
+        # directory is made only if the function leaves a file or prints.
         try:
             wd = task_dir(self.root, a.workdir)
-            wd.mkdir(parents=True, exist_ok=True)
         except (WorkdirError, OSError) as exc:
             if storage_fault(exc):
                 return self._storage_fault(exc)
@@ -417,12 +423,18 @@ class Pilot:
             assert self.pool is not None
             try:
                 res = await self.pool.call(a.function, a.args, timeout=None, cwd=str(wd),
-                                           stdout=str(out), stderr=str(err))
+                                           stdout=str(out), stderr=str(err), lazy=True,
+                                           tail=limit)
             except WorkerStartError as exc:
                 # No worker to run it in: this task fails (and is retried), the pilot goes on.
                 return Outcome("error", None, str(exc),
                                tails=(tail_file(out, limit), tail_file(err, limit)))
-            tails = (tail_file(out, limit), tail_file(err, limit))
+            if res.files_errno:
+                fault = OSError(res.files_errno, res.error)
+                if storage_fault(fault):
+                    return self._storage_fault(fault)
+            tails = res.tails if res.tails is not None else (tail_file(out, limit),
+                                                             tail_file(err, limit))
             if res.ok:
                 return Outcome("done", 0, "", result=res.result, tails=tails)
             stderr = (tails[1] + res.traceback)[-limit:] if res.traceback else tails[1]

@@ -17,9 +17,11 @@ length then the bytes::
     worker -> pool   {"pid": int, "ready": true}                 once, at start
     pool -> worker   {"id": int, "func": "mod:name", "args": bytes,
                       "cwd": str | None, "stdout": str | None,
-                      "stderr": str | None, "env": {str: str} | None}
+                      "stderr": str | None, "env": {str: str} | None,
+                      "scratch": str | None, "tail": int}
     worker -> pool   {"id": int, "ok": bool, "result": bytes | None,
-                      "error": str, "traceback": str}
+                      "error": str, "traceback": str,
+                      "tails": [str, str] | None}
 
 ``args`` is :func:`tidewater.codec.encode_call` (empty: no arguments);
 ``result`` is :func:`tidewater.codec.encode` of the return value. The worker
@@ -29,6 +31,19 @@ fd 0 becomes ``/dev/null`` and fd 1 its stderr, so a function that prints
 protocol. With ``stdout``/``stderr`` paths, fds 1 and 2 point at those files
 (opened for appending, created if missing) for the duration of the call;
 ``cwd`` and ``env`` likewise apply to one call and are restored after it.
+
+With ``scratch`` (a directory on the same filesystem as ``cwd``, private
+to this pool), a call whose ``cwd`` does not exist yet creates nothing up
+front: it runs in the worker's own scratch directory, with fds 1 and 2 on
+the worker's scratch files (emptied before each call). After the call, if
+the function left files or printed anything, ``cwd`` is created, the files
+are moved into it and the output is appended to ``stdout``/``stderr``; a
+function that does neither (most) costs no directory, no file and no open.
+The reply then carries the tails (the last ``tail`` bytes) of both, so the
+pool's caller reads no file either. A child process the function leaves
+running keeps writing to the scratch files, so its output lands in a later
+call's (a timeout or a cancelled call kills the worker's group, and with it
+any such child).
 
 Workers run in their own session (process group): a timeout, a cancelled
 call or closing the pool kills the group, so whatever the function started
@@ -47,6 +62,7 @@ import faulthandler
 import importlib
 import itertools
 import os
+import shutil
 import signal
 import sys
 import traceback
@@ -92,6 +108,10 @@ class CallResult:
     error: str = ""
     traceback: str = ""
     worker_pid: int = 0
+    tails: tuple[str, str] | None = None
+    """(stdout, stderr) tails, for a call made with a scratch directory."""
+    files_errno: int = 0
+    """Such a call ran, but what it left could not be moved to its ``cwd`` (``ok`` is False)."""
 
 
 class _Hello(msgspec.Struct, frozen=True):
@@ -107,6 +127,8 @@ class _Request(msgspec.Struct, frozen=True):
     stdout: str | None = None
     stderr: str | None = None
     env: dict[str, str] | None = None
+    scratch: str | None = None
+    tail: int = TAIL
 
 
 class _Reply(msgspec.Struct, frozen=True):
@@ -115,6 +137,8 @@ class _Reply(msgspec.Struct, frozen=True):
     result: bytes | None = None
     error: str = ""
     traceback: str = ""
+    tails: tuple[str, str] | None = None
+    files_errno: int = 0
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -210,6 +234,7 @@ class _Server:
         self.stderr = os.dup(2)
         self.home = os.open(".", os.O_RDONLY)
         self.cache: dict[str, Callable[..., Any]] = {}
+        self.scratch: _Scratch | None = None
 
     def serve(self) -> int:
         """Answer requests until stdin closes; the process's exit status."""
@@ -229,7 +254,8 @@ class _Server:
                 except msgspec.MsgspecError as exc:
                     sys.stderr.write(f"tidewater worker: malformed request ({exc}); exiting\n")
                     return 2
-                reply = _encoder.encode(self.call(req))
+                reply = _encoder.encode(self.call_lazily(req) if self._lazy(req)
+                                        else self.call(req))
                 if len(reply) > _MAX_FRAME:
                     reply = _encoder.encode(
                         _Reply(
@@ -248,22 +274,18 @@ class _Server:
         out.write(_frame(body))
         out.flush()
 
-    def call(self, req: _Request) -> _Reply:
-        """Run one request with its cwd, env and output files; never raises an Exception."""
+    def call(self, req: _Request, fds: tuple[int, int] | None = None) -> _Reply:
+        """Run one request with its cwd, env and output files (or ``fds`` for fds 1 and 2);
+        never raises an Exception."""
         _flush_std()
         opened: list[int] = []
         saved_env: dict[str, str | None] = {}
         try:
-            if req.stdout:
-                fd = os.open(req.stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-                opened.append(fd)
-                os.dup2(fd, 1)
-            if req.stderr and req.stderr == req.stdout:
-                os.dup2(1, 2)
-            elif req.stderr:
-                fd = os.open(req.stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-                opened.append(fd)
-                os.dup2(fd, 2)
+            if fds is not None:
+                os.dup2(fds[0], 1)
+                os.dup2(fds[1], 2)
+            else:
+                self._redirect(req, opened)
             if req.cwd:
                 os.chdir(req.cwd)
             for key, value in (req.env or {}).items():
@@ -300,6 +322,104 @@ class _Server:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = old
+
+
+    @staticmethod
+    def _redirect(req: _Request, opened: list[int]) -> None:
+        """Point fds 1 and 2 at the request's output files (opened for appending)."""
+        if req.stdout:
+            fd = os.open(req.stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            opened.append(fd)
+            os.dup2(fd, 1)
+        if req.stderr and req.stderr == req.stdout:
+            os.dup2(1, 2)
+        elif req.stderr:
+            fd = os.open(req.stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            opened.append(fd)
+            os.dup2(fd, 2)
+
+    def _lazy(self, req: _Request) -> bool:
+        """Whether ``req`` runs in the scratch directory (its ``cwd`` does not exist yet)."""
+        if not req.scratch or not req.cwd or os.path.lexists(req.cwd):
+            return False
+        if self.scratch is None or self.scratch.root != req.scratch:
+            self.scratch = _Scratch(req.scratch)
+        return True
+
+    def call_lazily(self, req: _Request) -> _Reply:
+        """Run ``req`` in the scratch directory; give its files and output to ``cwd`` after."""
+        sc = self.scratch
+        assert sc is not None and req.cwd is not None
+        os.ftruncate(sc.out, 0)
+        os.ftruncate(sc.err, 0)
+        merged = req.stderr == req.stdout
+        reply = self.call(msgspec.structs.replace(req, cwd=sc.cwd),
+                          (sc.out, sc.out if merged else sc.err))
+        try:
+            tails = sc.settle(req)
+        except OSError as exc:
+            return _Reply(id=req.id, ok=False, files_errno=exc.errno or 0,
+                          error=_head(f"cannot keep the call's files in {req.cwd}: {exc}"))
+        return msgspec.structs.replace(reply, tails=tails)
+
+
+class _Scratch:
+    """A worker's scratch directory and output files (see the module docstring)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        base = os.path.join(root, str(os.getpid()))
+        self.cwd = os.path.join(base, "cwd")
+        os.makedirs(self.cwd, exist_ok=True)
+        self.out_path = os.path.join(base, "stdout")
+        self.err_path = os.path.join(base, "stderr")
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        self.out = os.open(self.out_path, flags, 0o644)
+        self.err = os.open(self.err_path, flags, 0o644)
+
+    def settle(self, req: _Request) -> tuple[str, str]:
+        """Move what the call left into ``req.cwd`` (created only then); the output's tails."""
+        assert req.cwd is not None
+        out_size, err_size = os.fstat(self.out).st_size, os.fstat(self.err).st_size
+        with os.scandir(self.cwd) as it:
+            left = [e.name for e in it]
+        if left or out_size or err_size:
+            os.makedirs(req.cwd, exist_ok=True)
+            for name in left:
+                dest = os.path.join(req.cwd, name)
+                if os.path.isdir(dest) and not os.path.islink(dest):
+                    shutil.copytree(os.path.join(self.cwd, name), dest, symlinks=True,
+                                    dirs_exist_ok=True)
+                    shutil.rmtree(os.path.join(self.cwd, name))
+                else:
+                    os.replace(os.path.join(self.cwd, name), dest)
+            for fd, size, path in ((self.out, out_size, req.stdout), (self.err, err_size,
+                                                                     req.stderr)):
+                if path and (size or not os.path.exists(path)):
+                    _append(fd, size, path)
+        return _tail_of(self.out, out_size, req.tail), _tail_of(self.err, err_size, req.tail)
+
+
+def _append(fd: int, size: int, path: str) -> None:
+    """Append the first ``size`` bytes of ``fd`` to the file at ``path`` (created if missing)."""
+    dest = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    try:
+        done = 0
+        while done < size:  # (sendfile cannot write to a file opened for appending)
+            chunk = os.pread(fd, min(size - done, 1 << 20), done)
+            if not chunk:
+                break
+            os.write(dest, chunk)
+            done += len(chunk)
+    finally:
+        os.close(dest)
+
+
+def _tail_of(fd: int, size: int, limit: int) -> str:
+    if size == 0 or limit <= 0:
+        return ""
+    start = max(0, size - limit)
+    return os.pread(fd, size - start, start).decode("utf-8", "replace")
 
 
 def _run(func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
@@ -413,7 +533,9 @@ class WorkerPool:
     ``python`` the interpreter (3.11 or later, with tidewater installed);
     ``cwd`` the directory they start in; ``start_timeout`` how long a new
     worker may take to be ready; ``close_timeout`` how long a worker may take
-    to exit when asked before it is killed.
+    to exit when asked before it is killed; ``scratch`` a directory for the
+    workers' scratch directories (on the filesystem of the calls' ``cwd``;
+    removed when the pool closes), needed by ``lazy`` calls.
     """
 
     def __init__(
@@ -425,6 +547,7 @@ class WorkerPool:
         cwd: str | None = None,
         start_timeout: float = 60.0,
         close_timeout: float = 5.0,
+        scratch: str | None = None,
     ) -> None:
         if size < 1:
             raise ValueError(f"a worker pool needs at least one worker, not {size}")
@@ -434,6 +557,7 @@ class WorkerPool:
         self._cwd = cwd
         self._start_timeout = start_timeout
         self._close_timeout = close_timeout
+        self._scratch = scratch
         self._slots = anyio.Semaphore(size)
         self._idle: list[_Worker] = []
         self._live: set[_Worker] = set()
@@ -484,6 +608,8 @@ class WorkerPool:
         stdout: str | None = None,
         stderr: str | None = None,
         env: Mapping[str, str] | None = None,
+        lazy: bool = False,
+        tail: int = TAIL,
     ) -> CallResult:
         """Call ``func`` (``pkg.mod:name``) with ``args`` (:func:`~tidewater.codec.encode_call`).
 
@@ -491,6 +617,11 @@ class WorkerPool:
         alive. ``timeout`` bounds the call once it is on a worker (not the
         wait for one). ``cwd``, ``stdout``/``stderr`` (files, appended to) and
         ``env`` (variables set on top of the worker's) apply to this call only.
+        ``lazy`` (with a pool made with ``scratch``): if ``cwd`` does not
+        exist, run in the worker's scratch directory and create ``cwd`` and
+        the output files only if the call leaves something (see the module
+        docstring); the result's ``tails`` are then the last ``tail`` bytes
+        of its stdout and stderr.
 
         The function's failures are results, not exceptions: it raised, could
         not be imported, returned something the codec refuses, or its worker
@@ -512,6 +643,8 @@ class WorkerPool:
             stdout=stdout,
             stderr=stderr,
             env=dict(env) if env is not None else None,
+            scratch=self._scratch if lazy else None,
+            tail=tail,
         )
         frame = _frame(_encoder.encode(request))
         async with self._slots:
@@ -552,6 +685,8 @@ class WorkerPool:
                 error=reply.error,
                 traceback=reply.traceback,
                 worker_pid=worker.pid,
+                tails=reply.tails,
+                files_errno=reply.files_errno,
             )
 
     async def _checkout(self) -> _Worker:
@@ -610,7 +745,10 @@ class WorkerPool:
 
     async def _discard(self, worker: _Worker, how: _How) -> int:
         self._live.discard(worker)
-        return await worker.stop(how, self._close_timeout)
+        returncode = await worker.stop(how, self._close_timeout)
+        if self._scratch:
+            shutil.rmtree(os.path.join(self._scratch, str(worker.pid)), ignore_errors=True)
+        return returncode
 
     async def aclose(self) -> None:
         """Stop every worker: idle ones are asked to exit, busy ones terminated; after
@@ -626,6 +764,8 @@ class WorkerPool:
                 for worker in workers:
                     how: _How = "close" if worker in idle else "terminate"
                     tg.start_soon(worker.stop, how, self._close_timeout)
+        if self._scratch:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":
