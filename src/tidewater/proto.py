@@ -1117,11 +1117,14 @@ class Decoder(Generic[T]):
         if not data or data[0] not in _ARRAY_FIRST:
             return [self.decode(data)]
         try:
-            return self._many.decode(data)
+            msgs = self._many.decode(data)
         except UnicodeDecodeError as exc:
             raise msgspec.DecodeError(f"a string is not valid UTF-8 ({exc.reason})") from None
         except RecursionError:
             raise msgspec.DecodeError("the frame is nested too deeply") from None
+        if not msgs:
+            raise msgspec.ValidationError("Expected a message, got an empty array")
+        return msgs
 
 
 client_decoder: Decoder[ClientToController] = Decoder(ClientToController)

@@ -139,7 +139,7 @@ def classify(role: str, frame: bytes | str) -> str:
     if len(frame) > MAX_FRAME:
         return "oversized"
     try:
-        PEER_DECODERS[role].decode(frame)
+        PEER_DECODERS[role].decode_all(frame)  # one message, or several packed in one frame
     except msgspec.DecodeError:
         return "bad"
     return "ok"
@@ -259,7 +259,7 @@ async def test_session(target: Target, role: str, sessions: dict[str, list[bytes
         for frame in frames:
             expected = classify(role, frame)
             if expected == "ok":
-                target.sent.append(PEER_DECODERS[role].decode(frame))
+                target.sent.extend(PEER_DECODERS[role].decode_all(frame))
             if peer is None:
                 hello = P.hello_decoder.decode(with_tokens(target, P.encode(hello_for(role))))
                 conn = await stack.enter_async_context(raw_peer(target.c.url, hello))

@@ -387,3 +387,5 @@ def test_a_packed_frame_with_one_bad_message_is_refused_whole() -> None:
         P.to_pilot_decoder.decode_all(P.pack([good, P.encode(P.Heartbeat(time=1.0))]))
     with pytest.raises(msgspec.DecodeError):  # truncated
         P.to_pilot_decoder.decode_all(P.pack([good, good])[:-1])
+    with pytest.raises(msgspec.ValidationError):  # an array of no message
+        P.to_pilot_decoder.decode_all(b"\x90")
