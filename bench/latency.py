@@ -15,9 +15,10 @@ submitted ONE at a time, each awaited before the next:
   pilot (``finished_at - started_at``), and delivery (pilot saw the exit ->
   result on the client).
 
-There is no Python-function task kind in Tidewater (apps are command
-templates), so ``/bin/true`` is also the cheapest no-op there is; the
-peers are shown for both a no-op function and a ``/bin/true`` function.
+Tidewater's Python function tasks are measured by ``bench/functions.py``
+(and ``bench/compare.py``); this script measures command tasks
+(``/bin/true``). The peers are shown for both a no-op function and a
+``/bin/true`` function.
 """
 
 from __future__ import annotations
@@ -156,11 +157,11 @@ def compare(runs: list[Run], peers: dict[str, dict[str, tuple[float, float]]]) -
     rows = [
         ["round trip, /bin/true task, p50", f"{tw50:.2f}", *(cell(p, "true", 0) for p in names)],
         ["round trip, /bin/true task, p99", f"{tw99:.2f}", *(cell(p, "true", 1) for p in names)],
-        ["round trip, no-op function, p50", "n/a", *(cell(p, "noop", 0) for p in names)],
-        ["round trip, no-op function, p99", "n/a", *(cell(p, "noop", 1) for p in names)],
+        ["round trip, no-op function, p50", "functions.py", *(cell(p, "noop", 0) for p in names)],
+        ["round trip, no-op function, p99", "functions.py", *(cell(p, "noop", 1) for p in names)],
     ]
-    print(table("comparison (ms; median over runs; '-' = peer not measured; tidewater has "
-                "no function tasks)", ["figure", "tidewater", *names], rows))
+    print(table("comparison (ms; median over runs; '-' = peer not measured; tidewater's "
+                "function tasks: bench/functions.py)", ["figure", "tidewater", *names], rows))
 
 
 if __name__ == "__main__":
