@@ -142,3 +142,18 @@ def test_finished_tasks_feed_the_measured_run_time() -> None:
     assert not core.state.routed
     (t2,) = core.submit(routed(sites=["a"]))
     assert info(core, t2).routes[0].candidates[0].run == pytest.approx(42.0)
+
+
+def test_stage_ins_feed_the_measured_transfer_rate() -> None:
+    core = core_with_sites("a")
+    sid = core.state.registry.site_names[(ALICE.user_id, "a")]
+    core.state.jobs.agents[sid] = 50  # the site's agent is connected as peer 50
+    (tid,) = core.submit(routed(sites=["a"], inputs=[P.Input(path="x", url="file:///d/x")]))
+    assert core.take(50, P.StageWork)  # the agent was asked to bring the input
+    core.now += 10.0
+    core.run(core.state.staged(sid, 50, P.Staged(seq=1, results=[P.StageResult(
+        task_id=tid, direction="in", items=[P.ItemResult(path="x", ok=True, size=10**9)])]),
+        core.now))
+    assert core.state.measures.rate[sid] == pytest.approx(1e8)
+    assert core.state.site_state(sid, "t", core.now).transfer_rate == pytest.approx(1e8)
+    assert not core.state.measures.staging_since

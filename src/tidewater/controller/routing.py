@@ -207,14 +207,33 @@ def _check(sites: list[SiteState]) -> None:
 
 
 class Measures:
-    """Running means the controller keeps for routing: run times per (site, app).
+    """Running means the controller keeps for routing.
 
-    Fed from each finished task's started..finished; bounded by the number
-    of (site, app) pairs, which are registered by hand.
+    Run times per (site, app), fed from each finished task's
+    started..finished; transfer rates into each site, fed from each task's
+    stage-in: the bytes the agent reports over the time from the push of the
+    transfers to the report (so an agent's queue counts against its rate,
+    as it does against a task). Bounded by the (site, app) pairs, which are
+    registered by hand, and by the tasks whose stage-in is under way.
     """
 
     def __init__(self) -> None:
         self.run: dict[tuple[int, str], float] = {}
+        self.rate: dict[int, float] = {}
+        self.staging_since: dict[int, float] = {}
+        """Task -> when its stage-in was pushed to its site's agent."""
+
+    def stage_in_sent(self, task_id: int, now: float) -> None:
+        self.staging_since.setdefault(task_id, now)
+
+    def staged_in(self, site_id: int, task_id: int, size: int, now: float) -> None:
+        since = self.staging_since.pop(task_id, None)
+        if since is None or size <= 0 or now <= since:
+            return
+        sample = size / (now - since)
+        old = self.rate.get(site_id)
+        self.rate[site_id] = sample if old is None else \
+            EWMA_WEIGHT * sample + (1 - EWMA_WEIGHT) * old
 
     def ran(self, site_id: int, app: str, seconds: float) -> None:
         if seconds < 0:

@@ -113,6 +113,8 @@ class ControllerState:
         self.notify.committed_event = rec.next_event - 1
         self.pilots.load(rec.pilots, rec.live, now)
         for t in rec.live:
+            if '"routes"' in t.extra_j:
+                self.routed.setdefault(t.site_id, set()).add(t.id)
             if t.state in states.RUNNABLE:
                 t.pilot = ""
                 self._enqueue(t)
@@ -242,7 +244,8 @@ class ControllerState:
             running_tasks=running,
             run_time=self.measures.run.get((site_id, app)),
             queue_wait=queue_wait([w for _, w in waits[-10:]]),
-            can_grow=site_id in self.jobs.agents)
+            can_grow=site_id in self.jobs.agents,
+            transfer_rate=self.measures.rate.get(site_id))
 
     def reroute(self, now: float) -> Effects:
         """Route again the routed tasks not yet started whose site is down.
@@ -322,8 +325,11 @@ class ControllerState:
                         self._enqueue(t)
                         fx.wake = True
                     elif written == t.state and written in (S.READY, S.RUN_DONE):
-                        fx.out += self.staging.push(t, "in" if written == S.READY else "out",
-                                                    self.agent_of(t.site_id))
+                        pushed = self.staging.push(t, "in" if written == S.READY else "out",
+                                                   self.agent_of(t.site_id))
+                        if pushed and written == S.READY:
+                            self.measures.stage_in_sent(t.id, now)
+                        fx.out += pushed
                 case Send() | Close():
                     fx.out.append(item)
                 case KillOnPilot(pilot_id=pilot_id, tasks=pairs, reason=reason):
@@ -349,6 +355,7 @@ class ControllerState:
         """A final state is committed: forget the task, answer its waiters."""
         if t.state == S.JOB_FINISHED and t.started_at is not None and t.finished_at is not None:
             self.measures.ran(t.site_id, t.app, t.finished_at - t.started_at)
+        self.measures.staging_since.pop(t.id, None)
         if (ids := self.routed.get(t.site_id)) is not None:
             ids.discard(t.id)
             if not ids:
@@ -630,6 +637,9 @@ class ControllerState:
             want = S.READY if res.direction == "in" else S.RUN_DONE
             if t is None or t.site_id != site_id or t.state != want or not t.files:
                 continue  # cancelled meanwhile, or a resend already applied
+            if res.direction == "in":
+                self.measures.staged_in(site_id, t.id, sum(
+                    r.size or 0 for r in res.items if r.ok), now)
             step = self.staging.apply(t, res, now)
             if step is None:
                 fx.writes.append(schema.update_task(t))  # some items still to come
