@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tidewater.controller.health import DEGRADED, DOWN, UP
 from tidewater.controller.routing import (
@@ -134,3 +136,30 @@ def test_measured_means() -> None:
     assert m.run[(1, "x")] == pytest.approx(13.0)
     assert queue_wait([]) is None
     assert queue_wait([100.0, 200.0]) == pytest.approx(130.0)
+
+
+_states = st.builds(
+    SiteState, name=st.sampled_from("abcdef"), health=st.sampled_from([UP, DEGRADED, DOWN]),
+    cores=st.integers(0, 64), free_cores=st.integers(0, 64), queued_tasks=st.integers(0, 99),
+    queued_cores=st.integers(0, 99), running_tasks=st.integers(0, 99),
+    run_time=st.none() | st.floats(0.001, 1e5), queue_wait=st.none() | st.floats(0, 1e5),
+    can_grow=st.booleans(), transfer_rate=st.none() | st.floats(1.0, 1e10))
+
+
+@given(st.lists(_states, min_size=1, max_size=6, unique_by=lambda s: s.name),
+       st.sampled_from(["earliest-start", "shortest-backlog", "round-robin"]),
+       st.integers(0, 20), st.integers(0, 10**10))
+def test_property_a_candidate_is_chosen_never_a_down_one_unless_all_are(
+        sites: list[SiteState], policy: str, cursor: int, size: int) -> None:
+    r, _ = choose(policy, sites, Need(input_bytes=size, held={"a": size}), NOW, cursor)
+    by_name = {s.name: s for s in sites}
+    assert r.chosen in by_name
+    assert {e.site for e in r.candidates} == set(by_name)
+    if any(s.health != DOWN for s in sites):
+        assert by_name[r.chosen].health != DOWN
+    if policy == "earliest-start":
+        finish = {e.site: e.finish for e in r.candidates}
+        finite = [f for n, f in finish.items() if by_name[n].health != DOWN and f is not None]
+        if finite:
+            best = finish[r.chosen]
+            assert best is not None and best <= min(finite)
