@@ -157,3 +157,19 @@ def test_stage_ins_feed_the_measured_transfer_rate() -> None:
     assert core.state.measures.rate[sid] == pytest.approx(1e8)
     assert core.state.site_state(sid, "t", core.now).transfer_rate == pytest.approx(1e8)
     assert not core.state.measures.staging_since
+
+
+def test_a_task_waiting_on_a_down_site_moves_when_another_candidate_comes_up() -> None:
+    core = core_with_sites("a", "b")
+    (tid,) = core.submit(routed(sites=["a", "b"]))  # both down: the first, and it says so
+    assert info(core, tid).site == "a"
+    assert info(core, tid).routes[0].reason == "every candidate is down"
+    core.dispatch()
+    assert len(info(core, tid).routes) == 1  # nowhere better to go
+    pilot(core, "b", "pb", 101)
+    core.run(core.state.dispatch(core.now))  # routed again, queued on b after the commit
+    i = info(core, tid)
+    assert i.site == "b" and [r.chosen for r in i.routes] == ["a", "b"]
+    core.run(core.state.dispatch(core.now))  # the round the commit's wake-up asks for
+    runs = [m for m in core.sent.get(101, []) if isinstance(m, P.RunTasks)]
+    assert [a.task_id for m in runs for a in m.tasks] == [tid]

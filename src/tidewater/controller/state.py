@@ -99,6 +99,8 @@ class ControllerState:
         """Per owner, the round-robin cursor of the routing policy."""
         self.routed: dict[int, set[int]] = {}
         """Per site, live tasks routed there that may be routed again (pruned lazily)."""
+        self._sites_up: frozenset[int] | None = None
+        """The sites not down at the last :meth:`reroute` (None: not looked yet)."""
 
     # ================================================================== start
 
@@ -255,11 +257,21 @@ class ControllerState:
         site's agent fetches or that is a parent's output left on a site
         (those are tied to the site they were resolved for). Each is routed
         by its first route's policy among its first route's candidates, and
-        the new route is recorded after the others. One look at each site
-        holding routed tasks: cheap when none is down.
+        the new route is recorded after the others.
+
+        Work is done only when the set of sites that are not down changed
+        since the last call (a site went down, or one came up that a waiting
+        task may go to): otherwise one look at each site's health, and sites
+        are few. A task left where it is (every candidate down) is looked at
+        again at the next such change.
         """
         fx = Effects()
-        down = [sid for sid in self.routed if self.site_health(sid, now).state == DOWN]
+        up = frozenset(sid for sid in self.registry.sites
+                       if self.site_health(sid, now).state != DOWN)
+        if up == self._sites_up:
+            return fx
+        self._sites_up = up
+        down = [sid for sid in self.routed if sid not in up]
         states_: dict[tuple[int, str], SiteState] = {}
         for sid in down:
             ids = self.routed[sid]
