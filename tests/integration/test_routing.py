@@ -11,7 +11,7 @@ import pytest
 import tidewater
 from tidewater.errors import InvalidRequest
 
-from .procs import PY, Cluster, cluster
+from .procs import PY, Cluster, cluster, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("store")]
 
@@ -67,3 +67,34 @@ async def test_tasks_submitted_to_any_run_on_both_sites_with_their_routes(
                                    "--policy", "shortest-backlog", "hello", "--wait")
         assert code == 0, err
         assert "routed to" in out and "by shortest-backlog" in out
+
+
+async def test_a_routed_task_whose_site_goes_down_before_it_starts_runs_elsewhere(
+        tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        await c.start_controller()
+        token = await c.add_user("alice")
+        async with tidewater.connect(c.url, token=token) as client:
+            pilots = {}
+            for name in ("east", "west"):
+                _site, site_token = await client.add_site(name)
+                await client.add_app(name, "nap", "sleep {s}")
+                pilots[name] = await c.start_pilot(site_token, pilot_id=f"p-{name}", cores=1,
+                                                   prefetch=0)
+            busy = await client.submit("nap", site="east", params={"s": 60})
+
+            async def running() -> bool:
+                (i,) = await client.tasks(ids=[busy.id])
+                return i.state == "RUNNING"
+
+            await until(running, what="east's pilot to be busy")
+            # Round-robin takes east first (by name), where the task queues behind the nap.
+            task = await client.submit("nap", site=["east", "west"], policy="round-robin",
+                                       params={"s": 0})
+            (i,) = await client.tasks(ids=[task.id])
+            assert i.site == "east" and i.state != "RUNNING"
+            await pilots["east"].stop()  # east has no agent: it is down
+            info = await task.result(timeout=30)
+            assert info.state == "JOB_FINISHED" and info.site == "west"
+            assert [r.chosen for r in info.routes] == ["east", "west"]
+            assert info.routes[1].reason == "site east went down"
