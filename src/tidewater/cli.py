@@ -26,7 +26,17 @@ from .client import Client
 from .config import ControllerConfig, Limits, Timeouts, default_db
 from .errors import TidewaterError
 from .progress import Notice
-from .proto import AppHooks, FileInfo, Input, Output, ParamSpec, Resources, TaskInfo, TaskSpec
+from .proto import (
+    AppHooks,
+    FileInfo,
+    Input,
+    Output,
+    ParamSpec,
+    Resources,
+    Route,
+    TaskInfo,
+    TaskSpec,
+)
 
 T = TypeVar("T")
 # Piped or captured tables are not cut to 80 columns.
@@ -983,7 +993,12 @@ def _progress() -> Progress:
 
 
 @main.command()
-@click.option("--site", required=True)
+@click.option("--site", "site", required=True, multiple=True,
+              help="A site; repeat it, or give 'any' (your sites with the app), and the "
+                   "controller routes each task to one of them.")
+@click.option("--policy", default="", metavar="POLICY",
+              help="How to route among several sites: earliest-start (default), "
+                   "shortest-backlog, round-robin.")
 @click.option("--tag", "tags", multiple=True, help="key=value (repeatable).")
 @click.option("--priority", type=int, default=0)
 @click.option("--cores", type=int, default=1)
@@ -1010,7 +1025,8 @@ def _progress() -> Progress:
 @click.argument("app")
 @click.argument("params", nargs=-1)
 @click.pass_context
-def submit(ctx: click.Context, site: str, tags: tuple[str, ...], priority: int, cores: int,
+def submit(ctx: click.Context, site: tuple[str, ...], policy: str, tags: tuple[str, ...],
+           priority: int, cores: int,
            gpus: int, timeout: float | None, retries: int, params_file: Any, wait: bool,
            call_args: str | None, inputs: list[Input], outputs: list[Output],
            parents: tuple[int, ...], app: str, params: tuple[str, ...]) -> None:
@@ -1036,7 +1052,10 @@ def submit(ctx: click.Context, site: str, tags: tuple[str, ...], priority: int, 
             rows = [{**base, **json.loads(line)} for line in params_file if line.strip()]
         except json.JSONDecodeError as exc:
             raise click.BadParameter(f"--params-file: {exc}") from None
-    specs = [TaskSpec(app=app, site=site, params=r, tags=_kv(tags, "tag"), priority=priority,
+    from .client import route_fields
+
+    where = route_fields(site[0] if len(site) == 1 else list(site), policy)
+    specs = [TaskSpec(app=app, **where, params=r, tags=_kv(tags, "tag"), priority=priority,
                       resources=Resources(cores=cores, gpus=gpus), timeout=timeout,
                       max_retries=retries, args=blob, inputs=inputs, outputs=outputs,
                       parents=list(parents)) for r in rows]
@@ -1088,6 +1107,8 @@ def _show(i: TaskInfo) -> None:
         out.print(f"result: {shown[:2000]}", markup=False, highlight=False)
     if i.files:
         _files(i.files)
+    for r in i.routes:
+        _route(r)
     if i.stdout_tail:
         out.print("--- stdout (tail) ---", style="dim")
         out.print(i.stdout_tail, end="" if i.stdout_tail.endswith("\n") else "\n", markup=False,
@@ -1096,6 +1117,24 @@ def _show(i: TaskInfo) -> None:
         out.print("--- stderr (tail) ---", style="dim")
         out.print(i.stderr_tail, end="" if i.stderr_tail.endswith("\n") else "\n", markup=False,
                   highlight=False)
+
+
+def _secs(x: float | None) -> str:
+    return "never" if x is None else f"{x:.1f}s"
+
+
+def _route(r: Route) -> None:
+    out.print(f"routed to {r.chosen} by {r.policy} at {_when(r.time)}"
+              + (f" ({r.reason})" if r.reason else ""), highlight=False)
+    table = Table(box=None, pad_edge=False)
+    for col in ("site", "health", "est. start", "est. finish", "backlog", "transfer", "run",
+                "note"):
+        table.add_column(col)
+    for e in r.candidates:
+        table.add_row(("* " if e.site == r.chosen else "  ") + e.site, e.health,
+                      _secs(e.start), _secs(e.finish), str(e.backlog), _secs(e.transfer),
+                      _secs(e.run), e.note)
+    out.print(table)
 
 
 def _files(files: list[FileInfo]) -> None:

@@ -117,6 +117,20 @@ class Task:
         return found[0]
 
 
+
+def route_fields(site: str | Sequence[str], policy: str = "") -> dict[str, Any]:
+    """``TaskSpec`` fields for a site, a list of sites, or ``"any"``, and a routing policy.
+
+    ``TaskSpec(app="x", **route_fields(["a", "b"]))`` is a task the controller
+    routes between sites a and b. Raises ValueError for an empty list.
+    """
+    if isinstance(site, str):
+        return {"site": site, "policy": policy}
+    sites = list(dict.fromkeys(site))
+    if not sites:
+        raise ValueError("site: an empty list of sites (name one, several, or 'any')")
+    return {"site": "any", "sites": sites, "policy": policy}
+
 class Client:
     """An async connection to a controller. Use ``async with``.
 
@@ -375,7 +389,8 @@ class Client:
     # ------------------------------------------------------------------ tasks
 
     async def submit(
-        self, app: str, *, site: str, params: Mapping[str, ParamValue] | None = None,
+        self, app: str, *, site: str | Sequence[str],
+        params: Mapping[str, ParamValue] | None = None, policy: str = "",
         tags: Mapping[str, str] | None = None, priority: int = 0, cores: int = 1,
         gpus: int = 0, timeout: float | None = None, max_retries: int = 3,
         env: Mapping[str, str] | None = None, workdir: str | None = None,
@@ -403,9 +418,16 @@ class Client:
         ``outputs`` names what the task leaves behind: a list of paths (small
         ones come back inline: :meth:`Task.output`, :meth:`download`), or a
         mapping path -> URL the site's agent sends it to after the run.
+
+        ``site`` is a site's name, a list of names, or ``"any"`` (every site of
+        yours that has the app): the controller then routes the task to one of
+        them by ``policy`` (``earliest-start``, the default; ``shortest-backlog``;
+        ``round-robin``) and records why in :attr:`TaskInfo.routes`. Raises
+        InvalidRequest for an unknown policy, or a listed site without the app.
         """
         spec = TaskSpec(
-            app=app, site=site, params=dict(params or {}), tags=dict(tags or {}),
+            app=app, **route_fields(site, policy), params=dict(params or {}),
+            tags=dict(tags or {}),
             priority=priority, resources=resources or P.Resources(cores=cores, gpus=gpus),
             timeout=timeout, max_retries=max_retries, env=dict(env or {}), workdir=workdir,
             wall_time=wall_time, parents=[p.id if isinstance(p, Task) else p for p in parents],

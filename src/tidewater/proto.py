@@ -228,6 +228,39 @@ class TaskSpec(Struct):
     """Function apps: the call's arguments, ``tidewater.codec.encode_call(args, kwargs)``."""
     inputs: list[Input] = []
     outputs: list[Output] = []
+    sites: list[str] = []
+    """Candidate sites: the controller routes the task to one of them (``site`` is then
+    ``"any"``); ``site="any"`` without ``sites``: every site of yours that has the app."""
+    policy: str = ""
+    """Routing policy among candidates: ``earliest-start`` (default), ``shortest-backlog``,
+    ``round-robin`` (see ``tidewater.controller.routing``)."""
+
+
+class RouteEstimate(Struct):
+    """One candidate site's numbers when a task was routed (seconds from then)."""
+
+    site: str
+    health: str
+    start: float | None = None
+    """Estimated wait until the task could start there (None: no way to start it)."""
+    finish: float | None = None
+    backlog: I64 = 0
+    """Tasks queued or running there."""
+    transfer: float = 0.0
+    """Estimated time to move its inputs there."""
+    run: float = 0.0
+    """Expected run time there (measured mean, else the task's wall_time, else 60 s)."""
+    note: str = ""
+
+
+class Route(Struct):
+    """Where a task submitted to several sites was sent, by which policy, and why."""
+
+    policy: str
+    chosen: str
+    time: float
+    candidates: list[RouteEstimate] = []
+    reason: str = ""
 
 
 class TaskInfo(Struct):
@@ -256,6 +289,8 @@ class TaskInfo(Struct):
     """Function apps: the return value, ``tidewater.codec`` msgpack (``Task.value()`` decodes it)."""
     files: list[FileInfo] = []
     """Inputs and outputs with their transfer state (no inline bytes: ``client.download``)."""
+    routes: list[Route] = []
+    """For a task routed among several sites: each routing, the first at submit."""
 
 
 class TaskEvent(Struct):

@@ -20,6 +20,7 @@ from tidewater.controller.model import Event, JobRec, LiveTask, PilotRow, TokenR
 from tidewater.controller.store import schema
 from tidewater.controller.store.base import Store, TaskQuery, Write
 from tidewater.controller.store.open import open_store
+from tidewater.controller.tasks import add_route, routes_of
 from tidewater.errors import StoreError
 from tidewater.states import TaskState as S
 
@@ -134,6 +135,25 @@ async def test_every_write_reads_back(url: str) -> None:
         (entry,) = await store.audit(1, 10)
         assert entry[2:] == ("alice", "ta", "here", "task.submit", "1-2", '{"n":2}')
         assert await store.audit(None, 10) == [entry]
+
+
+async def test_a_rerouted_task_reads_back_on_its_new_site_with_its_routes(url: str) -> None:
+    t = a_task(1)
+    route = P.Route(policy="earliest-start", chosen="hpc", time=1.0, candidates=[
+        P.RouteEstimate(site="hpc", health="up", start=0.0, finish=60.0, run=60.0),
+        P.RouteEstimate(site="aps", health="down")])
+    add_route(t, route)
+    async with open_store(url) as store:
+        await store.commit([*world(), schema.insert_site(2, 1, "aps", "ts2", 1.0),
+                            schema.insert_task(t)])
+        t.site_id = 2
+        again = msgspec.structs.replace(route, chosen="aps", reason="site hpc went down")
+        add_route(t, again)
+        await store.commit([schema.reroute_task(t)])
+        (back,) = (await store.recover()).live
+        assert back.site_id == 2
+        assert routes_of(back) == [route, again]
+        assert back.num_nodes == 1  # the launch options beside the routes still read
 
 
 async def test_legacy_token_is_found_by_its_hash(url: str) -> None:

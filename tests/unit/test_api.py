@@ -21,6 +21,8 @@ PUBLIC = [
     "ParamSpec",
     "RemoteExecutor",
     "Resources",
+    "Route",
+    "RouteEstimate",
     "SchedulerCommandError",
     "SchedulerError",
     "SyncClient",

@@ -10,24 +10,26 @@ the driver's read. Nothing is changed before every check has passed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .. import proto as P
 from .. import states
-from ..errors import InvalidRequest, NotFound
+from ..errors import AppError, InvalidRequest, NotFound
 from ..states import TaskState as S
 from . import access
 from .effects import After, Effects, KillOnPilot, Send, Touched
 from .health import submit_warning
 from .model import LiveTask, Principal, SiteRec
 from .notify import WatchSub
+from .routing import ROUND_ROBIN, Need, SiteState, check_policy, choose
 from .staging import resolve, workdir_of
 from .state import NeedsRead, Stored
 from .store import schema
 from .store.base import TaskQuery
-from .tasks import id_ranges
+from .tasks import add_route, id_ranges
 from .validate import check_parent_count, check_submit, prepare_task, task_error
 
 if TYPE_CHECKING:
@@ -44,6 +46,13 @@ class SubmitPlan:
     """Parents not in memory: their stored state is needed."""
     unread_outputs: list[tuple[int, str]]
     """(parent, output) references whose parent is not in memory."""
+    cursor: int | None = None
+    """The owner's round-robin cursor after this Submit's routing (None: unchanged)."""
+    routed: list[int] = field(default_factory=list)
+    """Indexes of the tasks routed among several sites."""
+
+ANY = "any"
+"""``TaskSpec.site`` of a task to route: among ``sites``, or every site with the app."""
 
 # ---------------------------------------------------------------------- submit
 
@@ -54,8 +63,15 @@ def plan_submit(st: ControllerState, who: Principal, msg: P.Submit, now: float) 
     """
     check_submit(msg, st.limits)
     prepared: list[tuple[LiveTask, list[int]]] = []
+    router = _Router(st, who, now)
+    routed: list[int] = []
     for i, spec in enumerate(msg.tasks):
-        site = _site_for(st, who, i, spec.site)
+        route = None
+        if spec.sites or spec.site == ANY:
+            site, route = router.route(i, spec)
+            routed.append(i)
+        else:
+            site = _site_for(st, who, i, spec.site)
         app = st.registry.app(site, spec.app)
         t, refs = prepare_task(
             spec, index=i, owner_id=who.user_id, site=site, app=app,
@@ -63,6 +79,8 @@ def plan_submit(st: ControllerState, who: Principal, msg: P.Submit, now: float) 
             limits=st.limits,
             site_limits=st.jobs.limits.get(site.id), now=now)
         st.tasks.share_texts(t, prepared[-1][0] if prepared else None)
+        if route is not None:  # after sharing: a route is unique to its task
+            add_route(t, route)
         prepared.append((t, refs))
     parents = [list(dict.fromkeys([*spec.parents, *refs])) if spec.parents or refs else []
                for spec, (_t, refs) in zip(msg.tasks, prepared, strict=True)]
@@ -74,7 +92,85 @@ def plan_submit(st: ControllerState, who: Principal, msg: P.Submit, now: float) 
     outputs = [(f.task, f.output) for t, _ in prepared for f in t.files or []
                if f.task and f.direction == "in" and st.tasks.owned(who, f.task) is None]
     return SubmitPlan(prepared, parents, st.unread(who, list(wanted)),
-                      list(dict.fromkeys(outputs)))
+                      list(dict.fromkeys(outputs)), router.cursor, routed)
+
+class _Router:
+    """Routes the tasks of one Submit: site states read once, then counted forward.
+
+    Each task routed to a site is added to that site's queue in the states
+    the next task sees, so a batch submitted to ``any`` spreads rather than
+    piling onto the site that looked best for the first task.
+    """
+
+    def __init__(self, st: ControllerState, who: Principal, now: float) -> None:
+        self.st, self.who, self.now = st, who, now
+        self.states: dict[tuple[int, str], SiteState] = {}
+        self.cursor: int | None = None
+
+    def candidates(self, i: int, spec: P.TaskSpec) -> list[SiteRec]:
+        reg = self.st.registry
+        if spec.sites:
+            out: dict[int, SiteRec] = {}
+            for name in spec.sites:
+                site = _site_for(self.st, self.who, i, name)
+                if reg.app(site, spec.app) is None:
+                    raise task_error(i, AppError(
+                        f"site {name!r} has no app {spec.app!r} (registered: "
+                        f"{', '.join(reg.app_names(site.id)) or 'none'})"))
+                out[site.id] = site
+            return list(out.values())
+        sites = [s for s in reg.owned_sites(self.who)
+                 if reg.app(s, spec.app) is not None
+                 and (self.who.site_id is None or self.who.site_id == s.id)]
+        if not sites:
+            raise task_error(i, AppError(
+                f"no site of yours has an app {spec.app!r} to route the task to"))
+        return sites
+
+    def route(self, i: int, spec: P.TaskSpec) -> tuple[SiteRec, P.Route]:
+        try:
+            check_policy(spec.policy)
+        except InvalidRequest as exc:
+            raise task_error(i, exc) from None
+        sites = self.candidates(i, spec)
+        states_ = [self._state(s.id, spec.app) for s in sites]
+        cursor = self.cursor
+        if cursor is None:
+            cursor = self.st.route_cursor.get(self.who.user_id, 0)
+        route, after = choose(spec.policy, states_, self._need(spec), self.now, cursor)
+        if spec.policy == ROUND_ROBIN:
+            self.cursor = after
+        chosen = next(s for s in sites if s.name == route.chosen)
+        key = (chosen.id, spec.app)
+        cores = max(1, spec.resources.cores)
+        old = self.states[key]
+        self.states[key] = dataclasses.replace(
+            old, queued_tasks=old.queued_tasks + 1, queued_cores=old.queued_cores + cores)
+        return chosen, route
+
+    def _state(self, site_id: int, app: str) -> SiteState:
+        key = (site_id, app)
+        if key not in self.states:
+            self.states[key] = self.st.site_state(site_id, app, self.now)
+        return self.states[key]
+
+    def _need(self, spec: P.TaskSpec) -> Need:
+        size = sum(len(x.data) for x in spec.inputs if x.data)
+        held: dict[str, int] = {}
+        for x in spec.inputs:
+            if not x.task:
+                continue
+            parent = self.st.tasks.owned(self.who, x.task)
+            if parent is None or not parent.files:
+                continue
+            for f in parent.files:
+                if f.direction == "out" and f.path == x.output and f.size:
+                    size += f.size
+                    name = self.st.registry.site_name(parent.site_id)
+                    held[name] = held.get(name, 0) + f.size
+        return Need(cores=max(1, spec.resources.cores), wall_time=spec.wall_time,
+                    input_bytes=size, held=held)
+
 
 def _site_for(st: ControllerState, who: Principal, i: int, name: str) -> SiteRec:
     try:
@@ -113,6 +209,11 @@ def submit(st: ControllerState, who: Principal, peer: int, msg: P.Submit, plan: 
     _resolve_at_submit(st, who, plan, parent_state, stored)
     writes, touched = st.tasks.create(plan.prepared, plan.parents, parent_state, now)
     ids = [t.id for t, _ in plan.prepared]
+    if plan.cursor is not None:
+        st.route_cursor[who.user_id] = plan.cursor
+    for i in plan.routed:
+        t = plan.prepared[i][0]
+        st.routed.setdefault(t.site_id, set()).add(t.id)
     if msg.key:
         st.tasks.remember_key(who.user_id, msg.key, (ids[0], len(ids)))
         writes.append(schema.insert_submission(who.user_id, msg.key, ids[0], len(ids), now))

@@ -471,6 +471,8 @@ class ControllerService:
         self.state.jobs.agent_gone(site_id, peer.id)
         for o in self.state.staging.agent_gone(peer.id):
             self._deliver(o)
+        if self.state.routed:
+            self._wake.set()  # a routed task's site may be down now: route it again
 
     # ================================================================== loops
 

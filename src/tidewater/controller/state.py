@@ -44,16 +44,17 @@ from .effects import (
     Send,
     Touched,
 )
-from .health import Health, SiteSigns, site_health
+from .health import DOWN, Health, SiteSigns, site_health
 from .jobs import JobBook, why_ended
 from .model import JobRec, LiveTask, Principal, SiteRec
 from .notify import Notify
 from .pilots import Decision, PilotBook, PilotRec, build_assignment, check_hello, reconcile
 from .registry import Registry
+from .routing import ROUND_ROBIN, Measures, Need, SiteState, choose, queue_wait
 from .staging import Staging
 from .store import schema
 from .store.base import Recovered
-from .tasks import Change, TaskTable, task_info
+from .tasks import Change, TaskTable, add_route, routes_of, task_info
 
 log = logging.getLogger("tidewater.controller")
 
@@ -93,6 +94,13 @@ class ControllerState:
         self.tokens = TokenBook()
         self.dispatcher = Dispatcher()
         self.demand_dirty: set[int] = set()
+        self.measures = Measures()
+        self.route_cursor: dict[int, int] = {}
+        """Per owner, the round-robin cursor of the routing policy."""
+        self.routed: dict[int, set[int]] = {}
+        """Per site, live tasks routed there that may be routed again (pruned lazily)."""
+        self._sites_up: frozenset[int] | None = None
+        """The sites not down at the last :meth:`reroute` (None: not looked yet)."""
 
     # ================================================================== start
 
@@ -107,6 +115,8 @@ class ControllerState:
         self.notify.committed_event = rec.next_event - 1
         self.pilots.load(rec.pilots, rec.live, now)
         for t in rec.live:
+            if '"routes"' in t.extra_j:
+                self.routed.setdefault(t.site_id, set()).add(t.id)
             if t.state in states.RUNNABLE:
                 t.pilot = ""
                 self._enqueue(t)
@@ -206,6 +216,108 @@ class ControllerState:
                 batch_job=p.batch_job, draining=p.draining) for p in pilots],
         )
 
+    # ================================================================== routing
+
+    def site_state(self, site_id: int, app: str, now: float) -> SiteState:
+        """A site as routing sees it now (see :mod:`.routing`).
+
+        Looks at the site's pilots and batch jobs once: asked once per candidate
+        per routed Submit, not per task.
+        """
+        cores = free = running = 0
+        for p in self.pilots.of_site(site_id):
+            if p.peer is None:
+                continue
+            cores += p.cores
+            running += len(p.assigned)
+            slot = self.dispatcher.pilot(p.pilot_id)
+            if slot is not None and not p.draining:
+                free += max(0, min(slot.credit_cores, p.cores))
+        queued, queued_cores, _gpus, _nodes = self.dispatcher.demand(site_id)
+        waits = sorted((j.started_at, j.started_at - j.submitted_at)
+                       for j in self.jobs.jobs.values()
+                       if j.site_id == site_id and j.started_at is not None
+                       and j.submitted_at is not None)
+        return SiteState(
+            name=self.registry.site_name(site_id),
+            health=self.site_health(site_id, now).state,
+            cores=cores, free_cores=free, queued_tasks=queued,
+            queued_cores=queued_cores,  # of single-node tasks; multi-node ones count as tasks
+            running_tasks=running,
+            run_time=self.measures.run.get((site_id, app)),
+            queue_wait=queue_wait([w for _, w in waits[-10:]]),
+            can_grow=site_id in self.jobs.agents,
+            transfer_rate=self.measures.rate.get(site_id))
+
+    def reroute(self, now: float) -> Effects:
+        """Route again the routed tasks not yet started whose site is down.
+
+        Only tasks that wait in memory with nothing on their site are moved:
+        runnable or awaiting parents, not sent to a pilot, no input that the
+        site's agent fetches or that is a parent's output left on a site
+        (those are tied to the site they were resolved for). Each is routed
+        by its first route's policy among its first route's candidates, and
+        the new route is recorded after the others.
+
+        Work is done only when the set of sites that are not down changed
+        since the last call (a site went down, or one came up that a waiting
+        task may go to): otherwise one look at each site's health, and sites
+        are few. A task left where it is (every candidate down) is looked at
+        again at the next such change.
+        """
+        fx = Effects()
+        up = frozenset(sid for sid in self.registry.sites
+                       if self.site_health(sid, now).state != DOWN)
+        if up == self._sites_up:
+            return fx
+        self._sites_up = up
+        down = [sid for sid in self.routed if sid not in up]
+        states_: dict[tuple[int, str], SiteState] = {}
+        for sid in down:
+            ids = self.routed[sid]
+            for tid in list(ids):
+                t = self.tasks.live.get(tid)
+                if t is None or t.site_id != sid or t.pilot or t.state in states.FINAL \
+                        or t.state == S.RUNNING:
+                    ids.discard(tid)
+                    continue
+                if not (t.state in states.RUNNABLE or t.state == S.AWAITING_PARENTS) or any(
+                        f.direction == "in" and f.state != "inline" for f in t.files or ()):
+                    ids.discard(tid)  # tied to this site: left to wait there
+                    continue
+                first = routes_of(t)[0]
+                cands = [c for e in first.candidates
+                         if (c := self.registry.site_names.get((t.owner_id, e.site))) is not None]
+                sites = []
+                for c in cands:
+                    if (c, t.app) not in states_:
+                        states_[(c, t.app)] = self.site_state(c, t.app, now)
+                    sites.append(states_[(c, t.app)])
+                cursor = self.route_cursor.get(t.owner_id, 0)
+                need = Need(cores=t.cores, wall_time=t.wall_time,
+                            input_bytes=sum(len(v) for v in (t.in_data or {}).values()))
+                route, after = choose(first.policy, sites, need, now, cursor)
+                new = self.registry.site_names.get((t.owner_id, route.chosen))
+                if new is None or new == sid:
+                    continue  # every candidate is down: it waits where it is
+                if first.policy == ROUND_ROBIN:
+                    self.route_cursor[t.owner_id] = after
+                ids.discard(tid)
+                was_queued = self.dispatcher.discard(t.id)
+                self.demand_dirty.update((sid, new))
+                t.site_id = new
+                add_route(t, msgspec.structs.replace(
+                    route, reason=f"site {self.registry.site_name(sid)} went down"))
+                self.routed.setdefault(new, set()).add(tid)
+                fx.writes.append(schema.reroute_task(t))
+                if was_queued:
+                    fx.after.append(Touched(t, [], t.state))  # queued again after the commit
+                log.info("task %d routed again from site %s to %s: the site is down", tid,
+                         self.registry.site_name(sid), route.chosen)
+            if not ids:
+                del self.routed[sid]
+        return fx
+
     # ================================================================== after commit
 
     def committed(self, after: list[After], now: float) -> Effects:
@@ -225,8 +337,11 @@ class ControllerState:
                         self._enqueue(t)
                         fx.wake = True
                     elif written == t.state and written in (S.READY, S.RUN_DONE):
-                        fx.out += self.staging.push(t, "in" if written == S.READY else "out",
-                                                    self.agent_of(t.site_id))
+                        pushed = self.staging.push(t, "in" if written == S.READY else "out",
+                                                   self.agent_of(t.site_id))
+                        if pushed and written == S.READY:
+                            self.measures.stage_in_sent(t.id, now)
+                        fx.out += pushed
                 case Send() | Close():
                     fx.out.append(item)
                 case KillOnPilot(pilot_id=pilot_id, tasks=pairs, reason=reason):
@@ -250,6 +365,13 @@ class ControllerState:
 
     def _finished(self, t: LiveTask) -> None:
         """A final state is committed: forget the task, answer its waiters."""
+        if t.state == S.JOB_FINISHED and t.started_at is not None and t.finished_at is not None:
+            self.measures.ran(t.site_id, t.app, t.finished_at - t.started_at)
+        self.measures.staging_since.pop(t.id, None)
+        if (ids := self.routed.get(t.site_id)) is not None:
+            ids.discard(t.id)
+            if not ids:
+                del self.routed[t.site_id]
         if self.tasks.finished(t) and self.notify.waiting_for(t.id):
             self.notify.answer(t.id, self.info(t))
 
@@ -467,8 +589,11 @@ class ControllerState:
     # ================================================================== dispatch
 
     def dispatch(self, now: float) -> Effects:
-        """Match queued tasks with pilot credit: the RunTasks to send, and demand changes."""
-        fx = Effects()
+        """Match queued tasks with pilot credit: the RunTasks to send, and demand changes.
+
+        First, routed tasks whose site went down are routed again (:meth:`reroute`).
+        """
+        fx = self.reroute(now) if self.routed else Effects()
         out: dict[str, list[P.Assignment]] = {}
         for pilot_id, task_id in self.dispatcher.match(now):
             t = self.tasks.live.get(task_id)
@@ -524,6 +649,9 @@ class ControllerState:
             want = S.READY if res.direction == "in" else S.RUN_DONE
             if t is None or t.site_id != site_id or t.state != want or not t.files:
                 continue  # cancelled meanwhile, or a resend already applied
+            if res.direction == "in":
+                self.measures.staged_in(site_id, t.id, sum(
+                    r.size or 0 for r in res.items if r.ok), now)
             step = self.staging.apply(t, res, now)
             if step is None:
                 fx.writes.append(schema.update_task(t))  # some items still to come

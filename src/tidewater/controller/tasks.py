@@ -405,7 +405,22 @@ def task_info(t: LiveTask, site_name: str) -> P.TaskInfo:
         error=t.error, stdout_tail=t.stdout_tail, stderr_tail=t.stderr_tail,
         created_at=t.created_at, started_at=t.started_at, finished_at=t.finished_at,
         pilot=t.pilot, workdir=t.workdir, result=t.result, files=t.files or [],
+        routes=routes_of(t),
     )
+
+
+def add_route(t: LiveTask, route: P.Route) -> None:
+    """Record a routing of ``t`` in its stored launch options (``extra_j``)."""
+    extra = t.extra
+    extra["routes"] = [*extra.get("routes", []), msgspec.to_builtins(route)]
+    t.extra_j = msgspec.json.encode(extra).decode()
+
+
+def routes_of(t: LiveTask) -> list[P.Route]:
+    """The routings recorded on a task (``extra_j``'s ``routes``), first first."""
+    if '"routes"' not in t.extra_j:  # most tasks: no decode
+        return []
+    return msgspec.convert(t.extra.get("routes", []), list[P.Route])
 
 
 def initial_path(files: list[P.FileInfo] | None) -> list[S]:

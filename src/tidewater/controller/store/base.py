@@ -46,6 +46,7 @@ class Op(Enum):
     INSERT_PARENT = "insert_parent"
     UPSERT_DATA = "upsert_data"
     UPDATE_TASK = "update_task"
+    REROUTE_TASK = "reroute_task"
     INSERT_EVENT = "insert_event"
     INSERT_TAG = "insert_tag"
     INSERT_SUBMISSION = "insert_submission"

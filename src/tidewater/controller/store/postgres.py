@@ -106,6 +106,7 @@ WRITE_SQL: dict[Op, str] = {
     Op.UPDATE_TASK: "UPDATE tasks SET "
     + ", ".join(f"{_q(c)} = ${i}" for i, c in enumerate(TASK_UPDATE_COLUMNS, 1))
     + f" WHERE id = ${len(TASK_UPDATE_COLUMNS) + 1}",
+    Op.REROUTE_TASK: "UPDATE tasks SET site_id = $1, extra = $2 WHERE id = $3",
     Op.INSERT_EVENT: _insert("events", Op.INSERT_EVENT),
     Op.INSERT_TAG: _insert("task_tags", Op.INSERT_TAG, "ON CONFLICT DO NOTHING"),
     Op.INSERT_SUBMISSION: _insert("submissions", Op.INSERT_SUBMISSION, "ON CONFLICT DO NOTHING"),

@@ -54,6 +54,7 @@ OP_ORDER: dict[Op, int] = {
     Op.INSERT_PARENT: 12,
     Op.UPSERT_DATA: 15,
     Op.UPDATE_TASK: 20,
+    Op.REROUTE_TASK: 21,
     Op.INSERT_EVENT: 30,
     Op.INSERT_TAG: 40,
     Op.INSERT_SUBMISSION: 50,
@@ -113,6 +114,11 @@ def update_task(t: LiveTask) -> Write:
         t.state.value, t.retries, t.attempt, t.pilot, t.exit_code, t.error, t.stdout_tail,
         t.stderr_tail, t.started_at, t.finished_at, t.result, encode_files(t.files), t.id,
     ))
+
+
+def reroute_task(t: LiveTask) -> Write:
+    """A queued task sent to another site: its site and the routes recorded in ``extra``."""
+    return (Op.REROUTE_TASK, (t.site_id, t.extra_j, t.id))
 
 
 def task_from_row(r: Sequence[Any]) -> LiveTask:
@@ -323,7 +329,7 @@ INSERT_COLUMNS: dict[Op, tuple[str, ...]] = {
                       "detail"),
 }
 """The other ops bind ``(value, key)`` pairs: UPDATE_TASK binds :data:`TASK_UPDATE_COLUMNS`
-then the id; the revocations and DISABLE_USER ``(now, id)``; UPDATE_SITE_LIMITS
+then the id; REROUTE_TASK ``(site id, extra, id)``; the revocations and DISABLE_USER ``(now, id)``; UPDATE_SITE_LIMITS
 ``(limits, site id)``; DELETE_PILOT ``(pilot id,)``."""
 
 def site_from_row(r: Sequence[Any]) -> SiteRow:

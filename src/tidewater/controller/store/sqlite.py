@@ -97,6 +97,7 @@ WRITE_SQL: dict[Op, str] = {
     Op.UPSERT_DATA: _insert("task_data", Op.UPSERT_DATA, "INSERT OR REPLACE"),
     Op.UPDATE_TASK: "UPDATE tasks SET "
     + ", ".join(f"{c} = ?" for c in TASK_UPDATE_COLUMNS) + " WHERE id = ?",
+    Op.REROUTE_TASK: "UPDATE tasks SET site_id = ?, extra = ? WHERE id = ?",
     Op.INSERT_EVENT: _insert("events", Op.INSERT_EVENT),
     Op.INSERT_TAG: _insert("task_tags", Op.INSERT_TAG, "INSERT OR IGNORE"),
     Op.INSERT_SUBMISSION: _insert("submissions", Op.INSERT_SUBMISSION, "INSERT OR IGNORE"),
