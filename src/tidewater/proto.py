@@ -270,6 +270,30 @@ class TaskEvent(Struct):
     tags: dict[str, str] = {}
 
 
+class TaskPhases(Struct):
+    """One task's latency accounting: seconds in each phase, from its events
+    (``tidewater.latency`` defines each phase; None: it did not happen)."""
+
+    id: I64
+    site: str
+    app: str
+    state: str
+    tags: dict[str, str] = {}
+    cores: I64 = 1
+    created_at: float = 0.0
+    parents: float | None = None
+    stage_in: float | None = None
+    run_delay: float | None = None
+    run: float | None = None
+    stage_out: float | None = None
+    total: float | None = None
+    attempts: I64 = 0
+    ended: float | None = None
+    """When the task reached its final state."""
+    runs: list[tuple[float, float | None]] = []
+    """Every RUNNING interval (start, end); end None while it runs."""
+
+
 class NodeInfo(Struct):
     """One node a pilot serves."""
 
@@ -469,6 +493,16 @@ class Query(Msg, tag="query"):
     newest: bool = False
 
 
+class ListPhases(Msg, tag="list_phases"):
+    """The phases of the tasks matching ``filter``, oldest first: at most
+    ``limit`` (capped by the controller's query limit) with ids after ``after_id``."""
+
+    req_id: I64
+    filter: TaskFilter = TaskFilter()
+    limit: I64 = 1000
+    after_id: I64 = 0
+
+
 class Watch(Msg, tag="watch"):
     req_id: I64
     filter: TaskFilter = TaskFilter()
@@ -601,7 +635,7 @@ class ListAudit(Msg, tag="list_audit"):
 ClientToController = (
     Hello | Ping | Submit | Query | Watch | Unwatch | Wait | Cancel | AddSite | ListSites
     | AddApp | ListApps | AddJob | ListJobs | CancelJob | CreateToken | ListTokens | RevokeToken
-    | AddUser | RemoveUser | ListUsers | ListAudit | Download
+    | AddUser | RemoveUser | ListUsers | ListAudit | Download | ListPhases
 )
 
 
@@ -622,6 +656,13 @@ class TaskList(Msg, tag="task_list"):
     truncated: bool = False
     """Fewer than asked for, to keep the frame under its limit (large function results):
     ask again after the last id for more."""
+
+
+class PhaseList(Msg, tag="phase_list"):
+    req_id: I64
+    tasks: list[TaskPhases]
+    more: bool = False
+    """``limit`` tasks were listed: ask again after the last id for more."""
 
 
 class Watching(Msg, tag="watching"):
@@ -728,7 +769,7 @@ class FileData(Msg, tag="file_data"):
 ControllerToClient = (
     Welcome | Reject | Error | Ping | Submitted | TaskList | Watching | Events | Results
     | Cancelled | SiteAdded | SiteList | AppAdded | AppList | JobAdded | JobList | TokenCreated
-    | TokenList | UserAdded | UserList | AuditList | Done | FileData
+    | TokenList | UserAdded | UserList | AuditList | Done | FileData | PhaseList
 )
 
 

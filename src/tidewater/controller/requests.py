@@ -14,8 +14,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .. import latency, states
 from .. import proto as P
-from .. import states
 from ..errors import InvalidRequest, NotFound
 from ..states import TaskState as S
 from . import access
@@ -254,6 +254,29 @@ def query_reply(st: ControllerState, peer: int, msg: P.Query, rows: list[LiveTas
         infos.reverse()
     return Effects(out=[Send(peer, P.TaskList(req_id=msg.req_id, tasks=infos,
                                               truncated=len(runs) > 1))])
+
+PHASES_PAGE = 2_000
+"""At most this many tasks' phases per reply (about 300 bytes each): the client pages."""
+
+
+def phases_limit(st: ControllerState, msg: P.ListPhases) -> int:
+    return max(1, min(msg.limit, st.limits.max_query_limit, PHASES_PAGE))
+
+
+def phases_reply(st: ControllerState, peer: int, msg: P.ListPhases, rows: list[LiveTask],
+                 events: dict[int, list[tuple[str, str, float]]], limit: int) -> Effects:
+    """The phases of ``rows`` (read by :func:`task_query`) from their events."""
+    out = []
+    for t in rows:
+        ph = latency.phases(events.get(t.id, ()))
+        out.append(P.TaskPhases(
+            id=t.id, site=st.registry.site_name(t.site_id), app=t.app, state=t.state.value,
+            tags=t.tags, cores=t.cores, created_at=t.created_at, parents=ph.parents,
+            stage_in=ph.stage_in, run_delay=ph.run_delay, run=ph.run, stage_out=ph.stage_out,
+            total=ph.total, attempts=ph.attempts, ended=ph.ended, runs=list(ph.runs)))
+    return Effects(out=[Send(peer, P.PhaseList(req_id=msg.req_id, tasks=out,
+                                               more=len(rows) >= limit))])
+
 
 def watch(st: ControllerState, who: Principal, peer: int, msg: P.Watch, stored: Stored
           ) -> tuple[WatchSub, Effects]:

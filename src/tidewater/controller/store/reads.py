@@ -254,6 +254,17 @@ class SqlReads:
         sql, args = events_sql(q, since, limit)
         return [schema.stored_event_from_row(r) for r in await self._rows(sql, args)]
 
+    async def events_of(self, task_ids: Sequence[int]
+                        ) -> dict[int, list[tuple[str, str, float]]]:
+        out: dict[int, list[tuple[str, str, float]]] = {}
+        for chunk in chunks(list(task_ids)):
+            # One range of ``events_task`` (task_id, id) per task: in commit order.
+            for tid, src, dst, at in await self._rows(
+                f"SELECT task_id, from_state, to_state, time FROM events "
+                f"WHERE task_id IN ({marks(len(chunk))}) ORDER BY task_id, id", chunk):
+                out.setdefault(int(tid), []).append((src, dst, float(at)))
+        return out
+
     async def output_data(self, task_id: int, path: str) -> bytes | None:
         row = await self._one(
             "SELECT data FROM task_data WHERE task_id = ? AND direction = 'out' AND path = ?",
