@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import apps as appmod
+from .cli_report import report
 from .client import Client
 from .config import ControllerConfig, Limits, Timeouts, default_db
 from .errors import TidewaterError
@@ -1265,6 +1266,9 @@ def demo(frames: int, pilots: int, cores: int, burst: int, keep: Path | None) ->
               "(all of `tidewater demo`: controller, site, pilots, frames, burst, clean-up)",
               highlight=False)
     sys.exit(0 if ok else 1)
+
+
+main.add_command(report)
 
 
 if __name__ == "__main__":
