@@ -16,6 +16,7 @@ import click
 from rich.table import Table
 
 from . import latency
+from .cli_base import _client, _kv, _run, out
 from .latency import LatencyRow, Series
 
 
@@ -27,14 +28,10 @@ def _secs(v: float | None) -> str:
 
 def _filters(tags: tuple[str, ...], site: str | None, app_name: str | None,
              limit: int) -> dict[str, Any]:
-    from .cli import _kv
-
     return {"tags": _kv(tags, "tag"), "site": site, "app": app_name, "limit": limit}
 
 
 def _phases(ctx: click.Context, filters: dict[str, Any]) -> list[Any]:
-    from .cli import _client, _run
-
     async def go() -> list[Any]:
         async with _client(ctx) as c:
             return await c.phases(**filters)
@@ -87,8 +84,6 @@ def latency_cmd(ctx: click.Context, tags: tuple[str, ...], site: str | None,
 
     A route is a site, or with --by-tag KEY a (KEY's value, site) pair.
     """
-    from .cli import out
-
     rows = latency.latency_table(_phases(ctx, _filters(tags, site, app_name, limit)),
                                  by_tag=by_tag, finished_only=not include_all)
     if as_json:
@@ -99,8 +94,6 @@ def latency_cmd(ctx: click.Context, tags: tuple[str, ...], site: str | None,
 
 def _series_out(series: dict[str, Series], *, as_json: bool, plot: str | None, title: str,
                 ylabel: str, step: bool) -> None:
-    from .cli import out
-
     if plot:
         from .plots import plot_series
 
