@@ -177,3 +177,32 @@ def test_utilization_averages_busy_cores_over_each_bin() -> None:
     assert utilization([], now=0.0) == {}
     with pytest.raises(ValueError, match="unit"):
         utilization([a], now=0.0, unit="gpus")
+
+
+def test_the_controller_answers_phases_a_frame_at_a_time() -> None:
+    from tidewater.config import Limits
+    from tidewater.controller import requests
+    from tidewater.controller.effects import Send
+
+    from .test_tasks import CLIENT, Core
+
+    core = Core()
+    ids = core.submit(*[P.TaskSpec(app="t", site="s", tags={"k": "v" * 600}) for _ in range(8)])
+    rows = [core.state.tasks.live[i] for i in ids]
+    events = {i: PLAIN for i in ids}
+    msg = P.ListPhases(req_id=4, limit=100)
+
+    def reply(limit: int) -> P.PhaseList:
+        fx = requests.phases_reply(core.state, CLIENT, msg, rows[:limit], events, limit)
+        (out,) = [o.msg for o in fx.out if isinstance(o, Send) and isinstance(o.msg, P.PhaseList)]
+        return out
+
+    whole = reply(100)
+    assert [t.id for t in whole.tasks] == ids and not whole.more
+    first = whole.tasks[0]
+    assert (first.site, first.app, first.state, first.run, first.total) == (
+        "s", "t", "STAGED_IN", 10.0, 12.5)
+    assert reply(8).more  # the limit was reached: there may be more
+    core.state.limits = Limits(max_frame_bytes=4096)  # two tasks' tags fill half a frame
+    part = reply(100)
+    assert part.more and 1 <= len(part.tasks) < len(ids)

@@ -274,8 +274,15 @@ def phases_reply(st: ControllerState, peer: int, msg: P.ListPhases, rows: list[L
             tags=t.tags, cores=t.cores, created_at=t.created_at, parents=ph.parents,
             stage_in=ph.stage_in, run_delay=ph.run_delay, run=ph.run, stage_out=ph.stage_out,
             total=ph.total, attempts=ph.attempts, ended=ph.ended, runs=list(ph.runs)))
-    return Effects(out=[Send(peer, P.PhaseList(req_id=msg.req_id, tasks=out,
-                                               more=len(rows) >= limit))])
+    # Tags can be large (up to the submit's size limit): keep the frame within its
+    # limit; the client asks again after the last id sent.
+    runs = P.chunk_by_size(out, _phases_size, st.limits.max_frame_bytes // 2)
+    return Effects(out=[Send(peer, P.PhaseList(req_id=msg.req_id, tasks=runs[0] if runs else [],
+                                               more=len(rows) >= limit or len(runs) > 1))])
+
+
+def _phases_size(p: P.TaskPhases) -> int:
+    return 256 + 24 * len(p.runs) + sum(len(k) + len(v) + 4 for k, v in p.tags.items())
 
 
 def watch(st: ControllerState, who: Principal, peer: int, msg: P.Watch, stored: Stored
