@@ -70,6 +70,13 @@ async def test_phases_and_reports(tmp_path: Path) -> None:
             for series in util.values():
                 assert sum(v for _, v in series) * 0.5 >= 2 * SLEEP
 
+        def sync_reports() -> tuple[int, list[str]]:
+            with tidewater.connect_sync(c.url, token=token) as sync:
+                return (len(sync.phases(tags={"test": "latency"})),
+                        [r.site for r in sync.latency_report(tags={"test": "latency"})])
+
+        assert await anyio.to_thread.run_sync(sync_reports) == (4, ["cori", "theta"])
+
         bob = await c.add_user("bob")
         async with tidewater.connect(c.url, token=bob) as other:
             assert await other.phases() == []
