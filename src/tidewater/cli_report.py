@@ -27,8 +27,9 @@ def _secs(v: float | None) -> str:
 
 
 def _filters(tags: tuple[str, ...], site: str | None, app_name: str | None,
-             limit: int) -> dict[str, Any]:
-    return {"tags": _kv(tags, "tag"), "site": site, "app": app_name, "limit": limit}
+             limit: int, last: float | None) -> dict[str, Any]:
+    return {"tags": _kv(tags, "tag"), "site": site, "app": app_name, "limit": limit,
+            "since": None if last is None else time.time() - last}
 
 
 def _phases(ctx: click.Context, filters: dict[str, Any]) -> list[Any]:
@@ -45,6 +46,8 @@ _FILTER_OPTIONS = [
     click.option("--app", "app_name", default=None, help="Only this app's tasks."),
     click.option("--limit", type=int, default=100_000, show_default=True,
                  help="Read at most LIMIT tasks (the oldest matching)."),
+    click.option("--last", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+                 help="Only tasks created in the last SECONDS."),
     click.option("--json", "as_json", is_flag=True, help="JSON, for scripts."),
 ]
 
@@ -78,13 +81,13 @@ def latency_table(rows: list[LatencyRow], by_tag: str | None) -> Table:
               help="Count failed and killed tasks too (default: finished tasks only).")
 @click.pass_context
 def latency_cmd(ctx: click.Context, tags: tuple[str, ...], site: str | None,
-                app_name: str | None, limit: int, as_json: bool, by_tag: str | None,
-                include_all: bool) -> None:
+                app_name: str | None, limit: int, last: float | None, as_json: bool,
+                by_tag: str | None, include_all: bool) -> None:
     """Median seconds per route of stage in, run delay, run, stage out and total.
 
     A route is a site, or with --by-tag KEY a (KEY's value, site) pair.
     """
-    rows = latency.latency_table(_phases(ctx, _filters(tags, site, app_name, limit)),
+    rows = latency.latency_table(_phases(ctx, _filters(tags, site, app_name, limit, last)),
                                  by_tag=by_tag, finished_only=not include_all)
     if as_json:
         click.echo(json.dumps([asdict(r) for r in rows]))
@@ -123,10 +126,10 @@ _BIN = click.option("--bin", "bin_seconds", type=click.FloatRange(min=0.001), de
 @click.option("--per-bin", is_flag=True, help="Tasks finished in each bin, not cumulative.")
 @click.pass_context
 def throughput_cmd(ctx: click.Context, tags: tuple[str, ...], site: str | None,
-                   app_name: str | None, limit: int, as_json: bool, bin_seconds: float,
-                   plot: str | None, per_bin: bool) -> None:
+                   app_name: str | None, limit: int, last: float | None, as_json: bool,
+                   bin_seconds: float, plot: str | None, per_bin: bool) -> None:
     """Tasks finished over time, per site (cumulative unless --per-bin)."""
-    series = latency.throughput(_phases(ctx, _filters(tags, site, app_name, limit)),
+    series = latency.throughput(_phases(ctx, _filters(tags, site, app_name, limit, last)),
                                 bin_seconds=bin_seconds, cumulative=not per_bin)
     _series_out(series, as_json=as_json, plot=plot, title="throughput",
                 ylabel="tasks finished" + (" per bin" if per_bin else ""), step=True)
@@ -140,10 +143,10 @@ def throughput_cmd(ctx: click.Context, tags: tuple[str, ...], site: str | None,
               show_default=True, help="Count the cores running tasks hold, or the tasks.")
 @click.pass_context
 def utilization_cmd(ctx: click.Context, tags: tuple[str, ...], site: str | None,
-                    app_name: str | None, limit: int, as_json: bool, bin_seconds: float,
-                    plot: str | None, unit: str) -> None:
+                     app_name: str | None, limit: int, last: float | None, as_json: bool,
+                     bin_seconds: float, plot: str | None, unit: str) -> None:
     """Busy cores (or running tasks) over time per site, averaged over each bin."""
-    series = latency.utilization(_phases(ctx, _filters(tags, site, app_name, limit)),
+    series = latency.utilization(_phases(ctx, _filters(tags, site, app_name, limit, last)),
                                  now=time.time(), bin_seconds=bin_seconds, unit=unit)
     _series_out(series, as_json=as_json, plot=plot, title="utilization",
                 ylabel=f"busy {unit}", step=False)

@@ -581,21 +581,25 @@ class Client:
         self, *, ids: Sequence[int] = (), state: str | Sequence[str] | None = None,
         tags: Mapping[str, str] | None = None, site: str | None = None,
         app: str | None = None, limit: int = 100_000, after_id: int = 0,
+        since: float | None = None, until: float | None = None,
     ) -> list[P.TaskPhases]:
         """Latency accounting: the seconds each matching task spent in each phase
         (stage in, run delay, run, stage out, total; :mod:`tidewater.latency`
         defines them), oldest first, at most ``limit`` (read a page at a time).
+        ``since``/``until`` (epoch seconds): only tasks created in that window.
         Raises NotFound for an unknown site, InvalidRequest for an unknown state."""
         states = [state] if isinstance(state, str) else list(state or [])
         f = P.TaskFilter(ids=list(ids), states=states, tags=dict(tags or {}), site=site, app=app)
         out: list[P.TaskPhases] = []
         while len(out) < limit:
             r: P.PhaseList = await self._request(functools.partial(
-                _phases_msg, filter=f, limit=limit - len(out), after_id=after_id))
+                _phases_msg, filter=f, limit=limit - len(out), after_id=after_id,
+                since=since, until=until))
             out.extend(r.tasks)
-            if not r.more or not r.tasks:
+            following = r.next_after or (r.tasks[-1].id if r.tasks else after_id)
+            if not r.more or following <= after_id:
                 break
-            after_id = r.tasks[-1].id
+            after_id = following
         return out[:limit]
 
     async def latency_report(self, *, by_tag: str | None = None, finished_only: bool = True,
@@ -890,8 +894,10 @@ def _query_msg(req_id: int, *, filter: P.TaskFilter, limit: int, after_id: int,
     return P.Query(req_id=req_id, filter=filter, limit=limit, after_id=after_id, newest=newest)
 
 
-def _phases_msg(req_id: int, *, filter: P.TaskFilter, limit: int, after_id: int) -> P.Msg:
-    return P.ListPhases(req_id=req_id, filter=filter, limit=limit, after_id=after_id)
+def _phases_msg(req_id: int, *, filter: P.TaskFilter, limit: int, after_id: int,
+                since: float | None, until: float | None) -> P.Msg:
+    return P.ListPhases(req_id=req_id, filter=filter, limit=limit, after_id=after_id,
+                        since=since, until=until)
 
 
 def _download_msg(req_id: int, *, task_id: int, path: str, offset: int) -> P.Msg:

@@ -501,6 +501,10 @@ class ListPhases(Msg, tag="list_phases"):
     filter: TaskFilter = TaskFilter()
     limit: I64 = 1000
     after_id: I64 = 0
+    since: float | None = None
+    """Only tasks created at or after this time (seconds since the epoch)."""
+    until: float | None = None
+    """Only tasks created before this time; the listing ends at the first task created later."""
 
 
 class Watch(Msg, tag="watch"):
@@ -662,7 +666,10 @@ class PhaseList(Msg, tag="phase_list"):
     req_id: I64
     tasks: list[TaskPhases]
     more: bool = False
-    """``limit`` tasks were listed: ask again after the last id for more."""
+    """There may be more: ask again after ``next_after``."""
+    next_after: I64 = 0
+    """The id to list after next (tasks outside ``since``/``until`` are read, not sent);
+    0: the last task sent."""
 
 
 class Watching(Msg, tag="watching"):

@@ -5,6 +5,7 @@ reports through the command line, the plots as real PNG and SVG files."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import anyio
@@ -58,6 +59,9 @@ async def test_phases_and_reports(tmp_path: Path) -> None:
             assert {r.site for r in await client.phases(site="cori")} == {"cori"}
             with pytest.raises(tidewater.NotFound):
                 await client.phases(site="nowhere")
+            now = time.time()
+            assert await client.phases(since=now + 60) == []
+            assert len(await client.phases(since=now - 600, until=now + 60)) == 4
 
             table = await client.latency_report(tags={"test": "latency"}, by_tag="instrument")
             assert [(r.site, r.tag, r.tasks) for r in table] == [
@@ -81,7 +85,8 @@ async def test_phases_and_reports(tmp_path: Path) -> None:
         async with tidewater.connect(c.url, token=bob) as other:
             assert await other.phases() == []
 
-        _, out, _ = await run_cli(c, "report", "latency", "--tag", "test=latency", token=token)
+        _, out, _ = await run_cli(c, "report", "latency", "--tag", "test=latency", "--last", "3600",
+                                  token=token)
         for name in SITES:
             assert name in out
         assert "run delay" in out and "stage out" in out

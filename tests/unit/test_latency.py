@@ -206,3 +206,33 @@ def test_the_controller_answers_phases_a_frame_at_a_time() -> None:
     core.state.limits = Limits(max_frame_bytes=4096)  # two tasks' tags fill half a frame
     part = reply(100)
     assert part.more and 1 <= len(part.tasks) < len(ids)
+
+
+def test_phases_in_a_creation_window_and_where_to_continue() -> None:
+    from tidewater.controller import requests
+    from tidewater.controller.effects import Send
+
+    from .test_tasks import CLIENT, Core
+
+    core = Core()
+    ids = []
+    for when in (10.0, 20.0, 30.0, 40.0):
+        core.now = when
+        ids += core.submit(P.TaskSpec(app="t", site="s"))
+    rows = [core.state.tasks.live[i] for i in ids]
+
+    def reply(msg: P.ListPhases, limit: int) -> P.PhaseList:
+        events = {t.id: PLAIN for t in requests.phases_window(msg, rows[:limit])}
+        fx = requests.phases_reply(core.state, CLIENT, msg, rows[:limit], events, limit)
+        (out,) = [o.msg for o in fx.out if isinstance(o, Send) and isinstance(o.msg, P.PhaseList)]
+        return out
+
+    window = reply(P.ListPhases(req_id=1, since=15.0, until=35.0), 100)
+    assert [t.id for t in window.tasks] == ids[1:3]
+    assert not window.more
+    # A full page whose tasks all fall before the window: nothing sent, continue after it.
+    early = reply(P.ListPhases(req_id=1, since=35.0), 2)
+    assert early.tasks == [] and early.more and early.next_after == ids[1]
+    # A page that reaches past ``until`` ends the listing.
+    ended = reply(P.ListPhases(req_id=1, until=25.0), 3)
+    assert [t.id for t in ended.tasks] == ids[:2] and not ended.more

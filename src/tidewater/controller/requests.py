@@ -263,11 +263,25 @@ def phases_limit(st: ControllerState, msg: P.ListPhases) -> int:
     return max(1, min(msg.limit, st.limits.max_query_limit, PHASES_PAGE))
 
 
+def phases_window(msg: P.ListPhases, rows: list[LiveTask]) -> list[LiveTask]:
+    """Those of ``rows`` created within the request's ``since``/``until``."""
+    return [t for t in rows if (msg.since is None or t.created_at >= msg.since)
+            and (msg.until is None or t.created_at < msg.until)]
+
+
 def phases_reply(st: ControllerState, peer: int, msg: P.ListPhases, rows: list[LiveTask],
                  events: dict[int, list[tuple[str, str, float]]], limit: int) -> Effects:
-    """The phases of ``rows`` (read by :func:`task_query`) from their events."""
+    """The phases of those of ``rows`` (``limit`` or fewer read in id order by
+    :func:`task_query`) in the request's window, from their events.
+
+    Ids grow with creation time, so the listing ends at the first task created
+    after ``until``.
+    """
+    more = len(rows) >= limit
+    if msg.until is not None and rows and rows[-1].created_at >= msg.until:
+        more = False
     out = []
-    for t in rows:
+    for t in phases_window(msg, rows):
         ph = latency.phases(events.get(t.id, ()))
         out.append(P.TaskPhases(
             id=t.id, site=st.registry.site_name(t.site_id), app=t.app, state=t.state.value,
@@ -277,8 +291,13 @@ def phases_reply(st: ControllerState, peer: int, msg: P.ListPhases, rows: list[L
     # Tags can be large (up to the submit's size limit): keep the frame within its
     # limit; the client asks again after the last id sent.
     runs = P.chunk_by_size(out, _phases_size, st.limits.max_frame_bytes // 2)
-    return Effects(out=[Send(peer, P.PhaseList(req_id=msg.req_id, tasks=runs[0] if runs else [],
-                                               more=len(rows) >= limit or len(runs) > 1))])
+    sent = runs[0] if runs else []
+    if len(runs) > 1:
+        more, next_after = True, sent[-1].id
+    else:
+        next_after = rows[-1].id if rows else msg.after_id
+    return Effects(out=[Send(peer, P.PhaseList(req_id=msg.req_id, tasks=sent, more=more,
+                                               next_after=next_after))])
 
 
 def _phases_size(p: P.TaskPhases) -> int:

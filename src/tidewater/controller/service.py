@@ -270,7 +270,8 @@ class ControllerService:
                 limit = requests.phases_limit(st, msg)
                 rows = await self.store.query(q, after_id=msg.after_id, limit=limit,
                                               newest=False)
-                events = await self.store.events_of([t.id for t in rows])
+                events = await self.store.events_of(
+                    [t.id for t in requests.phases_window(msg, rows)])
                 await self._run(requests.phases_reply(st, pid, msg, rows, events, limit))
             case P.Watch():
                 await self._watch(who, peer, msg)
