@@ -27,6 +27,7 @@ from .errors import (
     TidewaterError,
     TLSError,
 )
+from .latency import LatencyRow
 from .proto import (
     BatchJobInfo,
     JobSpec,
@@ -35,6 +36,7 @@ from .proto import (
     TaskEvent,
     TaskFilter,
     TaskInfo,
+    TaskPhases,
     TaskSpec,
 )
 from .states import TaskState
@@ -52,6 +54,7 @@ __all__ = [
     "ConnectionClosed",
     "InvalidRequest",
     "JobSpec",
+    "LatencyRow",
     "LimitExceeded",
     "NotFound",
     "ParamError",
@@ -68,6 +71,7 @@ __all__ = [
     "TaskFailed",
     "TaskFilter",
     "TaskInfo",
+    "TaskPhases",
     "TaskSpec",
     "TaskState",
     "TidewaterError",
