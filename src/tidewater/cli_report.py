@@ -63,10 +63,11 @@ def report() -> None:
     """Latency, throughput and utilisation of tasks (from their state changes)."""
 
 
-def latency_table(rows: list[LatencyRow], by_tag: str | None) -> Table:
+def latency_table(rows: list[LatencyRow], by_tag: str | None, *,
+                  finished_only: bool = True) -> Table:
+    which = "finished tasks" if finished_only else "all tasks"
     table = Table("route", "tasks", "stage in (s)", "run delay (s)", "run (s)",
-                  "stage out (s)", "total (s)",
-                  title="median seconds per phase (finished tasks)")
+                  "stage out (s)", "total (s)", title=f"median seconds per phase ({which})")
     for r in rows:
         table.add_row(latency.route_label(r, by_tag), str(r.tasks), _secs(r.stage_in),
                       _secs(r.run_delay), _secs(r.run), _secs(r.stage_out), _secs(r.total))
@@ -78,7 +79,7 @@ def latency_table(rows: list[LatencyRow], by_tag: str | None) -> Table:
 @click.option("--by-tag", default=None, metavar="KEY",
               help="A route per value of this tag as well as per site (e.g. instrument).")
 @click.option("--all", "include_all", is_flag=True,
-              help="Count failed and killed tasks too (default: finished tasks only).")
+              help="Count failed, killed and live tasks too (default: finished tasks only).")
 @click.pass_context
 def latency_cmd(ctx: click.Context, tags: tuple[str, ...], site: str | None,
                 app_name: str | None, limit: int, last: float | None, as_json: bool,
@@ -92,7 +93,7 @@ def latency_cmd(ctx: click.Context, tags: tuple[str, ...], site: str | None,
     if as_json:
         click.echo(json.dumps([asdict(r) for r in rows]))
     else:
-        out.print(latency_table(rows, by_tag))
+        out.print(latency_table(rows, by_tag, finished_only=not include_all))
 
 
 def _series_out(series: dict[str, Series], *, as_json: bool, plot: str | None, title: str,
