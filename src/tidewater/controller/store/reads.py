@@ -130,6 +130,13 @@ def events_sql(q: TaskQuery, since: int, limit: int) -> tuple[str, list[Any]]:
             f"AND {cond} ORDER BY e.id LIMIT ?", [since, *args, limit])
 
 
+def events_of_sql(task_ids: Sequence[int]) -> tuple[str, list[Any]]:
+    """The SQL and parameters :meth:`SqlReads.events_of` runs for one chunk of task
+    ids: one range of ``events_task (task_id, id)`` per task, so in commit order."""
+    return (f"SELECT task_id, from_state, to_state, time FROM events "
+            f"WHERE task_id IN ({marks(len(task_ids))}) ORDER BY task_id, id", list(task_ids))
+
+
 class SqlReads:
     """Every typed read, over a backend's ``_rows``."""
 
@@ -258,10 +265,7 @@ class SqlReads:
                         ) -> dict[int, list[tuple[str, str, float]]]:
         out: dict[int, list[tuple[str, str, float]]] = {}
         for chunk in chunks(list(task_ids)):
-            # One range of ``events_task`` (task_id, id) per task: in commit order.
-            for tid, src, dst, at in await self._rows(
-                f"SELECT task_id, from_state, to_state, time FROM events "
-                f"WHERE task_id IN ({marks(len(chunk))}) ORDER BY task_id, id", chunk):
+            for tid, src, dst, at in await self._rows(*events_of_sql(chunk)):
                 out.setdefault(int(tid), []).append((src, dst, float(at)))
         return out
 
