@@ -27,6 +27,7 @@ from .errors import (
     TidewaterError,
     TLSError,
 )
+from .latency import LatencyRow
 from .proto import (
     BatchJobInfo,
     JobSpec,
@@ -37,6 +38,7 @@ from .proto import (
     TaskEvent,
     TaskFilter,
     TaskInfo,
+    TaskPhases,
     TaskSpec,
 )
 from .states import TaskState
@@ -54,6 +56,7 @@ __all__ = [
     "ConnectionClosed",
     "InvalidRequest",
     "JobSpec",
+    "LatencyRow",
     "LimitExceeded",
     "NotFound",
     "ParamError",
@@ -72,6 +75,7 @@ __all__ = [
     "TaskFailed",
     "TaskFilter",
     "TaskInfo",
+    "TaskPhases",
     "TaskSpec",
     "TaskState",
     "TidewaterError",

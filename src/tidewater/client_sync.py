@@ -20,6 +20,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from . import proto as P
 from .client import Client, Task
+from .latency import LatencyRow, Series
 from .proto import TaskEvent, TaskInfo, TaskSpec
 
 
@@ -141,6 +142,18 @@ class SyncClient(AbstractContextManager["SyncClient"]):
 
     def tasks(self, **kwargs: Any) -> list[TaskInfo]:
         return self._call(self._async.tasks, **kwargs)  # type: ignore[no-any-return]
+
+    def phases(self, **kwargs: Any) -> list[P.TaskPhases]:
+        return self._call(self._async.phases, **kwargs)  # type: ignore[no-any-return]
+
+    def latency_report(self, **kwargs: Any) -> list[LatencyRow]:
+        return self._call(self._async.latency_report, **kwargs)  # type: ignore[no-any-return]
+
+    def throughput_report(self, **kwargs: Any) -> dict[str, Series]:
+        return self._call(self._async.throughput_report, **kwargs)  # type: ignore[no-any-return]
+
+    def utilization_report(self, **kwargs: Any) -> dict[str, Series]:
+        return self._call(self._async.utilization_report, **kwargs)  # type: ignore[no-any-return]
 
     def cancel(self, ids: Iterable[int]) -> list[int]:
         return self._call(self._async.cancel, list(ids))  # type: ignore[no-any-return]

@@ -305,6 +305,30 @@ class TaskEvent(Struct):
     tags: dict[str, str] = {}
 
 
+class TaskPhases(Struct):
+    """One task's latency accounting: seconds in each phase, from its events
+    (``tidewater.latency`` defines each phase; None: it did not happen)."""
+
+    id: I64
+    site: str
+    app: str
+    state: str
+    tags: dict[str, str] = {}
+    cores: I64 = 1
+    created_at: float = 0.0
+    parents: float | None = None
+    stage_in: float | None = None
+    run_delay: float | None = None
+    run: float | None = None
+    stage_out: float | None = None
+    total: float | None = None
+    attempts: I64 = 0
+    ended: float | None = None
+    """When the task reached its final state."""
+    runs: list[tuple[float, float | None]] = []
+    """Every RUNNING interval (start, end); end None while it runs."""
+
+
 class NodeInfo(Struct):
     """One node a pilot serves."""
 
@@ -504,6 +528,20 @@ class Query(Msg, tag="query"):
     newest: bool = False
 
 
+class ListPhases(Msg, tag="list_phases"):
+    """The phases of the tasks matching ``filter``, oldest first: at most
+    ``limit`` (capped by the controller's query limit) with ids after ``after_id``."""
+
+    req_id: I64
+    filter: TaskFilter = TaskFilter()
+    limit: I64 = 1000
+    after_id: I64 = 0
+    since: float | None = None
+    """Only tasks created at or after this time (seconds since the epoch)."""
+    until: float | None = None
+    """Only tasks created before this time; the listing ends at the first task created later."""
+
+
 class Watch(Msg, tag="watch"):
     req_id: I64
     filter: TaskFilter = TaskFilter()
@@ -636,7 +674,7 @@ class ListAudit(Msg, tag="list_audit"):
 ClientToController = (
     Hello | Ping | Submit | Query | Watch | Unwatch | Wait | Cancel | AddSite | ListSites
     | AddApp | ListApps | AddJob | ListJobs | CancelJob | CreateToken | ListTokens | RevokeToken
-    | AddUser | RemoveUser | ListUsers | ListAudit | Download
+    | AddUser | RemoveUser | ListUsers | ListAudit | Download | ListPhases
 )
 
 
@@ -657,6 +695,16 @@ class TaskList(Msg, tag="task_list"):
     truncated: bool = False
     """Fewer than asked for, to keep the frame under its limit (large function results):
     ask again after the last id for more."""
+
+
+class PhaseList(Msg, tag="phase_list"):
+    req_id: I64
+    tasks: list[TaskPhases]
+    more: bool = False
+    """There may be more: ask again after ``next_after``."""
+    next_after: I64 = 0
+    """The id to list after next (tasks outside ``since``/``until`` are read, not sent);
+    0: the last task sent."""
 
 
 class Watching(Msg, tag="watching"):
@@ -763,7 +811,7 @@ class FileData(Msg, tag="file_data"):
 ControllerToClient = (
     Welcome | Reject | Error | Ping | Submitted | TaskList | Watching | Events | Results
     | Cancelled | SiteAdded | SiteList | AppAdded | AppList | JobAdded | JobList | TokenCreated
-    | TokenList | UserAdded | UserList | AuditList | Done | FileData
+    | TokenList | UserAdded | UserList | AuditList | Done | FileData | PhaseList
 )
 
 

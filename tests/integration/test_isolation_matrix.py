@@ -134,6 +134,13 @@ OPERATIONS: dict[str, tuple[Build, str]] = {
     "query-tags": (lambda w, i: P.Query(req_id=i, filter=P.TaskFilter(tags={"owner": "alice"})),
                    EMPTY),
     "query-all": (lambda w, i: P.Query(req_id=i, limit=100_000), EMPTY),
+    "phases-ids": (lambda w, i: P.ListPhases(req_id=i, filter=P.TaskFilter(
+        ids=[w.a_finished, w.a_queued, w.a_canary])), EMPTY),
+    "phases-site": (lambda w, i: P.ListPhases(req_id=i, filter=P.TaskFilter(site="beamline")),
+                    NOT_FOUND),
+    "phases-tags": (lambda w, i: P.ListPhases(req_id=i, filter=P.TaskFilter(
+        tags={"owner": "alice"})), EMPTY),
+    "phases-all": (lambda w, i: P.ListPhases(req_id=i, limit=100_000), EMPTY),
     "wait-finished": (lambda w, i: P.Wait(req_id=i, ids=[w.a_finished]), NOT_FOUND),
     "wait-queued": (lambda w, i: P.Wait(req_id=i, ids=[w.a_queued]), NOT_FOUND),
     "wait-mixed": (lambda w, i: P.Wait(req_id=i, ids=[w.b_queued, w.a_queued]), NOT_FOUND),
@@ -193,6 +200,9 @@ def alice_in(w: World, reply: P.Msg) -> list[object]:
     match reply:
         case P.TaskList(tasks=tasks):
             return [t for t in tasks if t.id in (w.a_finished, w.a_queued, w.a_canary)
+                    or t.site.startswith("beamline") or t.tags.get("owner") == "alice"]
+        case P.PhaseList(tasks=phases):
+            return [t for t in phases if t.id in (w.a_finished, w.a_queued, w.a_canary)
                     or t.site.startswith("beamline") or t.tags.get("owner") == "alice"]
         case P.AppList(apps=apps):
             return [a for a in apps if a.site != "bobsite"]

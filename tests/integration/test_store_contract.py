@@ -268,6 +268,26 @@ async def test_events_since_follow_the_query(url: str) -> None:
         assert await store.events_since(TaskQuery(owner_id=2), 0, 100) == []
 
 
+async def test_events_of_tasks_in_commit_order(url: str) -> None:
+    async with open_store(url) as store:
+        writes = [*world()]
+        eid = 0
+        # Interleaved: each task's events are read back in id order, grouped by task.
+        for src, dst in (("CREATED", "READY"), ("READY", "STAGED_IN"), ("STAGED_IN", "RUNNING")):
+            for i in (1, 2, 3):
+                if eid < 3:
+                    writes.append(schema.insert_task(a_task(i)))
+                eid += 1
+                writes.append(schema.insert_event(i, Event(eid, src, dst, 10.0 * eid + 0.5, {})))
+        await store.commit(writes)
+        got = await store.events_of([3, 1, 99])
+        assert set(got) == {1, 3}
+        assert got[1] == [("CREATED", "READY", 10.5), ("READY", "STAGED_IN", 40.5),
+                          ("STAGED_IN", "RUNNING", 70.5)]
+        assert [e[2] for e in got[3]] == [30.5, 60.5, 90.5]
+        assert await store.events_of([]) == {}
+
+
 async def test_an_empty_database_migrates_and_reopens(url: str) -> None:
     for _ in range(2):
         async with open_store(url) as store:

@@ -5,7 +5,8 @@ app, tag, several tags, tag and state, ids; oldest and newest first, paged)
 and every watch replay (``events_since``) is run on a store holding several
 owners' tasks, and its result compared with the same filter applied in
 Python. Then the SQL the store issued for it (:func:`.reads.query_sql`,
-:func:`.reads.events_sql`: the very text, not a copy) is explained:
+:func:`.reads.events_sql`, and :func:`.reads.events_of_sql` for the phases of
+listed tasks: the very text, not a copy) is explained:
 
 * SQLite (``EXPLAIN QUERY PLAN``, with no statistics, as a store in use
   has): no ``SCAN`` of tasks, events or task tags -- every table is reached
@@ -40,7 +41,7 @@ from tidewater.controller.store import postgres_migrations, reads, schema, sqlit
 from tidewater.controller.store.base import Store, TaskQuery
 from tidewater.controller.store.open import open_store
 from tidewater.controller.store.postgres import numbered
-from tidewater.controller.store.reads import events_sql, query_sql
+from tidewater.controller.store.reads import events_of_sql, events_sql, query_sql
 from tidewater.states import TaskState as S
 
 from . import pg
@@ -199,6 +200,16 @@ async def test_watch_replay_reads_events_from_their_index(
     assert all(e.tags == wanted[e.task_id].tags for e in got)
     sql, args = events_sql(q, since, 100)
     assert_indexed(filled, await plan(filled, sql, args), q)
+
+
+async def test_phases_read_each_tasks_events_from_their_index(
+        filled: str, store: Store) -> None:
+    ids = [t.id for t in TASKS if t.owner_id == 1][:40]
+    got = await store.events_of(ids)
+    assert sorted(got) == sorted(ids)
+    assert all([e[2] for e in got[tid]] == [2.0 * tid - 1, 2.0 * tid] for tid in ids)
+    sql, args = events_of_sql(ids)
+    assert_indexed(filled, await plan(filled, sql, args), TaskQuery(owner_id=1, ids=tuple(ids)))
 
 
 async def test_recovery_reads_every_live_task_in_chunks(

@@ -15,6 +15,7 @@ PUBLIC = [
     "ConnectionClosed",
     "InvalidRequest",
     "JobSpec",
+    "LatencyRow",
     "LimitExceeded",
     "NotFound",
     "ParamError",
@@ -33,6 +34,7 @@ PUBLIC = [
     "TaskFailed",
     "TaskFilter",
     "TaskInfo",
+    "TaskPhases",
     "TaskSpec",
     "TaskState",
     "TidewaterError",
@@ -63,6 +65,7 @@ def test_public_names_are_the_real_objects() -> None:
 
     assert tidewater.TaskState is states.TaskState
     assert tidewater.TaskSpec is proto.TaskSpec
+    assert tidewater.TaskPhases is proto.TaskPhases
     assert tidewater.TidewaterError is errors.TidewaterError
     assert tidewater.connect is client.connect
     assert callable(tidewater.connect_sync)

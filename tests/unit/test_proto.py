@@ -69,6 +69,7 @@ SAMPLES: dict[type[P.Msg], P.Msg] = {
     P.Ping: P.Ping(time=12.5),
     P.Submit: P.Submit(req_id=1, tasks=[SPEC, P.TaskSpec(app="a", site="s")], key="k-1"),
     P.Query: P.Query(req_id=2, filter=FILTER, limit=10, after_id=5),
+    P.ListPhases: P.ListPhases(req_id=2, filter=FILTER, limit=10, after_id=5),
     P.Watch: P.Watch(req_id=3, filter=FILTER, since_event=17),
     P.Unwatch: P.Unwatch(req_id=4, watch_id=2),
     P.Wait: P.Wait(req_id=5, ids=[1, 2, 3]),
@@ -82,6 +83,10 @@ SAMPLES: dict[type[P.Msg], P.Msg] = {
     P.ListApps: P.ListApps(req_id=10, site="laptop"),
     P.Submitted: P.Submitted(req_id=1, ids=[10, 11]),
     P.TaskList: P.TaskList(req_id=2, tasks=[TASK_INFO]),
+    P.PhaseList: P.PhaseList(req_id=2, tasks=[P.TaskPhases(
+        id=1, site="theta", app="a", state="JOB_FINISHED", tags={"k": "v"}, stage_in=1.0,
+        run_delay=2.0, run=3.0, stage_out=0.0, total=6.0, attempts=1, ended=6.0,
+        runs=[(2.0, 5.0), (5.5, None)])], more=True),
     P.Watching: P.Watching(req_id=3, watch_id=2, start_event=40),
     P.Events: P.Events(watch_id=2, events=[TASK_EVENT]),
     P.Results: P.Results(req_id=5, tasks=[TASK_INFO]),

@@ -15,8 +15,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .. import latency, states
 from .. import proto as P
-from .. import states
 from ..errors import AppError, InvalidRequest, NotFound
 from ..states import TaskState as S
 from . import access
@@ -355,6 +355,55 @@ def query_reply(st: ControllerState, peer: int, msg: P.Query, rows: list[LiveTas
         infos.reverse()
     return Effects(out=[Send(peer, P.TaskList(req_id=msg.req_id, tasks=infos,
                                               truncated=len(runs) > 1))])
+
+PHASES_PAGE = 2_000
+"""At most this many tasks' phases per reply (about 300 bytes each): the client pages."""
+
+
+def phases_limit(st: ControllerState, msg: P.ListPhases) -> int:
+    return max(1, min(msg.limit, st.limits.max_query_limit, PHASES_PAGE))
+
+
+def phases_window(msg: P.ListPhases, rows: list[LiveTask]) -> list[LiveTask]:
+    """Those of ``rows`` created within the request's ``since``/``until``."""
+    return [t for t in rows if (msg.since is None or t.created_at >= msg.since)
+            and (msg.until is None or t.created_at < msg.until)]
+
+
+def phases_reply(st: ControllerState, peer: int, msg: P.ListPhases, rows: list[LiveTask],
+                 events: dict[int, list[tuple[str, str, float]]], limit: int) -> Effects:
+    """The phases of those of ``rows`` (``limit`` or fewer read in id order by
+    :func:`task_query`) in the request's window, from their events.
+
+    Ids grow with creation time, so the listing ends at the first task created
+    after ``until``.
+    """
+    more = len(rows) >= limit
+    if msg.until is not None and rows and rows[-1].created_at >= msg.until:
+        more = False
+    out = []
+    for t in phases_window(msg, rows):
+        ph = latency.phases(events.get(t.id, ()))
+        out.append(P.TaskPhases(
+            id=t.id, site=st.registry.site_name(t.site_id), app=t.app, state=t.state.value,
+            tags=t.tags, cores=t.cores, created_at=t.created_at, parents=ph.parents,
+            stage_in=ph.stage_in, run_delay=ph.run_delay, run=ph.run, stage_out=ph.stage_out,
+            total=ph.total, attempts=ph.attempts, ended=ph.ended, runs=list(ph.runs)))
+    # Tags can be large (up to the submit's size limit): keep the frame within its
+    # limit; the client asks again after the last id sent.
+    runs = P.chunk_by_size(out, _phases_size, st.limits.max_frame_bytes // 2)
+    sent = runs[0] if runs else []
+    if len(runs) > 1:
+        more, next_after = True, sent[-1].id
+    else:
+        next_after = rows[-1].id if rows else msg.after_id
+    return Effects(out=[Send(peer, P.PhaseList(req_id=msg.req_id, tasks=sent, more=more,
+                                               next_after=next_after))])
+
+
+def _phases_size(p: P.TaskPhases) -> int:
+    return 256 + 24 * len(p.runs) + sum(len(k) + len(v) + 4 for k, v in p.tags.items())
+
 
 def watch(st: ControllerState, who: Principal, peer: int, msg: P.Watch, stored: Stored
           ) -> tuple[WatchSub, Effects]:

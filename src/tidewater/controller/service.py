@@ -265,6 +265,14 @@ class ControllerService:
                 rows = await self.store.query(q, after_id=msg.after_id,
                                               limit=requests.query_limit(st, msg), newest=msg.newest)
                 await self._run(requests.query_reply(st, pid, msg, rows))
+            case P.ListPhases():
+                q = requests.task_query(st, who, msg.filter)
+                limit = requests.phases_limit(st, msg)
+                rows = await self.store.query(q, after_id=msg.after_id, limit=limit,
+                                              newest=False)
+                events = await self.store.events_of(
+                    [t.id for t in requests.phases_window(msg, rows)])
+                await self._run(requests.phases_reply(st, pid, msg, rows, events, limit))
             case P.Watch():
                 await self._watch(who, peer, msg)
             case P.Unwatch():

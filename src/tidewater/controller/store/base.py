@@ -165,6 +165,11 @@ class Store(Protocol):
     async def events_since(self, q: TaskQuery, since: int, limit: int) -> list[StoredEvent]:
         """Events with id > ``since`` of the tasks matching ``q``, in id order."""
 
+    async def events_of(self, task_ids: Sequence[int]
+                        ) -> dict[int, list[tuple[str, str, float]]]:
+        """(from_state, to_state, time) of each task's events in commit order, by task
+        id (the caller has checked the tasks are the asker's)."""
+
     async def output_data(self, task_id: int, path: str) -> bytes | None:
         """The inline bytes of a task's output, if stored."""
 

@@ -130,6 +130,13 @@ def events_sql(q: TaskQuery, since: int, limit: int) -> tuple[str, list[Any]]:
             f"AND {cond} ORDER BY e.id LIMIT ?", [since, *args, limit])
 
 
+def events_of_sql(task_ids: Sequence[int]) -> tuple[str, list[Any]]:
+    """The SQL and parameters :meth:`SqlReads.events_of` runs for one chunk of task
+    ids: one range of ``events_task (task_id, id)`` per task, so in commit order."""
+    return (f"SELECT task_id, from_state, to_state, time FROM events "
+            f"WHERE task_id IN ({marks(len(task_ids))}) ORDER BY task_id, id", list(task_ids))
+
+
 class SqlReads:
     """Every typed read, over a backend's ``_rows``."""
 
@@ -253,6 +260,14 @@ class SqlReads:
     async def events_since(self, q: TaskQuery, since: int, limit: int) -> list[StoredEvent]:
         sql, args = events_sql(q, since, limit)
         return [schema.stored_event_from_row(r) for r in await self._rows(sql, args)]
+
+    async def events_of(self, task_ids: Sequence[int]
+                        ) -> dict[int, list[tuple[str, str, float]]]:
+        out: dict[int, list[tuple[str, str, float]]] = {}
+        for chunk in chunks(list(task_ids)):
+            for tid, src, dst, at in await self._rows(*events_of_sql(chunk)):
+                out.setdefault(int(tid), []).append((src, dst, float(at)))
+        return out
 
     async def output_data(self, task_id: int, path: str) -> bytes | None:
         row = await self._one(
