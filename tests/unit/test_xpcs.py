@@ -61,3 +61,29 @@ def test_a_fit_off_the_truth_is_an_error_that_says_by_how_much(in_tmp: Path) -> 
         xpcs.analyse("stack.h5", "g2.h5")
     with h5py.File("g2.h5") as f:  # written before the check, for a look at what failed
         assert f.attrs["tau_fit"] == pytest.approx(0.1, rel=xpcs.TOLERANCE)
+
+
+def test_fit_of_an_exact_curve_gives_its_parameters() -> None:
+    lags = np.arange(1, 200) * 0.01
+    tau, beta = xpcs.fit_g2(lags, 1 + 0.3 * np.exp(-2 * lags / 0.15))
+    assert tau == pytest.approx(0.15, rel=1e-6) and beta == pytest.approx(0.3, rel=1e-6)
+
+
+def test_rings_are_concentric_and_leave_the_beamstop_and_corners_out() -> None:
+    mask = xpcs.rings((64, 80), 4)
+    assert mask.shape == (64, 80) and set(np.unique(mask)) == {0, 1, 2, 3, 4}
+    assert mask[32, 40] == 0 and mask[0, 0] == 0  # beamstop, corner
+    assert mask[32, 40 + 4] == 1 and mask[32, 40 + 30] == 4
+
+
+def test_a_file_that_is_not_a_stack_is_refused_saying_what_is_missing(in_tmp: Path) -> None:
+    with h5py.File("other.h5", "w") as f:
+        f["frames"] = np.zeros((10, 16, 16), np.uint16)
+    with pytest.raises(ValueError, match=r"other.h5 is not a stack .* shape \(10, 16, 16\), "
+                                         r"no tau, beta, dt"):
+        xpcs.analyse("other.h5", "g2.h5")
+    with h5py.File("empty.h5", "w"):
+        pass
+    with pytest.raises(ValueError, match="found no dataset"):
+        xpcs.analyse("empty.h5", "g2.h5")
+    assert not Path("g2.h5").exists()

@@ -118,12 +118,12 @@ def simulate(path: str | Path, frames: int = 500, size: int = 128, tau: float = 
     return out
 
 
-def rings(size: int, n: int = 4, beamstop: float = 0.1) -> npt.NDArray[np.int32]:
+def rings(shape: tuple[int, int], n: int = 4, beamstop: float = 0.1) -> npt.NDArray[np.int32]:
     """An ROI mask of ``n`` concentric rings (labels 1..n, 0 outside) about the centre of
-    a ``size`` x ``size`` frame, from ``beamstop`` of the half-width out to it."""
-    c = (size - 1) / 2
-    yy, xx = np.indices((size, size))
-    r = np.hypot(yy - c, xx - c) / (size / 2)
+    a frame of ``shape`` (y, x), from ``beamstop`` of the shorter half-width out to it."""
+    h, w = shape
+    yy, xx = np.indices((h, w))
+    r = np.hypot(yy - (h - 1) / 2, xx - (w - 1) / 2) / (min(h, w) / 2)
     edges = np.linspace(beamstop, 1.0, n + 1)
     label = np.digitize(r, edges)
     return np.where((r >= beamstop) & (r < 1.0), label, 0).astype(np.int32)
@@ -164,7 +164,7 @@ def analyse(stack: str = "stack.h5", out: str = "g2.h5", rings_n: int = 4,
 
     Returns ``{"tau_fit", "tau_true", "beta_fit", "beta_true", "rel_error", "frames",
     "size", "seconds"}`` (``rel_error`` of ``tau``; ``seconds`` of the whole analysis).
-    Raises ``ValueError`` if the fitted ``tau`` of the ring-averaged g2 is off the
+    Raises ``ValueError`` for a file without such a stack, and if the fitted ``tau`` of the ring-averaged g2 is off the
     simulated one by more than ``tolerance`` (relative), or that of any ring by more than
     ``ring_tolerance``: ``out`` is written first, so the failed result can be looked at.
     """
@@ -173,11 +173,18 @@ def analyse(stack: str = "stack.h5", out: str = "g2.h5", rings_n: int = 4,
 
     start = time.perf_counter()
     with h5py.File(stack, "r") as f:
-        ds = f[DATASET]
+        ds = f.get(DATASET)
+        missing = [k for k in ("tau", "beta", "dt") if ds is None or k not in ds.attrs]
+        if ds is None or missing or ds.ndim != 3 or ds.shape[0] < 4:
+            raise ValueError(
+                f"{stack} is not a stack as simulate() writes it: it needs a dataset "
+                f"'{DATASET}' of at least 4 frames (frames, y, x) with the attributes tau, "
+                f"beta and dt; found {'no dataset' if ds is None else f'shape {ds.shape}'}"
+                f"{', no ' + ', '.join(missing) if missing and ds is not None else ''}")
         frames = np.asarray(ds[()])
         tau_true, beta_true, dt = (float(ds.attrs[k]) for k in ("tau", "beta", "dt"))
     n, size = frames.shape[0], frames.shape[1]
-    roimask = rings(size, rings_n)
+    roimask = rings((frames.shape[1], frames.shape[2]), rings_n)
     res = xpcscorr.correlator_dense_reference(frames, roimask)
     g2 = np.asarray(res.g2, np.float64)  # (ring, lag): lags of 1 .. n - 1 frames
     err = np.asarray(res.g2_err, np.float64)
