@@ -26,9 +26,9 @@ Hence ``g2(t) = 1 + beta * exp(-2 t / tau)``, what :func:`analyse` fits.
 The dynamics are the same at every q (no diffusion law): each ring of the ROI
 mask must give the same ``tau``, which the analysis checks ring by ring too.
 
-h5py and xpcs-correlator are the ``xpcs`` extra (``pip install
-'tidewater-hpc[xpcs]'``), imported only where a stack is written or read;
-scipy (the ``demo`` extra) does the fit.
+h5py, xpcs-correlator and scipy (for the fit) are the ``xpcs`` extra (``pip
+install 'tidewater-hpc[xpcs]'``), imported only where a stack is written, read
+or fitted.
 """
 
 from __future__ import annotations
