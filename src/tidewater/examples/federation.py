@@ -124,13 +124,16 @@ class PolicyRun:
     throughput: dict[str, Series] = field(default_factory=dict)
     utilization: dict[str, Series] = field(default_factory=dict)
     started: float = 0.0
+    ended: float = 0.0
+    """When the last task reached its final state (after its stage out)."""
+    totals: list[float] = field(default_factory=list)
+    """Each finished task's total seconds, created to JOB_FINISHED."""
     problems: list[str] = field(default_factory=list)
 
     @property
     def makespan(self) -> float:
-        """Seconds from the first submit to the last task's end."""
-        ends = [i.finished_at or 0.0 for i in self.infos]
-        return max(ends) - self.started if ends else 0.0
+        """Seconds from the first submit to the last task's end (its g2.h5 staged out)."""
+        return max(0.0, self.ended - self.started)
 
     @property
     def per_site(self) -> Counter[str]:
@@ -366,6 +369,10 @@ async def _one_policy(pr: PolicyRun, clients: dict[str, Client], stream: list[It
         pr.problems.append(f"{len(pr.infos) - len(routes)} tasks have no route recorded")
     pr.problems += route_problems(pr.policy, routes)
     client = clients["aps"]  # one user: either session sees both instruments' tasks
+    phases = await client.phases(tags=tags)
+    pr.ended = max((p.created_at + p.total for p in phases if p.total is not None),
+                   default=pr.started)
+    pr.totals = [p.total for p in phases if p.state == "JOB_FINISHED" and p.total is not None]
     pr.latency = await client.latency_report(by_tag="instrument", tags=tags)
     bin_s = max(1.0, pr.makespan / 30)
     pr.throughput = await client.throughput_report(bin_seconds=bin_s, tags=tags)
@@ -419,8 +426,7 @@ def _print_summary(con: Console, r: Result) -> None:
                   title_justify="left")
     for pr in r.runs:
         span = pr.makespan or float("nan")
-        totals = [i.finished_at - i.created_at for i in pr.infos
-                  if i.state == "JOB_FINISHED" and i.finished_at]
+        totals = pr.totals
         table.add_row(pr.policy, f"{pr.makespan:.1f}", f"{60 * len(pr.values) / span:.1f}",
                       *(f"{pr.per_site[n]} ({60 * pr.per_site[n] / span:.1f})" for n in names),
                       f"{statistics.median(totals):.2f}" if totals else "-",
