@@ -21,6 +21,7 @@ from rich.text import Text
 
 from . import apps as appmod
 from .cli_base import _client, _kv, _run, err, out
+from .cli_example import example
 from .cli_report import report
 from .config import ControllerConfig, Limits, Timeouts, default_db
 from .errors import TidewaterError
@@ -1241,6 +1242,7 @@ def demo(frames: int, pilots: int, cores: int, burst: int, keep: Path | None) ->
 
 
 main.add_command(report)
+main.add_command(example)
 
 
 if __name__ == "__main__":

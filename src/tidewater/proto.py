@@ -251,6 +251,8 @@ class RouteEstimate(Struct):
     run: float = 0.0
     """Expected run time there (measured mean, else the task's wall_time, else 60 s)."""
     note: str = ""
+    cores: I64 = 0
+    """Cores of the pilots connected there (what ``shortest-backlog`` divides by)."""
 
 
 class Route(Struct):

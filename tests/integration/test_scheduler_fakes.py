@@ -235,3 +235,26 @@ async def test_local_failed_job_reports_failed(state_root: Path, tmp_path: Path)
     job_id = await client.submit(request(tmp_path / "bad", "exit 3\n"))
     job = await wait_for(client, job_id, finished)
     assert job is not None and (job.native_state, job.reason) == ("FAILED", "FAILED")
+
+
+async def test_local_start_delay_keeps_a_job_pending_and_a_cancel_ends_the_wait(
+    state_root: Path, tmp_path: Path
+) -> None:
+    adapter = LocalScheduler(state_dir=state_root / "local", kill_grace=1, start_delay=1.0)
+    client = SchedulerClient(adapter, timeout=20)
+    wd = tmp_path / "queued"
+    job_id = await client.submit(request(wd, f"date +%s.%N > {shlex.quote(str(wd / 'ran'))}\n"))
+    [pending] = [j for j in await client.status() if j.scheduler_id == job_id]
+    assert pending.native_state == "PENDING" and pending.start_time is None
+    job = await wait_for(client, job_id, finished)
+    assert job is not None and job.reason == "COMPLETED"
+    assert job.start_time is not None
+    [rec] = [j for j in localexec.list_jobs(state_root / "local") if str(j.job_id) == job_id]
+    assert job.start_time - rec.submit_time >= 1.0  # it waited its queue time
+
+    waiting = LocalScheduler(state_dir=state_root / "local", kill_grace=1, start_delay=300)
+    slow = SchedulerClient(waiting, timeout=20)
+    job_id = await slow.submit(request(tmp_path / "never", "true\n"))
+    await slow.cancel(job_id)
+    job = await wait_for(slow, job_id, finished)
+    assert job is not None and job.reason == "CANCELLED" and job.start_time is None

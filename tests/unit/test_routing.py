@@ -112,7 +112,11 @@ def test_shortest_backlog_picks_the_least_loaded_per_core() -> None:
     sites = [site("big", cores=64, queued_tasks=100, running_tasks=60),   # 2.5 per core
              site("small", cores=4, queued_tasks=4, running_tasks=4),     # 2 per core
              site("tiny", cores=1, queued_tasks=3)]                        # 3 per core
-    assert shortest_backlog(sites, Need(), NOW).chosen == "small"
+    r = shortest_backlog(sites, Need(), NOW)
+    assert r.chosen == "small"
+    # What it divided by is recorded, so the choice can be checked from the route alone.
+    assert {(e.site, e.backlog, e.cores) for e in r.candidates} == {
+        ("big", 160, 64), ("small", 8, 4), ("tiny", 3, 1)}
     tie = [site("b", cores=2, queued_tasks=2), site("a", cores=1, queued_tasks=1)]
     assert shortest_backlog(tie, Need(), NOW).chosen == "a"
 

@@ -204,6 +204,10 @@ def test_local_argv_runs_localexec_with_its_state_dir() -> None:
     assert sched.status_argv("alice") == [*mod, "status", "--state-dir", "/st"]
     assert sched.cancel_argv("4") == [*mod, "cancel", "--state-dir", "/st", "4"]
     assert sched.node_launch_argv(3) == [*mod, "fanout", "-n", "3", "--"]
+    queued = LocalScheduler(state_dir="/st", python="/py", kill_grace=1, start_delay=2.5)
+    assert queued.submit_argv("/w/job.sh", REQ)[-3:] == ["--start-delay", "2.5", "/w/job.sh"]
+    with pytest.raises(ConfigError, match="start_delay is -1 s"):
+        LocalScheduler(start_delay=-1)
 
 
 def test_local_state_dir_defaults_under_tidewater_home(monkeypatch: pytest.MonkeyPatch,

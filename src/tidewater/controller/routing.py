@@ -110,7 +110,7 @@ def estimate(s: SiteState, need: Need) -> P.RouteEstimate:
     if s.health == DOWN:
         return P.RouteEstimate(site=s.name, health=s.health, start=None, finish=None,
                                backlog=backlog, transfer=transfer, run=run,
-                               note="down: no agent and no pilot")
+                               note="down: no agent and no pilot", cores=s.cores)
     if s.cores > 0:
         short = s.queued_cores + need.cores - s.free_cores
         wait = 0.0 if short <= 0 else short / s.cores * run
@@ -124,7 +124,8 @@ def estimate(s: SiteState, need: Need) -> P.RouteEstimate:
     start = wait + transfer
     return P.RouteEstimate(site=s.name, health=s.health, start=_finite(start),
                            finish=_finite(start + run),
-                           backlog=backlog, transfer=transfer, run=run, note=note)
+                           backlog=backlog, transfer=transfer, run=run, note=note,
+                           cores=s.cores)
 
 
 def _finite(x: float) -> float | None:

@@ -20,7 +20,7 @@ from tidewater.agents.schedulers.base import (
     directive_value,
 )
 from tidewater.config import Timeouts, home
-from tidewater.errors import SchedulerOutputError
+from tidewater.errors import ConfigError, SchedulerOutputError
 
 DIRECTIVE = "#TWLOCAL"
 _T = Timeouts()
@@ -54,7 +54,9 @@ class LocalScheduler(Scheduler):
     ``state_dir`` holds the job records (default ``$TIDEWATER_HOME/local-jobs``).
     ``minute_seconds`` is how long one minute of wall time lasts: 60 for real
     use, less in tests that need a wall-time kill. ``kill_grace`` is the
-    SIGTERM -> SIGKILL delay on cancel and timeout.
+    SIGTERM -> SIGKILL delay on cancel and timeout. ``start_delay`` is how many
+    seconds each job waits PENDING before it starts, as behind a batch queue (0:
+    at once); a site's ``[scheduler] start_delay = 30`` models a busy queue.
     """
 
     name = "local"
@@ -63,11 +65,16 @@ class LocalScheduler(Scheduler):
     def __init__(
         self, *, state_dir: str | Path | None = None, python: str = sys.executable,
         minute_seconds: float = 60.0, kill_grace: float = DEFAULT_KILL_GRACE,
+        start_delay: float = 0.0,
     ) -> None:
+        if start_delay < 0:
+            raise ConfigError(f"the local scheduler's start_delay is {start_delay:g} s; "
+                              "it must be 0 or more seconds")
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self.python = python
         self.minute_seconds = minute_seconds
         self.kill_grace = kill_grace
+        self.start_delay = float(start_delay)
 
     def _cmd(self, sub: str) -> list[str]:
         return [self.python, "-m", MODULE, sub]
@@ -89,6 +96,7 @@ class LocalScheduler(Scheduler):
         return [
             *self._cmd("submit"), "--state-dir", str(self.state_dir),
             "--minute-seconds", f"{self.minute_seconds:g}", "--kill-grace", f"{self.kill_grace:g}",
+            *(["--start-delay", f"{self.start_delay:g}"] if self.start_delay else []),
             script_path,
         ]
 

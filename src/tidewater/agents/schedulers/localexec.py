@@ -2,7 +2,8 @@
 
 Subcommands (what :class:`~tidewater.agents.schedulers.local.LocalScheduler` runs)::
 
-    submit  --state-dir D [--minute-seconds S] [--kill-grace G] SCRIPT   prints the job id
+    submit  --state-dir D [--minute-seconds S] [--kill-grace G] [--start-delay W] SCRIPT
+                                                                        prints the job id
     status  --state-dir D                                               one JSON line per job
     cancel  --state-dir D ID                                            exit 1 for an unknown id
     fanout  -n N -- CMD...                                              N copies, TIDEWATER_NODE_INDEX
@@ -11,7 +12,9 @@ Subcommands (what :class:`~tidewater.agents.schedulers.local.LocalScheduler` run
 A job is watched by a detached monitor process (its own session, so it
 outlives whoever submitted) that runs ``bash SCRIPT`` in a new process group,
 enforces the wall time (SIGTERM to the group, SIGKILL after a grace, reason
-TIMEOUT) and records the outcome. Everything lives in the state directory,
+TIMEOUT) and records the outcome. With a start delay the monitor first waits
+that many seconds, the job PENDING meanwhile (a cancel ends the wait): a batch
+queue's wait, for examples and tests that model a busy site. Everything lives in the state directory,
 one subdirectory per job, so ``status`` and ``cancel`` work from any process,
 including an agent restarted after the one that submitted::
 
@@ -155,7 +158,8 @@ def submit_job(
     queue: str = "", cwd: Path | None = None, stdout: str | Path | None = None,
     stderr: str | Path | None = None, env: Mapping[str, str] | None = None,
     env_for: EnvFor | None = None, minute_seconds: float = 60.0,
-    kill_grace: float = DEFAULT_KILL_GRACE, extra: Mapping[str, object] | None = None,
+    kill_grace: float = DEFAULT_KILL_GRACE, start_delay: float = 0.0,
+    extra: Mapping[str, object] | None = None,
 ) -> int:
     """Record a job and start its detached monitor; returns the job id at once.
 
@@ -180,7 +184,7 @@ def submit_job(
         "stdout": str(stdout or script.parent / "{id}.out").replace("{id}", str(job_id)),
         "stderr": str(stderr or script.parent / "{id}.err").replace("{id}", str(job_id)),
         "env": job_env, "submit_time": time.time(),
-        "minute_seconds": minute_seconds, "kill_grace": kill_grace,
+        "minute_seconds": minute_seconds, "kill_grace": kill_grace, "start_delay": start_delay,
     }
     _write_json(jdir / "job.json", info)
     with open(jdir / "monitor.log", "ab") as log:
@@ -238,7 +242,10 @@ def read_job(jdir: Path) -> LocalJob | None:
     else:
         mon = _pid_of(jdir / "monitor.pid")
         if mon is not None and not _alive(mon):
-            state = "NODE_FAIL"  # the monitor died (kill -9, reboot) without recording an end
+            # The monitor died without recording an end: killed by a cancel's SIGTERM
+            # before it set its handler (a job cancelled just after its submit), or by
+            # kill -9 or a reboot.
+            state = "CANCELLED" if cancelled else "NODE_FAIL"
         else:
             state = "RUNNING" if run else "PENDING"
     nodes = info.get("nodes")
@@ -250,7 +257,7 @@ def read_job(jdir: Path) -> LocalJob | None:
         queue=str(info.get("queue", "")), state=state,
         submit_time=_float(info.get("submit_time")) or 0.0,
         start_time=_float(run.get("start_time")), end_time=end_time, exit_code=exit_code,
-        reason=state if end is not None or state == "NODE_FAIL" else "",
+        reason=state if end is not None or state in ("NODE_FAIL", "CANCELLED") else "",
         cancelled=cancelled, info=info,
     )
 
@@ -372,14 +379,24 @@ def run_monitor(state_dir: Path, job_id: int) -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: asked_to_stop.append(signum))
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
 
+    # The queue wait: PENDING until the delay is over, unless cancelled meanwhile.
+    start_at = time.monotonic() + _num(info, "start_delay", 0.0)
+    while not asked_to_stop and (wait := start_at - time.monotonic()) > 0:
+        select.select([rfd], [], [], wait)
+        with contextlib.suppress(BlockingIOError):
+            os.read(rfd, 512)
+
     reason, code = "FAILED", None
-    try:
-        proc = _start(jdir, info)
-    except OSError as exc:  # bash missing, unwritable output file
-        sys.stderr.write(f"localexec: job {job_id} could not start: {exc}\n")
-        proc = None
-    else:
+    proc = None
+    if asked_to_stop:
         reason = "CANCELLED"
+    else:
+        try:
+            proc = _start(jdir, info)
+        except OSError as exc:  # bash missing, unwritable output file
+            sys.stderr.write(f"localexec: job {job_id} could not start: {exc}\n")
+        else:
+            reason = "CANCELLED"
     if proc is not None:
         deadline = time.monotonic() + wall
         while True:
@@ -460,6 +477,7 @@ def _submit_cli(args: argparse.Namespace) -> int:
     job_id = submit_job(
         Path(args.state_dir), script, name=d.job_name, nodes=d.nodes, wall_min=d.time,
         queue=d.queue, minute_seconds=args.minute_seconds, kill_grace=args.kill_grace,
+        start_delay=args.start_delay,
     )
     sys.stdout.write(f"{job_id}\n")
     return 0
@@ -474,6 +492,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--minute-seconds", type=float, default=60.0,
                    help="seconds one minute of wall time lasts (tests shrink it)")
     p.add_argument("--kill-grace", type=float, default=DEFAULT_KILL_GRACE)
+    p.add_argument("--start-delay", type=float, default=0.0,
+                   help="seconds the job waits PENDING before it starts (a queue's wait)")
     p.add_argument("script")
     p = sub.add_parser("status")
     p.add_argument("--state-dir", default=str(default_state_dir()))
