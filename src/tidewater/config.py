@@ -7,6 +7,13 @@ from pathlib import Path
 
 import msgspec
 
+RECONNECT_CAP = 5.0
+"""Longest delay, before jitter, between a peer's reconnect attempts (``transport.backoff``)."""
+RECONNECT_JITTER = 0.5
+"""Each reconnect delay is spread by this fraction either way."""
+LONGEST_RECONNECT_DELAY = RECONNECT_CAP * (1 + RECONNECT_JITTER)
+"""The longest a peer can wait between two reconnect attempts."""
+
 
 class Timeouts(msgspec.Struct, frozen=True, kw_only=True):
     connect: float = 10.0

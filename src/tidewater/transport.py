@@ -49,7 +49,7 @@ from websockets.exceptions import (
 )
 
 from . import proto as P
-from .config import Timeouts
+from .config import RECONNECT_CAP, RECONNECT_JITTER, Timeouts
 from .errors import (
     AuthError,
     ConfigError,
@@ -62,7 +62,8 @@ from .tls import client_context
 
 
 def backoff(
-    *, initial: float = 0.05, factor: float = 2.0, cap: float = 5.0, jitter: float = 0.5,
+    *, initial: float = 0.05, factor: float = 2.0, cap: float = RECONNECT_CAP,
+    jitter: float = RECONNECT_JITTER,
     rng: random.Random | None = None,
 ) -> Iterator[float]:
     """Delays before successive reconnect attempts: grows by ``factor`` to ``cap``.

@@ -51,6 +51,7 @@ from enum import Enum
 
 from .. import proto as P
 from .. import states
+from ..config import LONGEST_RECONNECT_DELAY
 from ..errors import InvalidRequest
 from ..states import TaskState as S
 from .dispatch import PilotSlot
@@ -93,10 +94,9 @@ class PilotRec:
         return PilotRow(self.pilot_id, self.site_id, self.owner_id, self.batch_job)
 
 
-RECONNECT_ALLOWANCE = 7.5
+RECONNECT_ALLOWANCE = LONGEST_RECONNECT_DELAY
 """After a restart, how much longer than its lease a stored pilot has to come back: the
-longest wait between two of its reconnect attempts (:func:`tidewater.transport.backoff`,
-5 s + 50 % jitter). A pilot asleep in its backoff while the controller restarted is not
+longest wait between two of its reconnect attempts (:func:`tidewater.transport.backoff`). A pilot asleep in its backoff while the controller restarted is not
 taken for lost, and the tasks it may hold (sent, not yet reported) are not sent elsewhere
 while it still runs them."""
 
