@@ -340,7 +340,7 @@ def task_query(st: ControllerState, who: Principal, f: P.TaskFilter) -> TaskQuer
         site_ids.append(sid)
     return TaskQuery(owner_id=who.user_id, site_ids=tuple(site_ids),
                      states=tuple(f.states), app=f.app, ids=tuple(f.ids),
-                     tags=tuple(f.tags.items()))
+                     tags=tuple(f.tags.items()), since=f.since, until=f.until)
 
 def query_limit(st: ControllerState, msg: P.Query) -> int:
     return max(1, min(msg.limit, st.limits.max_query_limit))
