@@ -15,6 +15,7 @@ import tidewater
 from tidewater.client import Client
 from tidewater.progress import Notice
 
+from .test_cli import run_cli
 from .test_data import data_site
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("store")]
@@ -223,3 +224,40 @@ async def test_follow_sees_lines_as_a_running_task_prints_them(tmp_path: Path) -
                         (tmp_path / f"seen{i}").touch()
         assert got == b"line1\nline2\nline3\nend\n"
         assert (await t.result(timeout=10)).state == "JOB_FINISHED"
+
+
+async def test_the_retry_and_logs_commands(tmp_path: Path) -> None:
+    data = tmp_path / "input.txt"
+    async with data_site(tmp_path) as (c, client, _work):
+        t = await failed(client, needs(data), tags={"run": "9"})
+        ok = await client.submit("sh", site="lab", params={"script": "echo out; echo err >&2"})
+        assert (await ok.result(timeout=60)).state == "JOB_FINISHED"
+        token = client.token
+
+        code, out, err = await run_cli(c, "retry", token=token, check=False)
+        assert code == 1 and "name the tasks to retry" in err
+        code, out, err = await run_cli(c, "retry", str(ok.id), token=token, check=False)
+        assert code == 3 and out == f"{ok.id}\tnot failed: left alone\n"
+        assert "no task was retried" in err
+        code, out, err = await run_cli(c, "retry", "--tag", "run=1", token=token, check=False)
+        assert (code, out) == (3, "")
+        code, _out, err = await run_cli(c, "retry", "999999", token=token, check=False)
+        assert code == 1 and "no task with id 999999" in err
+        data.write_text("again\n")
+        _code, out, _err = await run_cli(c, "retry", "--tag", "run=9", "--state", "FAILED",
+                                         token=token)
+        assert out == f"{t.id}\tretried\n"
+        # This client saw the task FAILED and keeps that; a new one waits for the retry.
+        assert t.done() and (await t.result()).attempt == 1
+        async with tidewater.connect(c.url, token=token) as fresh:
+            (info,) = await fresh.wait([t.id], timeout=60)
+        assert (info.state, info.attempt) == ("JOB_FINISHED", 2)
+
+        _code, out, _err = await run_cli(c, "logs", str(t.id), token=token)
+        assert out == "again\n"
+        _code, out, _err = await run_cli(c, "logs", str(ok.id), "--stderr", token=token)
+        assert out == "err\n"
+        _code, out, _err = await run_cli(c, "logs", str(ok.id), "--follow", token=token)
+        assert out == "out\n"
+        code, _out, err = await run_cli(c, "logs", "999999", token=token, check=False)
+        assert code == 1 and "no task with id 999999" in err
