@@ -77,11 +77,13 @@ class TaskLifecycle:
         else:
             f = P.TaskFilter(states=states, tags=dict(tags or {}), site=site, app=app,
                              since=since, until=until)
+            after = 0
             while True:
-                r = await self._request(lambda i: P.Retry(req_id=i, filter=f))
+                r = await self._request(functools.partial(_retry_msg, filter=f, after_id=after))
                 out += [*r.ids, *r.waiting]
-                if not r.more or not r.ids:
+                if not r.more or r.next_after <= after:
                     break
+                after = r.next_after
         for tid in out:  # final no more: a wait asks again
             self._results.pop(tid, None)
             self._pushed.discard(tid)
@@ -206,6 +208,10 @@ class TaskLifecycle:
                     raise TidewaterError(f"log of task {tid}: SHA-256 mismatch (the file "
                                          "changed while it was read?)")
                 return
+
+
+def _retry_msg(req_id: int, *, filter: P.TaskFilter, after_id: int) -> P.Msg:
+    return P.Retry(req_id=req_id, filter=filter, after_id=after_id)
 
 
 def _events_msg(req_id: int, *, filter: P.TaskFilter, since_event: int, limit: int) -> P.Msg:

@@ -689,6 +689,8 @@ class Retry(Msg, tag="retry"):
     ids: list[I64] = []
     filter: TaskFilter | None = None
     limit: I64 = 10_000
+    after_id: I64 = 0
+    """With ``filter``: only tasks with ids above this (the last page's ``next_after``)."""
 
 
 class Resubmit(Msg, tag="resubmit"):
@@ -793,6 +795,8 @@ class Retried(Msg, tag="retried"):
     ids: list[I64]
     waiting: list[I64] = []
     more: bool = False
+    next_after: I64 = 0
+    """The ``after_id`` of the next page (the last task the filter matched)."""
 
 
 class EventList(Msg, tag="event_list"):

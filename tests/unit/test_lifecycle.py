@@ -199,3 +199,14 @@ def _fields(t: LiveTask) -> dict[str, Any]:
              "argv_j", "shell", "env_j", "workdir", "exit_code", "error", "stdout_tail",
              "stderr_tail", "created_at", "started_at", "finished_at", "extra_j", "files")
     return {n: getattr(t, n) for n in names}
+
+
+def test_a_watch_refuses_a_time_window() -> None:
+    from tidewater.controller import requests
+    from tidewater.errors import InvalidRequest
+
+    core = Core()
+    msg = P.Watch(req_id=1, filter=P.TaskFilter(since=5.0))
+    with pytest.raises(InvalidRequest, match="no time window"):
+        requests.watch(core.state, ALICE, CLIENT, msg, Stored())
+    assert not core.state.notify.watchers

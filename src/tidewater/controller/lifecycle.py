@@ -158,8 +158,9 @@ def retry(st: ControllerState, who: Principal, peer: int, msg: P.Retry, read: Re
     if retried or waiting:
         fx.writes.append(access.audit(who, "task.retry", id_ranges([*retried, *waiting]), now,
                                       count=len(retried) + len(waiting)))
-    fx.after.append(Send(peer, P.Retried(req_id=msg.req_id, ids=retried, waiting=waiting,
-                                         more=read.more)))
+    fx.after.append(Send(peer, P.Retried(
+        req_id=msg.req_id, ids=retried, waiting=waiting, more=read.more,
+        next_after=read.roots[-1].id if read.roots else msg.after_id)))
     return fx
 
 

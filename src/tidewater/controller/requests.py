@@ -407,7 +407,12 @@ def _phases_size(p: P.TaskPhases) -> int:
 
 def watch(st: ControllerState, who: Principal, peer: int, msg: P.Watch, stored: Stored
           ) -> tuple[WatchSub, Effects]:
-    """Open a watch (its replay, if any, follows with :meth:`Notify.replayed`)."""
+    """Open a watch (its replay, if any, follows with :meth:`Notify.replayed`).
+
+    Raises InvalidRequest for a time window (``since``/``until`` are for listings)."""
+    if msg.filter.since is not None or msg.filter.until is not None:
+        raise InvalidRequest("a watch has no time window (since/until): it sees events as "
+                             "they are committed; list tasks or events by time instead")
     if msg.filter.site is not None:
         st.registry.site_of(who, msg.filter.site)
     if msg.filter.ids:

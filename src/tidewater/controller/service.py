@@ -446,7 +446,8 @@ class ControllerService:
                 who.user_id, list(dict.fromkeys(msg.ids))))
         elif (found := lifecycle.retry_query(st, who, msg)) is not None:
             q, limit = found
-            read.roots = await store.query(q, after_id=0, limit=limit + 1, newest=False)
+            read.roots = await store.query(q, after_id=msg.after_id, limit=limit + 1,
+                                           newest=False)
             read.more = len(read.roots) > limit
             del read.roots[limit:]
         chosen = {t.id for t in read.roots if t.state == S.FAILED}

@@ -101,7 +101,7 @@ class Recovered:
     live: list[LiveTask]
     """Tasks not final, with their inline bytes (``in_data``/``out_data``) attached."""
     parents: list[tuple[int, int]]
-    """(child, parent) of every task still waiting for parents."""
+    """(child, parent) of every live task (each one's ``parent_ids`` set from them too)."""
     jobs: list[JobRec]
     """Every batch job, with ``token_id`` set to its live pilot token, if any."""
     pilots: list[PilotRow]
