@@ -62,14 +62,19 @@ class TaskLifecycle:
         that failed because a retried task failed wait for it again and are in
         the ids returned. Tasks in any other state (KILLED included: resubmit
         those) are left alone and not returned. Raises NotFound for an id that is
-        not one of your tasks (nothing is retried then). Cancel-safe only before
-        the request is sent.
+        not one of your tasks (nothing is retried then), InvalidRequest for tasks
+        and filters together, or neither. Cancel-safe only before the request is
+        sent.
         """
         wanted = [t if isinstance(t, int) else t.id for t in tasks]
         states = [state] if isinstance(state, str) else list(state or [])
-        if wanted and (states or tags or site or app or since is not None
-                       or until is not None):
+        filtered = bool(states or tags or site or app or since is not None
+                        or until is not None)
+        if wanted and filtered:
             raise InvalidRequest("retry: give tasks or filters, not both")
+        if not wanted and not filtered:
+            raise InvalidRequest("retry: name the tasks, or filters (state='FAILED' retries "
+                                 "every failed task)")
         out: list[int] = []
         if wanted:
             r: P.Retried = await self._request(lambda i: P.Retry(req_id=i, ids=wanted))

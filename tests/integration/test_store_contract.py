@@ -415,3 +415,13 @@ async def test_time_windows_links_and_inline_data_of_tasks(url: str) -> None:
         rec = await store.recover()
         assert {t.id: t.parent_ids for t in rec.live if t.parent_ids} == {4: [3], 5: [2, 3]}
         assert sorted(rec.parents) == [(4, 3), (5, 2), (5, 3)]
+        # ...also when the live ones are few among many (read by id, not by range).
+        done = []
+        for i in (1, 2, 3, 4, 6, 7, 8, 9, 10):
+            t = a_task(i, owner=1 if i <= 7 else 2)
+            t.state = S.JOB_FINISHED
+            done.append(schema.update_task(t))
+        await store.commit(done)
+        rec = await store.recover()
+        assert [t.id for t in rec.live] == [5]
+        assert rec.live[0].parent_ids == [2, 3] and sorted(rec.parents) == [(5, 2), (5, 3)]

@@ -210,3 +210,26 @@ def test_a_watch_refuses_a_time_window() -> None:
     with pytest.raises(InvalidRequest, match="no time window"):
         requests.watch(core.state, ALICE, CLIENT, msg, Stored())
     assert not core.state.notify.watchers
+
+
+def test_a_time_that_is_not_a_time_is_refused() -> None:
+    from tidewater.controller import requests
+    from tidewater.errors import InvalidRequest
+
+    core = Core()
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(InvalidRequest, match="seconds since the epoch"):
+            requests.task_query(core.state, ALICE, P.TaskFilter(until=bad))
+    q = requests.task_query(core.state, ALICE, P.TaskFilter(since=5.0, until=9.0))
+    assert (q.since, q.until) == (5.0, 9.0)
+
+
+async def test_the_client_refuses_a_retry_of_everything_or_of_both() -> None:
+    from tidewater.client import Client
+    from tidewater.errors import InvalidRequest
+
+    client = Client("ws://127.0.0.1:9", "twu_x")  # never connected: refused before sending
+    with pytest.raises(InvalidRequest, match="name the tasks"):
+        await client.retry()
+    with pytest.raises(InvalidRequest, match="not both"):
+        await client.retry([1], state="FAILED")

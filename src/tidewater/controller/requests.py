@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -333,6 +334,9 @@ def task_query(st: ControllerState, who: Principal, f: P.TaskFilter) -> TaskQuer
         if bad:
             raise InvalidRequest(
                 f"unknown state {bad[0]!r} (states: {', '.join(x.value for x in S)})")
+    for name, when in (("since", f.since), ("until", f.until)):
+        if when is not None and not math.isfinite(when):
+            raise InvalidRequest(f"{name} must be a time in seconds since the epoch, not {when}")
     if f.site is not None:
         sid = st.registry.site_names.get((who.user_id, f.site))
         if sid is None:

@@ -234,17 +234,22 @@ class SqlReads:
                 else:
                     t.out_data = t.out_data or {}
                     t.out_data[path] = bytes(data)
-        # Every live task's parents (for TaskInfo.parents; the waiting ones' links), by
-        # one range of the primary key from the oldest live task on.
+        # Every live task's parents (for TaskInfo.parents; the waiting ones' links):
+        # one range of the primary key from the oldest live task on when live tasks
+        # are most of that range, else by id -- either way in time of the order of
+        # the live tasks, not of the store.
         parents: list[tuple[int, int]] = []
-        if live:
-            for c, p in await self._rows("SELECT child, parent FROM task_parents "
-                                         "WHERE child >= ? ORDER BY child, parent",
-                                         (live[0].id,)):
-                child = by_id.get(int(c))
-                if child is not None:
-                    parents.append((int(c), int(p)))
-                    child.parent_ids = [*(child.parent_ids or []), int(p)]
+        if live and next_task - live[0].id <= 4 * len(live):
+            links = [(int(c), int(p)) for c, p in await self._rows(
+                "SELECT child, parent FROM task_parents WHERE child >= ? "
+                "ORDER BY child, parent", (live[0].id,))]
+        else:
+            links = await self.parents_of(list(by_id))
+        for c, p in links:
+            child = by_id.get(c)
+            if child is not None:
+                parents.append((c, p))
+                child.parent_ids = [*(child.parent_ids or []), p]
         jobs = [schema.job_from_row(r) for r in await self._rows(
             f"SELECT {columns(schema.JOB_COLUMNS)} FROM batch_jobs")]
         by_job = {j.id: j for j in jobs}
