@@ -261,3 +261,27 @@ async def test_the_retry_and_logs_commands(tmp_path: Path) -> None:
         assert out == "out\n"
         code, _out, err = await run_cli(c, "logs", "999999", token=token, check=False)
         assert code == 1 and "no task with id 999999" in err
+
+
+async def test_the_sync_facade_retries_resubmits_and_reads_logs(tmp_path: Path) -> None:
+    data = tmp_path / "input.txt"
+    async with data_site(tmp_path) as (c, client, _work):
+        token = client.token
+
+        def notebook() -> tuple[list[int], list[str], bytes, list[bytes], list[str]]:
+            with tidewater.connect_sync(c.url, token=token) as nb:
+                t = nb.submit("sh", site="lab", params=needs(data), max_retries=0)
+                first = t.result(timeout=60)
+                seen = [first.state, str(t.done())]
+                data.write_text("sync\n")
+                back = nb.retry([t])
+                seen += [str(t.done()), t.result(timeout=60).state]
+                (copy,) = nb.resubmit([t])
+                seen.append(copy.result(timeout=60).state)
+                trail = [e.to_state for e in nb.events(t)]
+                return back, seen, nb.logs(t), list(nb.follow_logs(copy)), trail
+
+        back, seen, out, followed, trail = await anyio.to_thread.run_sync(notebook)
+        assert seen == ["FAILED", "True", "False", "JOB_FINISHED", "JOB_FINISHED"]
+        assert len(back) == 1 and out == b"sync\n" and b"".join(followed) == b"sync\n"
+        assert trail.count("FAILED") == 1 and trail[-1] == "JOB_FINISHED"
