@@ -88,6 +88,13 @@ async def test_each_user_sees_only_their_own(tmp_path: Path) -> None:
             assert status == 403 and "site or pilot token cannot log in" in body["error"]
             assert all(k.key != COOKIE or k.value == "forged-session-id"
                        for k in anon.cookie_jar)
+            # Nor can a page of another origin log the browser in, or open its live socket.
+            async with anon.post("/login", json={"token": token_a},
+                                 headers={"Origin": "http://evil.example"}) as r:
+                assert r.status == 403 and COOKIE not in r.cookies
+            async with anon.post("/login", data=json.dumps({"token": token_a}),
+                                 headers={"Content-Type": "text/plain"}) as r:
+                assert r.status == 415 and COOKIE not in r.cookies
 
         async with browser_session(base) as a_s, browser_session(base) as b_s:
             assert (await login(a_s, token_a))[0] == 200
@@ -126,6 +133,9 @@ async def test_each_user_sees_only_their_own(tmp_path: Path) -> None:
                 assert chart["series"] == {}, path
             push = await first_push(b_s)
             assert push["total"] == 0 and push["health"] == {}
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await b_s.ws_connect("/api/live", headers={"Origin": "http://evil.example"})
+            assert refused.value.status == 403
 
             # Logging out ends the session: the same cookie no longer reads anything.
             b_cookie = next(k for k in b_s.cookie_jar if k.key == COOKIE).value

@@ -76,6 +76,12 @@ HEADERS = {
 
 
 
+def _cross_origin(request: web.Request) -> bool:
+    """Whether a browser sent this from a page of another origin (``Origin`` names it)."""
+    origin = request.headers.get("Origin")
+    return origin is not None and urlsplit(origin).netloc != request.host
+
+
 def _phases_msg(req_id: int, *, after_id: int, since: float) -> P.Msg:
     return P.ListPhases(req_id=req_id, after_id=after_id, since=since, limit=PHASES_PAGE)
 
@@ -196,7 +202,15 @@ class Dashboard:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
     async def login(self, request: web.Request) -> web.StreamResponse:
-        """Exchange a user token for a session cookie. 401/403 with the reason, no cookie."""
+        """Exchange a user token for a session cookie. 401/403 with the reason, no cookie.
+
+        Only a same-origin JSON post is taken: a page elsewhere cannot log the
+        browser in to someone else's account (login CSRF).
+        """
+        if _cross_origin(request):
+            return _error(403, "cross-origin login refused")
+        if request.content_type != "application/json":
+            return _error(415, 'send JSON: {"token": "..."}')
         try:
             body = await request.json()
         except (ValueError, UnicodeDecodeError):
@@ -313,8 +327,7 @@ class Dashboard:
         found = self._session(request)
         if found is None:
             return _error(401, "not logged in")
-        origin = request.headers.get("Origin")
-        if origin is not None and urlsplit(origin).netloc != request.host:
+        if _cross_origin(request):
             return _error(403, "cross-origin websocket refused")
         session, link = found
         ws = web.WebSocketResponse(heartbeat=30.0)
