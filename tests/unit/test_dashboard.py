@@ -173,3 +173,31 @@ def test_the_dashboards_sessions_and_views_do_no_io() -> None:
                  if isinstance(n, ast.ImportFrom) and not n.level and n.module}
         assert not used & {"anyio", "aiohttp", "time", "socket", "asyncio"}, name
         assert not any(isinstance(n, ast.Await | ast.AsyncFunctionDef) for n in ast.walk(tree))
+
+
+# ---------------------------------------------------------------------- where a chart starts
+
+
+@pytest.mark.parametrize("ids", [[], [5], [1, 2, 3], [3, 9, 10, 40, 41, 77, 300, 301, 302],
+                                 list(range(1, 200, 7))])
+async def test_a_charts_window_starts_after_the_last_task_before_it(ids: list[int]) -> None:
+    from tidewater.controller.dashboard.handlers import window_start
+
+    created = {i: float(i) for i in ids}  # created_at grows with the id
+    asked: list[int] = []
+
+    async def first_after(after: int, newest: bool = False) -> tuple[int, float] | None:
+        asked.append(after)
+        later = [i for i in ids if i > after]
+        if not later:
+            return None
+        i = max(later) if newest else min(later)
+        return i, created[i]
+
+    for since in [0.0, 0.5, 1.0, 2.5, 9.0, 10.0, 40.5, 301.0, 303.0, 1000.0]:
+        before = [i for i in ids if created[i] < since]
+        start = await window_start(first_after, since)
+        # Nothing in the window is skipped; at most one task before it is read.
+        assert all(i > start for i in ids if created[i] >= since), (ids, since, start)
+        assert len([i for i in before if i > start]) <= 1, (ids, since, start)
+    assert len(asked) < 200

@@ -76,6 +76,35 @@ HEADERS = {
 
 
 
+async def window_start(first_after: Callable[..., Awaitable[tuple[int, float] | None]],
+                       since: float) -> int:
+    """The id of the last task created before ``since`` (0: none), by binary search.
+
+    ``first_after(after)`` is the (id, created_at) of the first task with an
+    id above ``after`` (``first_after(0, newest=True)``: of the last task),
+    None if there is none. Ids grow with creation time, so about log2(ids)
+    single-task listings find where the window starts without reading the
+    tasks before it: a chart costs the window's tasks, not the whole history.
+    """
+    last = await first_after(0, newest=True)
+    if last is None or last[1] < since:
+        return last[0] if last else 0
+    # Tasks up to lo precede the window; the user has a task after hi, in the window.
+    # (Task mid itself may precede it when hi drops to mid: the listing's own window
+    # check leaves it out.)
+    lo, hi = 0, last[0]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        found = await first_after(mid)
+        if found is None:  # cannot be: the last task is after mid
+            break
+        if found[1] >= since:
+            hi = mid
+        else:
+            lo = found[0]
+    return lo
+
+
 def _cross_origin(request: web.Request) -> bool:
     """Whether a browser sent this from a page of another origin (``Origin`` names it)."""
     origin = request.headers.get("Origin")
@@ -284,7 +313,7 @@ class Dashboard:
     async def _phases(self, link: SessionLink, since: float) -> tuple[list[P.TaskPhases], bool]:
         """The phases of the user's tasks created since ``since``; and whether it was cut short."""
         out: list[P.TaskPhases] = []
-        after = 0
+        after = await self._before(link, since)
         for _ in range(MAX_CHART_PAGES):
             r = await link.ask(functools.partial(_phases_msg, after_id=after, since=since),
                                P.PhaseList)
@@ -294,6 +323,16 @@ class Dashboard:
                 return out, False
             after = following
         return out, True
+
+    async def _before(self, link: SessionLink, since: float) -> int:
+        """The id of the user's last task created before ``since`` (0: none)."""
+
+        async def first_after(after: int, newest: bool = False) -> tuple[int, float] | None:
+            got = await link.ask(lambda r: P.Query(req_id=r, after_id=after, limit=1,
+                                                   newest=newest), P.TaskList)
+            return (got.tasks[0].id, got.tasks[0].created_at) if got.tasks else None
+
+        return await window_start(first_after, since)
 
     async def throughput(self, request: web.Request, link: SessionLink) -> Any:
         window, bin_s = window_args(request.query)
