@@ -201,3 +201,18 @@ async def test_a_charts_window_starts_after_the_last_task_before_it(ids: list[in
         assert all(i > start for i in ids if created[i] >= since), (ids, since, start)
         assert len([i for i in before if i > start]) <= 1, (ids, since, start)
     assert len(asked) < 200
+
+
+def test_server_refuses_a_plaintext_dashboard_off_loopback_before_starting(
+        tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tidewater.cli import main
+
+    r = CliRunner().invoke(main, ["server", "--db", str(tmp_path / "tw.db"),
+                                  "--dashboard-port", "8080", "--dashboard-host", "0.0.0.0"])
+    assert r.exit_code == 2, r.output
+    assert "refusing to serve the dashboard over plaintext http" in " ".join(r.output.split())
+    assert not (tmp_path / "tw.db").exists()
+    help_text = CliRunner().invoke(main, ["server", "--help"]).output
+    assert "--dashboard-port" in help_text and "--dashboard-host" in help_text

@@ -379,6 +379,9 @@ class Dashboard:
             log.debug("live socket ended: %s", exc)
         except InvalidRequest as exc:  # the session ended under it
             live.reason = live.reason or exc.message
+        except TimeoutError:
+            log.warning("live socket of %s closed: the controller did not answer in time",
+                        link.who.user)
         finally:
             self.sockets.get(session.id, set()).discard(live)
             with anyio.move_on_after(2, shield=True):
