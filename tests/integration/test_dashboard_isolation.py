@@ -46,6 +46,13 @@ async def get(s: aiohttp.ClientSession, path: str) -> tuple[int, Any]:
         return r.status, await r.json()
 
 
+async def with_cookie(base: str, value: str, path: str = "/api/me") -> tuple[int, Any]:
+    """GET ``path`` presenting exactly this session cookie value, and nothing else."""
+    async with (aiohttp.ClientSession(base, cookie_jar=aiohttp.DummyCookieJar()) as s,
+                s.get(path, headers={"Cookie": f"{COOKIE}={value}"}) as r):
+        return r.status, await r.json()
+
+
 async def first_push(s: aiohttp.ClientSession) -> dict[str, Any]:
     async with s.ws_connect("/api/live") as ws:
         msg = await ws.receive(timeout=10)
@@ -78,16 +85,15 @@ async def test_each_user_sees_only_their_own(tmp_path: Path) -> None:
             with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
                 await first_push(anon)
             assert refused.value.status == 401
-            anon.cookie_jar.update_cookies({COOKIE: "forged-session-id"})
-            assert await get(anon, "/api/overview") == (401, {"error": "not logged in"})
+            assert await with_cookie(base, "forged-session-id", "/api/overview") == (
+                401, {"error": "not logged in"})
 
             # A wrong token and a site token cannot log in; no cookie is set.
             status, body = await login(anon, "tw_user_nope")
             assert (status, body) == (401, {"error": "invalid token"})
             status, body = await login(anon, site_token)
             assert status == 403 and "site or pilot token cannot log in" in body["error"]
-            assert all(k.key != COOKIE or k.value == "forged-session-id"
-                       for k in anon.cookie_jar)
+            assert all(k.key != COOKIE for k in anon.cookie_jar)
             # Nor can a page of another origin log the browser in, or open its live socket.
             async with anon.post("/login", json={"token": token_a},
                                  headers={"Origin": "http://evil.example"}) as r:
@@ -115,7 +121,8 @@ async def test_each_user_sees_only_their_own(tmp_path: Path) -> None:
             assert list(tp["series"]) == ["beamline"]
 
             # Bob sees none of it, on any endpoint.
-            assert await get(b_s, "/api/me") == (200, {"user": "bob"})
+            status, me = await get(b_s, "/api/me")
+            assert status == 200 and me["user"] == "bob"
             _st, ov = await get(b_s, "/api/overview")
             assert ov["sites"] == [] and ov["jobs"] == []
             for q in ("", "?state=FAILED", "?tag=run=1", "?app=fail"):
@@ -141,8 +148,15 @@ async def test_each_user_sees_only_their_own(tmp_path: Path) -> None:
             b_cookie = next(k for k in b_s.cookie_jar if k.key == COOKIE).value
             async with b_s.post("/logout") as r:
                 assert r.status == 200
-            b_s.cookie_jar.update_cookies({COOKIE: b_cookie})
-            assert await get(b_s, "/api/me") == (401, {"error": "not logged in"})
+            assert await with_cookie(base, b_cookie) == (401, {"error": "not logged in"})
+
+            # Logging in again gives a new session id; the old one no longer reads anything.
+            old_a = next(k for k in a_s.cookie_jar if k.key == COOKIE).value
+            assert (await login(a_s, token_a))[0] == 200
+            new_a = next(k for k in a_s.cookie_jar if k.key == COOKIE).value
+            assert new_a != old_a
+            assert await with_cookie(base, old_a) == (401, {"error": "not logged in"})
+            assert (await with_cookie(base, new_a))[0] == 200
 
             # Revoking Alice's token ends her session too (the controller closes it).
             async with tidewater.connect(c.url, token=token_a) as alice:

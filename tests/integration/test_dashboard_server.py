@@ -57,7 +57,7 @@ async def test_dashboard_serves_tls_with_the_controllers_certificate(
                 morsel = r.cookies[COOKIE]
                 assert morsel["secure"] and morsel["httponly"] and morsel["samesite"] == "Strict"
             async with s.get("/api/me", ssl=ctx) as r:
-                assert await r.json() == {"user": "alice"}
+                assert (await r.json())["user"] == "alice"
             async with s.ws_connect("/api/live", ssl=ctx) as ws:
                 assert (await next_push(ws))["total"] == 0
             # Plain http to the TLS port gets nowhere; nor does a client without the CA.

@@ -42,6 +42,7 @@ from ..requests import PHASES_PAGE
 from .link import SessionLink
 from .sessions import COOKIE, TTL, Session, SessionBook
 from .views import (
+    STATES,
     LiveCounts,
     health_of,
     job_json,
@@ -257,6 +258,8 @@ class Dashboard:
         if who.site_id is not None:
             return _error(403, "a site or pilot token cannot log in to the dashboard; use a "
                                "user token (`tidewater token create`)")
+        if (previous := request.cookies.get(COOKIE)) is not None:
+            self._end(previous, "logged in again")  # a fresh id for every login
         now = time.time()
         session, dropped = self.book.open(who, now)
         for old in dropped:
@@ -280,7 +283,7 @@ class Dashboard:
     # ------------------------------------------------------------------ reads
 
     async def me(self, request: web.Request, link: SessionLink) -> Any:
-        return {"user": link.who.user}
+        return {"user": link.who.user, "states": STATES}
 
     async def overview(self, request: web.Request, link: SessionLink) -> Any:
         sites = await link.ask(lambda r: P.ListSites(req_id=r), P.SiteList)

@@ -4,9 +4,7 @@
 // set with textContent, never parsed as HTML.
 "use strict";
 
-const STATES = ["AWAITING_PARENTS", "READY", "STAGED_IN", "PREPROCESSED", "RUNNING",
-  "RUN_DONE", "POSTPROCESSED", "STAGED_OUT", "JOB_FINISHED", "RUN_ERROR", "RUN_TIMEOUT",
-  "RESTART_READY", "FAILED", "KILLED"];
+let STATES = [];  // every task state, in the state machine's order (from /api/me)
 const COLORS = ["#1a5fb4", "#c64600", "#26a269", "#813d9c", "#a51d2d", "#986a44"];
 const $ = (id) => document.getElementById(id);
 
@@ -61,9 +59,11 @@ async function route() {
   show("main-view");
   await Promise.all([loadOverview(), loadTasks(), loadCharts()]);
 }
-async function start(user) {
+async function start(me) {
   loggedIn = true;
-  $("who").textContent = user; $("logout").hidden = false;
+  STATES = me.states;
+  $("f-state").replaceChildren(el("option", { value: "" }, "any"), ...STATES.map((s) => el("option", { value: s }, s)));
+  $("who").textContent = me.user; $("logout").hidden = false;
   connectLive();
   await route();
 }
@@ -74,10 +74,10 @@ async function login(ev) {
   ev.preventDefault();
   $("login-error").textContent = "";
   try {
-    const body = await api("/login", { method: "POST", headers: { "Content-Type": "application/json" },
+    await api("/login", { method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ token: $("token").value }) });
     $("token").value = "";
-    await start(body.user);
+    await start(await api("/api/me"));
   } catch (e) { $("login-error").textContent = `Login refused: ${e.message}`; }
 }
 async function logout() {
@@ -271,7 +271,6 @@ async function loadCharts() {
 // ---------------------------------------------------------------- wiring
 
 document.addEventListener("DOMContentLoaded", async () => {
-  for (const s of STATES) $("f-state").append(el("option", { value: s }, s));
   $("login-form").addEventListener("submit", login);
   $("logout").addEventListener("click", logout);
   $("filters").addEventListener("submit", (ev) => { ev.preventDefault(); page = { after: 0, history: [] }; loadTasks(); });
@@ -280,6 +279,6 @@ document.addEventListener("DOMContentLoaded", async () => {
   });
   $("first-page").addEventListener("click", () => { page = { after: 0, history: [] }; loadTasks(); });
   window.addEventListener("hashchange", route);
-  try { const me = await api("/api/me"); await start(me.user); }
+  try { await start(await api("/api/me")); }
   catch (e) { if (!loggedIn) showLogin(""); }
 });
