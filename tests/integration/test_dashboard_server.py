@@ -3,7 +3,8 @@
 * With TLS on, the dashboard serves ``https://`` with the controller's own
   certificate, and the session cookie is marked ``Secure``.
 * A burst of tasks moves the live counts to exactly what the store holds,
-  in far fewer pushes than there were transitions.
+  in far fewer pushes than there were transitions, also on a page opened
+  while the tasks run.
 * A controller stopped with SIGTERM while a live socket is open closes it
   and exits 0.
 """
@@ -94,11 +95,20 @@ async def test_live_counts_are_exact_after_a_burst_and_a_stop_closes_the_socket(
                     [tidewater.TaskSpec(app="true", site="hpc") for _ in range(n)])
                 pushes = 0
                 last = first
-                while last["by_state"]["JOB_FINISHED"] < n:
-                    last = await next_push(ws)
-                    pushes += 1
-                assert last["total"] == n
-                assert {k: v for k, v in last["by_state"].items() if v} == {"JOB_FINISHED": n}
+                # A second page opens while the tasks run: its counts are read as they
+                # change, and end exact too.
+                async with s.ws_connect("/api/live") as late:
+                    while last["by_state"]["JOB_FINISHED"] < n:
+                        last = await next_push(ws)
+                        pushes += 1
+                    assert last["total"] == n
+                    assert {k: v for k, v in last["by_state"].items() if v} == {
+                        "JOB_FINISHED": n}
+                    seen = await next_push(late)
+                    while seen["by_state"]["JOB_FINISHED"] < n:
+                        seen = await next_push(late)
+                    assert {k: v for k, v in seen["by_state"].items() if v} == {
+                        "JOB_FINISHED": n}
                 stored = await tw.count()
                 assert dict(stored.by_state) == {"JOB_FINISHED": n}
                 # Each task went through four transitions or more; pushes were coalesced.

@@ -106,7 +106,8 @@ def ev(task: int, src: str, dst: str) -> P.TaskEvent:
 
 def test_counts_follow_committed_transitions_from_the_counts_read() -> None:
     c = LiveCounts()
-    c.reset({"RUNNING": 2, "JOB_FINISHED": 5, "NOT_A_STATE": 9})
+    c.read(c.reading(), {"RUNNING": 2, "JOB_FINISHED": 5, "NOT_A_STATE": 9})
+    assert c.exact
     v = c.version
     c.apply([ev(8, "CREATED", "READY"), ev(8, "READY", "STAGED_IN"),
              ev(1, "RUNNING", "RUN_DONE"), ev(1, "RUN_DONE", "JOB_FINISHED")])
@@ -117,6 +118,22 @@ def test_counts_follow_committed_transitions_from_the_counts_read() -> None:
     assert got["total"] == 8 and list(got["by_state"]) == STATES
     c.apply([])
     assert c.version == v + 1  # nothing changed, nothing to push
+
+
+def test_a_read_during_which_events_arrived_is_a_guess_until_a_quiet_one() -> None:
+    c = LiveCounts()
+    mark = c.reading()
+    c.apply([ev(1, "RUNNING", "RUN_DONE")])  # committed while the store was read
+    c.read(mark, {"RUN_DONE": 1})  # the read saw it already: a guess
+    assert not c.exact and c.json()["by_state"]["RUN_DONE"] == 1
+    mark = c.reading()
+    c.apply([ev(1, "RUN_DONE", "JOB_FINISHED")])
+    c.read(mark, {"RUN_DONE": 1})  # busy again: the guess moved by the event stays
+    assert not c.exact and c.json()["by_state"]["JOB_FINISHED"] == 1
+    c.read(c.reading(), {"JOB_FINISHED": 1, "READY": 4})  # quiet: exact from here
+    assert c.exact and c.json()["total"] == 5
+    c.apply([ev(9, "READY", "STAGED_IN")])
+    assert c.json()["by_state"]["STAGED_IN"] == 1
 
 
 # ---------------------------------------------------------------------- JSON shapes

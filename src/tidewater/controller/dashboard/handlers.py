@@ -395,26 +395,22 @@ class Dashboard:
     async def _feed(self, ws: web.WebSocketResponse, link: SessionLink,
                     ended: anyio.Event) -> None:
         counts = LiveCounts()
-        held: list[P.TaskEvent] | None = []
         wake = anyio.Event()
 
         def feed(events: list[P.TaskEvent]) -> None:
-            nonlocal wake
-            if held is not None:
-                held.extend(events)
-                return
             counts.apply(events)
             wake.set()
 
+        async def recount() -> None:
+            mark = counts.reading()
+            counts.read(mark, await self._count(link))
+
         watch_id = await link.watch(P.TaskFilter(), feed)
         try:
-            # Counts read while events arrive may count some twice: read again until quiet.
-            for _ in range(5):
-                held = []
-                counts.reset(await self._count(link))
-                if not held:
+            for _ in range(3):  # a read during which events arrive is read again
+                await recount()
+                if counts.exact:
                     break
-            held = None
             health: dict[str, Any] | None = None
             sent = -1
             async with anyio.create_task_group() as tg:
@@ -433,6 +429,8 @@ class Dashboard:
                 tg.start_soon(until_ended)
                 beat = self.c.t.heartbeat_interval
                 while True:
+                    if not counts.exact:  # busy so far: try again for an exact base
+                        await recount()
                     sites = await link.ask(lambda r: P.ListSites(req_id=r), P.SiteList)
                     now_health = health_of(sites.sites)
                     if counts.version != sent or now_health != health:

@@ -160,25 +160,42 @@ def series_json(series: Mapping[str, latency.Series]) -> dict[str, list[list[flo
 class LiveCounts:
     """One user's task counts by state, moved by the committed events of a watch.
 
-    Start from counts read at a point in the commit order (:meth:`reset`),
-    then :meth:`apply` every event committed after it: a task's first event
-    comes from ``CREATED`` (not a state a task is counted in), each later
-    one moves the task from one state to another.
+    The watch opens first; then the counts are read from the store
+    (:meth:`reading`, then :meth:`read`), and every event after that moves
+    a task from one state to another (:meth:`apply`; a task's first event
+    comes from ``CREATED``, which is not counted). A read during which no
+    event arrived is exact, and stays exact under the events that follow. A
+    read during which events arrived may have counted some of them already:
+    it is taken as a first guess (``exact`` stays False) and the driver reads
+    again later, until a read is quiet.
     """
 
     def __init__(self) -> None:
         self.by_state: dict[str, int] = dict.fromkeys(STATES, 0)
         self.version = 0
         """Incremented on every change (the pusher compares it with what it sent)."""
+        self.exact = False
+        self._based = False
+        self._seen = 0
 
-    def reset(self, by_state: Mapping[str, int]) -> None:
-        self.by_state = dict.fromkeys(STATES, 0)
-        for k, v in by_state.items():
-            if k in self.by_state:
-                self.by_state[k] = int(v)
-        self.version += 1
+    def reading(self) -> int:
+        """A read of the counts begins: the mark to give :meth:`read` with its result."""
+        return self._seen
+
+    def read(self, mark: int, by_state: Mapping[str, int]) -> None:
+        """The counts read from the store, by a read begun at ``mark``."""
+        quiet = self._seen == mark
+        if quiet or not self._based:
+            self.by_state = dict.fromkeys(STATES, 0)
+            for k, v in by_state.items():
+                if k in self.by_state:
+                    self.by_state[k] = int(v)
+            self.version += 1
+            self._based = True
+            self.exact = quiet
 
     def apply(self, events: Iterable[P.TaskEvent]) -> None:
+        self._seen += 1
         changed = False
         for e in events:
             if e.from_state == e.to_state:
@@ -188,7 +205,7 @@ class LiveCounts:
             if e.to_state in self.by_state:
                 self.by_state[e.to_state] += 1
             changed = True
-        if changed:
+        if changed and self._based:
             self.version += 1
 
     def json(self) -> dict[str, Any]:
