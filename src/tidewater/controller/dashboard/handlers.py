@@ -411,6 +411,7 @@ class Dashboard:
                 await recount()
                 if counts.exact:
                     break
+            beat = self.c.t.heartbeat_interval
             health: dict[str, Any] | None = None
             sent = -1
             async with anyio.create_task_group() as tg:
@@ -427,9 +428,11 @@ class Dashboard:
 
                 tg.start_soon(reader)
                 tg.start_soon(until_ended)
-                beat = self.c.t.heartbeat_interval
+                tried = time.monotonic()
                 while True:
-                    if not counts.exact:  # busy so far: try again for an exact base
+                    if not counts.exact and time.monotonic() - tried >= beat:
+                        # Busy so far: try again for an exact base, once a beat at most.
+                        tried = time.monotonic()
                         await recount()
                     sites = await link.ask(lambda r: P.ListSites(req_id=r), P.SiteList)
                     now_health = health_of(sites.sites)
