@@ -7,6 +7,7 @@
   while the tasks run.
 * A controller stopped with SIGTERM while a live socket is open closes it
   and exits 0.
+* A closed page and a logout leave no watch, connection or session behind.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ import anyio
 import pytest
 
 import tidewater
+from tidewater.config import ControllerConfig
+from tidewater.controller.app import serve
 from tidewater.controller.dashboard.sessions import COOKIE
+from tidewater.controller.users import add_user
 from tidewater.tls import client_context
 
-from .procs import cluster, free_port
+from .procs import cluster, free_port, until
 from .test_tls import dev_cert
 
 pytestmark = pytest.mark.integration
@@ -122,3 +126,32 @@ async def test_live_counts_are_exact_after_a_burst_and_a_stop_closes_the_socket(
                     assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
                                         aiohttp.WSMsgType.CLOSING), msg
                     assert await ctl.proc.wait() == 0, ctl.log()
+
+
+async def test_a_closed_page_and_a_logout_leave_nothing_behind(tmp_path: Path) -> None:
+    """The dashboard costs nothing once no one looks: no watch, no connection, no session."""
+    db = str(tmp_path / "tw.db")
+    async with serve(ControllerConfig(db=db, port=0, dashboard_port=0)) as srv:
+        svc = srv.controller
+        assert srv.dashboard_url.startswith("http://127.0.0.1:")
+        token = await add_user(db, "alice")
+        jar = aiohttp.CookieJar(unsafe=True)
+
+        def watches() -> int:
+            return sum(len(w) for w in svc.state.notify.watchers.values())
+
+        async with aiohttp.ClientSession(srv.dashboard_url, cookie_jar=jar) as s:
+            async with s.post("/login", json={"token": token}) as r:
+                assert r.status == 200
+            assert len(svc.peers) == 1 and len(svc.state.tokens.sessions) == 1
+            async with s.ws_connect("/api/live") as ws:
+                assert (await next_push(ws))["total"] == 0
+                assert watches() == 1
+
+            async def unwatched() -> bool:
+                return watches() == 0
+
+            await until(unwatched, timeout=10, what="the closed page's watch to end")
+            async with s.post("/logout") as r:
+                assert r.status == 200
+            assert svc.peers == {} and svc.state.tokens.sessions == {}
