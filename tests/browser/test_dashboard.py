@@ -3,7 +3,8 @@
 One user logs in (after a wrong token and a site token are refused), watches
 the task counts change while tasks run -- pushed over the live socket, the
 page never reloads --, filters the task list by tag and state and pages
-through it, and opens a failed task to read its error and stderr tail.
+through it, and opens a failed task to read its error and stderr tail (markup
+in them is shown as text, never run).
 Every wait is on a DOM condition (Playwright's ``expect``); screenshots of
 each step are saved as test artefacts.
 """
@@ -20,6 +21,8 @@ from ..integration.procs import cluster, free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
+MARKUP = "<img src=x onerror=window.pwned=1>"
+"""Markup a task prints: the page must show it, not run it."""
 WAIT_MS = 20_000
 """How long a DOM condition may take (pushes and pages come in well under a second)."""
 
@@ -89,7 +92,8 @@ async def test_dashboard_live_counts_filters_and_failed_task(
                 await expect(count(page, "RUNNING")).to_have_text("0")
 
                 bad = await tw.submit("sh", site="hpc", max_retries=0, tags={"batch": "bad"},
-                                      params={"cmd": "echo boom-on-stderr >&2; exit 7"})
+                                      params={"cmd": f"echo boom-on-stderr '{MARKUP}' >&2; "
+                                                     "exit 7"})
                 quick = [await tw.submit("sh", site="hpc", tags={"batch": "quick"},
                                          params={"cmd": "true"}) for _ in range(5)]
                 await expect(count(page, "FAILED")).to_have_text("1")
@@ -133,6 +137,10 @@ async def test_dashboard_live_counts_filters_and_failed_task(
                 await expect(page.locator("#t-state")).to_have_text("FAILED")
                 await expect(page.locator("#t-error")).to_have_text(failed.error)
                 await expect(page.locator("#t-stderr")).to_contain_text("boom-on-stderr")
+                # Markup in a task's output and parameters is shown as text, never run.
+                await expect(page.locator("#t-stderr")).to_contain_text(MARKUP)
+                await expect(page.locator("#t-params")).to_contain_text(MARKUP)
+                assert await page.evaluate("window.pwned") is None
                 await expect(page.locator("#t-events tbody tr").last).to_contain_text("FAILED")
                 await expect(page.locator("#t-attempts tbody tr")).to_have_count(1)
                 await shot(page, "06-failed-task")
