@@ -79,6 +79,7 @@ async def test_dashboard_live_counts_filters_and_failed_task(
                 pilot_row = page.locator('#pilots tbody tr[data-pilot="p1"]')
                 await expect(pilot_row.locator(".free")).to_have_text("2")
                 await shot(page, "02-logged-in")
+                await page.evaluate("window.sameDocument = true")  # gone if the page reloads
 
                 # Two tasks run until the gate opens: the counts and slots move, pushed.
                 held = [await tw.submit("sh", site="hpc", tags={"batch": "held"}, params={
@@ -100,6 +101,7 @@ async def test_dashboard_live_counts_filters_and_failed_task(
                 await expect(count(page, "JOB_FINISHED")).to_have_text("7")
                 await expect(page.locator("#total")).to_have_text("(8 in all)")
                 await shot(page, "04-counts-after-runs")
+                assert await page.evaluate("window.sameDocument") is True  # pushed, not reloaded
                 failed = await bad.result(timeout=30)
                 assert failed.state == "FAILED" and failed.error
                 assert [(await h.result(timeout=30)).state for h in held] == ["JOB_FINISHED"] * 2
