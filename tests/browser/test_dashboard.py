@@ -5,6 +5,8 @@ the task counts change while tasks run -- pushed over the live socket, the
 page never reloads --, filters the task list by tag and state and pages
 through it, and opens a failed task to read its error and stderr tail (markup
 in them is shown as text, never run).
+Across a controller restart the page goes offline, then back to its login
+(sessions live in the controller's memory).
 Every wait is on a DOM condition (Playwright's ``expect``); screenshots of
 each step are saved as test artefacts.
 """
@@ -12,6 +14,7 @@ each step are saved as test artefacts.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -157,3 +160,43 @@ async def test_dashboard_live_counts_filters_and_failed_task(
                 raise
             finally:
                 await browser.close()
+
+
+async def test_the_page_goes_offline_and_back_to_login_across_a_controller_restart(
+        tmp_path: Path, chromium: str, artifacts: Path) -> None:
+    """Sessions live in the controller's memory: after a restart the page asks to log in again."""
+    from playwright.async_api import async_playwright, expect
+
+    expect.set_options(timeout=WAIT_MS)
+    async with cluster(tmp_path) as c, async_playwright() as pw:
+        port = free_port()
+        args = ("--dashboard-port", str(port))
+        ctl = await c.start_controller(*args, ready="dashboard listening on")
+        token = await c.add_user("alice")
+        browser = await pw.chromium.launch(executable_path=chromium,
+                                           args=["--no-sandbox", "--disable-gpu"])
+        page = await browser.new_page()
+        try:
+            await page.goto(f"http://127.0.0.1:{port}/")
+            await page.fill("#token", token)
+            await page.click("#login-button")
+            await expect(page.locator("#live")).to_have_text("live")
+            await ctl.stop()
+            await expect(page.locator("#live")).to_have_text("offline")
+            await shot_to(page, artifacts / "01-controller-stopped.png")
+            await c.start_controller(*args, ready="dashboard listening on")
+            await expect(page.locator("#login-view")).to_be_visible()
+            await expect(page.locator("#who")).to_have_text("")
+            await page.fill("#token", token)
+            await page.click("#login-button")
+            await expect(page.locator("#live")).to_have_text("live")
+            await shot_to(page, artifacts / "02-logged-in-again.png")
+        except BaseException:
+            await shot_to(page, artifacts / "failure.png")
+            raise
+        finally:
+            await browser.close()
+
+
+async def shot_to(page: Any, path: Path) -> None:
+    await page.screenshot(path=str(path), full_page=True)

@@ -103,9 +103,18 @@ function connectLive() {
     setLive(false); socket = null;
     if (!loggedIn) return;
     if (ev.code === 4003) { showLogin(ev.reason || "session ended"); return; }
-    setTimeout(() => { if (loggedIn && !socket) connectLive(); }, reconnectDelay);
-    reconnectDelay = Math.min(reconnectDelay * 2, 10000);
+    scheduleReconnect();
   };
+}
+// Reconnect with backoff; a session that did not survive (a restarted controller) means
+// logging in again, which /api/me's 401 shows.
+function scheduleReconnect() {
+  setTimeout(async () => {
+    if (!loggedIn || socket) return;
+    try { await api("/api/me"); connectLive(); }
+    catch (e) { if (loggedIn) scheduleReconnect(); }
+  }, reconnectDelay);
+  reconnectDelay = Math.min(reconnectDelay * 2, 10000);
 }
 function renderCounts(msg) {
   $("total").textContent = `(${msg.total} in all)`;
