@@ -100,7 +100,7 @@ def _option_row(opt: click.Option, ctx: click.Context) -> str:
     extra = []
     if opt.required:
         extra.append("required")
-    if opt.multiple:
+    if opt.multiple and "repeat" not in help_.lower():
         extra.append("repeatable")
     envvar = opt.envvar if isinstance(opt.envvar, str) else ", ".join(opt.envvar or ())
     if envvar and envvar not in help_:
