@@ -325,6 +325,25 @@ def _render_class(name: str, cls: type) -> list[str]:
     return out
 
 
+def _transitions() -> list[str]:
+    """The task state table of ``tidewater.states``, one row per state."""
+    from tidewater import states
+
+    out = ["### Task state transitions\n",
+           "Every change a task's state may make (`tidewater.states.TRANSITIONS`); "
+           "any other raises `IllegalTransition`. Final states: "
+           + ", ".join(f"`{x.value}`" for x in states.TaskState if x in states.FINAL)
+           + ". Runnable (may be pushed to a pilot): "
+           + ", ".join(f"`{x.value}`" for x in states.TaskState if x in states.RUNNABLE)
+           + ".\n",
+           "| from | to |", "| --- | --- |"]
+    for src in states.TaskState:
+        dst = [x for x in states.TaskState if x in states.TRANSITIONS[src]]
+        out.append(f"| `{src.value}` | {', '.join(f'`{x.value}`' for x in dst) or '(final)'} |")
+    out.append("")
+    return out
+
+
 def public_names(module: Any) -> list[str]:
     """The names api.md documents: the module's ``__all__``, sorted."""
     return sorted(module.__all__)
@@ -354,6 +373,7 @@ def render_api(module: Any) -> str:
     out.append("## Classes\n")
     for n in classes:
         out += _render_class(n, getattr(module, n))
+    out += _transitions()
     out.append("## Exceptions\n")
     root = next((getattr(module, n) for n in excs if getattr(module, n).__name__ == "TidewaterError"),
                 None)

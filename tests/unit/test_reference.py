@@ -59,6 +59,9 @@ def test_api_page_has_every_public_name_with_signature_and_docstring(tmp_path: P
     assert "| `wall_time` | `float | None` | `None` | Estimated run time in seconds" \
         .replace("float | None", "float \\| None") in text
     assert "Members: `CREATED`, `AWAITING_PARENTS`" in text
+    # The state table, from tidewater.states itself.
+    assert "| `RUNNING` | `RUN_DONE`, `RUN_ERROR`, `RUN_TIMEOUT`, `KILLED` |" in text
+    assert "| `JOB_FINISHED` | (final) |" in text
     assert " at 0x" not in text
 
 
