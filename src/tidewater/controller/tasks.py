@@ -379,6 +379,7 @@ class TaskTable:
         """KILLED (cancel), its pilot already freed and its queue entry dropped."""
         t.error = why
         t.pilot = ""
+        t.exception = None  # killed, whatever an earlier attempt raised
         return self.transition(t, [S.KILLED], now, {"reason": "cancelled"})
 
     # ------------------------------------------------------------------ after commit
@@ -405,7 +406,7 @@ def task_info(t: LiveTask, site_name: str) -> P.TaskInfo:
         error=t.error, stdout_tail=t.stdout_tail, stderr_tail=t.stderr_tail,
         created_at=t.created_at, started_at=t.started_at, finished_at=t.finished_at,
         pilot=t.pilot, workdir=t.workdir, result=t.result, files=t.files or [],
-        routes=routes_of(t),
+        routes=routes_of(t), exception=t.exception,
     )
 
 
