@@ -410,6 +410,26 @@ def task_info(t: LiveTask, site_name: str) -> P.TaskInfo:
     )
 
 
+RAISED_LIMITS = {"type": 512, "name": 64, "names": 32, "message": 4096, "traceback": 8192}
+"""What the controller keeps of a function's exception as a pilot reports it (characters,
+and names of built-ins): a worker bounds it already; a pilot may be anything."""
+
+
+def bounded_exception(e: P.RemoteError | None) -> P.RemoteError | None:
+    """``e`` cut to :data:`RAISED_LIMITS` (the start of the type and message, the end of
+    the traceback, the first names); None for None."""
+    if e is None:
+        return None
+    lim = RAISED_LIMITS
+    names = [n[:lim["name"]] for n in e.builtins[:lim["names"]]]
+    tb = e.traceback if len(e.traceback) <= lim["traceback"] else e.traceback[-lim["traceback"]:]
+    if (len(e.type) <= lim["type"] and names == e.builtins
+            and len(e.message) <= lim["message"] and tb is e.traceback):
+        return e
+    return P.RemoteError(type=e.type[:lim["type"]], builtins=names,
+                         message=e.message[:lim["message"]], traceback=tb)
+
+
 def add_route(t: LiveTask, route: P.Route) -> None:
     """Record a routing of ``t`` in its stored launch options (``extra_j``)."""
     extra = t.extra
