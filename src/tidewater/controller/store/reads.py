@@ -130,7 +130,7 @@ def count_sql(q: TaskQuery) -> list[tuple[str, list[Any]]]:
     than to an index that would save it the grouping's sort at the price of
     reading all the owner's tasks. Unlike a page of a listing, it reads the
     range to its end, so its cost is the number of matching tasks (about
-    0.3-0.6 s per million on SQLite, bench/scale.py), in the store's reader.
+    0.4-1.2 s per million on SQLite, bench/scale.py), in the store's reader.
     """
     def grouped(inner: str, order: str = "t.id") -> str:
         return (f"SELECT site_id, state, COUNT(*) FROM ({inner} ORDER BY {order}) AS counted "
