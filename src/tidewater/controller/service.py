@@ -452,6 +452,8 @@ class ControllerService:
         """Read the FAILED tasks named or matched, their failed descendants and what
         the handler needs of them (:class:`.lifecycle.RetryRead`); then retry."""
         st, store, read = self.state, self.store, lifecycle.RetryRead()
+        if msg.ids and msg.filter is not None:
+            raise InvalidRequest("retry: give task ids or a filter, not both")
         if msg.ids:
             read.roots = lifecycle.check_retry_ids(st, who, list(msg.ids), await store.tasks(
                 who.user_id, list(dict.fromkeys(msg.ids))))
