@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import apps as appmod
+from . import cli_lifecycle
 from .cli_base import _client, _kv, _run, err, out
 from .cli_example import example
 from .cli_report import report
@@ -1249,6 +1250,8 @@ def demo(frames: int, pilots: int, cores: int, burst: int, keep: Path | None) ->
 
 main.add_command(report)
 main.add_command(example)
+main.add_command(cli_lifecycle.retry)
+main.add_command(cli_lifecycle.logs)
 
 
 if __name__ == "__main__":

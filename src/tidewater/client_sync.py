@@ -58,6 +58,10 @@ class SyncTask:
         info: TaskInfo = self._client._call(self._task.info)
         return info
 
+    def done(self) -> bool:
+        """Whether this client has seen the task reach a final state (sends nothing)."""
+        return self._task.done()
+
 
 _Outcome = tuple[bool, Any]  # (True, value) or (False, exception)
 
@@ -444,6 +448,39 @@ class SyncClient(AbstractContextManager["SyncClient"]):
 
     def cancel(self, ids: Iterable[int]) -> list[int]:
         return self._call(self._async.cancel, list(ids))  # type: ignore[no-any-return]
+
+    def retry(self, tasks: Iterable[SyncTask | int] = (), **filters: Any) -> list[int]:
+        """Run FAILED tasks again under the same ids (see :meth:`Client.retry`)."""
+        ids = [t.id if isinstance(t, SyncTask) else t for t in tasks]
+        return self._call(self._async.retry, ids, **filters)  # type: ignore[no-any-return]
+
+    def resubmit(self, tasks: Iterable[SyncTask | int]) -> list[SyncTask]:
+        """New tasks with the specs of ``tasks`` (see :meth:`Client.resubmit`)."""
+        ids = [t.id if isinstance(t, SyncTask) else t for t in tasks]
+        return [SyncTask(self, t) for t in self._call(self._async.resubmit, ids)]
+
+    def events(self, task: SyncTask | int | None = None, **kwargs: Any) -> list[TaskEvent]:
+        """Committed events, a bounded page (see :meth:`Client.events`)."""
+        tid = task.id if isinstance(task, SyncTask) else task
+        return self._call(self._async.events, tid, **kwargs)  # type: ignore[no-any-return]
+
+    def logs(self, task: SyncTask | int, **kwargs: Any) -> bytes:
+        """A task's whole stdout or stderr (see :meth:`Client.logs`)."""
+        tid = task.id if isinstance(task, SyncTask) else task
+        return self._call(self._async.logs, tid, **kwargs)  # type: ignore[no-any-return]
+
+    def follow_logs(self, task: SyncTask | int, **kwargs: Any) -> Iterator[bytes]:
+        """Blocking iterator of a task's output as it grows (see :meth:`Client.follow_logs`)."""
+        tid = task.id if isinstance(task, SyncTask) else task
+        it = self._async.follow_logs(tid, **kwargs)
+        try:
+            while True:
+                try:
+                    yield self._call(it.__anext__)
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._call(it.aclose)
 
     def add_site(self, name: str) -> tuple[P.SiteInfo, str]:
         return self._call(self._async.add_site, name)  # type: ignore[no-any-return]

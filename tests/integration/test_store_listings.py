@@ -56,9 +56,11 @@ def task_of(i: int) -> LiveTask:
     """Task ``i``: three owners, two sites, three apps, states mostly finished."""
     owner = 1 + i % 3
     tags = {"run": str(i % 50), "n": str(i % 4)}
-    return a_task(i, state=STATES[(i // 5) % len(STATES)], owner=owner, site=1 + (i // 2) % 2,
-                  app=("echo", "sleep", "true")[(i // 7) % 3],
-                  tags=schema.json_text(tags))
+    t = a_task(i, state=STATES[(i // 5) % len(STATES)], owner=owner, site=1 + (i // 2) % 2,
+               app=("echo", "sleep", "true")[(i // 7) % 3],
+               tags=schema.json_text(tags))
+    t.created_at = 1000.0 + i // 3  # ids grow with time; three tasks a second
+    return t
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,12 @@ LISTINGS = [
     Listing("site_state_app", TaskQuery(owner_id=2, site_ids=(1,), states=("FAILED",),
                                         app="echo")),
     Listing("ids", TaskQuery(owner_id=1, ids=(3, 5, 6, 2997, 3000))),
+    Listing("since", TaskQuery(owner_id=1, since=1500.0)),
+    Listing("window", TaskQuery(owner_id=1, since=1200.0, until=1800.0)),
+    Listing("window_tag", TaskQuery(owner_id=1, tags=(("n", "1"),), until=1900.0,
+                                    since=1100.5)),
+    Listing("window_states", TaskQuery(owner_id=1, states=("READY", "FAILED"),
+                                       since=1300.0, until=1700.0)),
 ]
 IDS = [x.name for x in LISTINGS]
 
@@ -87,7 +95,9 @@ def matches(t: LiveTask, q: TaskQuery) -> bool:
     return (t.owner_id == q.owner_id and all(t.site_id == s for s in q.site_ids)
             and (not q.states or t.state.value in q.states)
             and (q.app is None or t.app == q.app) and (not q.ids or t.id in q.ids)
-            and all(t.tags.get(k) == v for k, v in q.tags))
+            and all(t.tags.get(k) == v for k, v in q.tags)
+            and (q.since is None or t.created_at >= q.since)
+            and (q.until is None or t.created_at < q.until))
 
 
 TASKS = [task_of(i) for i in range(1, N + 1)]
@@ -184,7 +194,30 @@ async def test_listing_pages_the_right_tasks_through_an_index(
     if not newest:  # the next page starts after the last id seen
         page = [t.id for t in await store.query(q, after_id=got[-1], limit=50, newest=False)]
         assert page == want[50:100]
-    sql, args = query_sql(q, after_id=0, limit=50, newest=newest)
+    # A time window is an id range found by a binary search of the primary key.
+    assert isinstance(store, reads.SqlReads)
+    after, before = await store.window(q, 0)
+    if q.since is not None or q.until is not None:
+        assert after > 0 or before is not None
+    sql, args = query_sql(q, after_id=after, limit=50, newest=newest, before_id=before)
+    assert_indexed(filled, await plan(filled, sql, args), q)
+
+
+async def test_a_time_is_found_by_probes_of_the_primary_key(filled: str, store: Store) -> None:
+    assert isinstance(store, reads.SqlReads)
+    assert await store.task_id_at(1500.0) == min(t.id for t in TASKS if t.created_at >= 1500)
+    lines = await plan(filled, "SELECT id, created_at FROM tasks WHERE id >= ? ORDER BY id "
+                       "LIMIT 1", [7])
+    assert_indexed(filled, lines, TaskQuery(owner_id=1))
+
+
+async def test_a_page_of_events_reads_a_bounded_range(filled: str, store: Store) -> None:
+    q = TaskQuery(owner_id=2, tags=(("n", "2"),))
+    got = await store.events_since(q, 100, 1000, upto=400)
+    want = sorted(eid for t in TASKS if matches(t, q) for eid in (2 * t.id - 1, 2 * t.id)
+                  if 100 < eid <= 400)
+    assert [e.id for e in got] == want
+    sql, args = events_sql(q, 100, 1000, 400)
     assert_indexed(filled, await plan(filled, sql, args), q)
 
 
