@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import anyio
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .client import Client
 from .config import Timeouts
@@ -78,3 +80,12 @@ def _kv(pairs: tuple[str, ...], what: str) -> dict[str, str]:
             raise click.BadParameter(f"{what} {p!r} must look like key=value")
         d[k] = v
     return d
+
+
+def _when(t: float | None) -> str:
+    return datetime.fromtimestamp(t).strftime("%H:%M:%S.%f")[:-3] if t else "-"
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err, transient=False)
