@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -9,26 +10,8 @@ import click
 import msgspec
 from rich.table import Table
 
-from .cli_base import _client, _run, _when, err, out
+from .cli_base import DURATION, _client, _run, _when, err, out
 from .config import default_db
-
-
-def _duration(text: str | None) -> float | None:
-    """30d, 12h, 90m, 45s or plain seconds -> seconds (None stays None)."""
-    if text is None:
-        return None
-    t = text.strip().lower()
-    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-    try:
-        if t and t[-1] in units:
-            value = float(t[:-1]) * units[t[-1]]
-        else:
-            value = float(t)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a duration (30d, 12h, 90m, 3600)") from None
-    if value <= 0:
-        raise click.BadParameter(f"{text!r} must be positive")
-    return value
 
 
 def _local(ctx: click.Context, db: str | None) -> str | None:
@@ -44,19 +27,20 @@ def user() -> None:
     With an admin's token: through the controller."""
 
 
-@user.command("add")
+@user.command("add", short_help='Create a user and print their token.')
 @click.argument("name")
 @click.option("--db", default=None, help="Work on this store (a path or postgresql:// URL) "
               "directly (the server's owner).")
 @click.option("--admin", is_flag=True, help="May add and remove users (the first user is one).")
-@click.option("--expires", default=None, help="The token expires after this long (30d, 12h).")
+@click.option("--expires", type=DURATION, default=None,
+              help="The token expires after this long (30d, 12h).")
 @click.pass_context
 def user_add(ctx: click.Context, name: str, db: str | None, admin: bool,
-             expires: str | None) -> None:
+             expires: float | None) -> None:
     """Create a user and print their token (shown only once)."""
     from .controller.users import add_user
 
-    seconds = _duration(expires)
+    seconds = expires
     store = _local(ctx, db)
     if store is not None:
         token = _run(lambda: add_user(store, name, admin=admin or None, expires_in=seconds))
@@ -70,7 +54,7 @@ def user_add(ctx: click.Context, name: str, db: str | None, admin: bool,
     click.echo(token)
 
 
-@user.command("remove")
+@user.command("remove", short_help='Remove a user and revoke their tokens.')
 @click.argument("name")
 @click.option("--db", default=None, help="Work on this store (a path or postgresql:// URL) "
               "directly (the server's owner).")
@@ -95,8 +79,9 @@ def user_remove(ctx: click.Context, name: str, db: str | None) -> None:
 
 @user.command("ls")
 @click.option("--db", default=None, help="Read this store directly (the server's owner).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_context
-def user_ls(ctx: click.Context, db: str | None) -> None:
+def user_ls(ctx: click.Context, db: str | None, as_json: bool) -> None:
     """List users."""
     from .controller.users import list_users
 
@@ -109,15 +94,23 @@ def user_ls(ctx: click.Context, db: str | None) -> None:
                 return [(u.name, u.created_at, u.admin, u.removed_at) for u in await c.users()]
 
         rows = _run(go)
+    if as_json:
+        for name, created, admin, removed in rows:
+            click.echo(json.dumps({"name": name, "created_at": created, "admin": admin,
+                                   "removed_at": removed}))
+        return
+    table = Table("user", "created", "admin", "removed")
     for name, created, admin, removed in rows:
-        flags = ("admin " if admin else "") + ("removed" if removed else "")
-        click.echo(f"{name}\t{datetime.fromtimestamp(created):%Y-%m-%d %H:%M}\t{flags.strip()}")
+        table.add_row(name, f"{datetime.fromtimestamp(created):%Y-%m-%d %H:%M}",
+                      "admin" if admin else "-",
+                      f"{datetime.fromtimestamp(removed):%Y-%m-%d %H:%M}" if removed else "-")
+    out.print(table)
 
 
 # ---------------------------------------------------------------------- tokens and audit
 
 
-@click.group()
+@click.group(short_help='Your tokens: create, list, revoke.')
 def token() -> None:
     """Your tokens: create, list (never the secret), revoke."""
 
@@ -125,11 +118,11 @@ def token() -> None:
 @token.command("create")
 @click.option("--site", default=None, help="A site token for this site (default: a user token).")
 @click.option("--name", default="", help="What it is for (shown in `token ls`).")
-@click.option("--expires", default=None, help="Expire after this long (30d, 12h).")
+@click.option("--expires", type=DURATION, default=None, help="Expire after this long (30d, 12h).")
 @click.pass_context
-def token_create(ctx: click.Context, site: str | None, name: str, expires: str | None) -> None:
+def token_create(ctx: click.Context, site: str | None, name: str, expires: float | None) -> None:
     """Mint a token and print it (shown only once)."""
-    seconds = _duration(expires)
+    seconds = expires
 
     async def go() -> Any:
         async with _client(ctx) as c:
@@ -143,13 +136,19 @@ def token_create(ctx: click.Context, site: str | None, name: str, expires: str |
 
 @token.command("ls")
 @click.option("--all", "all_", is_flag=True, help="Include revoked tokens.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_context
-def token_ls(ctx: click.Context, all_: bool) -> None:
+def token_ls(ctx: click.Context, all_: bool, as_json: bool) -> None:
     """List your tokens by id."""
 
     async def go() -> list[Any]:
         async with _client(ctx) as c:
             return await c.tokens(include_revoked=all_)
+
+    if as_json:
+        for t in _run(go):
+            click.echo(msgspec.json.encode(t).decode())
+        return
 
     table = Table("id", "kind", "site / job", "name", "created", "expires", "revoked")
     for t in _run(go):
@@ -163,7 +162,7 @@ def token_ls(ctx: click.Context, all_: bool) -> None:
     out.print(table)
 
 
-@token.command("revoke")
+@token.command("revoke", short_help='Revoke a token at once.')
 @click.argument("token_id")
 @click.pass_context
 def token_revoke(ctx: click.Context, token_id: str) -> None:
@@ -177,7 +176,7 @@ def token_revoke(ctx: click.Context, token_id: str) -> None:
     err.print(f"token {token_id} revoked")
 
 
-@click.command()
+@click.command(short_help='Show who did what, when and from where.')
 @click.option("--limit", type=int, default=50, show_default=True)
 @click.option("--all", "all_", is_flag=True, help="Everyone's entries (admins).")
 @click.option("--json", "as_json", is_flag=True)

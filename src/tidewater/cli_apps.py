@@ -101,8 +101,9 @@ def _hooks(hooks: AppHooks | None) -> str:
 
 @app.command("ls")
 @click.option("--site", default=None)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_context
-def app_ls(ctx: click.Context, site: str | None) -> None:
+def app_ls(ctx: click.Context, site: str | None, as_json: bool) -> None:
     """List apps."""
 
     async def go() -> list[Any]:
@@ -110,6 +111,10 @@ def app_ls(ctx: click.Context, site: str | None) -> None:
             return await c.apps(site)
 
     apps = _run(go)
+    if as_json:
+        for a in apps:
+            click.echo(msgspec.json.encode(a).decode())
+        return
     with_hooks = any(_hooks(a.hooks) for a in apps)
     table = Table("site", "app", "command", "parameters", *(["hooks"] if with_hooks else []))
     for a in apps:

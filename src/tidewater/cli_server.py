@@ -11,26 +11,26 @@ from pathlib import Path
 import anyio
 import click
 
-from .cli_base import _run, err
+from .cli_base import DURATION, DURATION_OR_ZERO, LOG_FORMAT, _run, err, service_logging
 from .config import ControllerConfig, Limits, Timeouts, default_db
 from .errors import TidewaterError
 
 # ---------------------------------------------------------------------- server
 
 
-@click.command()
+@click.command(short_help='Run a controller.')
 @click.option("--db", default=default_db, show_default="~/.tidewater/tidewater.db",
               help="The store: a SQLite file (path or sqlite:///path) or "
                    "postgresql://user@host/db.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True, type=int)
-@click.option("--lease-timeout", default=30.0, show_default=True, type=float,
-              help="Seconds of pilot silence before its tasks are retried.")
-@click.option("--heartbeat", default=5.0, show_default=True, type=float,
-              help="Pilot heartbeat interval in seconds.")
-@click.option("--disconnect-grace", default=None, type=float,
+@click.option("--lease-timeout", default=30.0, show_default=True, type=DURATION,
+              help="Pilot silence before its tasks are retried.")
+@click.option("--heartbeat", default=5.0, show_default=True, type=DURATION,
+              help="Pilot heartbeat interval.")
+@click.option("--disconnect-grace", default=None, type=DURATION_OR_ZERO,
               show_default="3 heartbeats, at most --lease-timeout",
-              help="Seconds a pilot whose connection closed has to come back before its "
+              help="Time a pilot whose connection closed has to come back before its "
               "tasks are retried.")
 @click.option("--max-frame-bytes", default=Limits().max_frame_bytes, show_default=True,
               type=int, help="Largest websocket frame accepted.")
@@ -50,10 +50,11 @@ from .errors import TidewaterError
               help="PEM private key of --tls-cert.")
 @click.option("--allow-plaintext", is_flag=True,
               help="Serve ws:// on a non-loopback --host (only behind a TLS proxy or tunnel).")
+@LOG_FORMAT
 def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float,
            disconnect_grace: float | None, max_frame_bytes: int, max_tasks_per_submit: int, max_params_bytes: int,
            tls_cert: str, tls_key: str, allow_plaintext: bool,
-           max_requests_per_second: float, max_inline_bytes: int | None) -> None:
+           max_requests_per_second: float, max_inline_bytes: int | None, log_format: str) -> None:
     """Run a controller until SIGINT or SIGTERM (graceful; a second signal: at once).
 
     Several controllers may share one store: one leads, the others wait for
@@ -64,7 +65,7 @@ def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float
     from .controller import Server
     from .tls import check_listen
 
-    logging.getLogger("tidewater").setLevel(min(logging.getLogger().level, logging.INFO))
+    service_logging(log_format)
     if max_inline_bytes is None:
         max_inline_bytes = max(1, min(Limits().max_inline_bytes, max_frame_bytes // 4))
     elif not 0 < max_inline_bytes <= max_frame_bytes // 4:
@@ -114,7 +115,7 @@ def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float
     _run(go)
 
 
-@click.command("backup")
+@click.command("backup", short_help='Copy the store while the controller runs.')
 @click.argument("dest", type=click.Path(dir_okay=False))
 @click.option("--db", default=default_db, show_default="~/.tidewater/tidewater.db",
               help="The store to copy: a SQLite file (path or sqlite:///path) or "
@@ -134,7 +135,7 @@ def backup(dest: str, db: str, force: bool) -> None:
     err.print(f"to restore: {done.restore}", highlight=False, soft_wrap=True)
 
 
-@click.command("dev-cert")
+@click.command("dev-cert", short_help='Make a development CA and TLS certificate.')
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--host", "hosts", multiple=True,
               help="Another name or IP the controller is reached by (repeatable).")
@@ -178,7 +179,7 @@ def dev_cert(directory: str, hosts: tuple[str, ...], days: int, force: bool) -> 
 # ---------------------------------------------------------------------- demo
 
 
-@click.command()
+@click.command(short_help='Run the demo on this machine.')
 @click.option("--frames", type=int, default=200, show_default=True,
               help="Detector frames to analyse.")
 @click.option("--pilots", type=int, default=2, show_default=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import time
@@ -15,8 +14,20 @@ import msgspec
 from rich.table import Table
 from rich.text import Text
 
-from .cli_base import _client, _kv, _run, _when, err, out
+from .cli_base import (
+    DURATION,
+    DURATION_OR_ZERO,
+    LOG_FORMAT,
+    _client,
+    _kv,
+    _run,
+    _when,
+    err,
+    out,
+    service_logging,
+)
 from .config import Timeouts
+from .durations import wall_minutes
 from .errors import TidewaterError
 
 # ---------------------------------------------------------------------- sites and apps
@@ -27,7 +38,7 @@ def site() -> None:
     """Sites: where tasks run."""
 
 
-@site.command("add")
+@site.command("add", short_help='Create a site and print its token.')
 @click.argument("name")
 @click.pass_context
 def site_add(ctx: click.Context, name: str) -> None:
@@ -43,7 +54,7 @@ def site_add(ctx: click.Context, name: str) -> None:
     click.echo(token)
 
 
-@site.command("ls")
+@site.command("ls", short_help='List your sites, their health and pilots.')
 @click.option("--pilots", is_flag=True, help="Also list every pilot, with when it was last heard.")
 @click.option("--json", "json_out", is_flag=True, help="JSON, for scripts.")
 @click.pass_context
@@ -81,7 +92,7 @@ def site_ls(ctx: click.Context, pilots: bool, json_out: bool) -> None:
         out.print(ptable)
 
 
-@site.command("init")
+@site.command("init", short_help='Write a site directory for its agent.')
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--name", required=True, help="The site's name (created on the controller if new).")
 @click.option("--scheduler", type=click.Choice(["slurm", "pbs", "lsf", "cobalt", "local"]),
@@ -115,9 +126,10 @@ def site_init(ctx: click.Context, directory: str, name: str, scheduler: str, sit
               f"and {d / 'job-template.sh'}, then run `tidewater site start {directory}`")
 
 
-@site.command("start")
+@site.command("start", short_help="Run the site's agent.")
 @click.argument("directory", type=click.Path(file_okay=False, exists=True))
-def site_start(directory: str) -> None:
+@LOG_FORMAT
+def site_start(directory: str, log_format: str) -> None:
     """Run the site's agent: batch jobs on its scheduler, until SIGINT or SIGTERM.
 
     Stopping leaves the batch jobs (and the pilots in them) running; started
@@ -126,7 +138,7 @@ def site_start(directory: str) -> None:
     from .agents.settings import load
     from .agents.site import Agent
 
-    logging.getLogger("tidewater").setLevel(min(logging.getLogger().level, logging.INFO))
+    service_logging(log_format)
     try:
         settings = load(directory)
         agent = Agent(settings)
@@ -158,41 +170,18 @@ def queue() -> None:
     """Batch jobs: pilots on a site's scheduler."""
 
 
-def _minutes(text: str) -> int:
-    """30, 30m, 1h, 1h30m, 1:30:00 -> minutes."""
-    t = text.strip().lower()
-    try:
-        if ":" in t:
-            parts = [int(p) for p in t.split(":")]
-            while len(parts) < 3:
-                parts.insert(0, 0)
-            h, m, sec = parts[-3:]
-            return h * 60 + m + (1 if sec else 0)
-        total, num = 0, ""
-        for ch in t:
-            if ch.isdigit():
-                num += ch
-            elif ch in "hm" and num:
-                total += int(num) * (60 if ch == "h" else 1)
-                num = ""
-            else:
-                raise ValueError(ch)
-        return total + (int(num) if num else 0)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a wall time (30, 30m, 1h30m, 1:30:00)") from None
-
-
-@queue.command("submit")
+@queue.command("submit", short_help='Ask a site for a batch job.')
 @click.option("--site", required=True)
 @click.option("--nodes", type=int, default=1, show_default=True)
-@click.option("--wall-time", default="30m", show_default=True, help="30m, 1h30m or 1:30:00.")
+@click.option("--wall-time", type=DURATION, default="30m", show_default=True,
+              help="30m, 1h30m, 1:30:00 or 1-00:00:00 (rounded up to minutes).")
 @click.option("--queue", "queue_", default="", help="Queue or partition.")
 @click.option("--project", default="", help="Project or account to charge.")
 @click.pass_context
-def queue_submit(ctx: click.Context, site: str, nodes: int, wall_time: str, queue_: str,
+def queue_submit(ctx: click.Context, site: str, nodes: int, wall_time: float, queue_: str,
                  project: str) -> None:
     """Ask SITE's agent for a batch job; prints its id."""
-    minutes = _minutes(wall_time)
+    minutes = wall_minutes(wall_time)
 
     async def go() -> Any:
         async with _client(ctx) as c:
@@ -203,7 +192,7 @@ def queue_submit(ctx: click.Context, site: str, nodes: int, wall_time: str, queu
     click.echo(job.id)
 
 
-@queue.command("ls")
+@queue.command("ls", short_help='List batch jobs.')
 @click.option("--site", default=None)
 @click.option("--all", "all_", is_flag=True, help="Include finished jobs.")
 @click.option("--json", "as_json", is_flag=True)
@@ -230,7 +219,7 @@ def queue_ls(ctx: click.Context, site: str | None, all_: bool, as_json: bool) ->
     out.print(table)
 
 
-@queue.command("cancel")
+@queue.command("cancel", short_help='Cancel a batch job.')
 @click.argument("job_id", type=int)
 @click.pass_context
 def queue_cancel(ctx: click.Context, job_id: int) -> None:
@@ -247,7 +236,7 @@ def queue_cancel(ctx: click.Context, job_id: int) -> None:
 # ---------------------------------------------------------------------- pilot
 
 
-@click.command()
+@click.command(short_help='Run a pilot on this machine.')
 @click.option("--site", default="", help="Site name (implied by a site token).")
 @click.option("--cores", type=int, default=lambda: os.cpu_count() or 1,
               show_default="all cores")
@@ -257,14 +246,15 @@ def queue_cancel(ctx: click.Context, job_id: int) -> None:
 @click.option("--workdir", default="", help="Root of task work directories.",
               show_default="~/.tidewater/work")
 @click.option("--pilot-id", default="", help="Stable id (default: host + random).")
-@click.option("--heartbeat", type=float, default=5.0, show_default=True)
+@click.option("--heartbeat", type=DURATION, default=5.0, show_default=True,
+              help="Heartbeat interval.")
 @click.option("--token-file", default="", help="Read the token from this file (re-read on reconnect).")
 @click.option("--batch-job", type=int, default=0,
               help="The batch job this pilot runs in (its nodes and end time are discovered).")
-@click.option("--idle-timeout", type=float, default=None, help="Exit after this many idle seconds.")
-@click.option("--wall-margin", type=float, default=30.0, show_default=True,
-              help="Seconds before the batch job's end to stop taking and running tasks.")
-@click.option("--drain-timeout", type=click.FloatRange(min=0), default=Timeouts().drain,
+@click.option("--idle-timeout", type=DURATION, default=None, help="Exit after this long idle.")
+@click.option("--wall-margin", type=DURATION_OR_ZERO, default=30.0, show_default=True,
+              help="Time before the batch job's end to stop taking and running tasks.")
+@click.option("--drain-timeout", type=DURATION_OR_ZERO, default=Timeouts().drain,
               show_default=True,
               help="On SIGTERM/SIGINT, seconds running tasks may finish before they are "
               "killed and handed back (a second signal: at once).")
@@ -277,10 +267,11 @@ def queue_cancel(ctx: click.Context, job_id: int) -> None:
               "cannot reach the controller); TLS and the token still go to the controller. "
               "Or TIDEWATER_RELAY.")
 @click.pass_context
+@LOG_FORMAT
 def pilot(ctx: click.Context, site: str, cores: int, gpus: int, prefetch: int, workdir: str,
           pilot_id: str, heartbeat: float, token_file: str, batch_job: int,
           idle_timeout: float | None, wall_margin: float, drain_timeout: float, launcher: str,
-          head: bool, relay: str) -> None:
+          head: bool, relay: str, log_format: str) -> None:
     """Run a pilot on this machine: it runs the site's tasks until stopped.
 
     SIGTERM or SIGINT: it takes no more work, hands back what has not started,
@@ -292,7 +283,7 @@ def pilot(ctx: click.Context, site: str, cores: int, gpus: int, prefetch: int, w
     from .pilot import PilotConfig, run_pilot
     from .pilot.nodes import Node, discover
 
-    logging.getLogger("tidewater").setLevel(min(logging.getLogger().level, logging.INFO))
+    service_logging(log_format)
     o = ctx.obj
     if not o["token"] and not token_file:
         raise click.UsageError("a pilot needs a token: set TIDEWATER_TOKEN, --token or --token-file")

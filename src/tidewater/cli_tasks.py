@@ -12,7 +12,8 @@ import msgspec
 from rich.table import Table
 from rich.text import Text
 
-from .cli_base import _client, _kv, _progress, _run, _when, err, out
+from .cli_base import DURATION, Exit, _client, _kv, _progress, _run, _when, err, out, state
+from .errors import NotFound
 from .proto import (
     FileInfo,
     Input,
@@ -118,18 +119,38 @@ def _parents_option(_ctx: click.Context, _param: click.Parameter,
 
 
 
-@click.command()
-@click.option("--site", "site", required=True, multiple=True,
+@click.command(short_help='Submit tasks of an app.')
+@click.option("--site", "site", multiple=True,
               help="A site; repeat it, or give 'any' (your sites with the app), and the "
-                   "controller routes each task to one of them.")
+                   "controller routes each task to one of them. Default: TIDEWATER_SITE or "
+                   "the profile's site.")
 @click.option("--policy", default="", metavar="POLICY",
               help="How to route among several sites: earliest-start (default), "
                    "shortest-backlog, round-robin.")
 @click.option("--tag", "tags", multiple=True, help="key=value (repeatable).")
 @click.option("--priority", type=int, default=0)
-@click.option("--cores", type=int, default=1)
-@click.option("--gpus", type=int, default=0)
-@click.option("--timeout", type=float, default=None, help="Seconds before the task is killed.")
+@click.option("--cores", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Cores per node.")
+@click.option("--gpus", type=click.IntRange(min=0), default=0, show_default=True,
+              help="GPUs per node.")
+@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Nodes of one batch job (more than 1: an MPI task, through the site's "
+                   "launcher).")
+@click.option("--ranks-per-node", type=click.IntRange(min=1), default=1, show_default=True,
+              help="MPI ranks per node (more than 1: an MPI task).")
+@click.option("--threads-per-rank", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Threads (cores) per rank.")
+@click.option("--gpus-per-rank", type=click.IntRange(min=0), default=0, show_default=True,
+              help="GPUs per rank.")
+@click.option("--wall-time", type=DURATION, default=None,
+              help="Estimated run time (30m, 1:30:00...): a pilot whose batch job ends "
+                   "sooner does not start the task.")
+@click.option("--env", "env", multiple=True, metavar="KEY=VALUE",
+              help="An environment variable of the task (repeatable).")
+@click.option("--workdir", default=None,
+              help="The task's work directory, relative to the pilot's work root.")
+@click.option("--timeout", type=DURATION, default=None,
+              help="Kill the task after this long (90s, 30m, 1:00:00...).")
 @click.option("--retries", type=int, default=3, show_default=True)
 @click.option("--params-file", type=click.File("r"), default=None,
               help="JSON lines, one object of parameters per task: submit many at once.")
@@ -152,13 +173,15 @@ def _parents_option(_ctx: click.Context, _param: click.Parameter,
 @click.argument("params", nargs=-1)
 @click.pass_context
 def submit(ctx: click.Context, site: tuple[str, ...], policy: str, tags: tuple[str, ...],
-           priority: int, cores: int,
-           gpus: int, timeout: float | None, retries: int, params_file: Any, wait: bool,
+           priority: int, cores: int, gpus: int, nodes: int, ranks_per_node: int,
+           threads_per_rank: int, gpus_per_rank: int, wall_time: float | None,
+           env: tuple[str, ...], workdir: str | None, timeout: float | None, retries: int, params_file: Any, wait: bool,
            call_args: str | None, inputs: list[Input], outputs: list[Output],
            parents: tuple[int, ...], app: str, params: tuple[str, ...]) -> None:
     """Submit APP with PARAMS (name=value ...); prints the task ids.
 
     --input, --output and --parent apply to every task (also with --params-file).
+    With --wait, exits 1 if a task did not finish (docs/cli.md: exit codes).
     """
     from . import codec
 
@@ -180,10 +203,21 @@ def submit(ctx: click.Context, site: tuple[str, ...], policy: str, tags: tuple[s
             raise click.BadParameter(f"--params-file: {exc}") from None
     from .client import route_fields
 
+    if not site:
+        default = state(ctx)["site"]
+        if not default:
+            raise click.UsageError("give --site (or set TIDEWATER_SITE, or a site in your "
+                                   "profile: `tidewater login URL --site NAME`)")
+        site = (default,)
+    resources = Resources(cores=cores, gpus=gpus, num_nodes=nodes,
+                          ranks_per_node=ranks_per_node, threads_per_rank=threads_per_rank,
+                          gpus_per_rank=gpus_per_rank)
+    environment = _kv(env, "--env")
+
     where = route_fields(site[0] if len(site) == 1 else list(site), policy)
     specs = [TaskSpec(app=app, **where, params=r, tags=_kv(tags, "tag"), priority=priority,
-                      resources=Resources(cores=cores, gpus=gpus), timeout=timeout,
-                      max_retries=retries, args=blob, inputs=inputs, outputs=outputs,
+                      resources=resources, timeout=timeout, wall_time=wall_time,
+                      env=environment, workdir=workdir, max_retries=retries, args=blob, inputs=inputs, outputs=outputs,
                       parents=list(parents)) for r in rows]
 
     async def go() -> int:
@@ -191,7 +225,7 @@ def submit(ctx: click.Context, site: tuple[str, ...], policy: str, tags: tuple[s
             if len(specs) == 1 and not wait:
                 (task,) = await c.submit_many(specs, push_results=False)
                 click.echo(task.id)
-                return 0
+                return Exit.OK
             with _progress() as bar:
                 sub = bar.add_task("submitted", total=len(specs))
                 tasks = await c.submit_many(specs, progress=lambda n: bar.advance(sub, n),
@@ -199,7 +233,7 @@ def submit(ctx: click.Context, site: tuple[str, ...], policy: str, tags: tuple[s
                 if not wait:
                     for t in tasks:
                         click.echo(t.id)
-                    return 0
+                    return Exit.OK
                 done = bar.add_task("finished ", total=len(tasks))
                 infos: list[TaskInfo] = []
                 async for info in c.as_completed(tasks):
@@ -211,7 +245,7 @@ def submit(ctx: click.Context, site: tuple[str, ...], policy: str, tags: tuple[s
             else:
                 _table(sorted(infos, key=lambda i: i.id)[-50:])
                 err.print(f"{len(infos) - len(bad)} finished, {len(bad)} did not")
-            return 1 if bad else 0
+            return Exit.FAILED if bad else Exit.OK
 
     sys.exit(_run(go))
 
@@ -316,27 +350,36 @@ def ls(ctx: click.Context, states: tuple[str, ...], tags: tuple[str, ...], site:
 
 @click.command()
 @click.argument("task_id", type=int)
-@click.option("--wait", is_flag=True, help="Wait until the task is final.")
+@click.option("--wait", is_flag=True,
+              help="Wait until the task is final; exit 1 unless it finished.")
+@click.option("--json", "as_json", is_flag=True, help="The task as one JSON object.")
 @click.pass_context
-def show(ctx: click.Context, task_id: int, wait: bool) -> None:
-    """Show one task, with the tail of its output."""
+def show(ctx: click.Context, task_id: int, wait: bool, as_json: bool) -> None:
+    """Show one task, with the tail of its output.
+
+    Exits 3 for an unknown task; with --wait, 1 if it failed or was killed.
+    """
 
     async def go() -> TaskInfo:
         async with _client(ctx) as c:
+            found = await c.tasks(ids=[task_id])
+            if not found:
+                raise NotFound(f"no task with id {task_id}")
             if wait:
                 (info,) = await c.wait([task_id])
                 return info
-            (info,) = await c.tasks(ids=[task_id])
-            return info
+            return found[0]
 
-    try:
-        _show(_run(go))
-    except ValueError:
-        err.print(f"[red]error:[/red] no task with id {task_id}")
-        sys.exit(1)
+    info = _run(go)
+    if as_json:
+        click.echo(msgspec.json.encode(info).decode())
+    else:
+        _show(info)
+    if wait and info.state != "JOB_FINISHED":
+        sys.exit(Exit.FAILED)
 
 
-@click.command()
+@click.command(short_help="Write a task's output to a file.")
 @click.argument("task_id", type=int)
 @click.argument("name")
 @click.argument("dest", default=".", type=click.Path(path_type=Path))
@@ -363,16 +406,20 @@ def download(ctx: click.Context, task_id: int, name: str, dest: Path) -> None:
 @click.option("--state", "states", multiple=True)
 @click.option("--site", default=None)
 @click.option("--since", type=int, default=0, help="Replay events after this event id first.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
 @click.pass_context
 def watch(ctx: click.Context, tags: tuple[str, ...], ids: tuple[int, ...],
-          states: tuple[str, ...], site: str | None, since: int) -> None:
-    """Print task events as they happen (pushed, not polled). Ctrl-C to stop."""
+          states: tuple[str, ...], site: str | None, since: int, as_json: bool) -> None:
+    """Print task events as they happen."""
 
     async def go() -> None:
         async with _client(ctx) as c:
             async with c.watch(tags=_kv(tags, "tag"), ids=list(ids), states=list(states),
                                site=site, since_event=since) as events:
                 async for e in events:
+                    if as_json:
+                        click.echo(msgspec.json.encode(e).decode())
+                        continue
                     out.print(f"{_when(e.time)} #{e.id} task {e.task_id} "
                               f"{e.from_state} -> [bold]{e.to_state}[/bold]"
                               + (f" {e.data}" if e.data else ""), highlight=False)
@@ -381,18 +428,3 @@ def watch(ctx: click.Context, tags: tuple[str, ...], ids: tuple[int, ...],
         _run(go)
     except KeyboardInterrupt:
         pass
-
-
-@click.command()
-@click.argument("ids", nargs=-1, type=int, required=True)
-@click.pass_context
-def cancel(ctx: click.Context, ids: tuple[int, ...]) -> None:
-    """Cancel tasks (running ones are killed)."""
-
-    async def go() -> list[int]:
-        async with _client(ctx) as c:
-            return await c.cancel(list(ids))
-
-    done = _run(go)
-    for i in ids:
-        click.echo(f"{i}\t{'cancelled' if i in done else 'already final'}")

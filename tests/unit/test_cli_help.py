@@ -1,0 +1,41 @@
+"""The command line's help: complete short lines, -h everywhere, --version."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+import click
+from click.testing import CliRunner
+
+from tidewater.cli import main
+
+
+def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+    found = []
+    for name, cmd in group.commands.items():
+        found.append((f"{prefix}{name}", cmd))
+        if isinstance(cmd, click.Group):
+            found += _commands(cmd, f"{prefix}{name} ")
+    return found
+
+
+def test_every_short_help_is_a_whole_sentence() -> None:
+    cut = {name: cmd.get_short_help_str(limit=45) for name, cmd in _commands(main)
+           if cmd.get_short_help_str(limit=45).endswith("...")
+           or not cmd.get_short_help_str(limit=45)}
+    assert cut == {}
+
+
+def test_dash_h_everywhere_and_global_options_after_the_command() -> None:
+    runner = CliRunner()
+    for name, cmd in _commands(main):
+        r = runner.invoke(main, [*name.split(), "-h"], prog_name="tidewater")
+        assert r.exit_code == 0 and "Usage: tidewater" in r.output, (name, r.output, r.exception)
+        if not isinstance(cmd, click.Group) and name not in ("login",):
+            taken = {o for p in cmd.params for o in p.opts}
+            assert {"--url", "--token", "--ca-file", "--profile", "-v"} <= taken, name
+
+
+def test_version() -> None:
+    r = CliRunner().invoke(main, ["--version"], prog_name="tidewater")
+    assert r.exit_code == 0 and r.output.strip() == f"tidewater {version('tidewater-hpc')}"
