@@ -119,6 +119,39 @@ def query_sql(q: TaskQuery, *, after_id: int, limit: int, newest: bool
             f"ORDER BY t.id {order} LIMIT ?", [*args, after_id, limit])
 
 
+def count_sql(q: TaskQuery) -> list[tuple[str, list[Any]]]:
+    """The statements (SQL and parameters) :meth:`SqlReads.count` runs and adds up:
+    the matching tasks grouped by site and state.
+
+    Each reads the index range the listing with this filter reads (the first
+    tag's ``task_tags`` key; one range of ``tasks_owner_state`` per state;
+    the owner's range of site, app or everything): the inner ``ORDER BY
+    t.id`` is the listing's, which steers the planner to that range rather
+    than to an index that would save it the grouping's sort at the price of
+    reading all the owner's tasks. Unlike a page of a listing, it reads the
+    range to its end, so its cost is the number of matching tasks (about
+    0.4-1.2 s per million on SQLite, bench/scale.py), in the store's reader.
+    """
+    def grouped(inner: str, order: str = "t.id") -> str:
+        return (f"SELECT site_id, state, COUNT(*) FROM ({inner} ORDER BY {order}) AS counted "
+                "GROUP BY site_id, state")
+
+    if q.tags:
+        key, value = q.tags[0]
+        cond, args = filter_sql(q, first_tag=False)
+        return [(grouped("SELECT g.task_id, t.site_id, t.state FROM task_tags g CROSS JOIN tasks t "
+                         "WHERE g.owner_id = ? AND g.key = ? AND g.value = ? "
+                         f"AND t.id = g.task_id AND {cond}", "g.task_id"),
+                 [q.owner_id, key, value, *args])]
+    wanted = _distinct(q.states)
+    if len(wanted) > 1:
+        cond, args = filter_sql(q, states=False)
+        return [(grouped(f"SELECT t.id, t.site_id, t.state FROM tasks t WHERE {cond} "
+                         "AND t.state = ?"), [*args, state]) for state in wanted]
+    cond, args = filter_sql(q)
+    return [(grouped(f"SELECT t.id, t.site_id, t.state FROM tasks t WHERE {cond}"), args)]
+
+
 def events_sql(q: TaskQuery, since: int, limit: int) -> tuple[str, list[Any]]:
     """The SQL and parameters :meth:`SqlReads.events_since` runs: the events after
     ``since`` in id order (a range of their primary key; ``CROSS JOIN`` keeps
@@ -256,6 +289,10 @@ class SqlReads:
                     newest: bool) -> list[LiveTask]:
         sql, args = query_sql(q, after_id=after_id, limit=limit, newest=newest)
         return [schema.task_from_row(r) for r in await self._rows(sql, args)]
+
+    async def count(self, q: TaskQuery) -> list[tuple[int, str, int]]:
+        return [(int(sid), str(state), int(n)) for sql, args in count_sql(q)
+                for sid, state, n in await self._rows(sql, args)]
 
     async def events_since(self, q: TaskQuery, since: int, limit: int) -> list[StoredEvent]:
         sql, args = events_sql(q, since, limit)
