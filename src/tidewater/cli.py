@@ -20,7 +20,7 @@ from .cli_apps import app
 from .cli_base import state
 from .cli_config import config_group, login
 from .cli_example import example
-from .cli_filters import cancel, wait
+from .cli_filters import cancel, summary, wait
 from .cli_report import report
 from .cli_server import backup, demo, dev_cert, server
 from .cli_sites import pilot, queue, site
@@ -122,6 +122,7 @@ main.add_command(download)
 main.add_command(watch)
 main.add_command(cancel)
 main.add_command(wait)
+main.add_command(summary)
 main.add_command(demo)
 main.add_command(report)
 main.add_command(example)

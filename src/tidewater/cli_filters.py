@@ -1,4 +1,4 @@
-"""``tidewater cancel`` and ``wait``: acting on task ids or on a filter of tasks.
+"""``tidewater cancel``, ``wait`` and ``summary``: acting on task ids or on a filter of tasks.
 
 A filter is the options ``ls`` takes (``--tag k=v``, ``--state S``,
 ``--site``, ``--app``), all of which must match. The matching ids are read
@@ -7,18 +7,21 @@ through the client a page at a time, then acted on.
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
 import click
 import msgspec
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
 
-from .cli_base import DURATION, Exit, _client, _kv, _run, err, fail
+from .cli_base import DURATION, Exit, _client, _kv, _run, err, fail, out
 from .client import Client
 from .errors import NotFound
-from .proto import TaskInfo
-from .states import FINAL, STORED
+from .proto import TaskCounts, TaskInfo
+from .states import FINAL, STORED, TaskState
 
 PAGE = 1000
 """Tasks read per request when listing a filter's matches."""
@@ -147,3 +150,45 @@ def wait(ctx: click.Context, ids: tuple[int, ...], tags: tuple[str, ...],
               + (f" ({', '.join(f'{i.id} {i.state}' for i in bad[:20])}"
                  f"{', ...' if len(bad) > 20 else ''})" if bad else ""), highlight=False)
     sys.exit(Exit.FAILED if bad else Exit.OK)
+
+
+@click.command()
+@_filter_options
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object: by_state, by_site (then by state), total.")
+@click.pass_context
+def summary(ctx: click.Context, tags: tuple[str, ...], states: tuple[str, ...],
+            site: str | None, app_name: str | None, as_json: bool) -> None:
+    """Count tasks by state and by site.
+
+    Counts every task of yours matching the filter (all of them without
+    one), as the controller has stored them: one table of states, then one
+    row per site with its tasks per state.
+    """
+
+    async def go() -> TaskCounts:
+        async with _client(ctx) as c:
+            return await c.count(state=list(states), tags=_kv(tags, "--tag"), site=site,
+                                 app=app_name)
+
+    counts = _run(go)
+    if as_json:
+        click.echo(json.dumps({"by_state": counts.by_state, "by_site": counts.by_site,
+                               "total": counts.total}))
+        return
+    order = [s.value for s in TaskState if s.value in counts.by_state]
+    table = Table("state", "tasks")
+    for s in order:
+        table.add_row(Text(s, style=_STYLE.get(s, "")), str(counts.by_state[s]))
+    table.add_row(Text("total", style="bold"), str(counts.total))
+    out.print(table)
+    if counts.by_site:
+        per_site = Table("site", *order, "total")
+        for name in sorted(counts.by_site):
+            row = counts.by_site[name]
+            per_site.add_row(name, *(str(row.get(s, 0)) for s in order),
+                             str(sum(row.values())))
+        out.print(per_site)
+
+
+_STYLE = {"JOB_FINISHED": "green", "FAILED": "red", "KILLED": "yellow", "RUNNING": "cyan"}

@@ -126,6 +126,17 @@ async def test_exit_codes_global_options_filters_and_json(tmp_path: Path) -> Non
         code, _, err = await tw("wait", "--tag", "w=1", "--timeout", "60", token=alice)
         assert code == 1 and "5 finished, 1 did not" in err and "FAILED" in err
 
+        # summary: per state and per site, for a filter or everything.
+        counts = json.loads(ok(await tw("summary", "--json", "--tag", "w=1", token=alice)))
+        assert counts == {"by_state": {"JOB_FINISHED": 5, "FAILED": 1},
+                          "by_site": {"laptop": {"JOB_FINISHED": 5, "FAILED": 1}}, "total": 6}
+        counts = json.loads(ok(await tw("summary", "--json", token=alice)))
+        assert counts["by_state"] == {"JOB_FINISHED": 6, "FAILED": 2, "KILLED": 3}
+        out = ok(await tw("summary", token=alice))
+        assert "JOB_FINISHED" in out and "laptop" in out and "11" in out
+        code, _, err = await tw("summary", "--site", "elsewhere", token=alice)
+        assert code == 3 and "no site named 'elsewhere'" in err
+
         # watch --json: one event object per line.
         watcher = await anyio.open_process(
             [PY, "-m", "tidewater", "watch", "--json", "--id", tid, "--since", "1"],
