@@ -39,3 +39,23 @@ def test_dash_h_everywhere_and_global_options_after_the_command() -> None:
 def test_version() -> None:
     r = CliRunner().invoke(main, ["--version"], prog_name="tidewater")
     assert r.exit_code == 0 and r.output.strip() == f"tidewater {version('tidewater-hpc')}"
+
+
+def test_completion_as_docs_cli_md_shows_it() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    # The installed script: completion keys on the program's name.
+    tidewater = str(Path(sys.executable).with_name("tidewater"))
+
+    env = {**os.environ, "_TIDEWATER_COMPLETE": "bash_complete",
+           "COMP_WORDS": "tidewater server --log-format ", "COMP_CWORD": "3"}
+    r = subprocess.run([tidewater], env=env, capture_output=True,
+                       text=True, timeout=60, check=False)
+    assert r.returncode == 0 and r.stdout.split() == ["plain,text", "plain,json"]
+    env = {**os.environ, "_TIDEWATER_COMPLETE": "bash_source"}
+    r = subprocess.run([tidewater], env=env, capture_output=True,
+                       text=True, timeout=60, check=False)
+    assert "complete -o nosort -F _tidewater_completion tidewater" in r.stdout
