@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -148,8 +149,10 @@ def site_start(directory: str, log_format: str) -> None:
     async def go() -> None:
         async with anyio.create_task_group() as tg:
             await tg.start(agent.run)
-            err.print(f"agent of site {settings.site.name!r} connected to "
-                      f"{settings.site.controller} ({settings.site.scheduler})")
+            # A log record, not a console line: with --log-format json every line is JSON.
+            logging.getLogger("tidewater.agent").info(
+                "agent of site %r connected to %s (%s)", settings.site.name,
+                settings.site.controller, settings.site.scheduler)
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
                     # Batch jobs are left running: a restarted agent adopts them.

@@ -206,7 +206,7 @@ async def test_login_profiles_and_config_show(tmp_path: Path) -> None:
         assert r.stdout.decode().strip() == "['JOB_FINISHED']"
 
 
-async def test_log_format_json_on_server_and_pilot(tmp_path: Path) -> None:
+async def test_log_format_json_on_server_pilot_and_agent(tmp_path: Path) -> None:
     async with cluster(tmp_path) as c:
         server = await c.start_controller("--log-format", "json")
         token = await c.add_user("alice")
@@ -223,12 +223,19 @@ async def test_log_format_json_on_server_and_pilot(tmp_path: Path) -> None:
                 await server.wait_for("j1")
             finally:
                 await pilot.stop()
-        for lines in (server.lines, pilot.lines):
+        site_dir = write_site(tmp_path / "site", name="laptop", scheduler="local", url=c.url,
+                              token=site_token,
+                              sections={"scheduler": {"state_dir": str(tmp_path / "jobs")}})
+        agent = await c.start_agent(site_dir, env={"TIDEWATER_LOG_FORMAT": "json"})
+        await agent.stop()
+        for lines in (server.lines, pilot.lines, agent.lines):
             records = [json.loads(x) for x in lines if x.strip()]
             assert records, lines
             assert all({"time", "level", "logger", "message"} <= set(e) for e in records)
         assert any(e["logger"].startswith("tidewater") and "j1" in e["message"]
                    for e in map(json.loads, pilot.lines))
+        assert any(e["logger"] == "tidewater.agent" and "connected to" in e["message"]
+                   for e in map(json.loads, agent.lines))
 
 
 @pytest.mark.mpi
