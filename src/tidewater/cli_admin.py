@@ -21,7 +21,7 @@ def _local(ctx: click.Context, db: str | None) -> str | None:
     return None if ctx.obj["token"] else default_db()
 
 
-@click.group()
+@click.group(short_help="Users: add, list, remove.")
 def user() -> None:
     """Users. With --db (or no token set): on the store, as the server's owner.
     With an admin's token: through the controller."""

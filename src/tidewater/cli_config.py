@@ -59,6 +59,9 @@ def login(ctx: click.Context, url: str, name: str, token_file: str | None, site:
     when the controller refuses the token (exit 4) or cannot be reached (5).
     """
     st = state(ctx)
+    if (ctx.get_parameter_source("name") == click.core.ParameterSource.DEFAULT
+            and st.flags.get("profile")):
+        name = str(st.flags["profile"])  # `tidewater --profile NAME login URL`
     token = _read_token(token_file, st.flags.get("token"))
     if not token:
         raise click.UsageError("no token given: pass --token-file, --token, or type it")

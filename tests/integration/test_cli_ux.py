@@ -184,6 +184,15 @@ async def test_login_profiles_and_config_show(tmp_path: Path) -> None:
                                        env={"TIDEWATER_SITE": "other"})))
         assert shown["url"]["source"] == "flag --url"
         assert shown["site"] == {"value": "other", "source": "env TIDEWATER_SITE"}
+        # A second profile, named before the command; the default stays.
+        ok(await tw("--profile", "second", "login", c.url, "--no-default",
+                    stdin=alice.encode() + b"\n", env={}))
+        shown = json.loads(ok(await tw("config", "show", "--json", env={})))
+        assert shown["profile"]["value"] == "default"
+        shown = json.loads(ok(await tw("config", "show", "--json", "--profile", "second",
+                                       env={})))
+        assert shown["profile"] == {"value": "second", "source": "flag --profile"}
+        assert shown["site"] == {"value": "", "source": "unset"}
         code, _, err = await tw("--profile", "nope", "ls", env={})
         assert code == 2 and "no profile 'nope'" in err
 
