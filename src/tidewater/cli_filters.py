@@ -19,6 +19,7 @@ from rich.text import Text
 
 from .cli_base import DURATION, Exit, _client, _kv, _run, err, fail, out
 from .client import Client
+from .durations import format_duration
 from .errors import NotFound
 from .proto import TaskCounts, TaskInfo
 from .states import FINAL, STORED, TaskState
@@ -137,11 +138,16 @@ def wait(ctx: click.Context, ids: tuple[int, ...], tags: tuple[str, ...],
                           TimeElapsedColumn(), console=err, transient=False,
                           disable=not err.is_terminal) as bar:
                 done = bar.add_task("final", total=len(wanted))
-                async for info in c.as_completed(wanted, timeout=timeout):
-                    infos.append(info)
-                    bar.advance(done)
-                    if as_json:
-                        click.echo(msgspec.json.encode(info).decode())
+                try:
+                    async for info in c.as_completed(wanted, timeout=timeout):
+                        infos.append(info)
+                        bar.advance(done)
+                        if as_json:
+                            click.echo(msgspec.json.encode(info).decode())
+                except TimeoutError:
+                    raise TimeoutError(
+                        f"--timeout {format_duration(timeout or 0)} passed: {len(infos)} of "
+                        f"{len(wanted)} tasks final") from None
             return infos
 
     infos = _run(go)

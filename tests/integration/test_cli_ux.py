@@ -126,14 +126,20 @@ async def test_exit_codes_global_options_filters_and_json(tmp_path: Path) -> Non
         code, _, err = await tw("wait", "--tag", "w=1", "--timeout", "60", token=alice)
         assert code == 1 and "5 finished, 1 did not" in err and "FAILED" in err
 
+        # 5 again: wait gives up at --timeout, saying how far it got.
+        nap = ok(await tw("submit", "--site", "laptop", "nap", "s=60", token=alice)).strip()
+        code, _, err = await tw("wait", nap, tid, "--timeout", "0:01", token=alice)
+        assert code == 5 and "--timeout 1s passed: 1 of 2 tasks final" in err
+        ok(await tw("cancel", nap, token=alice))
+
         # summary: per state and per site, for a filter or everything.
         counts = json.loads(ok(await tw("summary", "--json", "--tag", "w=1", token=alice)))
         assert counts == {"by_state": {"JOB_FINISHED": 5, "FAILED": 1},
                           "by_site": {"laptop": {"JOB_FINISHED": 5, "FAILED": 1}}, "total": 6}
         counts = json.loads(ok(await tw("summary", "--json", token=alice)))
-        assert counts["by_state"] == {"JOB_FINISHED": 6, "FAILED": 2, "KILLED": 3}
+        assert counts["by_state"] == {"JOB_FINISHED": 6, "FAILED": 2, "KILLED": 4}
         out = ok(await tw("summary", token=alice))
-        assert "JOB_FINISHED" in out and "laptop" in out and "11" in out
+        assert "JOB_FINISHED" in out and "laptop" in out and "12" in out
         code, _, err = await tw("summary", "--site", "elsewhere", token=alice)
         assert code == 3 and "no site named 'elsewhere'" in err
 
