@@ -48,13 +48,18 @@ from .errors import TidewaterError
               help="PEM certificate: serve wss:// (with --tls-key; see `tidewater dev-cert`).")
 @click.option("--tls-key", default="", type=click.Path(dir_okay=False),
               help="PEM private key of --tls-cert.")
+@click.option("--dashboard-port", type=int, default=None,
+              help="Also serve the web dashboard on this port (docs/dashboard.md; off if not given).")
+@click.option("--dashboard-host", default="127.0.0.1", show_default=True,
+              help="The dashboard's listening address.")
 @click.option("--allow-plaintext", is_flag=True,
               help="Serve ws:// on a non-loopback --host (only behind a TLS proxy or tunnel).")
 @LOG_FORMAT
 def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float,
            disconnect_grace: float | None, max_frame_bytes: int, max_tasks_per_submit: int, max_params_bytes: int,
            tls_cert: str, tls_key: str, allow_plaintext: bool,
-           max_requests_per_second: float, max_inline_bytes: int | None, log_format: str) -> None:
+           max_requests_per_second: float, max_inline_bytes: int | None,
+           dashboard_port: int | None, dashboard_host: str, log_format: str) -> None:
     """Run a controller until SIGINT or SIGTERM (graceful; a second signal: at once).
 
     Several controllers may share one store: one leads, the others wait for
@@ -81,6 +86,7 @@ def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float
                       max_params_bytes=max_params_bytes, max_inline_bytes=max_inline_bytes,
                       requests_per_second=max_requests_per_second),
         tls_cert=tls_cert, tls_key=tls_key, allow_plaintext=allow_plaintext,
+        dashboard_port=dashboard_port, dashboard_host=dashboard_host,
     )
     try:
         check_listen(cfg)

@@ -49,6 +49,7 @@ from .errors import (
     TaskFailed,
     TidewaterError,
     from_code,
+    remote_failure,
 )
 from .progress import Notice, waiting_notices
 from .proto import ParamSpec, TaskEvent, TaskInfo, TaskSpec
@@ -93,8 +94,11 @@ class Task:
     async def value(self, *, timeout: float | None = None) -> Any:
         """Wait for a function task and return what its function returned (decoded).
 
-        Raises :class:`TaskFailed` (with the function's exception in ``error``)
-        if the task did not finish. Cancel-safe.
+        Raises :class:`TaskFailed` if the task did not finish; when its function
+        raised, that TaskFailed is also an instance of the nearest built-in
+        exception class the remote one derives from (``except ValueError:``
+        catches a remote ``math.sqrt(-1.0)``), with the remote traceback in
+        ``remote_traceback`` (see :func:`task_failure`). Cancel-safe.
         """
         info = await self.result(timeout=timeout, check=True)
         return codec.decode(info.result) if info.result is not None else None
@@ -117,6 +121,18 @@ class Task:
         found = await self.client.tasks(ids=[self.id])
         return found[0]
 
+
+
+def task_failure(info: TaskInfo) -> TaskFailed:
+    """The exception for a task that did not finish: a FAILED function task whose
+    function raised gets ``Remote<Builtin>`` (:func:`tidewater.errors.remote_failure`),
+    every other one a plain :class:`TaskFailed`."""
+    raised = info.exception if info.state == TaskState.FAILED else None
+    if raised is None:
+        return TaskFailed(info.id, info.state, info.exit_code, info.error)
+    return remote_failure(info.id, info.state, info.exit_code, info.error,
+                          remote_type=raised.type, builtin_names=raised.builtins,
+                          remote_message=raised.message, remote_traceback=raised.traceback)
 
 
 def route_fields(site: str | Sequence[str], policy: str = "") -> dict[str, Any]:
@@ -683,7 +699,7 @@ class Client:
         if check:
             for info in out:
                 if info.state != TaskState.JOB_FINISHED:
-                    raise TaskFailed(info.id, info.state, info.exit_code, info.error)
+                    raise task_failure(info)
         return out
 
     async def as_completed(

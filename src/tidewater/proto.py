@@ -265,6 +265,24 @@ class Route(Struct):
     reason: str = ""
 
 
+class RemoteError(Struct):
+    """A function task's exception as its worker described it: names and text, never a pickle.
+
+    ``type`` is its qualified name (``builtins.ValueError``, ``mypkg.io.BadFrame``);
+    ``builtins`` the names of the built-in exception classes it derives from
+    (its MRO entries in ``builtins`` that are subclasses of ``Exception``, nearest
+    first), from which the client picks the built-in to raise it as; ``message``
+    is ``str()`` of it and ``traceback`` the end of its formatted traceback, both
+    bounded by the worker. A peer may send anything here: the client only ever
+    looks names up among the built-in exceptions (:func:`tidewater.errors.builtin_base`).
+    """
+
+    type: str
+    builtins: list[str] = []
+    message: str = ""
+    traceback: str = ""
+
+
 class TaskInfo(Struct):
     """The controller's view of one task, as listed and watched."""
 
@@ -293,6 +311,9 @@ class TaskInfo(Struct):
     """Inputs and outputs with their transfer state (no inline bytes: ``client.download``)."""
     routes: list[Route] = []
     """For a task routed among several sites: each routing, the first at submit."""
+    exception: RemoteError | None = None
+    """A function task whose last attempt ended in an exception: what its function raised
+    (``Task.value()`` of a FAILED task raises it as :class:`~tidewater.TaskFailed`)."""
 
 
 class TaskEvent(Struct):
@@ -903,6 +924,8 @@ class Report(Struct):
     """After "done": each of the Assignment's ``outputs`` as found in the work directory."""
     hook: str = ""
     """After "error"/"timeout": the app's handler chose "retry" or "fail" ("": no handler)."""
+    exception: RemoteError | None = None
+    """After "error" of a function task: the exception the function raised."""
 
 
 class OutputFile(Struct):

@@ -66,6 +66,24 @@ def world() -> list[Write]:
     ]
 
 
+async def test_what_a_function_raised_is_stored_and_cleared(url: str) -> None:
+    """A failed function task's exception (names and text) survives the store; a task
+    updated without one reads back without one."""
+    raised = P.RemoteError(type="builtins.KeyError", builtins=["KeyError", "LookupError"],
+                           message="'frame'", traceback="Traceback ...\nKeyError: 'frame'\n")
+    failed = a_task(1, state=S.FAILED)
+    failed.exception = raised
+    retried = a_task(2, state=S.RESTART_READY)
+    retried.exception = raised
+    async with open_store(url) as store:
+        await store.commit([*world(), schema.insert_task(failed), schema.insert_task(retried)])
+        retried.exception = None
+        await store.commit([schema.update_task(retried)])
+        back = {t.id: t for t in await store.tasks(1, [1, 2])}
+    assert back[1].exception == raised
+    assert back[2].exception is None
+
+
 async def test_every_write_reads_back(url: str) -> None:
     inline = [P.FileInfo(direction="in", path="a", state="inline", size=1),
               P.FileInfo(direction="out", path="b", state="inline", size=1)]

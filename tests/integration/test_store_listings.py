@@ -255,10 +255,12 @@ OLD_TAG = "INSERT INTO task_tags (key, value, task_id) VALUES ('run', '42', 1)"
 
 
 def old_task_row(t: LiveTask) -> tuple[str, tuple[Any, ...]]:
+    """A task row as schema 7 had it (up to ``files``: ``raised`` came with 9)."""
     _, params = schema.insert_task(t)
-    cols = schema.TASK_COLUMNS
+    n = schema.TASK_COLUMNS.index("files") + 1
+    cols = schema.TASK_COLUMNS[:n]
     return (f"INSERT INTO tasks ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-            tuple(params))
+            tuple(params)[:n])
 
 
 async def test_a_schema_7_sqlite_store_keeps_its_tags(tmp_path: Path) -> None:

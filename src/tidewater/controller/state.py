@@ -54,7 +54,7 @@ from .routing import ROUND_ROBIN, Measures, Need, SiteState, choose, queue_wait
 from .staging import Staging
 from .store import schema
 from .store.base import Recovered
-from .tasks import Change, TaskTable, add_route, routes_of, task_info
+from .tasks import Change, TaskTable, add_route, bounded_exception, routes_of, task_info
 
 log = logging.getLogger("tidewater.controller")
 
@@ -482,6 +482,7 @@ class ControllerState:
             return writes, touched
         if r.kind in ("error", "timeout"):
             t.stdout_tail, t.stderr_tail = r.stdout_tail, r.stderr_tail
+            t.exception = bounded_exception(r.exception) if r.kind == "error" else None
             kind = S.RUN_ERROR if r.kind == "error" else S.RUN_TIMEOUT
             why = r.message or (f"exit code {r.exit_code}" if r.kind == "error" else "timed out")
             if r.hook:
@@ -606,6 +607,7 @@ class ControllerState:
                 continue
             t.attempt += 1
             t.pilot = pilot_id
+            t.exception = None  # an earlier attempt's; this one may end otherwise
             self.pilots.assign(rec, t.id)
             self.demand_dirty.add(rec.site_id)
             others = [(p.hostname if (p := self.pilots.pilots.get(o)) else o)

@@ -379,6 +379,7 @@ class TaskTable:
         """KILLED (cancel), its pilot already freed and its queue entry dropped."""
         t.error = why
         t.pilot = ""
+        t.exception = None  # killed, whatever an earlier attempt raised
         return self.transition(t, [S.KILLED], now, {"reason": "cancelled"})
 
     # ------------------------------------------------------------------ after commit
@@ -405,8 +406,28 @@ def task_info(t: LiveTask, site_name: str) -> P.TaskInfo:
         error=t.error, stdout_tail=t.stdout_tail, stderr_tail=t.stderr_tail,
         created_at=t.created_at, started_at=t.started_at, finished_at=t.finished_at,
         pilot=t.pilot, workdir=t.workdir, result=t.result, files=t.files or [],
-        routes=routes_of(t),
+        routes=routes_of(t), exception=t.exception,
     )
+
+
+RAISED_LIMITS = {"type": 512, "name": 64, "names": 32, "message": 4096, "traceback": 8192}
+"""What the controller keeps of a function's exception as a pilot reports it (characters,
+and names of built-ins): a worker bounds it already; a pilot may be anything."""
+
+
+def bounded_exception(e: P.RemoteError | None) -> P.RemoteError | None:
+    """``e`` cut to :data:`RAISED_LIMITS` (the start of the type and message, the end of
+    the traceback, the first names); None for None."""
+    if e is None:
+        return None
+    lim = RAISED_LIMITS
+    names = [n[:lim["name"]] for n in e.builtins[:lim["names"]]]
+    tb = e.traceback if len(e.traceback) <= lim["traceback"] else e.traceback[-lim["traceback"]:]
+    if (len(e.type) <= lim["type"] and names == e.builtins
+            and len(e.message) <= lim["message"] and tb is e.traceback):
+        return e
+    return P.RemoteError(type=e.type[:lim["type"]], builtins=names,
+                         message=e.message[:lim["message"]], traceback=tb)
 
 
 def add_route(t: LiveTask, route: P.Route) -> None:
