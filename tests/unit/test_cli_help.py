@@ -59,3 +59,21 @@ def test_completion_as_docs_cli_md_shows_it() -> None:
     r = subprocess.run([tidewater], env=env, capture_output=True,
                        text=True, timeout=60, check=False)
     assert "complete -o nosort -F _tidewater_completion tidewater" in r.stdout
+
+
+def test_every_error_class_has_its_exit_code() -> None:
+    from tidewater import errors as E
+    from tidewater.cli_base import Exit, exit_code
+    from tidewater.durations import DurationError
+
+    assert exit_code(E.NotFound("no task 3")) == Exit.NOT_FOUND == 3
+    assert exit_code(E.from_code("not_found", "x")) == Exit.NOT_FOUND
+    assert exit_code(E.AuthError("invalid token")) == Exit.REFUSED == 4
+    assert exit_code(E.InvalidRequest("only an admin", "forbidden")) == Exit.REFUSED
+    assert exit_code(E.ConnectionBroken("refused")) == Exit.UNREACHABLE == 5
+    assert exit_code(E.TLSError("wss://x", "not verified")) == Exit.UNREACHABLE
+    assert exit_code(TimeoutError()) == Exit.UNREACHABLE
+    assert exit_code(DurationError("soon")) == Exit.USAGE == 2
+    assert exit_code(E.ConfigError("bad")) == Exit.USAGE
+    assert exit_code(E.AppError("bad template")) == Exit.FAILED == 1
+    assert exit_code(E.TaskFailed(1, "FAILED", 3, "")) == Exit.FAILED
