@@ -120,9 +120,10 @@ def render_cli(root: click.Command, prog: str = "tidewater") -> str:
     """Markdown for every command under ``root``: usage, help, arguments, options."""
     out = [HEADER, "# Command-line reference\n",
            f"Every `{prog}` command, generated from the code (`{prog} COMMAND --help` "
-           "prints the same). Options of the top-level group (`--url`, `--token`, "
-           "`--ca-file`, `-v`) go before the command name: "
-           f"`{prog} --url wss://host:8765 ls`.\n"]
+           "prints the same). The global options (`--url`, `--token`, `--ca-file`, "
+           "`--profile`, `-v`) go before or after the command name: "
+           f"`{prog} --url wss://host:8765 ls` or `{prog} ls --url wss://host:8765`; "
+           "docs/cli.md explains them, profiles, durations and exit codes.\n"]
     entries = list(_walk(root, []))
     out.append("## Commands\n")
     for path, cmd in entries:

@@ -37,6 +37,24 @@ def check_name(kind: str, name: str) -> None:
         )
 
 
+_ID = r"[A-Za-z_][A-Za-z0-9_]*"
+_JINJA = re.compile(rf"(?<!\$)\{{\{{(?:\s+({_ID})\s*|\s*({_ID})\s+|\s*({_ID})\s*\|[^{{}}]*)\}}\}}")
+
+
+def _refuse_jinja(command: str) -> None:
+    """Refuse a Balsam (Jinja) template: ``{{ name }}`` would otherwise be the literal
+    text ``{ name }`` (doubled braces are how a brace is written here), an app with no
+    parameters that fails only when a task runs. Jinja's spaces or a ``|filter`` inside
+    the doubled braces tell it apart from a brace written doubled (``awk '{{print}}'``,
+    ``${{HOME}}``), which is left alone."""
+    if _JINJA.search(command) is not None:
+        ours = _JINJA.sub(lambda m: "{" + next(g for g in m.groups() if g) + "}", command)
+        raise AppError(
+            f"{command!r} uses Balsam/Jinja placeholders ({{{{ name }}}}); Tidewater's are "
+            f"single braces, with values always inserted shell-quoted: {ours!r} "
+            "(a literal brace is written {{ or }})")
+
+
 def template_fields(command: str) -> list[str]:
     """Placeholder names in ``command``, in order of first use.
 
@@ -47,6 +65,7 @@ def template_fields(command: str) -> list[str]:
         raise AppError("an app's command template must not be empty")
     if "\x00" in command:
         raise AppError("an app's command template must not contain NUL bytes")
+    _refuse_jinja(command)
     names: list[str] = []
     try:
         parsed = list(string.Formatter().parse(command))

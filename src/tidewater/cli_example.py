@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .cli_base import _run, err, out
+from .cli_base import DURATION_OR_ZERO, _run, err, out
 
 
 @click.group()
@@ -18,14 +18,14 @@ def example() -> None:
     """Examples that run end to end on this machine."""
 
 
-@example.command("federation")
+@example.command("federation", short_help='Stream XPCS analyses to three sites.')
 @click.option("--tasks", type=click.IntRange(min=3), default=24, show_default=True,
               help="Tasks in the stream (the two instruments take turns), run once per policy.")
 @click.option("--frames", type=click.IntRange(min=20), default=200, show_default=True,
               help="Frames per simulated stack.")
 @click.option("--size", type=click.IntRange(min=16), default=64, show_default=True,
               help="Frame width and height in pixels.")
-@click.option("--interval", type=click.FloatRange(min=0), default=0.5, show_default=True,
+@click.option("--interval", type=DURATION_OR_ZERO, default=0.5, show_default=True,
               help="Seconds between two submissions of the stream.")
 @click.option("--policy", "policies", multiple=True,
               type=click.Choice(["earliest-start", "shortest-backlog", "round-robin"]),

@@ -12,14 +12,10 @@ import sys
 
 import click
 
-from .cli_base import _client, _kv, _run, err
-from .errors import InvalidRequest
-
-NOTHING_MATCHED = 3
-"""``tidewater retry``'s exit status when no task was retried."""
+from .cli_base import DURATION, Exit, _client, _kv, _run, err
 
 
-@click.command()
+@click.command(short_help="Run failed tasks again, same ids.")
 @click.argument("ids", nargs=-1, type=int)
 @click.option("--tag", "tags", multiple=True, help="key=value (repeatable, all must match).")
 @click.option("--state", "states", multiple=True,
@@ -34,14 +30,14 @@ def retry(ctx: click.Context, ids: tuple[int, ...], tags: tuple[str, ...],
     a retried task failed wait for it again. Prints each task sent back to run; exits
     with status 3 when none was (tasks in other states are left alone)."""
     filtered = bool(tags or states or site or app_name)
+    if ids and filtered:
+        raise click.UsageError("give task ids or filters (--tag, --state, --site, --app), "
+                               "not both")
+    if not ids and not filtered:
+        raise click.UsageError("name the tasks to retry: ids, or filters (--state FAILED "
+                               "retries every failed task)")
 
     async def go() -> list[int]:
-        if ids and filtered:
-            raise InvalidRequest("give task ids or filters (--tag, --state, --site, --app), "
-                                 "not both")
-        if not ids and not filtered:
-            raise InvalidRequest("name the tasks to retry: ids, or filters (--state FAILED "
-                                 "retries every failed task)")
         async with _client(ctx) as c:
             if ids:
                 return await c.retry(list(ids))
@@ -56,22 +52,20 @@ def retry(ctx: click.Context, ids: tuple[int, ...], tags: tuple[str, ...],
             click.echo(f"{i}\tnot failed: left alone")
     if not done:
         err.print("no task was retried (only FAILED tasks are)", highlight=False)
-        sys.exit(NOTHING_MATCHED)
+        sys.exit(Exit.NOT_FOUND)
 
 
-@click.command()
+@click.command(short_help="Print a task's whole stdout or stderr.")
 @click.argument("task_id", type=int)
 @click.option("--follow", "-f", is_flag=True,
               help="Keep printing while the task runs; stop once it is final.")
 @click.option("--stderr", "use_stderr", is_flag=True, help="Its stderr instead of stdout.")
-@click.option("--interval", type=float, default=0.5, show_default=True,
-              help="With --follow: seconds between reads while the task runs.")
+@click.option("--interval", type=DURATION, default="0.5s", show_default=True,
+              help="With --follow: how long between reads while the task runs.")
 @click.pass_context
 def logs(ctx: click.Context, task_id: int, follow: bool, use_stderr: bool,
          interval: float) -> None:
     """Print a task's whole stdout (or stderr) from its work directory on its site."""
-    if interval <= 0:
-        raise click.BadParameter("must be > 0", param_hint="--interval")
     sink = sys.stdout.buffer
 
     async def go() -> None:

@@ -16,7 +16,7 @@ import click
 from rich.table import Table
 
 from . import latency
-from .cli_base import _client, _kv, _run, out
+from .cli_base import DURATION, _client, _kv, _run, out
 from .latency import LatencyRow, Series
 
 
@@ -46,8 +46,8 @@ _FILTER_OPTIONS = [
     click.option("--app", "app_name", default=None, help="Only this app's tasks."),
     click.option("--limit", type=int, default=100_000, show_default=True,
                  help="Read at most LIMIT tasks (the oldest matching)."),
-    click.option("--last", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
-                 help="Only tasks created in the last SECONDS."),
+    click.option("--last", type=DURATION, default=None, metavar="DURATION",
+                 help="Only tasks created in the last DURATION (90s, 30m, 2h...)."),
     click.option("--json", "as_json", is_flag=True, help="JSON, for scripts."),
 ]
 
@@ -58,7 +58,7 @@ def _with_filters(fn: Any) -> Any:
     return fn
 
 
-@click.group()
+@click.group(short_help='Latency, throughput and utilisation.')
 def report() -> None:
     """Latency, throughput and utilisation of tasks (from their state changes)."""
 
@@ -74,7 +74,7 @@ def latency_table(rows: list[LatencyRow], by_tag: str | None, *,
     return table
 
 
-@report.command("latency")
+@report.command("latency", short_help='Median seconds of each phase per route.')
 @_with_filters
 @click.option("--by-tag", default=None, metavar="KEY",
               help="A route per value of this tag as well as per site (e.g. instrument).")
@@ -116,11 +116,11 @@ def _series_out(series: dict[str, Series], *, as_json: bool, plot: str | None, t
 
 _PLOT = click.option("--plot", default=None, metavar="FILE",
                      help="Also draw FILE (.png or .svg; needs the plots extra: matplotlib).")
-_BIN = click.option("--bin", "bin_seconds", type=click.FloatRange(min=0.001), default=60.0,
-                    show_default=True, help="Bin width in seconds.")
+_BIN = click.option("--bin", "bin_seconds", type=DURATION, default=60.0,
+                    show_default=True, help="Bin width (seconds, or 30s, 5m...).")
 
 
-@report.command("throughput")
+@report.command("throughput", short_help='Tasks finished over time, per site.')
 @_with_filters
 @_BIN
 @_PLOT
@@ -136,7 +136,7 @@ def throughput_cmd(ctx: click.Context, tags: tuple[str, ...], site: str | None,
                 ylabel="tasks finished" + (" per bin" if per_bin else ""), step=True)
 
 
-@report.command("utilization")
+@report.command("utilization", short_help='Busy cores over time, per site.')
 @_with_filters
 @_BIN
 @_PLOT

@@ -172,14 +172,23 @@ class Client(TaskLifecycle):
         on_notice: Callable[[Notice], None] | None = None,
     ) -> None:
         # Several controllers (a list, or commas): the client follows whichever leads.
-        self.url = url or os.environ.get("TIDEWATER_URL", "")
-        self.token = token or os.environ.get("TIDEWATER_TOKEN", "")
+        if not url or not token:
+            # What is not given: the environment, else the user's profile (tidewater.profiles).
+            from .profiles import connection
+
+            found_url, found_token, found_ca = connection(None, None, None)
+            url, token = url or found_url, token or found_token
+            ca_file = ca_file or found_ca
+        self.url = url or ""
+        self.token = token or ""
         # A wss:// controller is verified against this CA alone, else the system trust store.
         self.ca_file = os.fspath(ca_file) if ca_file else os.environ.get("TIDEWATER_CA_FILE", "")
         if not self.url:
-            raise ConfigError("no controller URL: pass url= or set TIDEWATER_URL")
+            raise ConfigError("no controller URL: pass url=, set TIDEWATER_URL or run "
+                              "`tidewater login`")
         if not self.token:
-            raise ConfigError("no token: pass token= or set TIDEWATER_TOKEN")
+            raise ConfigError("no token: pass token=, set TIDEWATER_TOKEN or run "
+                              "`tidewater login`")
         self.name = name
         self.t = timeouts or Timeouts()
         self.on_notice = on_notice or _log_notice
@@ -953,7 +962,8 @@ def connect(
     """A :class:`Client` for ``async with``.
 
     URL, token and CA file default to ``TIDEWATER_URL``, ``TIDEWATER_TOKEN``
-    and ``TIDEWATER_CA_FILE``. ``url`` may name a leader and its standbys (a
+    and ``TIDEWATER_CA_FILE``, else to the user's profile (``tidewater login``,
+    :mod:`tidewater.profiles`). ``url`` may name a leader and its standbys (a
     list, or URLs separated by commas): the client uses the first that
     answers and moves on when it goes. A ``wss://`` controller's certificate is
     verified against ``ca_file`` (else the system trust store); entering the

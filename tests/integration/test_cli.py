@@ -98,7 +98,7 @@ async def test_cli_flow(tmp_path: Path) -> None:
             watcher.terminate()
             await watcher.wait()
         code, _, err = await tw("ls", token="twu_bogus", check=False)
-        assert code == 1 and "invalid token" in err
+        assert code == 4 and "invalid token" in err
 
 
 async def test_cli_site_init_start_and_queue(tmp_path: Path) -> None:
@@ -132,7 +132,7 @@ async def test_cli_site_init_start_and_queue(tmp_path: Path) -> None:
         assert code == 1 and "queue 'regular' is not allowed" in err
         code, _, err = await tw("queue", "submit", "--site", "laptop", "--wall-time", "soon",
                                 check=False)
-        assert code == 2 and "not a wall time" in err
+        assert code == 2 and "'soon' is not a duration" in err
         _, out, _ = await tw("queue", "submit", "--site", "laptop", "--nodes", "1",
                              "--wall-time", "1h30m", "--queue", "debug")
         job_id = out.strip()
@@ -153,7 +153,7 @@ async def test_cli_site_init_start_and_queue(tmp_path: Path) -> None:
                 if json.loads(out.splitlines()[0])["state"] == "finished":
                     break
         code, _, err = await tw("queue", "cancel", "999", check=False)
-        assert code == 1 and "no batch job 999" in err
+        assert code == 3 and "no batch job 999" in err
 
 
 async def test_cli_tokens_users_and_audit(tmp_path: Path) -> None:
@@ -168,7 +168,7 @@ async def test_cli_tokens_users_and_audit(tmp_path: Path) -> None:
         _, out, _ = await tw("user", "add", "bob", "--expires", "30d", token=root)  # as admin
         bob = out.strip()
         code, _, err = await tw("user", "add", "eve", token=bob, check=False)
-        assert code == 1 and "only an admin" in err
+        assert code == 4 and "only an admin" in err
         _, out, _ = await tw("user", "ls", token=root)
         assert "root" in out and "admin" in out and "bob" in out
 
@@ -180,7 +180,7 @@ async def test_cli_tokens_users_and_audit(tmp_path: Path) -> None:
         assert token_id in out and "ci" in out and ci not in out
         await tw("token", "revoke", token_id, token=bob)
         code, _, err = await tw("site", "ls", token=ci, check=False)
-        assert code == 1 and "revoked" in err
+        assert code == 4 and "revoked" in err
         code, _, err = await tw("token", "revoke", token_id, token=root, check=False)
         assert code == 1 and "already revoked" in err
 
@@ -191,4 +191,4 @@ async def test_cli_tokens_users_and_audit(tmp_path: Path) -> None:
         assert "user.add" in out
         await tw("user", "remove", "bob", token=root)
         code, _, err = await tw("site", "ls", token=bob, check=False)
-        assert code == 1 and "removed" in err
+        assert code == 4 and "removed" in err

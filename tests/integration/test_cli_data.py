@@ -125,7 +125,7 @@ async def test_submit_with_inputs_and_outputs_then_download_them(tmp_path: Path)
         # An output the task does not have: the controller's words, and a failure.
         code, out, err = await tw(c, client.token, "download", str(info.id), "nope",
                                   cwd=got, check=False)
-        assert code == 1 and out == ""
+        assert code == 3 and out == ""  # not found
         assert (f"task {info.id} has no output 'nope' (outputs: 'out.txt', 'big', 'big.bin')"
                 in flat(err))
         assert sorted(os.listdir(got)) == ["big", "summary.txt"]

@@ -235,14 +235,14 @@ async def test_the_retry_and_logs_commands(tmp_path: Path) -> None:
         token = client.token
 
         code, out, err = await run_cli(c, "retry", token=token, check=False)
-        assert code == 1 and "name the tasks to retry" in err
+        assert code == 2 and "name the tasks to retry" in err
         code, out, err = await run_cli(c, "retry", str(ok.id), token=token, check=False)
         assert code == 3 and out == f"{ok.id}\tnot failed: left alone\n"
         assert "no task was retried" in err
         code, out, err = await run_cli(c, "retry", "--tag", "run=1", token=token, check=False)
         assert (code, out) == (3, "")
         code, _out, err = await run_cli(c, "retry", "999999", token=token, check=False)
-        assert code == 1 and "no task with id 999999" in err
+        assert code == 3 and "no task with id 999999" in err
         data.write_text("again\n")
         _code, out, _err = await run_cli(c, "retry", "--tag", "run=9", "--state", "FAILED",
                                          token=token)
@@ -260,7 +260,7 @@ async def test_the_retry_and_logs_commands(tmp_path: Path) -> None:
         _code, out, _err = await run_cli(c, "logs", str(ok.id), "--follow", token=token)
         assert out == "out\n"
         code, _out, err = await run_cli(c, "logs", "999999", token=token, check=False)
-        assert code == 1 and "no task with id 999999" in err
+        assert code == 3 and "no task with id 999999" in err
 
 
 async def test_the_sync_facade_retries_resubmits_and_reads_logs(tmp_path: Path) -> None:

@@ -558,3 +558,28 @@ def test_check_name_accepts(name: str) -> None:
 def test_check_name_rejects(name: str) -> None:
     with pytest.raises(AppError, match="invalid app name"):
         check_name("app", name)
+
+
+@pytest.mark.parametrize(("command", "ours"), [
+    ("echo hello {{ name }}", "echo hello {name}"),
+    ("run --in {{input_file }} --out {{ out}}", "run --in {input_file} --out {out}"),
+    ("echo {{ x | upper }} {y}", "echo {x} {y}"),
+])
+def test_balsam_templates_refused_with_our_form(command: str, ours: str) -> None:
+    from tidewater.apps import template_fields
+    from tidewater.errors import AppError
+
+    with pytest.raises(AppError) as info:
+        template_fields(command)
+    assert "Balsam/Jinja" in str(info.value) and repr(ours) in str(info.value)
+
+
+@pytest.mark.parametrize(("command", "fields"), [
+    ("awk '{{print $1}}' {f}", ["f"]),
+    ("echo ${{HOME}} {name}", ["name"]),
+])
+def test_doubled_braces_without_jinja_spacing_stay_literal(command: str,
+                                                           fields: list[str]) -> None:
+    from tidewater.apps import template_fields
+
+    assert template_fields(command) == fields

@@ -42,8 +42,8 @@ def test_cli_page_has_every_command_with_its_usage_and_options(tmp_path: Path) -
         assert f"\n## {full}\n" in text, f"no section for `{full}`"
         assert f"```\n{full} " in text, f"no usage line for `{full}`"
     # Options appear with their names, defaults and environment variables.
-    assert "`--drain-timeout` FLOAT RANGE" in text
-    assert "`ws://127.0.0.1:8765`" in text
+    assert "`--drain-timeout` DURATION" in text
+    assert "default ws://127.0.0.1:8765" in text
     assert "TIDEWATER_URL" in text
 
 

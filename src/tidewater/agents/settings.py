@@ -27,6 +27,7 @@ import msgspec
 
 from ..config import Timeouts
 from ..errors import ConfigError
+from ..tomlw import toml_key, toml_string
 from ..transport import controller_urls, format_address, parse_address
 
 WILDCARD_HOSTS = ("0.0.0.0", "::", "*")
@@ -248,10 +249,6 @@ def write_token(path: str | Path, token: str) -> None:
         fh.write(token + "\n")
 
 
-def _toml_str(v: str) -> str:
-    return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 DEFAULT_TEMPLATE = """\
 # Body of every batch job of this site; the scheduler's directives come before it.
 # Add the environment the pilot needs (module load ..., source venv/bin/activate).
@@ -277,23 +274,23 @@ def init_site(
     lines = [
         "# Tidewater site agent settings: `tidewater site start DIR` reads this file.",
         "[site]",
-        f"name = {_toml_str(name)}",
-        f"controller = {_toml_str(controller)}",
+        f"name = {toml_string(name)}",
+        f"controller = {toml_string(controller)}",
         'token_file = "token"',
-        f"ca_file = {_toml_str(ca_file)}   # CA of a wss:// controller; \"\": system trust store",
-        f"scheduler = {_toml_str(scheduler)}   # slurm | pbs | lsf | cobalt | local",
+        f"ca_file = {toml_string(ca_file)}   # CA of a wss:// controller; \"\": system trust store",
+        f"scheduler = {toml_string(scheduler)}   # slurm | pbs | lsf | cobalt | local",
         'mode = "node"         # node: a pilot per node; head: one pilot launching on every node',
-        f"launcher = {_toml_str(DEFAULT_LAUNCHER[scheduler])}   "
+        f"launcher = {toml_string(DEFAULT_LAUNCHER[scheduler])}   "
         "# MPI launcher: mpiexec | cray-mpiexec | mpirun | srun | aprun | jsrun",
         'work_root = "work"    # task work directories',
-        f"python = {_toml_str(python or sys.executable)}",
+        f"python = {toml_string(python or sys.executable)}",
         "poll_interval = 10.0  # seconds between looks at the scheduler's queue",
         "cores_per_node = 0    # 0: ask the scheduler, or this machine",
         "gpus_per_node = 0",
         "pilot_idle_timeout = 60.0",
         "",
         "[scheduler]           # options of the scheduler adapter",
-        *(f"{k} = {_toml_str(v)}" for k, v in (options or {}).items()),
+        *(f"{toml_key(k)} = {toml_string(v)}" for k, v in (options or {}).items()),
         "",
         "[job]                 # defaults of `tidewater queue submit`",
         'queue = ""',
