@@ -143,6 +143,10 @@ class SyncClient(AbstractContextManager["SyncClient"]):
     def tasks(self, **kwargs: Any) -> list[TaskInfo]:
         return self._call(self._async.tasks, **kwargs)  # type: ignore[no-any-return]
 
+    def count(self, **kwargs: Any) -> P.TaskCounts:
+        """How many tasks match (see :meth:`tidewater.Client.count`)."""
+        return self._call(self._async.count, **kwargs)  # type: ignore[no-any-return]
+
     def phases(self, **kwargs: Any) -> list[P.TaskPhases]:
         return self._call(self._async.phases, **kwargs)  # type: ignore[no-any-return]
 

@@ -544,6 +544,13 @@ class ListPhases(Msg, tag="list_phases"):
     """Only tasks created before this time; the listing ends at the first task created later."""
 
 
+class CountTasks(Msg, tag="count_tasks"):
+    """How many of the asker's tasks match ``filter``, by state and by site and state."""
+
+    req_id: I64
+    filter: TaskFilter = TaskFilter()
+
+
 class Watch(Msg, tag="watch"):
     req_id: I64
     filter: TaskFilter = TaskFilter()
@@ -676,7 +683,7 @@ class ListAudit(Msg, tag="list_audit"):
 ClientToController = (
     Hello | Ping | Submit | Query | Watch | Unwatch | Wait | Cancel | AddSite | ListSites
     | AddApp | ListApps | AddJob | ListJobs | CancelJob | CreateToken | ListTokens | RevokeToken
-    | AddUser | RemoveUser | ListUsers | ListAudit | Download | ListPhases
+    | AddUser | RemoveUser | ListUsers | ListAudit | Download | ListPhases | CountTasks
 )
 
 
@@ -697,6 +704,21 @@ class TaskList(Msg, tag="task_list"):
     truncated: bool = False
     """Fewer than asked for, to keep the frame under its limit (large function results):
     ask again after the last id for more."""
+
+
+class TaskCounts(Msg, tag="task_counts"):
+    """The reply to :class:`CountTasks`: only states and sites with at least one task appear."""
+
+    req_id: I64 = 0
+    by_state: dict[str, I64] = {}
+    """Tasks per state."""
+    by_site: dict[str, dict[str, I64]] = {}
+    """Tasks per site name, then per state."""
+
+    @property
+    def total(self) -> int:
+        """How many tasks matched."""
+        return sum(self.by_state.values())
 
 
 class PhaseList(Msg, tag="phase_list"):
@@ -813,7 +835,7 @@ class FileData(Msg, tag="file_data"):
 ControllerToClient = (
     Welcome | Reject | Error | Ping | Submitted | TaskList | Watching | Events | Results
     | Cancelled | SiteAdded | SiteList | AppAdded | AppList | JobAdded | JobList | TokenCreated
-    | TokenList | UserAdded | UserList | AuditList | Done | FileData | PhaseList
+    | TokenList | UserAdded | UserList | AuditList | Done | FileData | PhaseList | TaskCounts
 )
 
 

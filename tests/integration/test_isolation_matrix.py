@@ -141,6 +141,13 @@ OPERATIONS: dict[str, tuple[Build, str]] = {
     "phases-tags": (lambda w, i: P.ListPhases(req_id=i, filter=P.TaskFilter(
         tags={"owner": "alice"})), EMPTY),
     "phases-all": (lambda w, i: P.ListPhases(req_id=i, limit=100_000), EMPTY),
+    "count-all": (lambda w, i: P.CountTasks(req_id=i), EMPTY),
+    "count-ids": (lambda w, i: P.CountTasks(req_id=i, filter=P.TaskFilter(
+        ids=[w.a_finished, w.a_queued, w.a_canary])), EMPTY),
+    "count-tags": (lambda w, i: P.CountTasks(req_id=i, filter=P.TaskFilter(
+        tags={"owner": "alice"})), EMPTY),
+    "count-site": (lambda w, i: P.CountTasks(req_id=i, filter=P.TaskFilter(site="beamline")),
+                   NOT_FOUND),
     "wait-finished": (lambda w, i: P.Wait(req_id=i, ids=[w.a_finished]), NOT_FOUND),
     "wait-queued": (lambda w, i: P.Wait(req_id=i, ids=[w.a_queued]), NOT_FOUND),
     "wait-mixed": (lambda w, i: P.Wait(req_id=i, ids=[w.b_queued, w.a_queued]), NOT_FOUND),
@@ -204,6 +211,10 @@ def alice_in(w: World, reply: P.Msg) -> list[object]:
         case P.PhaseList(tasks=phases):
             return [t for t in phases if t.id in (w.a_finished, w.a_queued, w.a_canary)
                     or t.site.startswith("beamline") or t.tags.get("owner") == "alice"]
+        case P.TaskCounts(by_site=by_site, by_state=by_state):
+            # Bob's own task is his one queued one, on bobsite: anything else is Alice's.
+            theirs = [site for site in by_site if site != "bobsite"]
+            return theirs + ([by_state] if sum(by_state.values()) > 1 else [])
         case P.AppList(apps=apps):
             return [a for a in apps if a.site != "bobsite"]
         case P.SiteList(sites=sites):

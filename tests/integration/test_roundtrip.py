@@ -90,6 +90,16 @@ async def test_watch_pushes_events_and_cancel_kills(tmp_path: Path) -> None:
             assert (await quick.result(timeout=20)).state == "JOB_FINISHED"
             assert (await client.tasks(state="KILLED"))[0].id == task.id
             assert [t.id for t in await client.tasks(tags={"run": "7"})] == [task.id]
+            counts = await client.count()
+            assert counts.by_state == {"JOB_FINISHED": 1, "KILLED": 1}
+            assert counts.by_site == {"laptop": {"JOB_FINISHED": 1, "KILLED": 1}}
+            assert counts.total == 2
+            assert (await client.count(tags={"run": "7"})).by_state == {"KILLED": 1}
+            assert (await client.count(state="RUNNING")).total == 0
+            with pytest.raises(tidewater.NotFound):
+                await client.count(site="elsewhere")
+            with pytest.raises(tidewater.InvalidRequest, match="unknown state"):
+                await client.count(state="DONE")
             everything = [t.id for t in await client.tasks()]
             assert everything == [task.id, quick.id]
             assert [t.id for t in await client.tasks(limit=1)] == [task.id]

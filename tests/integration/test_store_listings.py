@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from tidewater.controller.store import postgres_migrations, reads, schema, sqlit
 from tidewater.controller.store.base import Store, TaskQuery
 from tidewater.controller.store.open import open_store
 from tidewater.controller.store.postgres import numbered
-from tidewater.controller.store.reads import events_of_sql, events_sql, query_sql
+from tidewater.controller.store.reads import count_sql, events_of_sql, events_sql, query_sql
 from tidewater.states import TaskState as S
 
 from . import pg
@@ -185,6 +186,26 @@ async def test_listing_pages_the_right_tasks_through_an_index(
         assert page == want[50:100]
     sql, args = query_sql(q, after_id=0, limit=50, newest=newest)
     assert_indexed(filled, await plan(filled, sql, args), q)
+
+
+@pytest.mark.parametrize("listing", LISTINGS, ids=IDS)
+async def test_counts_are_right_and_read_through_an_index(
+        filled: str, store: Store, listing: Listing) -> None:
+    """A count reads every matching task (its cost is the matches), but through the
+    listing's index: never a scan of the whole table, whoever else has tasks."""
+    q = listing.q
+    want = Counter((t.site_id, t.state.value) for t in TASKS if matches(t, q))
+    got = await store.count(q)
+    assert {(sid, state): n for sid, state, n in got} == want
+    assert len(got) == len(want)
+    sql, args = count_sql(q)
+    lines = await plan(filled, sql, args)
+    shown = "\n".join(lines)
+    if filled.startswith("sqlite://"):
+        assert not [x for x in lines if SQLITE_SCAN.match(x)], f"full scan in\n{shown}"
+        assert any(x.startswith("SEARCH") for x in lines), shown
+    else:
+        assert "Seq Scan" not in shown, shown
 
 
 @pytest.mark.parametrize("listing", LISTINGS, ids=IDS)

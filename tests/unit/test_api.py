@@ -30,6 +30,7 @@ PUBLIC = [
     "SyncTask",
     "TLSError",
     "Task",
+    "TaskCounts",
     "TaskEvent",
     "TaskFailed",
     "TaskFilter",
@@ -66,6 +67,7 @@ def test_public_names_are_the_real_objects() -> None:
     assert tidewater.TaskState is states.TaskState
     assert tidewater.TaskSpec is proto.TaskSpec
     assert tidewater.TaskPhases is proto.TaskPhases
+    assert tidewater.TaskCounts is proto.TaskCounts
     assert tidewater.TidewaterError is errors.TidewaterError
     assert tidewater.connect is client.connect
     assert callable(tidewater.connect_sync)

@@ -342,6 +342,17 @@ def task_query(st: ControllerState, who: Principal, f: P.TaskFilter) -> TaskQuer
                      states=tuple(f.states), app=f.app, ids=tuple(f.ids),
                      tags=tuple(f.tags.items()))
 
+def counts(st: ControllerState, req_id: int, rows: list[tuple[int, str, int]]) -> P.TaskCounts:
+    """A :class:`~tidewater.proto.TaskCounts` of the store's (site id, state, n) rows."""
+    by_state: dict[str, int] = {}
+    by_site: dict[str, dict[str, int]] = {}
+    for site_id, state, n in sorted(rows, key=lambda r: (st.registry.site_name(r[0]), r[1])):
+        by_state[state] = by_state.get(state, 0) + n
+        site = by_site.setdefault(st.registry.site_name(site_id), {})
+        site[state] = site.get(state, 0) + n
+    return P.TaskCounts(req_id=req_id, by_state=dict(sorted(by_state.items())), by_site=by_site)
+
+
 def query_limit(st: ControllerState, msg: P.Query) -> int:
     return max(1, min(msg.limit, st.limits.max_query_limit))
 

@@ -270,6 +270,8 @@ class ControllerService:
                 rows = await self.store.query(q, after_id=msg.after_id,
                                               limit=requests.query_limit(st, msg), newest=msg.newest)
                 await self._run(requests.query_reply(st, pid, msg, rows))
+            case P.CountTasks():
+                peer.send(await self.count(who, msg.filter, req_id=msg.req_id))
             case P.ListPhases():
                 q = requests.task_query(st, who, msg.filter)
                 limit = requests.phases_limit(st, msg)
@@ -291,6 +293,15 @@ class ControllerService:
                 raise InvalidRequest("already greeted: Hello is only the first frame")
             case _:
                 await self._run(await self._admin(who, pid, msg, time.time()))
+
+    async def count(self, who: Principal, f: P.TaskFilter, *, req_id: int = 0) -> P.TaskCounts:
+        """How many of ``who``'s tasks match ``f``, by state and by site (committed state).
+
+        Raises InvalidRequest (an unknown state) or NotFound (an unknown site).
+        Its cost is the matching tasks (see ``store.reads.count_sql``).
+        """
+        rows = await self.store.count(requests.task_query(self.state, who, f))
+        return requests.counts(self.state, req_id, rows)
 
     async def _admin(self, who: Principal, pid: int, msg: P.Msg, now: float) -> Effects:
         """Sites, apps, batch jobs, tokens and users: the reads each needs, then its handler."""

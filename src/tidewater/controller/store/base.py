@@ -164,6 +164,9 @@ class Store(Protocol):
                     newest: bool) -> list[LiveTask]:
         """Tasks matching ``q`` with id > ``after_id``, ascending (descending if ``newest``)."""
 
+    async def count(self, q: TaskQuery) -> list[tuple[int, str, int]]:
+        """(site id, state, how many) of the tasks matching ``q``, for each pair with any."""
+
     async def events_since(self, q: TaskQuery, since: int, limit: int) -> list[StoredEvent]:
         """Events with id > ``since`` of the tasks matching ``q``, in id order."""
 

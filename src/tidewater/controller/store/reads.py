@@ -119,6 +119,27 @@ def query_sql(q: TaskQuery, *, after_id: int, limit: int, newest: bool
             f"ORDER BY t.id {order} LIMIT ?", [*args, after_id, limit])
 
 
+def count_sql(q: TaskQuery) -> tuple[str, list[Any]]:
+    """The SQL and parameters :meth:`SqlReads.count` runs: the matching tasks grouped by
+    site and state.
+
+    It reads the same index range a listing with this filter starts from (the
+    first tag's ``task_tags`` key, or the owner's range of states, site or
+    app) to its end, so unlike a page of a listing its cost is the number of
+    matching tasks: about a second per million on SQLite. It runs in the
+    store's reader, never on the event loop.
+    """
+    if q.tags:
+        key, value = q.tags[0]
+        cond, args = filter_sql(q, first_tag=False)
+        return ("SELECT t.site_id, t.state, COUNT(*) FROM task_tags g CROSS JOIN tasks t "
+                "WHERE g.owner_id = ? AND g.key = ? AND g.value = ? AND t.id = g.task_id "
+                f"AND {cond} GROUP BY t.site_id, t.state", [q.owner_id, key, value, *args])
+    cond, args = filter_sql(q)
+    return (f"SELECT t.site_id, t.state, COUNT(*) FROM tasks t WHERE {cond} "
+            "GROUP BY t.site_id, t.state", args)
+
+
 def events_sql(q: TaskQuery, since: int, limit: int) -> tuple[str, list[Any]]:
     """The SQL and parameters :meth:`SqlReads.events_since` runs: the events after
     ``since`` in id order (a range of their primary key; ``CROSS JOIN`` keeps
@@ -256,6 +277,10 @@ class SqlReads:
                     newest: bool) -> list[LiveTask]:
         sql, args = query_sql(q, after_id=after_id, limit=limit, newest=newest)
         return [schema.task_from_row(r) for r in await self._rows(sql, args)]
+
+    async def count(self, q: TaskQuery) -> list[tuple[int, str, int]]:
+        sql, args = count_sql(q)
+        return [(int(sid), str(state), int(n)) for sid, state, n in await self._rows(sql, args)]
 
     async def events_since(self, q: TaskQuery, since: int, limit: int) -> list[StoredEvent]:
         sql, args = events_sql(q, since, limit)
