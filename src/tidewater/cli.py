@@ -23,6 +23,7 @@ from . import apps as appmod
 from .cli_base import _client, _kv, _run, err, out
 from .cli_example import example
 from .cli_report import report
+from .cli_top import top
 from .config import ControllerConfig, Limits, Timeouts, default_db
 from .errors import TidewaterError
 from .proto import (
@@ -1243,6 +1244,7 @@ def demo(frames: int, pilots: int, cores: int, burst: int, keep: Path | None) ->
 
 main.add_command(report)
 main.add_command(example)
+main.add_command(top)
 
 
 if __name__ == "__main__":
