@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING
 from prometheus_client import (
     CollectorRegistry,
     GCCollector,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
@@ -63,10 +62,10 @@ ROLES = ("client", "agent", "pilot")
 IN, OUT, BYTES_IN, BYTES_OUT, OPEN = range(5)
 """Indices into a role's tally in :attr:`Frames.by_role`."""
 
-COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+COMMIT_BUCKETS: tuple[float, ...] = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                   0.25, 0.5, 1.0, 2.5)
 """Upper bounds (seconds) of the store's commit-time buckets."""
-BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+BATCH_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 """Upper bounds of the store's batch-size buckets (ops per transaction)."""
 
 
@@ -102,14 +101,9 @@ class ControllerMetrics:
         self.frames = Frames()
         self.user_names: dict[int, str] = {}
         """User id -> name, for the labels; refreshed by the driver before each render."""
-        self.commit_seconds = Histogram(
-            "tidewater_store_commit_seconds",
-            "Time the store took to commit one batch of writes (one transaction).",
-            buckets=COMMIT_BUCKETS, registry=self.registry)
-        self.batch_ops = Histogram(
-            "tidewater_store_batch_ops",
-            "Writes (ops: one per request or report handled) committed together in one "
-            "transaction.", buckets=BATCH_BUCKETS, registry=self.registry)
+        # Observed like the task latencies (no lock, one key): see .timings.
+        self.commit_seconds = SiteHistogram(COMMIT_BUCKETS)
+        self.batch_ops = SiteHistogram(BATCH_BUCKETS)
         self.registry.register(_Collector(self, state, store_counts, started_at))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -117,8 +111,8 @@ class ControllerMetrics:
 
     def store_batch(self, seconds: float, ops: int) -> None:
         """One committed batch (the store's ``on_batch``)."""
-        self.commit_seconds.observe(seconds)
-        self.batch_ops.observe(ops)
+        self.commit_seconds.observe(0, seconds)
+        self.batch_ops.observe(0, ops)
 
     def render(self) -> bytes:
         """Every family in the Prometheus text format (:data:`CONTENT_TYPE`)."""
@@ -147,6 +141,12 @@ class _Collector:
         yield from self._latencies(sites)
         yield from self._connections(sites)
         yield from self._frames()
+        yield _histogram("tidewater_store_commit_seconds",
+                         "Time the store took to commit one batch of writes (one transaction).",
+                         self.m.commit_seconds, None)
+        yield _histogram("tidewater_store_batch_ops",
+                         "Writes (ops: one per request or report handled) committed together "
+                         "in one transaction.", self.m.batch_ops, None)
         batches, ops = self.store_counts()
         yield _counter("tidewater_store_batches", "Store transactions committed.", batches)
         yield _counter("tidewater_store_ops", "Writes (ops) committed to the store.", ops)
@@ -243,7 +243,13 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 
 
 def _histogram(name: str, doc: str, h: SiteHistogram,
-               sites: dict[int, list[str]]) -> HistogramMetricFamily:
+               sites: dict[int, list[str]] | None) -> HistogramMetricFamily:
+    """Per site (labelled user and site), or with ``sites`` None the one series of key 0."""
+    if sites is None:
+        buckets, _count, total = h.cumulative(0)
+        fam = HistogramMetricFamily(name, doc, labels=[])
+        fam.add_metric([], [(_le(bound), n) for bound, n in buckets], total)
+        return fam
     fam = HistogramMetricFamily(name, doc, labels=["user", "site"])
     for sid in sorted(h.by_site):
         buckets, _count, total = h.cumulative(sid)

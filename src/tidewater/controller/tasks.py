@@ -189,16 +189,18 @@ class TaskTable:
             self.next_event += 1
             writes.append(schema.insert_event(t.id, e, text))
             events.append(e)
-        if t.state is not S.CREATED:  # a new task is counted once it has a state
-            self._count(t.site_id, t.state, -1)
-        t.state = path[-1]
-        if t.state in states.FINAL:
-            ended = self.ended.get(t.site_id)
-            if ended is None:
-                ended = self.ended[t.site_id] = {}
-            ended[t.state] = ended.get(t.state, 0) + 1
-        else:
-            self._count(t.site_id, t.state, 1)
+        old, new = t.state, path[-1]
+        t.state = new
+        counts = self.by_site.get(t.site_id)
+        if counts is None:
+            counts = self.by_site[t.site_id] = {}
+        if old is not S.CREATED:  # a new task is counted once it has a state
+            counts[old] = counts.get(old, 0) - 1
+        if new in states.FINAL:
+            counts = self.ended.get(t.site_id)
+            if counts is None:
+                counts = self.ended[t.site_id] = {}
+        counts[new] = counts.get(new, 0) + 1
         cascade: Change = ([], [])
         if t.state in states.FINAL and t.id in self.children:
             cascade = self._release_children(t, now)

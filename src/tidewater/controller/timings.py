@@ -39,7 +39,7 @@ MAX_TIMED = 10_000
 
 
 class SiteHistogram:
-    """Observations per site id: how many fell in each bucket, and their sum."""
+    """Observations per site id (or any int key): how many fell in each bucket, and their sum."""
 
     def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         if list(bounds) != sorted(set(bounds)):
