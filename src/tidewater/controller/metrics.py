@@ -62,8 +62,8 @@ ROLES = ("client", "agent", "pilot")
 IN, OUT, BYTES_IN, BYTES_OUT, OPEN = range(5)
 """Indices into a role's tally in :attr:`Frames.by_role`."""
 
-COMMIT_BUCKETS: tuple[float, ...] = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                  0.25, 0.5, 1.0, 2.5)
+COMMIT_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 """Upper bounds (seconds) of the store's commit-time buckets."""
 BATCH_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 """Upper bounds of the store's batch-size buckets (ops per transaction)."""
@@ -88,7 +88,7 @@ class Frames:
 
 
 class ControllerMetrics:
-    """The registry of one controller, its instruments, and the collector of the rest.
+    """The registry of one controller, what the driver and the app feed, and the collector.
 
     ``state`` is the controller's core (read at scrape time, never changed),
     ``store_counts`` says (batches, ops) committed so far, ``started_at`` is
