@@ -30,6 +30,8 @@ machine):
 * listings: ``client.tasks(..., limit=50)`` round trips by state, tag, site
   and app (and everything, and a state almost no task is in), oldest and
   newest first, each ``--listing-repeats`` times: p50 [min-max] and p99, ms;
+* counts: ``client.count(...)`` of the same filters (each reads every
+  matching task, so it grows with the matches: a summary, not a page);
 * submit: ``--probes`` tasks on ``bench`` submitted one at a time, each
   awaited before the next, in 3 runs: ``submit()`` acknowledged (stored)
   and submit -> process started (``started_at - created_at``), median
@@ -226,6 +228,14 @@ async def measure(name: str, small: tuple[Stack, Client], large: tuple[Stack, Cl
                     await client.tasks(limit=50, newest=newest, **kw)
                     side.listings.setdefault(key, []).append(
                         1000 * (time.perf_counter() - t0))
+        # A count reads every match (not a page): fewer calls.
+        for _ in range(max(3, repeats // 6)):
+            for (_stack, client), side, state in pairs:
+                kw = listings(state)[i][1]
+                t0 = time.perf_counter()
+                await client.count(**kw)
+                side.listings.setdefault(f"count: {label}", []).append(
+                    1000 * (time.perf_counter() - t0))
     for _run in range(3):
         runs: list[tuple[list[float], list[float]]] = [([], []) for _ in pairs]
         for _ in range(max(1, probes // 3)):
@@ -316,8 +326,9 @@ def report(points: Sequence[Point], n: int, repeats: int) -> None:
     for key, small in first.small.listings.items():
         rows.append([key, *(f"{median(v):.1f} [{min(v):.1f}-{max(v):.1f}] p99 {p99(v):.1f}"
                             for v in (small, *(p.large.listings[key] for p in points)))])
-    print(table(f"listing round trip, ms: p50 [min-max] p99 of {repeats} calls (the filled "
-                "tasks' state is the queued one, KILLED once cancelled)", header, rows))
+    print(table(f"listing round trip, ms: p50 [min-max] p99 of {repeats} calls, counts of "
+                f"{max(3, repeats // 6)} (the filled tasks' state is the queued one, KILLED "
+                "once cancelled)", header, rows))
     print()
     rows = []
     for p in points:

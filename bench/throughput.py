@@ -164,9 +164,9 @@ def main() -> None:
 
         tw = Spread.of([r.rate for r in runs]).median
         print(table("comparison (tasks/s, median over runs; '-' = peer not measured; "
-                    "tidewater has no function tasks)", ["figure", "tidewater", *names],
+                    "tidewater's function tasks: bench/functions.py)", ["figure", "tidewater", *names],
                     [["/bin/true tasks, 2 cores", f"{tw:.0f}", *(cell(p, "true") for p in names)],
-                     ["no-op function tasks", "n/a", *(cell(p, "noop") for p in names)]]))
+                     ["no-op function tasks", "functions.py", *(cell(p, "noop") for p in names)]]))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 # MPICH, from Debian packages.
 #
 #   scripts/services.sh install   apt packages (slurm, munge, mpich, openssh-server, iproute2,
-#                                 postgresql-15); quick when present
+#                                 postgresql-15, chromium for the browser tests); quick when present
 #   scripts/services.sh start     install if needed, write the config, start the daemons,
 #                                 wait until a job runs and PostgreSQL answers; idempotent
 #   scripts/services.sh start postgres   only the PostgreSQL cluster
@@ -31,7 +31,7 @@ CTLD_PORT=6817
 SLURMD_PORT=6818
 MUNGE_SOCKET=/run/munge/munge.socket.2
 MUNGE_KEY=/etc/munge/munge.key
-PACKAGES=(slurmctld slurmd slurm-client munge mpich openssh-server openssh-sftp-server postgresql-15 iproute2)
+PACKAGES=(slurmctld slurmd slurm-client munge mpich openssh-server openssh-sftp-server postgresql-15 iproute2 chromium)
 # The private PostgreSQL cluster the 'postgres' tests use (tests/integration/conftest.py):
 # trust auth on loopback only, user postgres, its own data directory.
 PG_BIN=/usr/lib/postgresql/15/bin

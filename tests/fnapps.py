@@ -124,3 +124,58 @@ class Unprintable(Exception):
 
 def raise_unprintable() -> None:
     raise Unprintable()
+
+
+# ---------------------------------------------------------------- exceptions raised remotely
+
+
+def sqrt(x: float) -> float:
+    import math
+
+    return math.sqrt(x)  # the remote traceback names this line
+
+
+def lookup(key: str) -> int:
+    return {"a": 1}[key]
+
+
+def divide(a: float, b: float) -> float:
+    return a / b
+
+
+def read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def decode(data: bytes) -> str:
+    return data.decode("utf-8")
+
+
+class FrameError(ValueError):
+    """A user's exception deriving from a built-in one."""
+
+
+def bad_frame(n: int) -> None:
+    raise FrameError(f"frame {n} is empty")
+
+
+class Unrelated(Exception):
+    """A user's exception deriving from no built-in but Exception."""
+
+
+def unrelated() -> None:
+    raise Unrelated("nothing built in about it")
+
+
+def interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+def sleep_then_return(seconds: float, pidfile: str) -> float:
+    """Write this process's pid and a newline to ``pidfile`` (a named pipe the test
+    reads), then sleep: for cancelling a running call."""
+    with open(pidfile, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(seconds)
+    return seconds

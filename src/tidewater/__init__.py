@@ -9,7 +9,7 @@ The public API::
 """
 
 from .client import Client, Task, Watcher, connect
-from .client_sync import RemoteExecutor, SyncClient, SyncTask, connect_sync
+from .client_sync import RemoteExecutor, RemoteFuture, SyncClient, SyncTask, connect_sync
 from .errors import (
     AppError,
     AuthError,
@@ -32,6 +32,7 @@ from .proto import (
     BatchJobInfo,
     JobSpec,
     ParamSpec,
+    RemoteError,
     Resources,
     Route,
     RouteEstimate,
@@ -62,7 +63,9 @@ __all__ = [
     "NotFound",
     "ParamError",
     "ParamSpec",
+    "RemoteError",
     "RemoteExecutor",
+    "RemoteFuture",
     "Resources",
     "Route",
     "RouteEstimate",

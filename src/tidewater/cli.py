@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import apps as appmod
+from . import cli_lifecycle
 from .cli_base import _client, _kv, _run, err, out
 from .cli_example import example
 from .cli_report import report
@@ -195,12 +196,17 @@ def main(ctx: click.Context, url: str, token: str, ca_file: str, verbose: int) -
               help="PEM certificate: serve wss:// (with --tls-key; see `tidewater dev-cert`).")
 @click.option("--tls-key", default="", type=click.Path(dir_okay=False),
               help="PEM private key of --tls-cert.")
+@click.option("--dashboard-port", type=int, default=None,
+              help="Also serve the web dashboard on this port (docs/dashboard.md; off if not given).")
+@click.option("--dashboard-host", default="127.0.0.1", show_default=True,
+              help="The dashboard's listening address.")
 @click.option("--allow-plaintext", is_flag=True,
               help="Serve ws:// on a non-loopback --host (only behind a TLS proxy or tunnel).")
 def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float,
            disconnect_grace: float | None, max_frame_bytes: int, max_tasks_per_submit: int, max_params_bytes: int,
            tls_cert: str, tls_key: str, allow_plaintext: bool,
-           max_requests_per_second: float, max_inline_bytes: int | None) -> None:
+           max_requests_per_second: float, max_inline_bytes: int | None,
+           dashboard_port: int | None, dashboard_host: str) -> None:
     """Run a controller until SIGINT or SIGTERM (graceful; a second signal: at once).
 
     Several controllers may share one store: one leads, the others wait for
@@ -227,6 +233,7 @@ def server(db: str, host: str, port: int, lease_timeout: float, heartbeat: float
                       max_params_bytes=max_params_bytes, max_inline_bytes=max_inline_bytes,
                       requests_per_second=max_requests_per_second),
         tls_cert=tls_cert, tls_key=tls_key, allow_plaintext=allow_plaintext,
+        dashboard_port=dashboard_port, dashboard_host=dashboard_host,
     )
     try:
         check_listen(cfg)
@@ -1244,6 +1251,8 @@ def demo(frames: int, pilots: int, cores: int, burst: int, keep: Path | None) ->
 
 main.add_command(report)
 main.add_command(example)
+main.add_command(cli_lifecycle.retry)
+main.add_command(cli_lifecycle.logs)
 main.add_command(top)
 
 

@@ -41,6 +41,7 @@ from anyio.abc import TaskStatus
 
 from . import codec, latency
 from . import proto as P
+from .client_lifecycle import TaskLifecycle
 from .config import Timeouts
 from .errors import (
     ConfigError,
@@ -49,6 +50,7 @@ from .errors import (
     TaskFailed,
     TidewaterError,
     from_code,
+    remote_failure,
 )
 from .progress import Notice, waiting_notices
 from .proto import ParamSpec, TaskEvent, TaskInfo, TaskSpec
@@ -93,8 +95,11 @@ class Task:
     async def value(self, *, timeout: float | None = None) -> Any:
         """Wait for a function task and return what its function returned (decoded).
 
-        Raises :class:`TaskFailed` (with the function's exception in ``error``)
-        if the task did not finish. Cancel-safe.
+        Raises :class:`TaskFailed` if the task did not finish; when its function
+        raised, that TaskFailed is also an instance of the nearest built-in
+        exception class the remote one derives from (``except ValueError:``
+        catches a remote ``math.sqrt(-1.0)``), with the remote traceback in
+        ``remote_traceback`` (see :func:`task_failure`). Cancel-safe.
         """
         info = await self.result(timeout=timeout, check=True)
         return codec.decode(info.result) if info.result is not None else None
@@ -108,6 +113,13 @@ class Task:
         await self.result(timeout=timeout, check=True)
         return await self.client.read_output(self, name)
 
+    def done(self) -> bool:
+        """Whether this client has seen the task reach a final state (no request is sent).
+
+        True once :meth:`result` would return at once; a retry makes it False again.
+        """
+        return self.id in self.client._results
+
     async def cancel(self) -> bool:
         """Cancel the task; False if it had already ended."""
         return bool(await self.client.cancel([self.id]))
@@ -117,6 +129,18 @@ class Task:
         found = await self.client.tasks(ids=[self.id])
         return found[0]
 
+
+
+def task_failure(info: TaskInfo) -> TaskFailed:
+    """The exception for a task that did not finish: a FAILED function task whose
+    function raised gets ``Remote<Builtin>`` (:func:`tidewater.errors.remote_failure`),
+    every other one a plain :class:`TaskFailed`."""
+    raised = info.exception if info.state == TaskState.FAILED else None
+    if raised is None:
+        return TaskFailed(info.id, info.state, info.exit_code, info.error)
+    return remote_failure(info.id, info.state, info.exit_code, info.error,
+                          remote_type=raised.type, builtin_names=raised.builtins,
+                          remote_message=raised.message, remote_traceback=raised.traceback)
 
 
 def route_fields(site: str | Sequence[str], policy: str = "") -> dict[str, Any]:
@@ -132,7 +156,7 @@ def route_fields(site: str | Sequence[str], policy: str = "") -> dict[str, Any]:
         raise ValueError("site: an empty list of sites (name one, several, or 'any')")
     return {"site": "any", "sites": sites, "policy": policy}
 
-class Client:
+class Client(TaskLifecycle):
     """An async connection to a controller. Use ``async with``.
 
     A ``wss://`` controller is verified against ``ca_file`` (default
@@ -571,6 +595,16 @@ class Client:
             raise from_code(req.reply.code, req.reply.message)
         raise ConnectionBroken(f"connection to the controller failed: {self._failure}")
 
+    async def resubmit(self, tasks: Iterable[Task | int]) -> list[Task]:
+        """Submit a new task (a new id) with the spec of each of ``tasks``, in any state.
+
+        The copy has the original's app, site (or routing), parameters, tags,
+        resources, inputs, outputs and parents, and nothing else of it (to run a
+        FAILED task again under its own id, :meth:`retry` it). Raises NotFound
+        for an id that is not one of your tasks (nothing is submitted then).
+        """
+        return [Task(self, i) for i in await self._resubmit(tasks)]
+
     async def cancel(self, ids: Iterable[int | Task]) -> list[int]:
         """Cancel tasks; returns the ids that were still running or waiting."""
         wanted = [i.id if isinstance(i, Task) else int(i) for i in ids]
@@ -581,15 +615,18 @@ class Client:
         self, *, ids: Sequence[int] = (), state: str | Sequence[str] | None = None,
         tags: Mapping[str, str] | None = None, site: str | None = None,
         app: str | None = None, limit: int = 1000, after_id: int = 0, newest: bool = False,
+        since: float | None = None, until: float | None = None,
     ) -> list[TaskInfo]:
         """List tasks matching every given filter, oldest first.
 
         At most ``limit``: the oldest ones after ``after_id`` (for paging), or
         with ``newest=True`` the most recent ones (as many as fit in one reply
-        when their function results are large).
+        when their function results are large). ``since``/``until`` (seconds
+        since the epoch): only tasks created at or after / before that time.
         """
         states = [state] if isinstance(state, str) else list(state or [])
-        f = P.TaskFilter(ids=list(ids), states=states, tags=dict(tags or {}), site=site, app=app)
+        f = P.TaskFilter(ids=list(ids), states=states, tags=dict(tags or {}), site=site, app=app,
+                         since=since, until=until)
         out: list[TaskInfo] = []
         while True:
             r: P.TaskList = await self._request(functools.partial(
@@ -674,7 +711,7 @@ class Client:
         if check:
             for info in out:
                 if info.state != TaskState.JOB_FINISHED:
-                    raise TaskFailed(info.id, info.state, info.exit_code, info.error)
+                    raise task_failure(info)
         return out
 
     async def as_completed(

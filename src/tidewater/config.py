@@ -84,6 +84,11 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True):
     """PEM private key of ``tls_cert``."""
     allow_plaintext: bool = False
     """Serve plaintext ``ws://`` on a non-loopback host (behind a TLS proxy or tunnel)."""
+    dashboard_port: int | None = None
+    """Serve the web dashboard on this port too, in the same process (None: no dashboard;
+    0: any free port). With TLS on, it serves the same certificate."""
+    dashboard_host: str = "127.0.0.1"
+    """The dashboard's listening address."""
 
 
 def home() -> Path:

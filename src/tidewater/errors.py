@@ -30,7 +30,9 @@
     │   ├── SchedulerOutputError    a scheduler command's output could not be read
     │   └── NoSuchJob (also LookupError) the local fork scheduler never had this job
     ├── TransferError               moving a task's input or output failed (url, retryable)
-    └── TaskFailed                  ``Task.result(check=True)`` on a task that did not finish
+    └── TaskFailed                  ``Task.value()``, ``result(check=True)`` on a task that did not finish
+        └── Remote<Builtin>         a function task's function raised a <Builtin> (ValueError,
+                                    KeyError, OSError...): also an instance of it (made on demand)
 
 Errors raised by websockets, aiohttp and aiosqlite are translated at the
 module that uses them and never escape it. A second base (``ValueError``,
@@ -40,8 +42,9 @@ before it joined the tree.
 
 from __future__ import annotations
 
+import builtins
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -319,14 +322,134 @@ class NoSuchJob(SchedulerError, LookupError):
 
 
 class TaskFailed(TidewaterError):
-    def __init__(self, task_id: int, state: str, exit_code: int | None, error: str) -> None:
+    """A task ended without finishing: FAILED or KILLED (``Task.value()``,
+    ``Task.result(check=True)``, an executor future's ``result()``).
+
+    ``task_id``, ``state``, ``exit_code`` and ``error`` (the controller's words)
+    say what happened. When a function task's function raised, ``remote_type``
+    is that exception's qualified type name (``builtins.ValueError``,
+    ``mypkg.io.BadFrame``), ``remote_message`` its text and ``remote_traceback``
+    the end of its traceback on the site (also attached as a note, so an
+    uncaught one prints it); and the exception raised is an instance of a
+    subclass of both TaskFailed and the nearest built-in exception the remote
+    one derives from (:func:`remote_failure`), so ``except ValueError:`` catches
+    a remote ``math.sqrt(-1)`` as it would a local one. Nothing is unpickled:
+    only names of built-in classes are looked up (:func:`builtin_base`).
+    """
+
+    def __init__(
+        self, task_id: int, state: str, exit_code: int | None, error: str, *,
+        remote_type: str = "", remote_message: str = "", remote_traceback: str = "",
+    ) -> None:
         self.task_id = task_id
         self.state = state
         self.exit_code = exit_code
         self.error = error
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
         detail = f" (exit code {exit_code})" if exit_code is not None else ""
         why = f": {error}" if error else ""
-        super().__init__(f"task {task_id} ended {state}{detail}{why}")
+        self.message = f"task {task_id} ended {state}{detail}{why}"
+        # Not super().__init__(): in a Remote<Builtin> the next __init__ is the
+        # built-in's (KeyError, UnicodeDecodeError, OSError), whose arguments mean
+        # something else. args is what BaseException.__init__ would have set.
+        self.args = (self.message,)
+        if isinstance(self, SyntaxError):  # printed from its ``msg``, not from str()
+            self.msg = self.message
+        if remote_traceback:
+            self.add_note(f"The remote traceback of task {task_id}:\n"
+                          f"{remote_traceback.rstrip()}")
+
+    def __str__(self) -> str:
+        # Before the built-in's own __str__ (KeyError's repr, UnicodeError's fields).
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # The Remote<Builtin> classes are made at run time: pickle rebuilds them by
+        # name (for an exception sent on through multiprocessing or a process pool).
+        base = next((c.__name__ for c in type(self).__mro__[1:]
+                     if c.__module__ == "builtins" and c not in (Exception, BaseException)), "")
+        return (_rebuild, (base, self.task_id, self.state, self.exit_code, self.error,
+                           self.remote_type, self.remote_message, self.remote_traceback))
+
+
+_NEVER_RAISED_AS = (BaseExceptionGroup, StopIteration, StopAsyncIteration)
+"""Built-ins a remote exception is never raised as: groups need their members, and a
+StopIteration escaping from ``result()`` inside ``__next__`` would end a loop silently."""
+
+
+def builtin_base(names: Iterable[object]) -> type[Exception] | None:
+    """The first of ``names`` that names a built-in exception class (a class in
+    :mod:`builtins`, subclass of Exception, not Exception itself), or None.
+
+    ``names`` come from a worker (``RemoteError.builtins``) and may be anything:
+    only a string that is the name of such a class in the ``builtins`` module
+    maps to it; ``"os.system"``, ``"type"``, ``"SystemExit"``, ``"Exception"``,
+    non-strings and the classes in :data:`_NEVER_RAISED_AS` map to nothing.
+    Looks at the first 64 names. Pure; never raises.
+    """
+    for i, name in enumerate(names):
+        if i >= 64:
+            break
+        if not isinstance(name, str):
+            continue
+        cls = vars(builtins).get(name)
+        if (
+            isinstance(cls, type) and issubclass(cls, Exception) and cls is not Exception
+            and cls.__module__ == "builtins" and not issubclass(cls, _NEVER_RAISED_AS)
+        ):
+            return cls
+    return None
+
+
+_REMOTE_CLASSES: dict[type[Exception], type[TaskFailed]] = {}
+
+
+def remote_class(base: type[Exception] | None) -> type[TaskFailed]:
+    """``Remote<base>``: a subclass of TaskFailed and of the built-in ``base``, made once per
+    base and kept (TaskFailed itself for None, or for a base that cannot be combined)."""
+    if base is None or base.__module__ != "builtins" or not issubclass(base, Exception):
+        return TaskFailed
+    cls = _REMOTE_CLASSES.get(base)
+    if cls is None:
+        name = f"Remote{base.__name__}"
+        try:
+            cls = type(name, (TaskFailed, base), {
+                "__module__": __name__, "__qualname__": name,
+                "__doc__": f"A function task's function raised a {base.__name__} (or a "
+                           "subclass of it).",
+            })
+        except TypeError:  # a layout that does not combine: raised as plain TaskFailed
+            cls = TaskFailed
+        # Under concurrent first uses two classes may be made; the first one kept wins.
+        cls = _REMOTE_CLASSES.setdefault(base, cls)
+    return cls
+
+
+def remote_failure(
+    task_id: int, state: str, exit_code: int | None, error: str, *, remote_type: str = "",
+    builtin_names: Iterable[object] = (), remote_message: str = "", remote_traceback: str = "",
+) -> TaskFailed:
+    """The TaskFailed to raise for a task; an instance of ``Remote<Builtin>`` (see
+    :func:`builtin_base`) when ``builtin_names`` (the remote exception's built-in
+    ancestors, nearest first) name one. The built-in's own ``__init__`` is never
+    called (TaskFailed's does not chain to it), so none reads arguments it would
+    misread (UnicodeDecodeError wants five, OSError an errno, KeyError shows a
+    repr): ``args`` is the message. Every built-in is tested. Never raises."""
+    cls = remote_class(builtin_base(builtin_names))
+    return cls(task_id, state, exit_code, error, remote_type=remote_type,
+               remote_message=remote_message, remote_traceback=remote_traceback)
+
+
+def _rebuild(base: str, task_id: int, state: str, exit_code: int | None, error: str,
+             remote_type: str, remote_message: str, remote_traceback: str) -> TaskFailed:
+    return remote_failure(task_id, state, exit_code, error, remote_type=remote_type,
+                          builtin_names=[base], remote_message=remote_message,
+                          remote_traceback=remote_traceback)
 
 
 _BY_CODE: dict[str, type[InvalidRequest]] = {

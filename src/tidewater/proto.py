@@ -265,6 +265,24 @@ class Route(Struct):
     reason: str = ""
 
 
+class RemoteError(Struct):
+    """A function task's exception as its worker described it: names and text, never a pickle.
+
+    ``type`` is its qualified name (``builtins.ValueError``, ``mypkg.io.BadFrame``);
+    ``builtins`` the names of the built-in exception classes it derives from
+    (its MRO entries in ``builtins`` that are subclasses of ``Exception``, nearest
+    first), from which the client picks the built-in to raise it as; ``message``
+    is ``str()`` of it and ``traceback`` the end of its formatted traceback, both
+    bounded by the worker. A peer may send anything here: the client only ever
+    looks names up among the built-in exceptions (:func:`tidewater.errors.builtin_base`).
+    """
+
+    type: str
+    builtins: list[str] = []
+    message: str = ""
+    traceback: str = ""
+
+
 class TaskInfo(Struct):
     """The controller's view of one task, as listed and watched."""
 
@@ -293,6 +311,11 @@ class TaskInfo(Struct):
     """Inputs and outputs with their transfer state (no inline bytes: ``client.download``)."""
     routes: list[Route] = []
     """For a task routed among several sites: each routing, the first at submit."""
+    exception: RemoteError | None = None
+    """A function task whose last attempt ended in an exception: what its function raised
+    (``Task.value()`` of a FAILED task raises it as :class:`~tidewater.TaskFailed`)."""
+    parents: list[I64] = []
+    """The tasks this one waited for (submitted with ``parents=`` or an input reference)."""
 
 
 class TaskEvent(Struct):
@@ -430,6 +453,10 @@ class TaskFilter(Struct):
     tags: dict[str, str] = {}
     site: str | None = None
     app: str | None = None
+    since: float | None = None
+    """Only tasks created at or after this time (seconds since the epoch; listings)."""
+    until: float | None = None
+    """Only tasks created before this time (listings)."""
 
 
 # --------------------------------------------------------------------------
@@ -680,10 +707,56 @@ class ListAudit(Msg, tag="list_audit"):
     """Admins: every user's entries."""
 
 
+class Retry(Msg, tag="retry"):
+    """Run FAILED tasks again under the same ids (a new attempt each): ``ids``, or at
+    most ``limit`` of the tasks matching ``filter`` (its states must include FAILED).
+    Children that failed because a retried task failed wait for it again. Answered
+    by :class:`Retried`."""
+
+    req_id: I64
+    ids: list[I64] = []
+    filter: TaskFilter | None = None
+    limit: I64 = 10_000
+    after_id: I64 = 0
+    """With ``filter``: only tasks with ids above this (the last page's ``next_after``)."""
+
+
+class Resubmit(Msg, tag="resubmit"):
+    """New tasks with the specs of ``ids`` (any state); answered by :class:`Submitted`.
+    ``key``: as Submit's, so a resend creates nothing twice."""
+
+    req_id: I64
+    ids: list[I64]
+    key: str = ""
+
+
+class ListEvents(Msg, tag="list_events"):
+    """Committed events after ``since_event`` of the tasks matching ``filter``, in id
+    order: at most ``limit`` (capped by the controller), the work of one request bounded
+    by it (see :class:`EventList`). Answered by :class:`EventList`."""
+
+    req_id: I64
+    filter: TaskFilter = TaskFilter()
+    since_event: I64 = 0
+    limit: I64 = 1000
+
+
+class ReadLog(Msg, tag="read_log"):
+    """Read part of a task's stdout (``stderr``: its stderr) from its work directory on
+    its site; answered by :class:`FileData` (``size``: the file's size now)."""
+
+    req_id: I64
+    task_id: I64
+    stderr: bool = False
+    offset: I64 = 0
+    length: I64 = 1 << 20
+
+
 ClientToController = (
     Hello | Ping | Submit | Query | Watch | Unwatch | Wait | Cancel | AddSite | ListSites
     | AddApp | ListApps | AddJob | ListJobs | CancelJob | CreateToken | ListTokens | RevokeToken
     | AddUser | RemoveUser | ListUsers | ListAudit | Download | ListPhases | CountTasks
+    | Retry | Resubmit | ListEvents | ReadLog
 )
 
 
@@ -755,6 +828,28 @@ class Results(Msg, tag="results"):
 class Cancelled(Msg, tag="cancelled"):
     req_id: I64
     ids: list[I64]
+
+
+class Retried(Msg, tag="retried"):
+    """The tasks a :class:`Retry` sent back to run (its children made to wait again
+    in ``waiting``); ``more``: the filter matched more than ``limit``, ask again."""
+
+    req_id: I64
+    ids: list[I64]
+    waiting: list[I64] = []
+    more: bool = False
+    next_after: I64 = 0
+    """The ``after_id`` of the next page (the last task the filter matched)."""
+
+
+class EventList(Msg, tag="event_list"):
+    """Events for a :class:`ListEvents`; ``next_event``: the ``since_event`` to ask with
+    next; ``more``: events after it may match (committed ones were not all read)."""
+
+    req_id: I64
+    events: list[TaskEvent]
+    next_event: I64
+    more: bool = False
 
 
 class SiteAdded(Msg, tag="site_added"):
@@ -836,6 +931,7 @@ ControllerToClient = (
     Welcome | Reject | Error | Ping | Submitted | TaskList | Watching | Events | Results
     | Cancelled | SiteAdded | SiteList | AppAdded | AppList | JobAdded | JobList | TokenCreated
     | TokenList | UserAdded | UserList | AuditList | Done | FileData | PhaseList | TaskCounts
+    | Retried | EventList
 )
 
 
@@ -903,6 +999,8 @@ class Report(Struct):
     """After "done": each of the Assignment's ``outputs`` as found in the work directory."""
     hook: str = ""
     """After "error"/"timeout": the app's handler chose "retry" or "fail" ("": no handler)."""
+    exception: RemoteError | None = None
+    """After "error" of a function task: the exception the function raised."""
 
 
 class OutputFile(Struct):

@@ -11,6 +11,11 @@ transition is checked against :data:`TRANSITIONS` and an illegal one raises
     RUNNING -> RUN_ERROR | RUN_TIMEOUT -> RESTART_READY -> RUNNING
                                        -> FAILED
     any non-final state -> KILLED (cancel); most -> FAILED
+    FAILED -> READY | RESTART_READY | AWAITING_PARENTS      (a user's retry only)
+
+A final state is never left by the system. The one way back is a user's
+retry (:data:`RETRY`, checked by :func:`check_path` with ``retry=True``):
+a FAILED task runs again under the same id, as a new attempt.
 
 ``CREATED`` is the pseudo-state a task comes from in its first event row; no
 task is ever stored in it.
@@ -70,6 +75,19 @@ RUNNABLE: frozenset[TaskState] = frozenset({S.STAGED_IN, S.PREPROCESSED, S.RESTA
 
 STORED: frozenset[TaskState] = frozenset(TaskState) - {S.CREATED}
 
+RETRY: dict[TaskState, frozenset[TaskState]] = {
+    S.FAILED: frozenset({S.READY, S.RESTART_READY, S.AWAITING_PARENTS}),
+}
+"""The steps out of a final state a user's retry may take, and only it: to READY
+(inputs to stage again), RESTART_READY (run again) or AWAITING_PARENTS (a child
+that failed because its parent failed, now waiting for the parent's retry).
+KILLED is left alone: a cancel is the user's decision (resubmit to run it again)."""
+
+
+def can_retry(src: TaskState, dst: TaskState) -> bool:
+    """Whether a user's retry may move a task from ``src`` to ``dst``."""
+    return dst in RETRY.get(src, frozenset())
+
 
 def can_transition(src: TaskState, dst: TaskState) -> bool:
     return dst in TRANSITIONS[src]
@@ -81,12 +99,21 @@ def check(src: TaskState, dst: TaskState) -> None:
         raise IllegalTransition(src.value, dst.value)
 
 
-def check_path(src: TaskState, path: Iterable[TaskState]) -> list[tuple[TaskState, TaskState]]:
-    """Check a chain of transitions starting at ``src``; return its steps."""
+def check_path(src: TaskState, path: Iterable[TaskState], *, retry: bool = False
+               ) -> list[tuple[TaskState, TaskState]]:
+    """Check a chain of transitions starting at ``src``; return its steps.
+
+    ``retry``: the first step is a user's retry out of a final state (:data:`RETRY`).
+    Raises :class:`IllegalTransition` naming the first step not allowed.
+    """
     steps: list[tuple[TaskState, TaskState]] = []
     cur = src
     for nxt in path:
-        check(cur, nxt)
+        if retry and not steps:
+            if not can_retry(cur, nxt):
+                raise IllegalTransition(cur.value, nxt.value)
+        else:
+            check(cur, nxt)
         steps.append((cur, nxt))
         cur = nxt
     return steps

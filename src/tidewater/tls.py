@@ -68,6 +68,14 @@ def check_listen(config: ControllerConfig) -> None:
                           else ("--tls-key", "--tls-cert"))
         raise ConfigError(f"{given} was given without {missing}: TLS needs both the "
                           "certificate and its private key")
+    if config.dashboard_port is not None and not (
+            config.tls_cert or config.allow_plaintext or is_loopback(config.dashboard_host)):
+        raise ConfigError(
+            f"refusing to serve the dashboard over plaintext http on "
+            f"{config.dashboard_host or 'every interface'!r}, which is not a loopback address: "
+            "its login token and session cookie would cross the network in the clear. Serve "
+            "TLS with --tls-cert FILE --tls-key FILE, use --dashboard-host 127.0.0.1, or pass "
+            "--allow-plaintext if something else protects the traffic")
     if config.tls_cert or config.allow_plaintext or is_loopback(config.host):
         return
     raise ConfigError(

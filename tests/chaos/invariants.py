@@ -15,7 +15,9 @@ and returns a :class:`Verdict` listing every violation of these invariants:
    and nothing in the store is left non-final once the system is quiet;
 2. every task's events are a legal path through ``states.TRANSITIONS``:
    the first comes from CREATED, each starts where the previous one ended,
-   the last ends in the task's stored state, and only the last is final;
+   the last ends in the task's stored state, and only the last is final --
+   except that a user's retry (an event out of FAILED allowed by
+   ``states.RETRY`` and marked ``retry`` in its data) may leave a final state;
 3. an attempt is *recorded* when an event names it (its RUNNING event, or the
    RUN_TIMEOUT/RUN_ERROR that ended it); every execution in the ledger is a
    recorded attempt, and no attempt ran twice. A task may run more than once
@@ -38,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tidewater.states import FINAL, TaskState, can_transition
+from tidewater.states import FINAL, TaskState, can_retry, can_transition
 
 TASK_COLUMNS = "id, state, attempt, retries, pilot"
 """What :func:`check` reads of ``tasks`` (in this order)."""
@@ -154,12 +156,17 @@ def check(
         for src, dst, data in path:
             if src != cur:
                 v.bad(f"task {tid}: event {src}->{dst} does not start where the last ended ({cur})")
+            retried = False
             try:
                 legal = can_transition(TaskState(src), TaskState(dst))
+                retried = not legal and "retry" in data and can_retry(TaskState(src),
+                                                                      TaskState(dst))
             except ValueError:
                 legal = False
-            if not legal:
+            if not (legal or retried):
                 v.bad(f"task {tid}: illegal transition {src}->{dst}")
+            if retried:
+                finals -= 1  # the final state it left no longer counts
             if dst in FINAL:
                 finals += 1
             if "attempt" in data:

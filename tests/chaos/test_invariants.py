@@ -81,6 +81,40 @@ def test_two_final_states_are_caught() -> None:
     assert any("illegal transition JOB_FINISHED->FAILED" in x for x in v.violations)
 
 
+def failed_then_retried(tid: int, *, marked: bool = True) -> list[Row]:
+    """Attempt 1 fails for good; the user retries it; attempt 2 finishes."""
+    retry = '{"reason": "retried by alice", "retry": "user"}' if marked else None
+    return [(tid, "CREATED", "READY", None), (tid, "READY", "STAGED_IN", None),
+            (tid, "STAGED_IN", "RUNNING", '{"attempt": 1, "pilot": "p"}'),
+            (tid, "RUNNING", "RUN_ERROR", '{"attempt": 1, "reason": "exit code 1"}'),
+            (tid, "RUN_ERROR", "FAILED", '{"attempt": 1, "reason": "exit code 1"}'),
+            (tid, "FAILED", "RESTART_READY", retry),
+            (tid, "RESTART_READY", "RUNNING", '{"attempt": 2, "pilot": "p"}'),
+            (tid, "RUNNING", "RUN_DONE", '{"exit_code": 0}'),
+            (tid, "RUN_DONE", "STAGED_OUT", '{"exit_code": 0}'),
+            (tid, "STAGED_OUT", "JOB_FINISHED", '{"exit_code": 0}')]
+
+
+def test_a_users_retry_may_leave_failed_and_run_again() -> None:
+    v = check([1], [(1, "JOB_FINISHED", 2, 0, "p")], failed_then_retried(1), [(1, 1), (1, 2)])
+    assert v.ok, v.summary()
+
+
+def test_leaving_failed_without_a_users_retry_is_caught() -> None:
+    v = check([1], [(1, "JOB_FINISHED", 2, 0, "p")], failed_then_retried(1, marked=False),
+              [(1, 1), (1, 2)])
+    assert any("illegal transition FAILED->RESTART_READY" in x for x in v.violations)
+    assert any("reached a final state 2 times" in x for x in v.violations)
+
+
+def test_a_retry_never_leaves_killed_or_finished() -> None:
+    acked, tasks, events, ledger = clean()
+    events.append((1, "JOB_FINISHED", "RESTART_READY", '{"retry": "user"}'))
+    tasks[0] = (1, "RESTART_READY", 1, 0, "q")
+    v = check(acked, tasks, events, ledger)
+    assert any("illegal transition JOB_FINISHED->RESTART_READY" in x for x in v.violations)
+
+
 def test_a_second_run_of_one_attempt_is_a_duplicate() -> None:
     acked, tasks, events, ledger = clean()
     v = check(acked, tasks, events, [*ledger, (1, 1)])

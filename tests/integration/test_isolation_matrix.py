@@ -199,6 +199,18 @@ OPERATIONS: dict[str, tuple[Build, str]] = {
     "submit-input-reference": (lambda w, i: P.Submit(req_id=i, tasks=[P.TaskSpec(
         app="nap", site="bobsite", params={"s": "0"},
         inputs=[P.Input(path="x", task=w.a_finished, output="stdout.txt")])]), NOT_FOUND),
+    # A task's life after it ended: retried, resubmitted, its events and its logs read.
+    "retry-ids": (lambda w, i: P.Retry(req_id=i, ids=[w.a_finished]), NOT_FOUND),
+    "retry-mixed": (lambda w, i: P.Retry(req_id=i, ids=[w.b_queued, w.a_queued]), NOT_FOUND),
+    "retry-site": (lambda w, i: P.Retry(req_id=i, filter=P.TaskFilter(site="beamline")),
+                   NOT_FOUND),
+    "retry-tags": (lambda w, i: P.Retry(req_id=i, filter=P.TaskFilter(
+        tags={"owner": "alice"})), EMPTY),
+    "resubmit": (lambda w, i: P.Resubmit(req_id=i, ids=[w.a_finished]), NOT_FOUND),
+    "events-ids": (lambda w, i: P.ListEvents(req_id=i, filter=P.TaskFilter(
+        ids=[w.a_finished])), NOT_FOUND),
+    "events-all": (lambda w, i: P.ListEvents(req_id=i, limit=100_000), EMPTY),
+    "read-log": (lambda w, i: P.ReadLog(req_id=i, task_id=w.a_finished), NOT_FOUND),
 }
 
 
@@ -225,6 +237,10 @@ def alice_in(w: World, reply: P.Msg) -> list[object]:
             return [t for t in tokens if t.id in w.a_token_ids or t.site.startswith("beamline")]
         case P.AuditList(entries=entries):
             return [e for e in entries if e.user != "bob"]
+        case P.Retried(ids=ids, waiting=waiting):
+            return [*ids, *waiting]  # Bob has no failed task either
+        case P.EventList(events=events):
+            return [e for e in events if e.task_id != w.b_queued]
     raise AssertionError(f"not a list reply: {reply}")
 
 

@@ -66,6 +66,24 @@ def world() -> list[Write]:
     ]
 
 
+async def test_what_a_function_raised_is_stored_and_cleared(url: str) -> None:
+    """A failed function task's exception (names and text) survives the store; a task
+    updated without one reads back without one."""
+    raised = P.RemoteError(type="builtins.KeyError", builtins=["KeyError", "LookupError"],
+                           message="'frame'", traceback="Traceback ...\nKeyError: 'frame'\n")
+    failed = a_task(1, state=S.FAILED)
+    failed.exception = raised
+    retried = a_task(2, state=S.RESTART_READY)
+    retried.exception = raised
+    async with open_store(url) as store:
+        await store.commit([*world(), schema.insert_task(failed), schema.insert_task(retried)])
+        retried.exception = None
+        await store.commit([schema.update_task(retried)])
+        back = {t.id: t for t in await store.tasks(1, [1, 2])}
+    assert back[1].exception == raised
+    assert back[2].exception is None
+
+
 async def test_every_write_reads_back(url: str) -> None:
     inline = [P.FileInfo(direction="in", path="a", state="inline", size=1),
               P.FileInfo(direction="out", path="b", state="inline", size=1)]
@@ -359,3 +377,69 @@ async def test_unreachable_postgres_says_where(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=r"cannot open store postgresql://u:\*\*\*@127\.0\.0\.1:1/x"):
         async with open_store("postgresql://u:secret@127.0.0.1:1/x"):
             pass
+
+
+def created_at(t: LiveTask, when: float) -> LiveTask:
+    t.created_at = when
+    return t
+
+
+async def test_time_windows_links_and_inline_data_of_tasks(url: str) -> None:
+    """What retry, resubmit, ``TaskInfo.parents`` and ``tasks(since=, until=)`` read."""
+    async with open_store(url) as store:
+        writes = [*world()]
+        # Ten tasks created one second apart from t=100 (ids grow with time), the
+        # last three of Bob's; 4 and 5 are children of 3, 5 of 2 as well.
+        for i in range(1, 11):
+            writes.append(schema.insert_task(created_at(a_task(i, owner=1 if i <= 7 else 2),
+                                                        99.0 + i)))
+        writes += [schema.insert_parent(4, 3), schema.insert_parent(5, 3),
+                   schema.insert_parent(5, 2),
+                   schema.upsert_data(4, "in", "x", b"ex"), schema.upsert_data(4, "out", "y", b"y")]
+        for i in range(1, 11):
+            writes.append(schema.insert_event(i, Event(i, "CREATED", "READY", 99.0 + i, {})))
+        await store.commit(writes)
+        assert await store.task_id_at(0.0) == 1
+        assert await store.task_id_at(103.0) == 4
+        assert await store.task_id_at(103.5) == 5
+        assert await store.task_id_at(1e9) == 11
+        assert await store.parents_of([5, 4, 1]) == [(4, 3), (5, 2), (5, 3)]
+        assert await store.children_of([3, 2]) == [(4, 3), (5, 2), (5, 3)]
+        assert sorted(await store.inline_data([4, 5])) == [(4, "in", "x", b"ex"),
+                                                           (4, "out", "y", b"y")]
+        (five,) = await store.tasks(1, [5])
+        assert five.parent_ids == [2, 3]
+
+        async def ids(**kw: Any) -> list[int]:
+            got = await store.query(TaskQuery(owner_id=1, **kw), after_id=0, limit=100,
+                                    newest=False)
+            return [t.id for t in got]
+
+        assert await ids(since=103.0) == [4, 5, 6, 7]
+        assert await ids(since=101.5, until=105.0) == [3, 4, 5]
+        assert await ids(until=101.0) == [1]
+        assert await ids(since=200.0) == []
+        assert await ids(since=104.0, until=104.0) == []
+        assert [t.parent_ids for t in await store.query(
+            TaskQuery(owner_id=1, since=103.0, until=105.0), after_id=0, limit=5,
+            newest=True)] == [[2, 3], [3]]
+        # Events in a window of ids: the bound of one ListEvents request.
+        q = TaskQuery(owner_id=1)
+        assert [e.id for e in await store.events_since(q, 2, 100, upto=6)] == [3, 4, 5, 6]
+        assert [e.id for e in await store.events_since(q, 6, 100, upto=9)] == [7]
+        assert [e.id for e in await store.events_since(TaskQuery(owner_id=1, ids=(5, 2)), 0,
+                                                       100)] == [2, 5]
+        # After a restart, every live task knows its parents.
+        rec = await store.recover()
+        assert {t.id: t.parent_ids for t in rec.live if t.parent_ids} == {4: [3], 5: [2, 3]}
+        assert sorted(rec.parents) == [(4, 3), (5, 2), (5, 3)]
+        # ...also when the live ones are few among many (read by id, not by range).
+        done = []
+        for i in (1, 2, 3, 4, 6, 7, 8, 9, 10):
+            t = a_task(i, owner=1 if i <= 7 else 2)
+            t.state = S.JOB_FINISHED
+            done.append(schema.update_task(t))
+        await store.commit(done)
+        rec = await store.recover()
+        assert [t.id for t in rec.live] == [5]
+        assert rec.live[0].parent_ids == [2, 3] and sorted(rec.parents) == [(5, 2), (5, 3)]

@@ -442,7 +442,19 @@ async def test_wire_protocol_by_hand() -> None:
                 "traceback": "",
                 "tails": None,
                 "files_errno": 0,
+                "exc_type": "",
+                "exc_builtins": [],
+                "message": "",
             }
+            # A function that raised: its type by name and its built-in ancestors, no pickle.
+            await proc.stdin.send(
+                frame({"id": 8, "func": "tests.fnapps:boom", "args": codec.encode_call(("x",), {})})
+            )
+            reply = await receive()
+            assert not reply["ok"] and reply["error"] == "ValueError: x"
+            assert reply["exc_type"] == "builtins.ValueError" and reply["message"] == "x"
+            assert reply["exc_builtins"] == ["ValueError", "Exception"]
+            assert 'fnapps.py", line' in reply["traceback"]
             await proc.stdin.send(frame({"id": "not an int"}))
             assert await proc.wait() == 2
     assert proc.returncode == 2

@@ -20,7 +20,9 @@ PUBLIC = [
     "NotFound",
     "ParamError",
     "ParamSpec",
+    "RemoteError",
     "RemoteExecutor",
+    "RemoteFuture",
     "Resources",
     "Route",
     "RouteEstimate",
@@ -75,3 +77,28 @@ def test_public_names_are_the_real_objects() -> None:
 
 def test_version() -> None:
     assert tidewater.__version__ == "0.1.0"
+
+
+def test_the_task_lifecycle_is_on_both_clients() -> None:
+    """Retry, resubmit, events, logs and done(): async and blocking alike, same keywords."""
+    import inspect
+
+    from tidewater import Client, SyncClient, SyncTask, Task
+
+    for name in ("retry", "resubmit", "events", "logs", "follow_logs", "tasks"):
+        assert callable(getattr(Client, name)), name
+        assert callable(getattr(SyncClient, name)), name
+    assert callable(Task.done) and callable(SyncTask.done)
+    assert not inspect.iscoroutinefunction(Task.done)
+    retry = inspect.signature(Client.retry).parameters
+    assert [p for p in retry if retry[p].kind is inspect.Parameter.KEYWORD_ONLY] == [
+        "state", "tags", "site", "app", "since", "until"]
+    events = inspect.signature(Client.events).parameters
+    assert list(events)[1:4] == ["task", "since_event", "limit"]
+    assert events["limit"].default == 1000
+    logs = inspect.signature(Client.logs).parameters
+    assert (logs["stderr"].default, logs["offset"].default) == (False, 0)
+    tasks = inspect.signature(Client.tasks).parameters
+    assert tasks["since"].default is None and tasks["until"].default is None
+    assert tidewater.TaskInfo(id=1, app="a", site="s", state="READY").parents == []
+    assert tidewater.TaskFilter().since is None and tidewater.TaskFilter().until is None

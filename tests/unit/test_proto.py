@@ -158,6 +158,16 @@ SAMPLES: dict[type[P.Msg], P.Msg] = {
                            length=65536),
     P.FileData: P.FileData(req_id=22, offset=4096, data=b"\x00\x01", size=8192,
                            sha256="ab" * 32),
+    P.Retry: P.Retry(req_id=23, filter=P.TaskFilter(states=["FAILED"], tags={"run": "7"},
+                                                    since=1.5, until=9.0), limit=50, after_id=2),
+    P.Retried: P.Retried(req_id=23, ids=[3, 4], waiting=[5], more=True, next_after=4),
+    P.Resubmit: P.Resubmit(req_id=24, ids=[3], key="k1"),
+    P.ListEvents: P.ListEvents(req_id=25, filter=P.TaskFilter(ids=[3]), since_event=7,
+                               limit=20),
+    P.EventList: P.EventList(req_id=25, events=[P.TaskEvent(
+        id=8, task_id=3, from_state="FAILED", to_state="RESTART_READY", time=2.0,
+        data={"retry": "user"})], next_event=8, more=False),
+    P.ReadLog: P.ReadLog(req_id=26, task_id=3, stderr=True, offset=1 << 20, length=4096),
     P.StageWork: P.StageWork(stages=[P.Stage(task_id=3, direction="in", workdir="tasks/3", items=[
         P.StageItem(path="frames", url="sftp://alice@dtn/data/frames", sha256="cd" * 32),
         P.StageItem(path="ref.h5", site_path="tasks/2/ref.h5")])]),

@@ -12,7 +12,7 @@ import pytest
 
 from tidewater import proto as P
 from tidewater import states
-from tidewater.controller import requests
+from tidewater.controller import lifecycle, requests
 from tidewater.controller.state import Stored
 from tidewater.controller.timings import LATENCY_BUCKETS, SiteHistogram, TaskTimes
 from tidewater.states import TaskState as S
@@ -60,6 +60,29 @@ def test_counts_follow_every_path_a_task_takes() -> None:
     check(core, {S.JOB_FINISHED: 1, S.FAILED: 2, S.KILLED: 1})
     assert {core.state_of(t) for t in (child, retried)} == {S.STAGED_IN, S.RESTART_READY}
     assert core.state_of(orphan) == S.FAILED
+
+
+def test_a_task_back_by_its_users_retry_is_live_again_and_counted_again_when_it_ends() -> None:
+    core = Core()
+    (tid,) = core.submit(spec(max_retries=0))
+    t = core.state.tasks.live[tid]
+    rec = core.pilot(cores=1)
+    (a,) = core.dispatch()
+    core.report(rec, rep(a, "started"), rep(a, "error", exit_code=1))
+    check(core, {S.FAILED: 1})
+    core.run(lifecycle.retry(core.state, ALICE, CLIENT, P.Retry(req_id=7, ids=[tid]),
+                             lifecycle.RetryRead(roots=[t]), core.now))
+    assert core.state.tasks.live[tid].state == S.RESTART_READY
+    check(core, {S.FAILED: 1})
+    core.run(core.state.credit(rec, P.Credit(cores=1)))
+    (b,) = core.dispatch()
+    assert b.attempt == 2
+    core.report(rec, rep(b, "started"), rep(b, "done", exit_code=0), seq=2)
+    check(core, {S.FAILED: 1, S.JOB_FINISHED: 1})
+    sid = core.state.registry.site_names[(ALICE.user_id, "s")]
+    # Its second attempt's start is not a submit -> start; both dispatches were timed.
+    assert core.state.times.start.cumulative(sid)[1] == 1
+    assert core.state.times.dispatch.cumulative(sid)[1] == 2
 
 
 def test_a_task_routed_again_is_counted_on_its_new_site() -> None:

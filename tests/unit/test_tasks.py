@@ -17,6 +17,7 @@ from tidewater.controller import admin, requests
 from tidewater.controller.effects import Close, Effects, Send
 from tidewater.controller.model import Principal
 from tidewater.controller.state import ControllerState, NeedsRead, Stored
+from tidewater.controller.store import schema
 from tidewater.controller.store.base import Op, Recovered
 from tidewater.errors import InvalidRequest, NotFound
 from tidewater.states import TaskState as S
@@ -154,6 +155,42 @@ def test_a_failed_attempt_is_retried_then_fails_for_good() -> None:
     assert core.state_of(tid) == S.FAILED
     assert ("RUN_ERROR", "FAILED") in core.events(tid)
     assert core.state.tasks.counters["tasks_retried"] == 1
+
+
+def test_what_a_function_raised_is_kept_for_its_attempt_only_and_bounded() -> None:
+    core = Core()
+    (tid,) = core.submit(spec(max_retries=1))
+    rec = core.pilot()
+    (a,) = core.dispatch()
+    huge = P.RemoteError(type="m." + "X" * 10_000, builtins=["ValueError"] * 100,
+                         message="m" * 10_000, traceback="start" + "t" * 100_000 + "end")
+    core.report(rec, rep(a, "started"), rep(a, "error", exit_code=1, exception=huge))
+    kept = core.state.tasks.live[tid].exception
+    assert kept is not None and core.state_of(tid) == S.RESTART_READY
+    assert len(kept.type) == 512 and len(kept.builtins) == 32 and len(kept.message) == 4096
+    assert len(kept.traceback) == 8192 and kept.traceback.endswith("end")
+    # The next attempt forgets it; it ends otherwise (timed out): none is reported.
+    (b,) = core.dispatch()
+    assert core.state.tasks.live[tid].exception is None
+    core.report(rec, rep(b, "started"), rep(b, "timeout"), seq=2)
+    (written,) = [p for op, p in core.writes if op == Op.UPDATE_TASK and p[-1] == tid][-1:]
+    assert core.state_of(tid) == S.FAILED and written[-2] is None
+    # A failure with one is stored with it; a cancelled task has none.
+    small = P.RemoteError(type="builtins.KeyError", builtins=["KeyError", "LookupError"],
+                          message="'k'", traceback="Traceback ...")
+    (t2,) = core.submit(spec(max_retries=0))
+    (c,) = core.dispatch()
+    core.report(rec, rep(c, "started"), rep(c, "error", exit_code=1, exception=small), seq=3)
+    assert core.state_of(t2) == S.FAILED
+    (stored,) = [p for op, p in core.writes if op == Op.UPDATE_TASK and p[-1] == t2][-1:]
+    assert schema.decode_exception(stored[-2]) == small
+    (t3,) = core.submit(spec(max_retries=1))
+    (d,) = core.dispatch()
+    core.report(rec, rep(d, "started"), rep(d, "error", exit_code=1, exception=small), seq=4)
+    core.run(requests.cancel(core.state, ALICE, CLIENT, P.Cancel(req_id=3, ids=[t3]),
+                             Stored(), core.now))
+    (killed,) = [p for op, p in core.writes if op == Op.UPDATE_TASK and p[-1] == t3][-1:]
+    assert killed[0] == "KILLED" and killed[-2] is None
 
 
 def test_the_app_handler_choosing_fail_gives_up_whatever_retries_remain() -> None:

@@ -26,6 +26,7 @@ from .. import proto as P
 from ..config import ControllerConfig
 from ..errors import InvalidRequest, LeadershipLost
 from ..tls import check_listen, server_context
+from .dashboard import dashboard_listener
 from .metrics import BYTES_IN, BYTES_OUT, CONTENT_TYPE, IN, OPEN, OUT
 from .model import Principal
 from .service import ControllerService
@@ -484,6 +485,8 @@ class Server:
         self.controller = ControllerService(config)
         self.port = config.port
         self.url = ""
+        self.dashboard_url = ""
+        """``http(s)://host:port`` of the dashboard while it listens (``config.dashboard_port``)."""
         self.leading = False
         self._stop = anyio.Event()
 
@@ -532,9 +535,11 @@ class Server:
                     self.url = f"{scheme}://{shown}:{self.port}"
                     log.info("controller listening on %s (store %s)", self.url,
                              redact(self.config.db or ":memory:"))
-                    task_status.started(self.url)
-                    await self._stop.wait()
-                    await self.shutdown(site, web_app)
+                    async with dashboard_listener(self.controller, self.config,
+                                                  ssl_context) as self.dashboard_url:
+                        task_status.started(self.url)
+                        await self._stop.wait()
+                        await self.shutdown(site, web_app)
                 finally:
                     with anyio.move_on_after(t.close, shield=True):
                         await runner.cleanup()

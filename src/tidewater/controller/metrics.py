@@ -185,6 +185,7 @@ class _Collector:
             "tasks_failed": "Tasks whose FAILED was committed since the controller started.",
             "tasks_killed": "Tasks whose KILLED was committed since the controller started.",
             "tasks_retried": "Attempts that failed and were retried.",
+            "tasks_retried_by_user": "FAILED tasks brought back by a user's retry.",
             "stale_reports": "Pilot reports about an attempt that was no longer current "
                              "(ignored).",
         }
@@ -195,7 +196,7 @@ class _Collector:
         times = self.st.times
         yield _histogram(
             "tidewater_task_start_latency_seconds",
-            "From the controller taking the Submit to the task's first start on a pilot "
+            "From the controller taking the Submit to the start of the task's first attempt "
             "(TaskInfo.started_at - created_at), per site.", times.start, sites)
         yield _histogram(
             "tidewater_dispatch_latency_seconds",

@@ -59,7 +59,7 @@ _COLD: dict[str, Any] = {
     "stdout_tail": "", "stderr_tail": "", "started_at": None, "finished_at": None,
     "num_nodes": 1, "packing": 0, "wall_time": None, "waiting": 0, "func": "",
     "args": None, "result": None, "extra_j": "", "files": None, "in_data": None,
-    "out_data": None,
+    "out_data": None, "exception": None, "parent_ids": None,
 }
 _HOT = ("id", "owner_id", "site_id", "app", "state", "params_j", "tags_j", "priority",
         "cores", "gpus", "argv_j", "created_at")
@@ -161,6 +161,10 @@ class LiveTask:
         """Inline inputs' bytes, sent with the task to its pilot."""
         out_data: dict[str, bytes] | None
         """Inline outputs' bytes from the last report, for children referring to them."""
+        exception: P.RemoteError | None
+        """A function task: what its function raised in the last attempt that ended in error."""
+        parent_ids: list[int] | None
+        """The task's parents, ascending (None: it has none, or they were not read)."""
 
     def __init__(
         self, *, id: int, owner_id: int, site_id: int, app: str, state: S, params_j: str,
@@ -172,7 +176,8 @@ class LiveTask:
         wall_time: float | None = None, waiting: int = 0, func: str = "",
         args: bytes | None = None, result: bytes | None = None, extra_j: str = "",
         files: list[P.FileInfo] | None = None, in_data: dict[str, bytes] | None = None,
-        out_data: dict[str, bytes] | None = None,
+        out_data: dict[str, bytes] | None = None, exception: P.RemoteError | None = None,
+        parent_ids: list[int] | None = None,
     ) -> None:
         self.id, self.owner_id, self.site_id, self.app = id, owner_id, site_id, app
         self.state, self.params_j, self.tags_j, self.priority = state, params_j, tags_j, priority
@@ -181,7 +186,7 @@ class LiveTask:
         cold = (timeout, max_retries, retries, attempt, pilot, shell, env_j, workdir,
                 exit_code, error, stdout_tail, stderr_tail, started_at, finished_at, num_nodes,
                 packing, wall_time, waiting, func, args, result, extra_j, files, in_data,
-                out_data)
+                out_data, exception, parent_ids)
         for (name, default), value in zip(_COLD.items(), cold, strict=True):
             if not _is_default(value, default):
                 setattr(self, name, value)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -333,6 +334,9 @@ def task_query(st: ControllerState, who: Principal, f: P.TaskFilter) -> TaskQuer
         if bad:
             raise InvalidRequest(
                 f"unknown state {bad[0]!r} (states: {', '.join(x.value for x in S)})")
+    for name, when in (("since", f.since), ("until", f.until)):
+        if when is not None and not math.isfinite(when):
+            raise InvalidRequest(f"{name} must be a time in seconds since the epoch, not {when}")
     if f.site is not None:
         sid = st.registry.site_names.get((who.user_id, f.site))
         if sid is None:
@@ -340,7 +344,7 @@ def task_query(st: ControllerState, who: Principal, f: P.TaskFilter) -> TaskQuer
         site_ids.append(sid)
     return TaskQuery(owner_id=who.user_id, site_ids=tuple(site_ids),
                      states=tuple(f.states), app=f.app, ids=tuple(f.ids),
-                     tags=tuple(f.tags.items()))
+                     tags=tuple(f.tags.items()), since=f.since, until=f.until)
 
 def counts(st: ControllerState, req_id: int, rows: list[tuple[int, str, int]]) -> P.TaskCounts:
     """A :class:`~tidewater.proto.TaskCounts` of the store's (site id, state, n) rows."""
@@ -418,7 +422,12 @@ def _phases_size(p: P.TaskPhases) -> int:
 
 def watch(st: ControllerState, who: Principal, peer: int, msg: P.Watch, stored: Stored
           ) -> tuple[WatchSub, Effects]:
-    """Open a watch (its replay, if any, follows with :meth:`Notify.replayed`)."""
+    """Open a watch (its replay, if any, follows with :meth:`Notify.replayed`).
+
+    Raises InvalidRequest for a time window (``since``/``until`` are for listings)."""
+    if msg.filter.since is not None or msg.filter.until is not None:
+        raise InvalidRequest("a watch has no time window (since/until): it sees events as "
+                             "they are committed; list tasks or events by time instead")
     if msg.filter.site is not None:
         st.registry.site_of(who, msg.filter.site)
     if msg.filter.ids:

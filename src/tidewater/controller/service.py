@@ -38,10 +38,11 @@ from anyio.abc import TaskStatus
 from .. import proto as P
 from ..config import ControllerConfig
 from ..errors import InvalidRequest
-from . import admin, auth, requests
+from ..states import TaskState as S
+from . import admin, auth, lifecycle, requests
 from .effects import After, Close, Effects, Send
 from .metrics import ControllerMetrics
-from .model import Principal, TokenRow, UserRow
+from .model import LiveTask, Principal, TokenRow, UserRow
 from .pilots import PilotRec
 from .state import ControllerState, NeedsRead, Stored
 from .store.base import Store
@@ -287,6 +288,16 @@ class ControllerService:
                 peer.send(P.Done(req_id=msg.req_id))
             case P.Download():
                 await self._download(who, peer, msg)
+            case P.Retry():
+                await self._retry(who, peer, msg)
+            case P.Resubmit():
+                await self._resubmit(who, peer, msg)
+            case P.ListEvents():
+                await self._list_events(who, peer, msg)
+            case P.ReadLog():
+                t = await self._with_tasks(who, [msg.task_id], lambda s: self._one_task(
+                    who, msg.task_id, s))
+                self._execute(lifecycle.read_log(st, pid, msg, t))
             case P.Ping():
                 peer.send(P.Ping(time=msg.time))
             case P.Hello():
@@ -434,6 +445,65 @@ class ControllerService:
             self._execute(fx)
             return
         raise InvalidRequest("the task changed state during the request; try again", "retry")
+
+    def _one_task(self, who: Principal, task_id: int, stored: Stored) -> LiveTask:
+        """``who``'s task, live or stored. Raises NotFound, or NeedsRead if it left memory."""
+        live, final, left = self.state.owned(who, [task_id], stored)
+        if left:
+            raise NeedsRead(left)
+        return live.get(task_id) or final[task_id]
+
+    async def _retry(self, who: Principal, peer: Peer, msg: P.Retry) -> None:
+        """Read the FAILED tasks named or matched, their failed descendants and what
+        the handler needs of them (:class:`.lifecycle.RetryRead`); then retry."""
+        st, store, read = self.state, self.store, lifecycle.RetryRead()
+        if msg.ids and msg.filter is not None:
+            raise InvalidRequest("retry: give task ids or a filter, not both")
+        if msg.ids:
+            read.roots = lifecycle.check_retry_ids(st, who, list(msg.ids), await store.tasks(
+                who.user_id, list(dict.fromkeys(msg.ids))))
+        elif (found := lifecycle.retry_query(st, who, msg)) is not None:
+            q, limit = found
+            read.roots = await store.query(q, after_id=msg.after_id, limit=limit + 1,
+                                           newest=False)
+            read.more = len(read.roots) > limit
+            del read.roots[limit:]
+        chosen = {t.id for t in read.roots if t.state == S.FAILED}
+        frontier = sorted(chosen)
+        while frontier and len(chosen) < lifecycle.MAX_CASCADE:
+            kids = sorted({c for c, _p in await store.children_of(frontier)} - chosen)
+            found_kids = [t for t in await store.tasks(who.user_id, kids)
+                          if lifecycle.parent_failure(t) in chosen]
+            read.children += found_kids
+            frontier = [t.id for t in found_kids]
+            chosen.update(frontier)
+        tasks = [*read.roots, *read.children]
+        parents = {p for t in tasks for p in t.parent_ids or ()} - chosen
+        read.states = await store.task_states(who.user_id, sorted(parents))
+        for tid, direction, path, data in await store.inline_data(sorted(chosen)):
+            if direction == "in":
+                read.inline.setdefault(tid, {})[path] = data
+        await self._run(lifecycle.retry(st, who, peer.id, msg, read, time.time()))
+
+    async def _resubmit(self, who: Principal, peer: Peer, msg: P.Resubmit) -> None:
+        ids = list(dict.fromkeys(msg.ids))
+        tasks = await self.store.tasks(who.user_id, ids)
+        inline: dict[int, dict[str, bytes]] = {}
+        for tid, direction, path, data in await self.store.inline_data(ids):
+            if direction == "in":
+                inline.setdefault(tid, {})[path] = data
+        await self._submit(who, peer, lifecycle.resubmit_msg(self.state, who, msg, tasks, inline))
+
+    async def _list_events(self, who: Principal, peer: Peer, msg: P.ListEvents) -> None:
+        st = self.state
+        if msg.filter.ids:  # another user's ids are not found, as for a watch
+            await self._with_tasks(who, msg.filter.ids,
+                                   lambda s: st.owned(who, msg.filter.ids, s))
+        q, limit, upto = lifecycle.events_request(st, who, msg)
+        rows = await self.store.events_since(q, msg.since_event, limit, upto=upto)
+        events = [P.TaskEvent(id=e.id, task_id=e.task_id, from_state=e.src, to_state=e.dst,
+                              time=e.time, data=e.data, tags=e.tags) for e in rows]
+        self._execute(lifecycle.events_reply(st, peer.id, msg, events, limit, upto))
 
     def on_client_gone(self, who: Principal, peer: Peer) -> None:
         self.state.notify.client_gone(who.user_id, peer.id)

@@ -198,11 +198,17 @@ class Staging:
         if agent is None:
             raise InvalidRequest(f"output {name!r} is on site {site_name!r}, whose agent is not "
                                  "connected (`tidewater site start`)", "unavailable")
+        return self.relay_read(agent, peer, msg.req_id, f"{workdir_of(t)}/{name}", msg.offset,
+                               length)
+
+    def relay_read(self, agent: int, peer: int, req_id: int, path: str, offset: int,
+                   length: int) -> list[Out]:
+        """Ask ``agent`` for part of ``path`` (under its work root) for client ``peer``;
+        its FileChunk comes back through :meth:`file_chunk` as FileData or an Error."""
         rid = self._next_read
         self._next_read += 1
-        self._reads[rid] = (agent, peer, msg.req_id)
-        return [Send(agent, P.ReadFile(req_id=rid, path=f"{workdir_of(t)}/{name}",
-                                       offset=msg.offset, length=length))]
+        self._reads[rid] = (agent, peer, req_id)
+        return [Send(agent, P.ReadFile(req_id=rid, path=path, offset=offset, length=length))]
 
     def file_chunk(self, msg: P.FileChunk) -> list[Out]:
         entry = self._reads.pop(msg.req_id, None)

@@ -54,7 +54,7 @@ from .routing import ROUND_ROBIN, Measures, Need, SiteState, choose, queue_wait
 from .staging import Staging
 from .store import schema
 from .store.base import Recovered
-from .tasks import Change, TaskTable, add_route, routes_of, task_info
+from .tasks import Change, TaskTable, add_route, bounded_exception, routes_of, task_info
 from .timings import TaskTimes
 
 log = logging.getLogger("tidewater.controller")
@@ -471,8 +471,8 @@ class ControllerState:
     def _report(self, rec: PilotRec, t: LiveTask, r: P.Report) -> Change | None:
         at = r.time
         if r.kind == "started":
-            if t.started_at is None and t.state in states.RUNNABLE:  # its first start
-                self.times.started(t.site_id, t.created_at, at)
+            if t.attempt == 1 and t.started_at is None and t.state in states.RUNNABLE:
+                self.times.started(t.site_id, t.created_at, at)  # its first attempt's start
             return self.tasks.started(t, rec.pilot_id, at)
         if r.kind in ("done", "error", "timeout") and t.state != S.RUNNING:
             return None
@@ -489,6 +489,7 @@ class ControllerState:
             return writes, touched
         if r.kind in ("error", "timeout"):
             t.stdout_tail, t.stderr_tail = r.stdout_tail, r.stderr_tail
+            t.exception = bounded_exception(r.exception) if r.kind == "error" else None
             kind = S.RUN_ERROR if r.kind == "error" else S.RUN_TIMEOUT
             why = r.message or (f"exit code {r.exit_code}" if r.kind == "error" else "timed out")
             if r.hook:
@@ -613,6 +614,7 @@ class ControllerState:
                 continue
             t.attempt += 1
             t.pilot = pilot_id
+            t.exception = None  # an earlier attempt's; this one may end otherwise
             self.pilots.assign(rec, t.id)
             self.times.dispatched(t.id, t.site_id, now)
             self.demand_dirty.add(rec.site_id)

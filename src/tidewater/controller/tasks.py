@@ -60,6 +60,7 @@ class TaskTable:
         self.counters: dict[str, int] = {
             "tasks_submitted": 0, "tasks_finished": 0, "tasks_failed": 0,
             "tasks_killed": 0, "tasks_retried": 0, "stale_reports": 0,
+            "tasks_retried_by_user": 0,
         }
         self.by_site: dict[int, dict[S, int]] = {}
         """Site id -> state -> live tasks in it now (never a final state: see ``ended``)."""
@@ -166,20 +167,22 @@ class TaskTable:
     # ------------------------------------------------------------------ transitions
 
     def transition(self, t: LiveTask, path: list[S], now: float,
-                   data: dict[str, Any] | None = None) -> Change:
+                   data: dict[str, Any] | None = None, *, retry: bool = False) -> Change:
         """Move ``t`` along ``path``; the writes and touched tasks, its cascade included.
 
-        Raises :class:`~tidewater.errors.IllegalTransition` (nothing changed)
-        if the path is not in the state table.
+        ``retry``: the first step is a user's retry out of FAILED
+        (:data:`tidewater.states.RETRY`). Raises
+        :class:`~tidewater.errors.IllegalTransition` (nothing changed) if the
+        path is not in the state table.
         """
-        writes, touched = self._step(t, path, now, data)
+        writes, touched = self._step(t, path, now, data, retry=retry)
         writes.append(schema.update_task(t))
         return writes, touched
 
     def _step(self, t: LiveTask, path: list[S], now: float,
-              data: dict[str, Any] | None = None) -> Change:
+              data: dict[str, Any] | None = None, *, retry: bool = False) -> Change:
         """The event rows of ``path`` and the cascade, without the task's own row."""
-        steps = states.check_path(t.state, path)
+        steps = states.check_path(t.state, path, retry=retry)
         payload = data or {}
         text = schema.json_text(payload) if payload else None
         events: list[Event] = []
@@ -194,7 +197,7 @@ class TaskTable:
         counts = self.by_site.get(t.site_id)
         if counts is None:
             counts = self.by_site[t.site_id] = {}
-        if old is not S.CREATED:  # a new task is counted once it has a state
+        if old is not S.CREATED and old not in states.FINAL:  # new, or back by a retry
             counts[old] = counts.get(old, 0) - 1
         if new in states.FINAL:
             counts = self.ended.get(t.site_id)
@@ -277,6 +280,7 @@ class TaskTable:
             self.next_task += 1
             path = states.submit_path()
             if pids:
+                t.parent_ids = sorted(set(pids))
                 path = self._wait_for_parents(t, pids, parent_state, now)
                 writes += [schema.insert_parent(t.id, pid) for pid in set(pids)]
             if path[-1] == S.STAGED_IN and needs_agent(t.files, "in"):
@@ -311,6 +315,33 @@ class TaskTable:
         for pid in waiting:
             self.children.setdefault(pid, []).append(t.id)
         return [S.AWAITING_PARENTS]
+
+    def readmit(self, t: LiveTask, prev: LiveTask | None = None) -> None:
+        """Take a FAILED task read from the store back into memory (a user's retry).
+
+        Its outcome is cleared for the next attempt (the attempt number goes on;
+        the automatic retries start again from 0); outputs are to be made again,
+        inputs that failed to arrive are to be fetched again. The caller moves it
+        on with :meth:`transition` (``retry=True``).
+        """
+        t.error, t.exit_code, t.result, t.exception = "", None, None, None
+        t.started_at = t.finished_at = None
+        t.stdout_tail = t.stderr_tail = ""
+        t.retries, t.pilot, t.waiting, t.out_data = 0, "", 0, None
+        if t.files:
+            t.files = [
+                msgspec.structs.replace(f, state="pending", size=None, sha256="", error="")
+                if f.direction == "out" or f.state == "failed" else f
+                for f in t.files]
+        self.share_texts(t, prev)
+        self.live[t.id] = t
+        self.counters["tasks_retried_by_user"] += 1
+
+    def wait_again(self, t: LiveTask, parents: list[int]) -> None:
+        """``t`` (readmitted) waits for ``parents`` (live, not final) again."""
+        t.waiting = len(parents)
+        for pid in parents:
+            self.children.setdefault(pid, []).append(t.id)
 
     # ------------------------------------------------------------------ attempts
 
@@ -411,6 +442,7 @@ class TaskTable:
         """KILLED (cancel), its pilot already freed and its queue entry dropped."""
         t.error = why
         t.pilot = ""
+        t.exception = None  # killed, whatever an earlier attempt raised
         return self.transition(t, [S.KILLED], now, {"reason": "cancelled"})
 
     # ------------------------------------------------------------------ after commit
@@ -437,8 +469,28 @@ def task_info(t: LiveTask, site_name: str) -> P.TaskInfo:
         error=t.error, stdout_tail=t.stdout_tail, stderr_tail=t.stderr_tail,
         created_at=t.created_at, started_at=t.started_at, finished_at=t.finished_at,
         pilot=t.pilot, workdir=t.workdir, result=t.result, files=t.files or [],
-        routes=routes_of(t),
+        routes=routes_of(t), exception=t.exception, parents=t.parent_ids or [],
     )
+
+
+RAISED_LIMITS = {"type": 512, "name": 64, "names": 32, "message": 4096, "traceback": 8192}
+"""What the controller keeps of a function's exception as a pilot reports it (characters,
+and names of built-ins): a worker bounds it already; a pilot may be anything."""
+
+
+def bounded_exception(e: P.RemoteError | None) -> P.RemoteError | None:
+    """``e`` cut to :data:`RAISED_LIMITS` (the start of the type and message, the end of
+    the traceback, the first names); None for None."""
+    if e is None:
+        return None
+    lim = RAISED_LIMITS
+    names = [n[:lim["name"]] for n in e.builtins[:lim["names"]]]
+    tb = e.traceback if len(e.traceback) <= lim["traceback"] else e.traceback[-lim["traceback"]:]
+    if (len(e.type) <= lim["type"] and names == e.builtins
+            and len(e.message) <= lim["message"] and tb is e.traceback):
+        return e
+    return P.RemoteError(type=e.type[:lim["type"]], builtins=names,
+                         message=e.message[:lim["message"]], traceback=tb)
 
 
 def add_route(t: LiveTask, route: P.Route) -> None:

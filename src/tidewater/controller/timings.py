@@ -4,11 +4,13 @@ Two figures, each a histogram per site (:class:`SiteHistogram`), exposed by
 :mod:`.metrics` at scrape time with the site's and owner's names:
 
 * **submit -> start**: from the controller taking the Submit (the task's
-  ``created_at``) to the pilot's "started" stamp (``started_at``), once per
-  task, at its first start (a retry is not a new start: its wait includes
-  the failed attempt). The same two stamps as ``TaskInfo`` and
-  ``bench/latency.py``'s "start"; they come from two clocks when the pilot
-  runs on another host, so a negative difference (skew) counts as 0.
+  ``created_at``) to the pilot's "started" stamp (``started_at``) of its
+  first attempt, once per task (a later attempt -- an automatic retry, a
+  user's retry, a requeue after its pilot was lost -- waited for an earlier
+  one, not for the queue alone, and is not counted). The same two stamps
+  as ``TaskInfo`` and ``bench/latency.py``'s "start"; they come from two
+  clocks when the pilot runs on another host, so a negative difference
+  (skew) counts as 0.
 * **dispatch**: from the moment a task is runnable and queued for a pilot
   (after the commit that made it so: submitted, its parents done, a retry,
   a pilot lost before it started) to the moment its ``RunTasks`` is queued

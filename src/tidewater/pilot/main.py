@@ -393,6 +393,7 @@ class Pilot:
                     time=time.time(), exit_code=outcome.exit_code, message=outcome.message,
                     stdout_tail=out, stderr_tail=err, result=outcome.result, outputs=outputs,
                     hook=decision,
+                    exception=outcome.exception if outcome.kind == "error" else None,
                 )
         finally:
             if r.proc is not None:
@@ -438,7 +439,10 @@ class Pilot:
             if res.ok:
                 return Outcome("done", 0, "", result=res.result, tails=tails)
             stderr = (tails[1] + res.traceback)[-limit:] if res.traceback else tails[1]
-            return Outcome("error", 1, res.error, tails=(tails[0], stderr))
+            raised = (P.RemoteError(type=res.exc_type, builtins=list(res.exc_builtins),
+                                    message=res.message, traceback=res.traceback)
+                      if res.exc_type else None)
+            return Outcome("error", 1, res.error, tails=(tails[0], stderr), exception=raised)
         tails = (tail_file(out, limit), tail_file(err, limit))
         if not r.kill_reason:
             return Outcome("timeout", None, f"timed out after {a.timeout:g}s", tails=tails)

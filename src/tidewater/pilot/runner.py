@@ -23,7 +23,7 @@ from pathlib import Path
 import anyio
 
 from ..errors import WorkdirError as WorkdirError  # importers of runner catch it
-from ..proto import Assignment
+from ..proto import Assignment, RemoteError
 
 STDOUT = "stdout.txt"
 STDERR = "stderr.txt"
@@ -61,6 +61,7 @@ class Outcome:
     message: str = ""
     result: bytes | None = None  # a function task's return value
     tails: tuple[str, str] | None = None  # (stdout, stderr) when there is no process to read
+    exception: RemoteError | None = None  # what a function task's function raised
 
 
 _devnull: int | None = None

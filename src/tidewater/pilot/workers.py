@@ -21,10 +21,15 @@ length then the bytes::
                       "scratch": str | None, "tail": int}
     worker -> pool   {"id": int, "ok": bool, "result": bytes | None,
                       "error": str, "traceback": str,
-                      "tails": [str, str] | None}
+                      "tails": [str, str] | None,
+                      "exc_type": str, "exc_builtins": [str]}
 
 ``args`` is :func:`tidewater.codec.encode_call` (empty: no arguments);
-``result`` is :func:`tidewater.codec.encode` of the return value. The worker
+``result`` is :func:`tidewater.codec.encode` of the return value. When the
+function raised, ``exc_type`` is the exception's qualified type name and
+``exc_builtins`` the names of its built-in ancestors that derive from
+``Exception`` (nearest first; empty for ``SystemExit`` and the like): the
+client raises the exception as that built-in, never from a pickle. The worker
 keeps its protocol on private duplicates of its original stdin and stdout:
 fd 0 becomes ``/dev/null`` and fd 1 its stderr, so a function that prints
 (from Python, C or a child process) or reads stdin cannot corrupt the
@@ -112,6 +117,12 @@ class CallResult:
     """(stdout, stderr) tails, for a call made with a scratch directory."""
     files_errno: int = 0
     """Such a call ran, but what it left could not be moved to its ``cwd`` (``ok`` is False)."""
+    exc_type: str = ""
+    """The function raised: its exception's qualified type name (``builtins.KeyError``)."""
+    exc_builtins: tuple[str, ...] = ()
+    """... and the names of that type's built-in ancestors deriving from Exception."""
+    message: str = ""
+    """... and ``str()`` of the exception (bounded)."""
 
 
 class _Hello(msgspec.Struct, frozen=True):
@@ -139,6 +150,9 @@ class _Reply(msgspec.Struct, frozen=True):
     traceback: str = ""
     tails: tuple[str, str] | None = None
     files_errno: int = 0
+    exc_type: str = ""
+    exc_builtins: list[str] = []
+    message: str = ""
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -180,8 +194,23 @@ def _failure(req_id: int, exc: BaseException) -> _Reply:
     except Exception:  # an exception's __str__ is user code too
         message = "<str() of the exception failed>"
     return _Reply(
-        id=req_id, ok=False, error=_head(f"{type(exc).__name__}: {message}"), traceback=_tail(text)
+        id=req_id, ok=False, error=_head(f"{type(exc).__name__}: {message}"), traceback=_tail(text),
+        exc_type=_head(qualified_name(type(exc))), exc_builtins=builtin_ancestors(type(exc)),
+        message=_head(message),
     )
+
+
+def qualified_name(cls: type) -> str:
+    """``module.QualName`` of a class (``builtins.ValueError``)."""
+    return f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', cls.__name__)}"
+
+
+def builtin_ancestors(cls: type) -> list[str]:
+    """The names of the built-in classes in ``cls``'s MRO that derive from Exception,
+    nearest first (``FileNotFoundError`` -> ``FileNotFoundError, OSError, Exception``;
+    ``SystemExit`` -> nothing)."""
+    return [c.__name__ for c in cls.__mro__
+            if c.__module__ == "builtins" and issubclass(c, Exception)]
 
 
 def _resolve(path: str, cache: dict[str, Callable[..., Any]]) -> Callable[..., Any]:
@@ -305,8 +334,9 @@ class _Server:
                     ),
                 )
             return _Reply(id=req.id, ok=True, result=result)
-        except SystemExit as exc:
-            # sys.exit() in a function ends the call, not the warm worker.
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # sys.exit() (or raising KeyboardInterrupt) in a function ends the call,
+            # not the warm worker.
             return _failure(req.id, exc)
         except Exception as exc:
             return _failure(req.id, exc)
@@ -687,6 +717,9 @@ class WorkerPool:
                 worker_pid=worker.pid,
                 tails=reply.tails,
                 files_errno=reply.files_errno,
+                exc_type=reply.exc_type,
+                exc_builtins=tuple(reply.exc_builtins),
+                message=reply.message,
             )
 
     async def _checkout(self) -> _Worker:

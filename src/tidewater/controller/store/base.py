@@ -74,6 +74,10 @@ class TaskQuery:
     app: str | None = None
     ids: tuple[int, ...] = ()
     tags: tuple[tuple[str, str], ...] = ()
+    since: float | None = None
+    """Only tasks created at or after this time."""
+    until: float | None = None
+    """Only tasks created before this time."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ class Recovered:
     live: list[LiveTask]
     """Tasks not final, with their inline bytes (``in_data``/``out_data``) attached."""
     parents: list[tuple[int, int]]
-    """(child, parent) of every task still waiting for parents."""
+    """(child, parent) of every live task (each one's ``parent_ids`` set from them too)."""
     jobs: list[JobRec]
     """Every batch job, with ``token_id`` set to its live pilot token, if any."""
     pilots: list[PilotRow]
@@ -167,8 +171,25 @@ class Store(Protocol):
     async def count(self, q: TaskQuery) -> list[tuple[int, str, int]]:
         """(site id, state, how many) of the tasks matching ``q``, for each pair with any."""
 
-    async def events_since(self, q: TaskQuery, since: int, limit: int) -> list[StoredEvent]:
-        """Events with id > ``since`` of the tasks matching ``q``, in id order."""
+    async def events_since(self, q: TaskQuery, since: int, limit: int, *,
+                           upto: int | None = None) -> list[StoredEvent]:
+        """Events with id > ``since`` (and <= ``upto``) of the tasks matching ``q``, in id order."""
+
+    async def task_id_at(self, when: float) -> int:
+        """The first task id created at or after ``when`` (one past the last if none).
+
+        Ids grow with creation time, so a time window is an id range: a
+        binary search on the primary key, O(log tasks) index probes.
+        """
+
+    async def parents_of(self, children: Sequence[int]) -> list[tuple[int, int]]:
+        """(child, parent) of every parent of ``children``."""
+
+    async def children_of(self, parents: Sequence[int]) -> list[tuple[int, int]]:
+        """(child, parent) of every child of ``parents``."""
+
+    async def inline_data(self, task_ids: Sequence[int]) -> list[tuple[int, str, str, bytes]]:
+        """(task, direction, path, bytes) of the inline inputs and outputs of ``task_ids``."""
 
     async def events_of(self, task_ids: Sequence[int]
                         ) -> dict[int, list[tuple[str, str, float]]]:

@@ -9,7 +9,7 @@ is one migrated by a newer Tidewater.
 
 The first PostgreSQL schema is version 7, equal to SQLite's version 7 (ids
 BIGINT, times DOUBLE PRECISION, blobs BYTEA); :data:`MIGRATIONS` maps each
-version to the script that reaches it from the one before (8 is SQLite's 8). Column orders
+version to the script that reaches it from the one before (8 and 9 are SQLite's). Column orders
 the backend reads and binds are in :mod:`.schema`, not here.
 """
 
@@ -204,6 +204,10 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE task_tags ALTER COLUMN owner_id SET NOT NULL;
     ALTER TABLE task_tags DROP CONSTRAINT task_tags_pkey;
     ALTER TABLE task_tags ADD PRIMARY KEY (owner_id, key, value, task_id);
+    """,
+    # 9: what a failed function task's function raised (proto.RemoteError, msgpack)
+    9: """
+    ALTER TABLE tasks ADD COLUMN raised BYTEA;
     """,
 }
 assert sorted(MIGRATIONS) == list(range(FIRST_VERSION, SCHEMA_VERSION + 1))

@@ -72,6 +72,12 @@ def filter_sql(q: TaskQuery, *, first_tag: bool = True, states: bool = True
     if q.ids:
         where.append(f"t.id IN ({marks(len(q.ids))})")
         args.extend(q.ids)
+    if q.since is not None:
+        where.append("t.created_at >= ?")
+        args.append(q.since)
+    if q.until is not None:
+        where.append("t.created_at < ?")
+        args.append(q.until)
     for k, v in q.tags[0 if first_tag else 1:]:
         where.append("EXISTS (SELECT 1 FROM task_tags x WHERE x.owner_id = ? AND x.key = ? "
                      "AND x.value = ? AND x.task_id = t.id)")
@@ -79,9 +85,13 @@ def filter_sql(q: TaskQuery, *, first_tag: bool = True, states: bool = True
     return " AND ".join(where), args
 
 
-def query_sql(q: TaskQuery, *, after_id: int, limit: int, newest: bool
-              ) -> tuple[str, list[Any]]:
+def query_sql(q: TaskQuery, *, after_id: int, limit: int, newest: bool,
+              before_id: int | None = None) -> tuple[str, list[Any]]:
     """The SQL (``?`` placeholders) and parameters :meth:`SqlReads.query` runs.
+
+    ``before_id``: only ids below it (a time window's end, see
+    :meth:`SqlReads.task_id_at`; its start raises ``after_id``). The window's
+    ``created_at`` conditions are also checked on each row read.
 
     Each shape reads one index in id order and stops after ``limit`` rows,
     so its cost does not grow with the store (as long as the rows the other
@@ -95,14 +105,16 @@ def query_sql(q: TaskQuery, *, after_id: int, limit: int, newest: bool
       state, site, app, or owner alone).
     """
     order = "DESC" if newest else "ASC"
+    below, below_args = ("", []) if before_id is None else (" AND t.id < ?", [before_id])
     if q.tags:
         key, value = q.tags[0]
         cond, args = filter_sql(q, first_tag=False)
+        g_below = "" if before_id is None else " AND g.task_id < ?"
         return (f"SELECT {columns(schema.TASK_COLUMNS, 't.')} FROM task_tags g "
                 "CROSS JOIN tasks t WHERE g.owner_id = ? AND g.key = ? AND g.value = ? "
-                f"AND g.task_id > ? AND t.id = g.task_id AND {cond} "
+                f"AND g.task_id > ?{g_below} AND t.id = g.task_id AND {cond} "
                 f"ORDER BY g.task_id {order} LIMIT ?",
-                [q.owner_id, key, value, after_id, *args, limit])
+                [q.owner_id, key, value, after_id, *below_args, *args, limit])
     wanted = _distinct(q.states)
     if len(wanted) > 1:
         cond, args = filter_sql(q, states=False)
@@ -110,45 +122,66 @@ def query_sql(q: TaskQuery, *, after_id: int, limit: int, newest: bool
         for i, state in enumerate(wanted):
             branches.append(
                 f"SELECT * FROM (SELECT {_TASKS_T} FROM tasks t WHERE {cond} AND t.state = ? "
-                f"AND t.id > ? ORDER BY t.id {order} LIMIT ?) AS s{i}")
-            params += [*args, state, after_id, limit]
+                f"AND t.id > ?{below} ORDER BY t.id {order} LIMIT ?) AS s{i}")
+            params += [*args, state, after_id, *below_args, limit]
         return (" UNION ALL ".join(branches) + f" ORDER BY id {order} LIMIT ?",
                 [*params, limit])
     cond, args = filter_sql(q)
-    return (f"SELECT {_TASKS_T} FROM tasks t WHERE {cond} AND t.id > ? "
-            f"ORDER BY t.id {order} LIMIT ?", [*args, after_id, limit])
+    return (f"SELECT {_TASKS_T} FROM tasks t WHERE {cond} AND t.id > ?{below} "
+            f"ORDER BY t.id {order} LIMIT ?", [*args, after_id, *below_args, limit])
 
 
-def count_sql(q: TaskQuery) -> tuple[str, list[Any]]:
-    """The SQL and parameters :meth:`SqlReads.count` runs: the matching tasks grouped by
-    site and state.
+def count_sql(q: TaskQuery) -> list[tuple[str, list[Any]]]:
+    """The statements (SQL and parameters) :meth:`SqlReads.count` runs and adds up:
+    the matching tasks grouped by site and state.
 
-    It reads the same index range a listing with this filter starts from (the
-    first tag's ``task_tags`` key, or the owner's range of states, site or
-    app) to its end, so unlike a page of a listing its cost is the number of
-    matching tasks: about a second per million on SQLite. It runs in the
-    store's reader, never on the event loop.
+    Each reads the index range the listing with this filter reads (the first
+    tag's ``task_tags`` key; one range of ``tasks_owner_state`` per state;
+    the owner's range of site, app or everything): the inner ``ORDER BY
+    t.id`` is the listing's, which steers the planner to that range rather
+    than to an index that would save it the grouping's sort at the price of
+    reading all the owner's tasks. Unlike a page of a listing, it reads the
+    range to its end, so its cost is the number of matching tasks (about
+    0.4-1.2 s per million on SQLite, bench/scale.py), in the store's reader.
     """
+    def grouped(inner: str, order: str = "t.id") -> str:
+        return (f"SELECT site_id, state, COUNT(*) FROM ({inner} ORDER BY {order}) AS counted "
+                "GROUP BY site_id, state")
+
     if q.tags:
         key, value = q.tags[0]
         cond, args = filter_sql(q, first_tag=False)
-        return ("SELECT t.site_id, t.state, COUNT(*) FROM task_tags g CROSS JOIN tasks t "
-                "WHERE g.owner_id = ? AND g.key = ? AND g.value = ? AND t.id = g.task_id "
-                f"AND {cond} GROUP BY t.site_id, t.state", [q.owner_id, key, value, *args])
+        return [(grouped("SELECT g.task_id, t.site_id, t.state FROM task_tags g CROSS JOIN tasks t "
+                         "WHERE g.owner_id = ? AND g.key = ? AND g.value = ? "
+                         f"AND t.id = g.task_id AND {cond}", "g.task_id"),
+                 [q.owner_id, key, value, *args])]
+    wanted = _distinct(q.states)
+    if len(wanted) > 1:
+        cond, args = filter_sql(q, states=False)
+        return [(grouped(f"SELECT t.id, t.site_id, t.state FROM tasks t WHERE {cond} "
+                         "AND t.state = ?"), [*args, state]) for state in wanted]
     cond, args = filter_sql(q)
-    return (f"SELECT t.site_id, t.state, COUNT(*) FROM tasks t WHERE {cond} "
-            "GROUP BY t.site_id, t.state", args)
+    return [(grouped(f"SELECT t.id, t.site_id, t.state FROM tasks t WHERE {cond}"), args)]
 
 
-def events_sql(q: TaskQuery, since: int, limit: int) -> tuple[str, list[Any]]:
+def events_sql(q: TaskQuery, since: int, limit: int, upto: int | None = None
+               ) -> tuple[str, list[Any]]:
     """The SQL and parameters :meth:`SqlReads.events_since` runs: the events after
-    ``since`` in id order (a range of their primary key; ``CROSS JOIN`` keeps
-    SQLite from starting from the tasks), each one's task read by id and kept
-    if it matches. Its cost is the events after ``since``, not the store's size."""
+    ``since`` (up to ``upto``) in id order (a range of their primary key; ``CROSS
+    JOIN`` keeps SQLite from starting from the tasks), each one's task read by id
+    and kept if it matches. Its cost is the events in that range, not the store's
+    size."""
     cond, args = filter_sql(q)
+    if q.ids and upto is None:
+        # A few tasks: each one's events from ``events_task``, merged (a sort of
+        # just their events) -- not a walk through everyone's events since ``since``.
+        return ("SELECT e.id, e.task_id, e.from_state, e.to_state, e.time, e.data, t.tags "
+                f"FROM tasks t CROSS JOIN events e WHERE {cond} AND e.task_id = t.id "
+                "AND e.id > ? ORDER BY e.id LIMIT ?", [*args, since, limit])
+    upper, upper_args = ("", []) if upto is None else (" AND e.id <= ?", [upto])
     return ("SELECT e.id, e.task_id, e.from_state, e.to_state, e.time, e.data, t.tags "
-            "FROM events e CROSS JOIN tasks t WHERE e.id > ? AND t.id = e.task_id "
-            f"AND {cond} ORDER BY e.id LIMIT ?", [since, *args, limit])
+            f"FROM events e CROSS JOIN tasks t WHERE e.id > ?{upper} AND t.id = e.task_id "
+            f"AND {cond} ORDER BY e.id LIMIT ?", [since, *upper_args, *args, limit])
 
 
 def events_of_sql(task_ids: Sequence[int]) -> tuple[str, list[Any]]:
@@ -201,12 +234,22 @@ class SqlReads:
                 else:
                     t.out_data = t.out_data or {}
                     t.out_data[path] = bytes(data)
-        awaiting = [t.id for t in live if t.state == TaskState.AWAITING_PARENTS]
+        # Every live task's parents (for TaskInfo.parents; the waiting ones' links):
+        # one range of the primary key from the oldest live task on when live tasks
+        # are most of that range, else by id -- either way in time of the order of
+        # the live tasks, not of the store.
         parents: list[tuple[int, int]] = []
-        for chunk in chunks(awaiting):
-            parents += [(int(c), int(p)) for c, p in await self._rows(
-                f"SELECT child, parent FROM task_parents WHERE child IN ({marks(len(chunk))})",
-                chunk)]
+        if live and next_task - live[0].id <= 4 * len(live):
+            links = [(int(c), int(p)) for c, p in await self._rows(
+                "SELECT child, parent FROM task_parents WHERE child >= ? "
+                "ORDER BY child, parent", (live[0].id,))]
+        else:
+            links = await self.parents_of(list(by_id))
+        for c, p in links:
+            child = by_id.get(c)
+            if child is not None:
+                parents.append((c, p))
+                child.parent_ids = [*(child.parent_ids or []), p]
         jobs = [schema.job_from_row(r) for r in await self._rows(
             f"SELECT {columns(schema.JOB_COLUMNS)} FROM batch_jobs")]
         by_job = {j.id: j for j in jobs}
@@ -271,19 +314,77 @@ class SqlReads:
             out += [schema.task_from_row(r) for r in await self._rows(
                 f"SELECT {_TASKS} FROM tasks WHERE owner_id = ? AND id IN ({marks(len(chunk))})",
                 (owner_id, *chunk))]
+        return await self._with_parents(out)
+
+    async def _with_parents(self, tasks: list[LiveTask]) -> list[LiveTask]:
+        """Set each task's ``parent_ids`` from ``task_parents`` (its primary key)."""
+        by_id = {t.id: t for t in tasks}
+        for child, parent in await self.parents_of(list(by_id)):
+            t = by_id[child]
+            t.parent_ids = [*(t.parent_ids or []), parent]
+        return tasks
+
+    async def parents_of(self, children: Sequence[int]) -> list[tuple[int, int]]:
+        out: list[tuple[int, int]] = []
+        for chunk in chunks(list(children)):
+            out += [(int(c), int(p)) for c, p in await self._rows(
+                f"SELECT child, parent FROM task_parents WHERE child IN ({marks(len(chunk))}) "
+                "ORDER BY child, parent", chunk)]
         return out
+
+    async def children_of(self, parents: Sequence[int]) -> list[tuple[int, int]]:
+        out: list[tuple[int, int]] = []
+        for chunk in chunks(list(parents)):
+            out += [(int(c), int(p)) for c, p in await self._rows(
+                f"SELECT child, parent FROM task_parents WHERE parent IN ({marks(len(chunk))})",
+                chunk)]
+        return sorted(out)
+
+    async def inline_data(self, task_ids: Sequence[int]) -> list[tuple[int, str, str, bytes]]:
+        out: list[tuple[int, str, str, bytes]] = []
+        for chunk in chunks(list(task_ids)):
+            out += [(int(t), str(d), str(p), bytes(b)) for t, d, p, b in await self._rows(
+                f"SELECT task_id, direction, path, data FROM task_data "
+                f"WHERE task_id IN ({marks(len(chunk))})", chunk)]
+        return out
+
+    async def task_id_at(self, when: float) -> int:
+        lo, hi = 1, await self._max_id("tasks") + 1  # the answer lies in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            row = await self._one("SELECT id, created_at FROM tasks WHERE id >= ? "
+                                  "ORDER BY id LIMIT 1", (mid,))
+            if row is None:
+                hi = mid
+            elif float(row[1]) >= when:
+                hi = min(mid, int(row[0]))
+            else:
+                lo = int(row[0]) + 1
+        return lo
+
+    async def window(self, q: TaskQuery, after_id: int) -> tuple[int, int | None]:
+        """``after_id`` raised to ``q.since``'s first task, and the id ``q.until`` ends before."""
+        if q.since is not None:
+            after_id = max(after_id, await self.task_id_at(q.since) - 1)
+        return after_id, (await self.task_id_at(q.until) if q.until is not None else None)
 
     async def query(self, q: TaskQuery, *, after_id: int, limit: int,
                     newest: bool) -> list[LiveTask]:
-        sql, args = query_sql(q, after_id=after_id, limit=limit, newest=newest)
-        return [schema.task_from_row(r) for r in await self._rows(sql, args)]
+        after_id, before_id = await self.window(q, after_id)
+        if before_id is not None and before_id <= after_id + 1:
+            return []
+        sql, args = query_sql(q, after_id=after_id, limit=limit, newest=newest,
+                              before_id=before_id)
+        return await self._with_parents(
+            [schema.task_from_row(r) for r in await self._rows(sql, args)])
 
     async def count(self, q: TaskQuery) -> list[tuple[int, str, int]]:
-        sql, args = count_sql(q)
-        return [(int(sid), str(state), int(n)) for sid, state, n in await self._rows(sql, args)]
+        return [(int(sid), str(state), int(n)) for sql, args in count_sql(q)
+                for sid, state, n in await self._rows(sql, args)]
 
-    async def events_since(self, q: TaskQuery, since: int, limit: int) -> list[StoredEvent]:
-        sql, args = events_sql(q, since, limit)
+    async def events_since(self, q: TaskQuery, since: int, limit: int, *,
+                           upto: int | None = None) -> list[StoredEvent]:
+        sql, args = events_sql(q, since, limit, upto)
         return [schema.stored_event_from_row(r) for r in await self._rows(sql, args)]
 
     async def events_of(self, task_ids: Sequence[int]

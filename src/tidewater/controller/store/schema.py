@@ -31,8 +31,8 @@ from ..model import (
 )
 from .base import Op, SiteRow, Write
 
-SCHEMA_VERSION = 8
-"""Both backends migrate to this version (8: every task listing read through an index)."""
+SCHEMA_VERSION = 9
+"""Both backends migrate to this version (9: the exception a function task raised)."""
 
 OP_ORDER: dict[Op, int] = {
     # Inside one commit: parents before children (users, sites, apps, jobs before
@@ -84,17 +84,35 @@ def decode_files(blob: bytes | None) -> list[P.FileInfo] | None:
     return _files_dec.decode(blob) if blob else None
 
 
+_exception_dec = msgspec.msgpack.Decoder(P.RemoteError)
+
+
+def encode_exception(exc: P.RemoteError | None) -> bytes | None:
+    return _files_enc.encode(exc) if exc is not None else None
+
+
+def decode_exception(blob: bytes | None) -> P.RemoteError | None:
+    """A stored function exception; None for none, or for a blob that does not decode
+    (it only ever explains a failure, so it never stops a task from being read)."""
+    if not blob:
+        return None
+    try:
+        return _exception_dec.decode(blob)
+    except msgspec.MsgspecError:
+        return None
+
+
 # ---------------------------------------------------------------------- tasks
 
 TASK_COLUMNS: tuple[str, ...] = (
     "id", "owner_id", "site_id", "app", "state", "params", "tags", "priority", "cores", "gpus",
     "timeout", "max_retries", "retries", "attempt", "pilot", "argv", "shell", "env", "workdir",
     "exit_code", "error", "stdout_tail", "stderr_tail", "created_at", "started_at",
-    "finished_at", "extra", "func", "args", "result", "files",
+    "finished_at", "extra", "func", "args", "result", "files", "raised",
 )
 TASK_UPDATE_COLUMNS: tuple[str, ...] = (
     "state", "retries", "attempt", "pilot", "exit_code", "error", "stdout_tail", "stderr_tail",
-    "started_at", "finished_at", "result", "files",
+    "started_at", "finished_at", "result", "files", "raised",
 )
 """Columns ``update_task`` sets, in its parameter order; the task id comes last."""
 
@@ -105,14 +123,15 @@ def insert_task(t: LiveTask) -> Write:
         t.cores, t.gpus, t.timeout, t.max_retries, t.retries, t.attempt, t.pilot, t.argv_j,
         t.shell, t.env_j, t.workdir, t.exit_code, t.error, t.stdout_tail, t.stderr_tail,
         t.created_at, t.started_at, t.finished_at, t.extra_j, t.func, t.args, t.result,
-        encode_files(t.files),
+        encode_files(t.files), encode_exception(t.exception),
     ))
 
 
 def update_task(t: LiveTask) -> Write:
     return (Op.UPDATE_TASK, (
         t.state.value, t.retries, t.attempt, t.pilot, t.exit_code, t.error, t.stdout_tail,
-        t.stderr_tail, t.started_at, t.finished_at, t.result, encode_files(t.files), t.id,
+        t.stderr_tail, t.started_at, t.finished_at, t.result, encode_files(t.files),
+        encode_exception(t.exception), t.id,
     ))
 
 
@@ -133,6 +152,7 @@ def task_from_row(r: Sequence[Any]) -> LiveTask:
         args=bytes(r[28]) if r[28] is not None else None,
         result=bytes(r[29]) if r[29] is not None else None,
         files=decode_files(bytes(r[30]) if r[30] is not None else None),
+        exception=decode_exception(bytes(r[31]) if r[31] is not None else None),
     )
     t.apply_extra()
     return t

@@ -231,6 +231,10 @@ MIGRATIONS: list[str] = [
     DROP TABLE task_tags;
     ALTER TABLE task_tags_v8 RENAME TO task_tags;
     """,
+    # 9: what a failed function task's function raised (proto.RemoteError, msgpack)
+    """
+    ALTER TABLE tasks ADD COLUMN raised BLOB;
+    """,
 ]
 
 
