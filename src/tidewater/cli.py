@@ -26,6 +26,7 @@ from .cli_report import report
 from .cli_server import backup, demo, dev_cert, server
 from .cli_sites import pilot, queue, site
 from .cli_tasks import download, ls, show, submit, watch
+from .cli_top import top
 
 
 def _flag(key: str) -> Any:
@@ -131,6 +132,7 @@ main.add_command(retry)
 main.add_command(logs)
 main.add_command(login)
 main.add_command(config_group)
+main.add_command(top)
 
 
 if __name__ == "__main__":

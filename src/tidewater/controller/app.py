@@ -27,6 +27,7 @@ from ..config import ControllerConfig
 from ..errors import InvalidRequest, LeadershipLost
 from ..tls import check_listen, server_context
 from .dashboard import dashboard_listener
+from .metrics import BYTES_IN, BYTES_OUT, CONTENT_TYPE, IN, OPEN, OUT
 from .model import Principal
 from .service import ControllerService
 from .store.base import redact
@@ -46,14 +47,17 @@ class WsPeer:
     reads them (``batches``), every message queued when the sender wakes
     goes out in as few frames as :func:`~tidewater.proto.packed` makes (one
     write each) instead of one frame each; the first frame (Welcome or
-    Reject) always goes alone.
+    Reject) always goes alone. Frames and bytes in and out are added to
+    ``tally`` (its role's in :class:`~.metrics.Frames`).
     """
 
-    def __init__(self, ws: web.WebSocketResponse, limit: int, batches: bool = False) -> None:
+    def __init__(self, ws: web.WebSocketResponse, limit: int, batches: bool = False,
+                 tally: list[int] | None = None) -> None:
         self.id = next(_peer_ids)
         self._ws = ws
         self._limit = limit
         self.batches = batches
+        self.tally = tally if tally is not None else [0, 0, 0, 0, 0]
         self._queue: deque[bytes] = deque()
         self._wake = anyio.Event()
         self._closing: tuple[int, str] | None = None
@@ -94,6 +98,7 @@ class WsPeer:
 
     async def sender(self, scope: anyio.CancelScope) -> None:
         ws = self._ws
+        tally = self.tally
         sent = False
         try:
             while True:
@@ -103,9 +108,14 @@ class WsPeer:
                     frames = list(self._queue)
                     self._queue.clear()
                     for frame in P.packed(frames):
+                        tally[OUT] += 1
+                        tally[BYTES_OUT] += len(frame)
                         await ws.send_bytes(frame)
                 while self._queue:
-                    await ws.send_bytes(self._queue.popleft())
+                    frame = self._queue.popleft()
+                    tally[OUT] += 1
+                    tally[BYTES_OUT] += len(frame)
+                    await ws.send_bytes(frame)
                     sent = True
                 if self._closing is not None:
                     code, reason = self._closing
@@ -197,12 +207,8 @@ class ControllerApp:
             who = None
         if scheme.lower() != "bearer" or who is None or not who.is_admin:
             raise web.HTTPNotFound(text="not found\n")
-        lines = []
-        for name, value in self.c.metrics().items():
-            kind = "counter" if name.endswith("_total") else "gauge"
-            lines.append(f"# TYPE {name} {kind}")
-            lines.append(f"{name} {value:g}")
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+        body = await self.c.render_metrics()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def ws_handler(self, request: web.Request) -> web.StreamResponse:
         if self.closing is not None:
@@ -241,14 +247,19 @@ class ControllerApp:
             await self._reject(ws, "a site or pilot token cannot be used by a client; use a "
                                "user token", "auth")
             return ws
-        peer = WsPeer(ws, limits.outgoing_queue, batches=hello.batches)
+        tally = self.c.metrics.frames.tally(hello.role)
+        tally[IN] += 1  # the Hello
+        tally[BYTES_IN] += len(first.data)
+        peer = WsPeer(ws, limits.outgoing_queue, batches=hello.batches, tally=tally)
         if self.closing is not None:
             peer.hang_up(*self.closing)
         self.c.connected(who, peer)
         self.peers.add(peer)
+        tally[OPEN] += 1
         try:
             await self._session(ws, who, peer, hello, remote)
         finally:
+            tally[OPEN] -= 1
             self.peers.discard(peer)
             self._changed()
         return ws
@@ -301,10 +312,14 @@ class ControllerApp:
     async def _frames(
         self, ws: web.WebSocketResponse, peer: WsPeer
     ) -> AsyncIterator[bytes]:
+        tally = peer.tally
         async for m in ws:
             if m.type == WSMsgType.BINARY:
+                tally[IN] += 1
+                tally[BYTES_IN] += len(m.data)
                 yield m.data
             elif m.type == WSMsgType.TEXT:
+                tally[IN] += 1
                 peer.send(P.Error(req_id=0, code="bad_frame",
                                   message="text frames are refused: send msgpack in binary frames"))
             elif m.type == WSMsgType.ERROR:

@@ -41,6 +41,7 @@ from ..errors import InvalidRequest
 from ..states import TaskState as S
 from . import admin, auth, lifecycle, requests
 from .effects import After, Close, Effects, Send
+from .metrics import ControllerMetrics
 from .model import LiveTask, Principal, TokenRow, UserRow
 from .pilots import PilotRec
 from .state import ControllerState, NeedsRead, Stored
@@ -98,6 +99,10 @@ class ControllerService:
         self.dispatching = True
         """Cleared while shutting down: ready tasks wait for the next controller."""
         self._token_reads: dict[str, _TokenRead] = {}
+        self.metrics = ControllerMetrics(
+            self.state, store_counts=lambda: (self.store.batches, self.store.ops_committed),
+            started_at=self.started_at)
+        self.store.on_batch = self.metrics.store_batch
 
     def abandon(self) -> int:
         """Write and announce nothing more: drop the writes not yet committed; how many.
@@ -604,9 +609,11 @@ class ControllerService:
 
     # ================================================================== metrics
 
-    def metrics(self) -> dict[str, float]:
-        out = self.state.metrics()
-        out["tidewater_store_batches_total"] = self.store.batches
-        out["tidewater_store_ops_total"] = self.store.ops_committed
-        out["tidewater_uptime_seconds"] = time.time() - self.started_at
-        return out
+    async def render_metrics(self) -> bytes:
+        """Every metric in Prometheus text (:mod:`.metrics`), labels named from the store.
+
+        Reads the users (a few rows) for the ``user`` labels; the rest is
+        read from memory. Raises StoreError if that read fails.
+        """
+        self.metrics.user_names = {u.id: u.name for u in await self.store.users()}
+        return self.metrics.render()

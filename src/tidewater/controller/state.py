@@ -55,6 +55,7 @@ from .staging import Staging
 from .store import schema
 from .store.base import Recovered
 from .tasks import Change, TaskTable, add_route, bounded_exception, routes_of, task_info
+from .timings import TaskTimes
 
 log = logging.getLogger("tidewater.controller")
 
@@ -95,6 +96,8 @@ class ControllerState:
         self.dispatcher = Dispatcher()
         self.demand_dirty: set[int] = set()
         self.measures = Measures()
+        self.times = TaskTimes()
+        """Submit -> start and dispatch latencies per site, for ``/metrics``."""
         self.route_cursor: dict[int, int] = {}
         """Per owner, the round-robin cursor of the routing policy."""
         self.routed: dict[int, set[int]] = {}
@@ -119,7 +122,7 @@ class ControllerState:
                 self.routed.setdefault(t.site_id, set()).add(t.id)
             if t.state in states.RUNNABLE:
                 t.pilot = ""
-                self._enqueue(t)
+                self._enqueue(t, now)
         if rec.live:
             log.info("recovered %d live tasks; %d pilots expected back", len(rec.live),
                      len(self.pilots.pilots))
@@ -127,8 +130,9 @@ class ControllerState:
 
     # ================================================================== helpers
 
-    def _enqueue(self, t: LiveTask) -> None:
+    def _enqueue(self, t: LiveTask, now: float) -> None:
         self.dispatcher.push(t)
+        self.times.runnable(t.id, now)
         self.demand_dirty.add(t.site_id)
 
     def attempt_over(self, t: LiveTask) -> None:
@@ -305,7 +309,7 @@ class ControllerState:
                 ids.discard(tid)
                 was_queued = self.dispatcher.discard(t.id)
                 self.demand_dirty.update((sid, new))
-                t.site_id = new
+                self.tasks.move(t, new)
                 add_route(t, msgspec.structs.replace(
                     route, reason=f"site {self.registry.site_name(sid)} went down"))
                 self.routed.setdefault(new, set()).add(tid)
@@ -334,7 +338,7 @@ class ControllerState:
                         written in states.RUNNABLE and t.state in states.RUNNABLE and not t.pilot
                         and t.id in self.tasks.live
                     ):
-                        self._enqueue(t)
+                        self._enqueue(t, now)
                         fx.wake = True
                     elif written == t.state and written in (S.READY, S.RUN_DONE):
                         pushed = self.staging.push(t, "in" if written == S.READY else "out",
@@ -368,6 +372,7 @@ class ControllerState:
         if t.state == S.JOB_FINISHED and t.started_at is not None and t.finished_at is not None:
             self.measures.ran(t.site_id, t.app, t.finished_at - t.started_at)
         self.measures.staging_since.pop(t.id, None)
+        self.times.forget(t.id)
         if (ids := self.routed.get(t.site_id)) is not None:
             ids.discard(t.id)
             if not ids:
@@ -427,7 +432,7 @@ class ControllerState:
                 case Decision.REQUEUE:
                     assert t is not None
                     self._unassign(t)
-                    self._enqueue(t)
+                    self._enqueue(t, now)
                 case Decision.ADOPT:
                     assert t is not None
                     # Assigned before a controller restart (it may even have run): adopt.
@@ -466,6 +471,8 @@ class ControllerState:
     def _report(self, rec: PilotRec, t: LiveTask, r: P.Report) -> Change | None:
         at = r.time
         if r.kind == "started":
+            if t.attempt == 1 and t.started_at is None and t.state in states.RUNNABLE:
+                self.times.started(t.site_id, t.created_at, at)  # its first attempt's start
             return self.tasks.started(t, rec.pilot_id, at)
         if r.kind in ("done", "error", "timeout") and t.state != S.RUNNING:
             return None
@@ -609,6 +616,7 @@ class ControllerState:
             t.pilot = pilot_id
             t.exception = None  # an earlier attempt's; this one may end otherwise
             self.pilots.assign(rec, t.id)
+            self.times.dispatched(t.id, t.site_id, now)
             self.demand_dirty.add(rec.site_id)
             others = [(p.hostname if (p := self.pilots.pilots.get(o)) else o)
                       for o in self.dispatcher.reserved(t.id)]
@@ -663,18 +671,6 @@ class ControllerState:
             fx.after += tt
         fx.after.append(Send(peer, P.Ack(seq=msg.seq)))
         return fx
-
-    # ================================================================== views
-
-    def metrics(self) -> dict[str, float]:
-        out: dict[str, float] = {f"tidewater_{k}_total": v
-                                 for k, v in self.tasks.counters.items()}
-        out["tidewater_live_tasks"] = len(self.tasks.live)
-        out["tidewater_queued_tasks"] = self.dispatcher.queued()
-        out["tidewater_pilots_connected"] = sum(
-            1 for p in self.pilots.pilots.values() if p.peer is not None)
-        return out
-
 
 
 __all__ = ["ControllerState", "NeedsRead", "Stored"]

@@ -62,6 +62,14 @@ class TaskTable:
             "tasks_killed": 0, "tasks_retried": 0, "stale_reports": 0,
             "tasks_retried_by_user": 0,
         }
+        self.by_site: dict[int, dict[S, int]] = {}
+        """Site id -> state -> live tasks in it now (never a final state: see ``ended``)."""
+        self.ended: dict[int, dict[S, int]] = {}
+        """Site id -> final state -> tasks that reached it since the controller started.
+
+        Both are kept as tasks move (a few dict operations per transition) so
+        that a scrape reads them as they are instead of walking every live task.
+        """
 
     # ------------------------------------------------------------------ loading
 
@@ -73,6 +81,7 @@ class TaskTable:
         for t in live:
             self.share_texts(t, prev)
             self.live[t.id] = t
+            self._count(t.site_id, t.state, 1)
             prev = t
         for child, parent in parents:
             p = self.live.get(parent)
@@ -135,6 +144,18 @@ class TaskTable:
             return None
         return t
 
+    def _count(self, site_id: int, state: S, n: int) -> None:
+        counts = self.by_site.get(site_id)
+        if counts is None:
+            counts = self.by_site[site_id] = {}
+        counts[state] = counts.get(state, 0) + n
+
+    def move(self, t: LiveTask, site_id: int) -> None:
+        """Put a live task on another site (routed again), its count with it."""
+        self._count(t.site_id, t.state, -1)
+        t.site_id = site_id
+        self._count(site_id, t.state, 1)
+
     def prior_submission(self, owner: int, key: str) -> tuple[int, int] | None:
         return self.recent_keys.get((owner, key))
 
@@ -171,7 +192,18 @@ class TaskTable:
             self.next_event += 1
             writes.append(schema.insert_event(t.id, e, text))
             events.append(e)
-        t.state = path[-1]
+        old, new = t.state, path[-1]
+        t.state = new
+        counts = self.by_site.get(t.site_id)
+        if counts is None:
+            counts = self.by_site[t.site_id] = {}
+        if old is not S.CREATED and old not in states.FINAL:  # new, or back by a retry
+            counts[old] = counts.get(old, 0) - 1
+        if new in states.FINAL:
+            counts = self.ended.get(t.site_id)
+            if counts is None:
+                counts = self.ended[t.site_id] = {}
+        counts[new] = counts.get(new, 0) + 1
         cascade: Change = ([], [])
         if t.state in states.FINAL and t.id in self.children:
             cascade = self._release_children(t, now)

@@ -119,6 +119,8 @@ class Store(Protocol):
 
     after_batch: Callable[[], None] | None
     """Called after the ``on_commit`` callbacks of every committed batch."""
+    on_batch: Callable[[float, int], None] | None
+    """Called with (seconds the commit took, ops in the batch) after every commit."""
     url: str
     """Where the store is, for messages (never with a password)."""
 

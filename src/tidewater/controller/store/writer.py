@@ -8,6 +8,8 @@ growing memory. The writer drains every op that is waiting (at most
 ``max_batch``), hands them to the backend's ``apply`` as one transaction,
 then calls each ``on_commit`` in order, then ``after_batch``:
 acknowledgements and notifications are only ever sent for committed work.
+``on_batch``, when set, hears each committed batch's commit time and size
+(one call per batch, for ``/metrics``).
 
 Inside a batch, writes are grouped per :class:`~.base.Op` and the buckets
 are ordered by :data:`~.schema.OP_ORDER` (ties keep the order in which the
@@ -22,6 +24,7 @@ and disk disagree, and nothing more is acknowledged.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +83,8 @@ class GroupCommit:
         self._has_room = anyio.Event()
         self.open_for_writes = False
         self.after_batch: Callable[[], None] | None = None
+        self.on_batch: Callable[[float, int], None] | None = None
+        """Called with (seconds ``apply`` took, ops in the batch) after each commit."""
         self.batches = 0
         self.ops_committed = 0
 
@@ -141,7 +146,9 @@ class GroupCommit:
                 continue
             batch = [ops.popleft() for _ in range(min(len(ops), self._max_batch))]
             self._has_room.set()
+            began = time.perf_counter()
             await self._apply(buckets(batch))
+            took = time.perf_counter() - began
             self.batches += 1
             self.ops_committed += len(batch)
             for op in batch:
@@ -157,6 +164,11 @@ class GroupCommit:
                     self.after_batch()
                 except Exception:
                     log.exception("after_batch callback failed")
+            if self.on_batch is not None:
+                try:
+                    self.on_batch(took, len(batch))
+                except Exception:
+                    log.exception("on_batch callback failed")
 
 
 class QueuedWrites:
@@ -194,6 +206,15 @@ class QueuedWrites:
     @after_batch.setter
     def after_batch(self, cb: Callable[[], None] | None) -> None:
         self._queue.after_batch = cb
+
+    @property
+    def on_batch(self) -> Callable[[float, int], None] | None:
+        """Called with (seconds the commit took, ops in the batch) after each commit."""
+        return self._queue.on_batch
+
+    @on_batch.setter
+    def on_batch(self, cb: Callable[[float, int], None] | None) -> None:
+        self._queue.on_batch = cb
 
     @property
     def batches(self) -> int:
