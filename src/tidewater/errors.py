@@ -2,6 +2,7 @@
 
     TidewaterError
     ├── ConfigError                 bad settings or command-line input
+    │   └── CannotListen            a listener could not bind its address (what, host, port)
     ├── IllegalTransition           a task state change not in the table
     ├── InvalidRequest              a request the controller refuses (code, message)
     │   ├── NotFound                no such object for this user
@@ -55,6 +56,23 @@ class TidewaterError(Exception):
 
 class ConfigError(TidewaterError):
     pass
+
+
+class CannotListen(ConfigError):
+    """A listener (the controller's, the dashboard's, a relay's) could not bind its address."""
+
+    def __init__(self, what: str, host: str, port: int, reason: str, option: str) -> None:
+        self.what, self.host, self.port, self.reason = what, host, port, reason
+        shown = f"[{host}]" if ":" in host else host
+        super().__init__(
+            f"cannot listen for {what} on {shown}:{port}: {reason} (is another program, "
+            f"or another controller, using it? stop it, or choose another with {option})")
+
+
+def bind_reason(exc: OSError) -> str:
+    """The short reason a bind failed ("Address already in use"), without the library's
+    restatement of the address."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
 class IllegalTransition(TidewaterError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -192,3 +193,22 @@ async def test_cli_tokens_users_and_audit(tmp_path: Path) -> None:
         await tw("user", "remove", "bob", token=root)
         code, _, err = await tw("site", "ls", token=bob, check=False)
         assert code == 4 and "removed" in err
+
+
+@pytest.mark.parametrize("flag", ["--port", "--dashboard-port"])
+async def test_a_port_in_use_is_one_line_naming_it(tmp_path: Path, flag: str) -> None:
+    """Another program holds the port: one line saying which and what to do, exit 2."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        args = ["server", "--db", str(tmp_path / "s.db"), flag, str(port)]
+        if flag == "--dashboard-port":
+            args += ["--port", "0"]
+        r = await anyio.run_process([PY, "-m", "tidewater", *args], check=False)
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    what = "the dashboard" if flag == "--dashboard-port" else "the controller"
+    assert f"error: cannot listen for {what} on 127.0.0.1:{port}: Address already in use" in err
+    assert f"choose another with {flag}" in err
+    assert "Traceback" not in err

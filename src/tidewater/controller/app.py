@@ -24,7 +24,7 @@ from anyio.abc import TaskStatus
 
 from .. import proto as P
 from ..config import ControllerConfig
-from ..errors import InvalidRequest, LeadershipLost
+from ..errors import CannotListen, InvalidRequest, LeadershipLost, bind_reason
 from ..tls import check_listen, server_context
 from .dashboard import dashboard_listener
 from .metrics import BYTES_IN, BYTES_OUT, CONTENT_TYPE, IN, OPEN, OUT
@@ -526,7 +526,11 @@ class Server:
                     site = web.TCPSite(runner, self.config.host, self.config.port,
                                        reuse_address=True, ssl_context=ssl_context,
                                        backlog=self.config.limits.listen_backlog)
-                    await site.start()
+                    try:
+                        await site.start()
+                    except OSError as exc:
+                        raise CannotListen("the controller", self.config.host, self.config.port,
+                                           bind_reason(exc), "--port") from None
                     addr: Any = runner.addresses[0]
                     self.port = int(addr[1])
                     host = self.config.host

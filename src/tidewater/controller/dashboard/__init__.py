@@ -19,6 +19,7 @@ import anyio
 from aiohttp import web
 
 from ...config import ControllerConfig
+from ...errors import CannotListen, bind_reason
 from .handlers import Dashboard
 
 if TYPE_CHECKING:
@@ -48,7 +49,11 @@ async def dashboard_listener(service: ControllerService, config: ControllerConfi
     try:
         site = web.TCPSite(runner, config.dashboard_host, config.dashboard_port,
                            reuse_address=True, ssl_context=ssl_context)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise CannotListen("the dashboard", config.dashboard_host, config.dashboard_port,
+                               bind_reason(exc), "--dashboard-port") from None
         addr: Any = runner.addresses[0]
         host = config.dashboard_host
         shown = f"[{host}]" if ":" in host else host
