@@ -116,10 +116,12 @@ def app_ls(ctx: click.Context, site: str | None, as_json: bool) -> None:
             click.echo(msgspec.json.encode(a).decode())
         return
     with_hooks = any(_hooks(a.hooks) for a in apps)
-    table = Table("site", "app", "command", "parameters", *(["hooks"] if with_hooks else []))
+    table = Table("site", "app", "command or function", "parameters",
+                  *(["hooks"] if with_hooks else []))
     for a in apps:
         decl = ", ".join(f"{p.name}:{p.type}" + ("" if p.required else f"={p.default}")
                          for p in a.params)
         hooks = [Text(_hooks(a.hooks).replace(", ", "\n"))] if with_hooks else []
-        table.add_row(a.site, a.name, a.command, decl, *hooks)
+        what = a.command or (f"function {a.function}" if a.function else "")
+        table.add_row(a.site, a.name, Text(what), decl, *hooks)
     out.print(table)

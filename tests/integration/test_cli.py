@@ -46,8 +46,11 @@ async def test_cli_flow(tmp_path: Path) -> None:
         await tw("app", "add", "--site", "laptop", "hello", "echo hello {name}", token=token)
         await tw("app", "add", "--site", "laptop", "--param", "s:float=0", "nap", "sleep {s}",
                  token=token)
+        await tw("app", "add", "--site", "laptop", "--function", "json:dumps", "dumps",
+                 token=token)
         _, out, _ = await tw("app", "ls", token=token)
         assert "hello" in out and "echo hello {name}" in out
+        assert "function json:dumps" in out
 
         await c.start_pilot(site_token, pilot_id="cli-pilot", cores=2)
         _, out, _ = await tw("site", "ls", token=token)
