@@ -333,7 +333,8 @@ def task_query(st: ControllerState, who: Principal, f: P.TaskFilter) -> TaskQuer
         bad = [s for s in f.states if s not in valid]
         if bad:
             raise InvalidRequest(
-                f"unknown state {bad[0]!r} (states: {', '.join(x.value for x in S)})")
+                f"unknown state {bad[0]!r} (states: "
+                f"{', '.join(x.value for x in S if x.value in valid)})")
     for name, when in (("since", f.since), ("until", f.until)):
         if when is not None and not math.isfinite(when):
             raise InvalidRequest(f"{name} must be a time in seconds since the epoch, not {when}")
