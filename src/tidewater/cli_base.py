@@ -68,6 +68,9 @@ class Exit(IntEnum):
     UNREACHABLE = 5
     """The controller cannot be reached, the connection broke or TLS failed, or a wait
     timed out."""
+    INTERRUPTED = 130
+    """Ctrl-C (SIGINT), as shells report it: the command stopped where it was (tasks it
+    submitted or waited on are not cancelled)."""
 
 
 def exit_code(exc: BaseException) -> Exit:
@@ -96,6 +99,9 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
     the command with its message and its :class:`Exit` code."""
     try:
         return anyio.run(fn, backend_options=_loop_options())
+    except KeyboardInterrupt:
+        err.print("interrupted", style="dim", highlight=False)
+        sys.exit(int(Exit.INTERRUPTED))
     except (TidewaterError, TimeoutError) as exc:
         _fail_with(exc)
     except BaseExceptionGroup as group:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -285,3 +286,35 @@ async def test_mpi_task_submitted_from_the_shell(mpich: Any, tmp_path: Path) -> 
         assert [p.read_text() for p in sorted(wd.glob("rank.*"))] == [
             "rank 0 of 2\n", "rank 1 of 2\n"]
         ok(await tw("queue", "cancel", job))
+
+
+async def test_ctrl_c_in_a_wait_is_exit_130_without_a_traceback(tmp_path: Path) -> None:
+    """Interrupted while it waits, ``wait`` says so and exits 130; the task keeps going."""
+    async with cluster(tmp_path) as c:
+        await c.start_controller()
+        alice = ok(await run_cli(c, "user", "add", "alice", "--db", c.db)).strip()
+        ok(await run_cli(c, "site", "add", "laptop", token=alice))
+        ok(await run_cli(c, "app", "add", "--site", "laptop", "nap", "sleep {s}", token=alice))
+        tid = ok(await run_cli(c, "submit", "nap", "--site", "laptop", "s=60",
+                               token=alice)).split()[0]
+        env = {**c.env, "TIDEWATER_TOKEN": alice, "TIDEWATER_URL": c.url,
+               "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "TIDEWATER_PROGRESS_INTERVAL": "0.2"}
+        proc = await anyio.open_process([PY, "-m", "tidewater", "wait", tid], env=env)
+        seen = b""
+        try:
+            assert proc.stderr is not None
+            # The first progress line: it is inside its wait, past start-up.
+            with anyio.fail_after(30):
+                while b"waiting" not in seen.lower():
+                    seen += await proc.stderr.receive()
+        finally:
+            proc.send_signal(signal.SIGINT)
+            with anyio.fail_after(10):
+                code = await proc.wait()
+            assert proc.stderr is not None
+            async for chunk in proc.stderr:
+                seen += chunk
+        assert code == 130, seen.decode()
+        assert b"interrupted" in seen and b"Traceback" not in seen
+        out = ok(await run_cli(c, "show", tid, "--json", token=alice))
+        assert json.loads(out)["state"] in ("READY", "STAGED_IN")  # waiting, not cancelled
