@@ -88,6 +88,9 @@ def test_routing_refusals_name_what_is_wrong() -> None:
     core = core_with_sites("a", "b", app_on=("a",))
     with pytest.raises(InvalidRequest, match="unknown routing policy 'fastest'"):
         core.submit(routed(policy="fastest"))
+    # One named site leaves nothing to choose, but a misspelt policy is still refused.
+    with pytest.raises(InvalidRequest, match="unknown routing policy 'fastest'"):
+        core.submit(P.TaskSpec(app="t", site="a", policy="fastest"))
     with pytest.raises(InvalidRequest, match="site 'b' has no app 't'"):
         core.submit(routed(sites=["a", "b"]))
     with pytest.raises(NotFound, match="no site named 'zz'"):

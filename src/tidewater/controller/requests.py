@@ -72,6 +72,10 @@ def plan_submit(st: ControllerState, who: Principal, msg: P.Submit, now: float) 
             site, route = router.route(i, spec)
             routed.append(i)
         else:
+            try:  # a policy with one named site has nothing to choose, but is still checked
+                check_policy(spec.policy)
+            except InvalidRequest as exc:
+                raise task_error(i, exc) from None
             site = _site_for(st, who, i, spec.site)
         app = st.registry.app(site, spec.app)
         t, refs = prepare_task(
