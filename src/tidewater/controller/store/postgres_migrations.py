@@ -244,4 +244,7 @@ async def migrate(conn: asyncpg.Connection, where: str) -> None:
             await conn.execute(MIGRATIONS[target])
             await conn.execute(f"INSERT INTO {MARKER_TABLE} (version, applied_at) "
                                "VALUES ($1, $2)", target, time.time())
-            log.info("store migrated to schema version %d", target)
+            if marked:  # a new store is created, not upgraded: one line for it below
+                log.info("store migrated to schema version %d", target)
+        if not marked:
+            log.info("store created (schema version %d)", SCHEMA_VERSION)

@@ -328,4 +328,7 @@ def migrate(conn: sqlite3.Connection, where: str) -> None:
     for target in range(version + 1, SCHEMA_VERSION + 1):
         script = MIGRATIONS[target - 1]
         conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {target};\nCOMMIT;")
-        log.info("store migrated to schema version %d", target)
+        if version:  # a new store is created, not upgraded: one line for it below
+            log.info("store migrated to schema version %d", target)
+    if not version:
+        log.info("store created (schema version %d)", SCHEMA_VERSION)
