@@ -94,12 +94,16 @@ def fail(message: str, code: Exit) -> NoReturn:
     sys.exit(int(code))
 
 
-def _run(fn: Callable[[], Awaitable[T]]) -> T:
+def _run(fn: Callable[[], Awaitable[T]], *, until_interrupted: bool = False) -> T:
     """Run ``fn``; a Tidewater error or a timeout (alone or in a task group's group) ends
-    the command with its message and its :class:`Exit` code."""
+    the command with its message and its :class:`Exit` code, Ctrl-C with
+    :attr:`Exit.INTERRUPTED` -- or, ``until_interrupted`` (``watch``, ``logs --follow``,
+    ``top``: Ctrl-C is how they are left), with success."""
     try:
         return anyio.run(fn, backend_options=_loop_options())
     except KeyboardInterrupt:
+        if until_interrupted:
+            sys.exit(int(Exit.OK))
         err.print("interrupted", style="dim", highlight=False)
         sys.exit(int(Exit.INTERRUPTED))
     except (TidewaterError, TimeoutError) as exc:

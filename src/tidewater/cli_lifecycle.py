@@ -78,7 +78,4 @@ def logs(ctx: click.Context, task_id: int, follow: bool, use_stderr: bool,
                 sink.write(piece)
                 sink.flush()
 
-    try:
-        _run(go)
-    except KeyboardInterrupt:
-        pass
+    _run(go, until_interrupted=True)

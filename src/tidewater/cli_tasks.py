@@ -201,7 +201,7 @@ def submit(ctx: click.Context, site: tuple[str, ...], policy: str, tags: tuple[s
             rows = [{**base, **json.loads(line)} for line in params_file if line.strip()]
         except json.JSONDecodeError as exc:
             raise click.BadParameter(f"--params-file: {exc}") from None
-    from .client import route_fields
+    from .client_specs import route_fields
 
     if not site:
         default = state(ctx)["site"]
@@ -424,7 +424,4 @@ def watch(ctx: click.Context, tags: tuple[str, ...], ids: tuple[int, ...],
                               f"{e.from_state} -> [bold]{e.to_state}[/bold]"
                               + (f" {e.data}" if e.data else ""), highlight=False)
 
-    try:
-        _run(go)
-    except KeyboardInterrupt:
-        pass
+    _run(go, until_interrupted=True)

@@ -36,7 +36,8 @@ from rich.text import Text
 
 from . import proto as P
 from .cli_base import DURATION, _client, _run, out
-from .client import Client, Watcher
+from .client import Client
+from .client_watch import Watcher
 from .states import TaskState
 
 WINDOW = 60.0
@@ -334,7 +335,4 @@ def top(ctx: click.Context, interval: float, once: bool, as_json: bool) -> None:
         async with Client(o["url"], o["token"], name="top", ca_file=o["ca_file"] or None) as c:
             await _live(c, url, interval)
 
-    try:
-        _run(live)
-    except KeyboardInterrupt:
-        pass
+    _run(live, until_interrupted=True)

@@ -27,7 +27,6 @@ import functools
 import hashlib
 import logging
 import os
-import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -39,9 +38,14 @@ import anyio
 import msgspec
 from anyio.abc import TaskStatus
 
-from . import codec, latency
+from . import codec
 from . import proto as P
+from .client_admin import Administration
 from .client_lifecycle import TaskLifecycle
+from .client_reports import Reports
+from .client_specs import InputSource, inputs_of, outputs_of, route_fields
+from .client_watch import Watcher as Watcher
+from .client_watch import wait_either
 from .config import Timeouts
 from .errors import (
     ConfigError,
@@ -53,7 +57,7 @@ from .errors import (
     remote_failure,
 )
 from .progress import Notice, waiting_notices
-from .proto import ParamSpec, TaskEvent, TaskInfo, TaskSpec
+from .proto import TaskInfo, TaskSpec
 from .states import FINAL, TaskState
 from .transport import Link, LinkOptions, Session
 
@@ -143,20 +147,7 @@ def task_failure(info: TaskInfo) -> TaskFailed:
                           remote_message=raised.message, remote_traceback=raised.traceback)
 
 
-def route_fields(site: str | Sequence[str], policy: str = "") -> dict[str, Any]:
-    """``TaskSpec`` fields for a site, a list of sites, or ``"any"``, and a routing policy.
-
-    ``TaskSpec(app="x", **route_fields(["a", "b"]))`` is a task the controller
-    routes between sites a and b. Raises ValueError for an empty list.
-    """
-    if isinstance(site, str):
-        return {"site": site, "policy": policy}
-    sites = list(dict.fromkeys(site))
-    if not sites:
-        raise ValueError("site: an empty list of sites (name one, several, or 'any')")
-    return {"site": "any", "sites": sites, "policy": policy}
-
-class Client(TaskLifecycle):
+class Client(Administration, Reports, TaskLifecycle):
     """An async connection to a controller. Use ``async with``.
 
     A ``wss://`` controller is verified against ``ca_file`` (default
@@ -327,99 +318,6 @@ class Client(TaskLifecycle):
             raise from_code(req.reply.code, req.reply.message)
         return req.reply
 
-    # ------------------------------------------------------------------ sites and apps
-
-    async def add_site(self, name: str) -> tuple[P.SiteInfo, str]:
-        """Create a site; returns it and its token (shown only this once)."""
-        r = await self._request(lambda i: P.AddSite(req_id=i, name=name))
-        return r.site, r.token
-
-    async def sites(self) -> list[P.SiteInfo]:
-        r = await self._request(lambda i: P.ListSites(req_id=i))
-        return list(r.sites)
-
-    async def create_token(self, *, site: str | None = None, name: str = "",
-                           expires_in: float | None = None) -> tuple[P.TokenInfo, str]:
-        """Mint a user token (or a site token with ``site``); the secret is shown only now."""
-        r = await self._request(lambda i: P.CreateToken(
-            req_id=i, kind="site" if site else "user", site=site, name=name,
-            expires_in=expires_in))
-        return r.info, r.token
-
-    async def tokens(self, *, include_revoked: bool = False) -> list[P.TokenInfo]:
-        """Your tokens, by id (never the secret)."""
-        r = await self._request(lambda i: P.ListTokens(req_id=i, include_revoked=include_revoked))
-        return list(r.tokens)
-
-    async def revoke_token(self, token_id: str) -> None:
-        """Revoke a token; connections using it close at once."""
-        await self._request(lambda i: P.RevokeToken(req_id=i, id=token_id))
-
-    async def add_user(self, name: str, *, admin: bool = False,
-                       expires_in: float | None = None) -> str:
-        """Admins: create a user; returns their token (shown only now)."""
-        r = await self._request(lambda i: P.AddUser(req_id=i, name=name, admin=admin,
-                                                    expires_in=expires_in))
-        return r.token  # type: ignore[no-any-return]
-
-    async def remove_user(self, name: str) -> None:
-        """Admins: remove a user (tokens revoked, connections closed, data kept)."""
-        await self._request(lambda i: P.RemoveUser(req_id=i, name=name))
-
-    async def users(self) -> list[P.UserInfo]:
-        r = await self._request(lambda i: P.ListUsers(req_id=i))
-        return list(r.users)
-
-    async def audit(self, *, limit: int = 100, everyone: bool = False) -> list[P.AuditEntry]:
-        """Your audit trail (admins: everyone's), oldest first."""
-        r = await self._request(lambda i: P.ListAudit(req_id=i, limit=limit, everyone=everyone))
-        return list(r.entries)
-
-    async def queue_submit(
-        self, site: str, *, nodes: int = 1, wall_time_min: int = 30, queue: str = "",
-        project: str = "",
-    ) -> P.BatchJobInfo:
-        """Ask the site's agent for a batch job; returns it once stored (pending_submission).
-
-        Raises InvalidRequest when the site's limits forbid it (queue, nodes, wall time).
-        """
-        r = await self._request(lambda i: P.AddJob(req_id=i, job=P.JobSpec(
-            site=site, nodes=nodes, wall_time_min=wall_time_min, queue=queue, project=project)))
-        return r.job  # type: ignore[no-any-return]
-
-    async def queue(self, *, site: str | None = None, include_finished: bool = False,
-                    limit: int = 100) -> list[P.BatchJobInfo]:
-        """Your batch jobs (the newest ``limit``), oldest first."""
-        r = await self._request(lambda i: P.ListJobs(
-            req_id=i, site=site, include_finished=include_finished, limit=limit))
-        return list(r.jobs)
-
-    async def queue_cancel(self, job_id: int) -> None:
-        """Cancel a batch job: its agent removes it from the scheduler."""
-        await self._request(lambda i: P.CancelJob(req_id=i, id=job_id))
-
-    async def add_app(
-        self, site: str, name: str, command: str = "", *,
-        params: Sequence[ParamSpec] | None = None, description: str = "", replace: bool = False,
-        function: str = "", hooks: P.AppHooks | None = None,
-    ) -> P.AppInfo:
-        """Register an app on a site: a command template (placeholders ``{name}``), or with
-        ``function="pkg.mod:name"`` a Python callable that exists in the site's environment.
-
-        ``hooks`` names callables on the site run around each task: preprocess,
-        postprocess, and error/timeout handlers that choose retry or fail
-        (:mod:`tidewater.hooks`)."""
-        r = await self._request(lambda i: P.AddApp(
-            req_id=i, site=site, name=name, command=command,
-            params=list(params) if params is not None else None, description=description,
-            replace=replace, function=function, hooks=hooks,
-        ))
-        return r.app  # type: ignore[no-any-return]
-
-    async def apps(self, site: str | None = None) -> list[P.AppInfo]:
-        r = await self._request(lambda i: P.ListApps(req_id=i, site=site))
-        return list(r.apps)
-
     # ------------------------------------------------------------------ tasks
 
     async def submit(
@@ -466,7 +364,7 @@ class Client(TaskLifecycle):
             timeout=timeout, max_retries=max_retries, env=dict(env or {}), workdir=workdir,
             wall_time=wall_time, parents=[p.id if isinstance(p, Task) else p for p in parents],
             args=codec.encode_call(tuple(args), dict(kwargs or {})) if args or kwargs else b"",
-            inputs=_inputs(inputs), outputs=_outputs(outputs),
+            inputs=inputs_of(inputs), outputs=outputs_of(outputs),
         )
         (task,) = await self.submit_many([spec])
         return task
@@ -593,7 +491,7 @@ class Client(TaskLifecycle):
         req = await self._open(lambda i: P.Submit(req_id=i, tasks=batch, key=key, wait=True),
                                on_reply)
         try:
-            await _wait_either(submitted, req.done)
+            await wait_either(submitted, req.done)
         except BaseException:
             self._pending.pop(req.req_id, None)
             raise
@@ -661,53 +559,6 @@ class Client(TaskLifecycle):
         f = P.TaskFilter(ids=list(ids), states=states, tags=dict(tags or {}), site=site, app=app)
         r: P.TaskCounts = await self._request(lambda i: P.CountTasks(req_id=i, filter=f))
         return r
-
-    async def phases(
-        self, *, ids: Sequence[int] = (), state: str | Sequence[str] | None = None,
-        tags: Mapping[str, str] | None = None, site: str | None = None,
-        app: str | None = None, limit: int = 100_000, after_id: int = 0,
-        since: float | None = None, until: float | None = None,
-    ) -> list[P.TaskPhases]:
-        """Latency accounting: the seconds each matching task spent in each phase
-        (stage in, run delay, run, stage out, total; :mod:`tidewater.latency`
-        defines them), oldest first, at most ``limit`` (read a page at a time).
-        ``since``/``until`` (epoch seconds): only tasks created in that window.
-        Raises NotFound for an unknown site, InvalidRequest for an unknown state."""
-        states = [state] if isinstance(state, str) else list(state or [])
-        f = P.TaskFilter(ids=list(ids), states=states, tags=dict(tags or {}), site=site, app=app)
-        out: list[P.TaskPhases] = []
-        while len(out) < limit:
-            r: P.PhaseList = await self._request(functools.partial(
-                _phases_msg, filter=f, limit=limit - len(out), after_id=after_id,
-                since=since, until=until))
-            out.extend(r.tasks)
-            following = r.next_after or (r.tasks[-1].id if r.tasks else after_id)
-            if not r.more or following <= after_id:
-                break
-            after_id = following
-        return out[:limit]
-
-    async def latency_report(self, *, by_tag: str | None = None, finished_only: bool = True,
-                             **filters: Any) -> list[latency.LatencyRow]:
-        """The median seconds of each phase per route (site, and the ``by_tag`` key's
-        value when given) of the tasks matching ``filters`` (as :meth:`phases`)."""
-        return latency.latency_table(await self.phases(**filters), by_tag=by_tag,
-                                     finished_only=finished_only)
-
-    async def throughput_report(self, *, bin_seconds: float = 60.0, cumulative: bool = True,
-                                **filters: Any) -> dict[str, latency.Series]:
-        """Per site, (time, tasks finished by then) at every bin edge (per bin
-        unless ``cumulative``): Balsam's ``throughput_report``."""
-        return latency.throughput(await self.phases(**filters), bin_seconds=bin_seconds,
-                                  cumulative=cumulative)
-
-    async def utilization_report(self, *, bin_seconds: float = 60.0, unit: str = "cores",
-                                 capacity: dict[str, float] | None = None,
-                                 **filters: Any) -> dict[str, latency.Series]:
-        """Per site, (time, average busy cores or running tasks over the bin), as a
-        fraction of ``capacity`` when given: Balsam's ``utilization_report``."""
-        return latency.utilization(await self.phases(**filters), now=time.time(),
-                                   bin_seconds=bin_seconds, unit=unit, capacity=capacity)
 
     async def wait(
         self, tasks: Iterable[Task | int], *, timeout: float | None = None, check: bool = False
@@ -780,7 +631,7 @@ class Client(TaskLifecycle):
                 until = notice_at if deadline is None else min(deadline, notice_at)
                 with anyio.move_on_after(until - now):
                     await (box["arrived"].wait() if req is None
-                           else _wait_either(box["arrived"], req.done))
+                           else wait_either(box["arrived"], req.done))
                     box["arrived"] = anyio.Event()
         finally:
             self._result_hooks.discard(hook)
@@ -850,107 +701,6 @@ def _renumber(exc: TidewaterError, offset: int) -> TidewaterError:
     return exc
 
 
-class Watcher:
-    """An async iterator of :class:`TaskEvent` for one watch subscription."""
-
-    def __init__(self, client: Client, f: P.TaskFilter, since_event: int) -> None:
-        self.client = client
-        self.filter = f
-        self.last_event = since_event  # newest event delivered (replays are deduplicated)
-        self.resume_from = since_event
-        self.req_id = 0
-        self.watch_id = 0
-        self._events: deque[TaskEvent] = deque()
-        self._arrived = anyio.Event()
-        self._closed: BaseException | None = None
-        self._started = False
-
-    async def _start(self) -> None:
-        if self._started:
-            return
-        self._started = True
-        c = self.client
-
-        def on_reply(msg: Any) -> bool:
-            if isinstance(msg, P.Watching):
-                c._watches.pop(self.watch_id, None)
-                self.watch_id = msg.watch_id
-                # Resume point if the link breaks before any event arrives.
-                self.resume_from = max(self.resume_from, msg.start_event)
-                c._watches[msg.watch_id] = self
-                self._arrived.set()
-            return True
-
-        def build(i: int) -> P.Msg:
-            self.req_id = i
-            return P.Watch(req_id=i, filter=self.filter, since_event=self.last_event)
-
-        # The request stays registered so the reconnect loop re-subscribes it.
-        req = await c._open(build, lambda m: on_reply(m) and False)
-        with anyio.fail_after(c.t.request):
-            while not self.watch_id:
-                if req.done.is_set() and isinstance(req.reply, P.Error):
-                    c._pending.pop(req.req_id, None)
-                    raise from_code(req.reply.code, req.reply.message)
-                if c._failure is not None:
-                    raise ConnectionBroken(f"connection failed: {c._failure}")
-                await _wait_either(req.done, self._arrived)
-                self._arrived = anyio.Event() if not self._events else self._arrived
-
-    def _push(self, events: list[TaskEvent]) -> None:
-        for e in events:
-            if e.id > self.last_event:
-                self._events.append(e)
-                self.last_event = e.id
-        self._arrived.set()
-
-    def _close(self, exc: BaseException) -> None:
-        self._closed = exc
-        self._arrived.set()
-
-    def __aiter__(self) -> Watcher:
-        return self
-
-    async def __anext__(self) -> TaskEvent:
-        await self._start()
-        while not self._events:
-            if self._closed is not None:
-                raise StopAsyncIteration
-            await self._arrived.wait()
-            self._arrived = anyio.Event()
-        return self._events.popleft()
-
-    async def __aenter__(self) -> Watcher:
-        await self._start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        c = self.client
-        c._pending.pop(self.req_id, None)
-        c._watches.pop(self.watch_id, None)
-        self._closed = self._closed or StopAsyncIteration()
-        self._arrived.set()
-        if self.watch_id and c._session.link is not None and c._failure is None:
-            with anyio.move_on_after(c.t.close, shield=True):
-                try:
-                    await c._request(lambda i: P.Unwatch(req_id=i, watch_id=self.watch_id))
-                except TidewaterError:
-                    pass
-
-
-async def _wait_either(a: anyio.Event, b: anyio.Event) -> None:
-    async with anyio.create_task_group() as tg:
-        async def one(ev: anyio.Event) -> None:
-            await ev.wait()
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(one, a)
-        tg.start_soon(one, b)
-
-
 def _log_notice(n: Notice) -> None:
     (log.warning if n.trouble else log.info)("%s", n.text)
 
@@ -980,40 +730,5 @@ def _query_msg(req_id: int, *, filter: P.TaskFilter, limit: int, after_id: int,
     return P.Query(req_id=req_id, filter=filter, limit=limit, after_id=after_id, newest=newest)
 
 
-def _phases_msg(req_id: int, *, filter: P.TaskFilter, limit: int, after_id: int,
-                since: float | None, until: float | None) -> P.Msg:
-    return P.ListPhases(req_id=req_id, filter=filter, limit=limit, after_id=after_id,
-                        since=since, until=until)
-
-
 def _download_msg(req_id: int, *, task_id: int, path: str, offset: int) -> P.Msg:
     return P.Download(req_id=req_id, task_id=task_id, path=path, offset=offset, length=1 << 20)
-
-
-InputSource = str | bytes | tuple["Task | int", str]
-"""A URL, inline bytes, or (parent task, output name)."""
-
-
-def _inputs(inputs: Mapping[str, InputSource] | Iterable[P.Input]) -> list[P.Input]:
-    if not isinstance(inputs, Mapping):
-        return list(inputs)
-    out = []
-    for path, src in inputs.items():
-        if isinstance(src, bytes | bytearray | memoryview):
-            out.append(P.Input(path=path, data=bytes(src)))
-        elif isinstance(src, str):
-            out.append(P.Input(path=path, url=src))
-        elif isinstance(src, tuple) and len(src) == 2:
-            t, name = src
-            out.append(P.Input(path=path, task=t.id if isinstance(t, Task) else int(t),
-                               output=name))
-        else:
-            raise TypeError(f"input {path!r}: give a URL, bytes, or (task, output name), "
-                            f"not {type(src).__name__}")
-    return out
-
-
-def _outputs(outputs: Mapping[str, str] | Iterable[str | P.Output]) -> list[P.Output]:
-    if isinstance(outputs, Mapping):
-        return [P.Output(path=p, url=u) for p, u in outputs.items()]
-    return [o if isinstance(o, P.Output) else P.Output(path=o) for o in outputs]
