@@ -231,7 +231,10 @@ async def test_counts_are_right_and_read_through_an_index(
     got = await store.count(q)
     assert {(sid, state): n for sid, state, n in got} == want
     assert len(got) == len(want)
-    for sql, args in count_sql(q):
+    # A time window is the listing's id range: the count reads only the window's tasks.
+    assert isinstance(store, reads.SqlReads)
+    after, before = await store.window(q, 0)
+    for sql, args in count_sql(q, after_id=after, before_id=before):
         lines = await plan(filled, sql, args)
         shown = "\n".join(lines)
         if filled.startswith("sqlite://"):
@@ -244,6 +247,9 @@ async def test_counts_are_right_and_read_through_an_index(
                                         ("app=?", q.app is not None)) if on]
             if narrowed and not q.tags:
                 assert any(c in searches[0] for c in narrowed), shown
+            if before is not None and not q.tags:
+                assert "id>? AND id<?" in searches[0] or "rowid>? AND rowid<?" in searches[0], (
+                    shown)
         else:
             assert "Seq Scan" not in shown and "Bitmap Heap Scan" not in shown, shown
 

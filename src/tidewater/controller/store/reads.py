@@ -131,7 +131,8 @@ def query_sql(q: TaskQuery, *, after_id: int, limit: int, newest: bool,
             f"ORDER BY t.id {order} LIMIT ?", [*args, after_id, *below_args, limit])
 
 
-def count_sql(q: TaskQuery) -> list[tuple[str, list[Any]]]:
+def count_sql(q: TaskQuery, *, after_id: int = 0, before_id: int | None = None
+              ) -> list[tuple[str, list[Any]]]:
     """The statements (SQL and parameters) :meth:`SqlReads.count` runs and adds up:
     the matching tasks grouped by site and state.
 
@@ -143,25 +144,37 @@ def count_sql(q: TaskQuery) -> list[tuple[str, list[Any]]]:
     reading all the owner's tasks. Unlike a page of a listing, it reads the
     range to its end, so its cost is the number of matching tasks (about
     0.4-1.2 s per million on SQLite, bench/scale.py), in the store's reader.
+    A time window is an id range (``after_id``, ``before_id``: see
+    :meth:`SqlReads.window`) within that range, so a count of the last hour
+    reads the last hour's tasks.
     """
     def grouped(inner: str, order: str = "t.id") -> str:
         return (f"SELECT site_id, state, COUNT(*) FROM ({inner} ORDER BY {order}) AS counted "
                 "GROUP BY site_id, state")
 
+    def ids(col: str) -> tuple[str, list[Any]]:
+        if before_id is None:
+            return f" AND {col} > ?", [after_id]
+        return f" AND {col} > ? AND {col} < ?", [after_id, before_id]
+
     if q.tags:
         key, value = q.tags[0]
         cond, args = filter_sql(q, first_tag=False)
+        between, bounds = ids("g.task_id")
         return [(grouped("SELECT g.task_id, t.site_id, t.state FROM task_tags g CROSS JOIN tasks t "
-                         "WHERE g.owner_id = ? AND g.key = ? AND g.value = ? "
+                         f"WHERE g.owner_id = ? AND g.key = ? AND g.value = ?{between} "
                          f"AND t.id = g.task_id AND {cond}", "g.task_id"),
-                 [q.owner_id, key, value, *args])]
+                 [q.owner_id, key, value, *bounds, *args])]
+    between, bounds = ids("t.id")
     wanted = _distinct(q.states)
     if len(wanted) > 1:
         cond, args = filter_sql(q, states=False)
         return [(grouped(f"SELECT t.id, t.site_id, t.state FROM tasks t WHERE {cond} "
-                         "AND t.state = ?"), [*args, state]) for state in wanted]
+                         f"AND t.state = ?{between}"), [*args, state, *bounds])
+                for state in wanted]
     cond, args = filter_sql(q)
-    return [(grouped(f"SELECT t.id, t.site_id, t.state FROM tasks t WHERE {cond}"), args)]
+    return [(grouped(f"SELECT t.id, t.site_id, t.state FROM tasks t WHERE {cond}{between}"),
+             [*args, *bounds])]
 
 
 def events_sql(q: TaskQuery, since: int, limit: int, upto: int | None = None
@@ -379,7 +392,11 @@ class SqlReads:
             [schema.task_from_row(r) for r in await self._rows(sql, args)])
 
     async def count(self, q: TaskQuery) -> list[tuple[int, str, int]]:
-        return [(int(sid), str(state), int(n)) for sql, args in count_sql(q)
+        after_id, before_id = await self.window(q, 0)
+        if before_id is not None and before_id <= after_id + 1:
+            return []
+        return [(int(sid), str(state), int(n))
+                for sql, args in count_sql(q, after_id=after_id, before_id=before_id)
                 for sid, state, n in await self._rows(sql, args)]
 
     async def events_since(self, q: TaskQuery, since: int, limit: int, *,
