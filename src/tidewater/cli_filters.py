@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 import click
@@ -160,22 +161,25 @@ def wait(ctx: click.Context, ids: tuple[int, ...], tags: tuple[str, ...],
 
 @click.command()
 @_filter_options
+@click.option("--last", "last", type=DURATION, default=None,
+              help="Only tasks created in the last LAST (1h, 2d, 30m...).")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object: by_state, by_site (then by state), total.")
 @click.pass_context
 def summary(ctx: click.Context, tags: tuple[str, ...], states: tuple[str, ...],
-            site: str | None, app_name: str | None, as_json: bool) -> None:
+            site: str | None, app_name: str | None, last: float | None, as_json: bool) -> None:
     """Count tasks by state and by site.
 
     Counts every task of yours matching the filter (all of them without
     one), as the controller has stored them: one table of states, then one
     row per site with its tasks per state.
     """
+    since = None if last is None else time.time() - last
 
     async def go() -> TaskCounts:
         async with _client(ctx) as c:
             return await c.count(state=list(states), tags=_kv(tags, "--tag"), site=site,
-                                 app=app_name)
+                                 app=app_name, since=since)
 
     counts = _run(go)
     if as_json:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -327,18 +328,21 @@ def _table(infos: list[TaskInfo]) -> None:
 @click.option("--tag", "tags", multiple=True, help="key=value (repeatable, all must match).")
 @click.option("--site", default=None)
 @click.option("--app", "app_name", default=None)
+@click.option("--last", "last", type=DURATION, default=None,
+              help="Only tasks created in the last LAST (1h, 2d, 30m...).")
 @click.option("--limit", type=int, default=100, show_default=True,
               help="Show the most recent LIMIT matching tasks.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_context
 def ls(ctx: click.Context, states: tuple[str, ...], tags: tuple[str, ...], site: str | None,
-       app_name: str | None, limit: int, as_json: bool) -> None:
+       app_name: str | None, last: float | None, limit: int, as_json: bool) -> None:
     """List tasks."""
+    since = None if last is None else time.time() - last
 
     async def go() -> list[TaskInfo]:
         async with _client(ctx) as c:
             return await c.tasks(state=list(states), tags=_kv(tags, "tag"), site=site,
-                                 app=app_name, limit=limit, newest=True)
+                                 app=app_name, limit=limit, newest=True, since=since)
 
     infos = _run(go)
     if as_json:

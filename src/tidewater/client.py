@@ -546,17 +546,20 @@ class Client(Administration, Reports, TaskLifecycle):
     async def count(
         self, *, ids: Sequence[int] = (), state: str | Sequence[str] | None = None,
         tags: Mapping[str, str] | None = None, site: str | None = None,
-        app: str | None = None,
+        app: str | None = None, since: float | None = None, until: float | None = None,
     ) -> P.TaskCounts:
         """How many tasks match every given filter: ``by_state``, ``by_site`` (then by
-        state) and ``total``, as the controller has stored them.
+        state) and ``total``, as the controller has stored them. ``since``/``until``
+        (seconds since the epoch): only tasks created at or after / before that time.
 
         Raises InvalidRequest for an unknown state, NotFound for an unknown site.
         Cost: the controller reads every matching task's index entry (about a
-        second per million on SQLite), so call it for a summary, not per task.
+        second per million on SQLite; a time window reads only the window's), so
+        call it for a summary, not per task.
         """
         states = [state] if isinstance(state, str) else list(state or [])
-        f = P.TaskFilter(ids=list(ids), states=states, tags=dict(tags or {}), site=site, app=app)
+        f = P.TaskFilter(ids=list(ids), states=states, tags=dict(tags or {}), site=site, app=app,
+                         since=since, until=until)
         r: P.TaskCounts = await self._request(lambda i: P.CountTasks(req_id=i, filter=f))
         return r
 

@@ -143,6 +143,15 @@ async def test_exit_codes_global_options_filters_and_json(tmp_path: Path) -> Non
         assert "JOB_FINISHED" in out and "laptop" in out and "12" in out
         code, _, err = await tw("summary", "--site", "elsewhere", token=alice)
         assert code == 3 and "no site named 'elsewhere'" in err
+        # --last: only tasks created that recently (here all of them); the newest first.
+        counts = json.loads(ok(await tw("summary", "--json", "--last", "1h", token=alice)))
+        assert counts["total"] == 12
+        recent = ok(await tw("submit", "--site", "laptop", "nap", "s=0", token=alice)).strip()
+        newest = [json.loads(x)["id"] for x in ok(await tw(
+            "ls", "--json", "--last", "1d", "--limit", "1", token=alice)).splitlines()]
+        assert newest == [int(recent)]
+        code, _, err = await tw("ls", "--last", "soon", token=alice)
+        assert code == 2 and "soon" in err
 
         # watch --json: one event object per line.
         watcher = await anyio.open_process(

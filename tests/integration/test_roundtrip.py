@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import anyio
@@ -96,6 +97,12 @@ async def test_watch_pushes_events_and_cancel_kills(tmp_path: Path) -> None:
             assert counts.total == 2
             assert (await client.count(tags={"run": "7"})).by_state == {"KILLED": 1}
             assert (await client.count(state="RUNNING")).total == 0
+            # Time windows: both tasks were created before now, none after.
+            now = time.time()
+            assert (await client.count(until=now + 1)).total == 2
+            assert (await client.count(since=now + 1)).total == 0
+            assert (await client.count(since=info.created_at, until=now + 1)).by_state == {
+                "JOB_FINISHED": 1, "KILLED": 1}
             with pytest.raises(tidewater.NotFound):
                 await client.count(site="elsewhere")
             with pytest.raises(tidewater.InvalidRequest, match="unknown state") as bad:
