@@ -28,7 +28,7 @@ from .cli_base import (
     service_logging,
 )
 from .config import Timeouts
-from .durations import wall_minutes
+from .durations import format_ago, wall_minutes
 from .errors import TidewaterError
 
 # ---------------------------------------------------------------------- sites and apps
@@ -78,7 +78,7 @@ def site_ls(ctx: click.Context, pilots: bool, json_out: bool) -> None:
         heard = max(s.agent_seen, s.pilot_seen)
         table.add_row(s.name, Text(s.health, style=style), "connected" if s.agent else "-",
                       str(s.batch_jobs), str(s.pilots), str(s.cores), str(s.gpus),
-                      f"{now - heard:.0f} s ago" if heard else "-", Text(s.health_reason))
+                      format_ago(heard, now) if heard else "-", Text(s.health_reason))
     out.print(table)
     if pilots:
         ptable = Table("site", "pilot", "host", "connected", "running", "cores", "gpus",
@@ -89,7 +89,7 @@ def site_ls(ctx: click.Context, pilots: bool, json_out: bool) -> None:
                                "yes" if p.connected else "no (lease running)",
                                str(p.running), str(p.cores), str(p.gpus),
                                str(p.batch_job or "-"),
-                               f"{now - p.last_seen:.0f} s ago" if p.last_seen else "-")
+                               format_ago(p.last_seen, now) if p.last_seen else "-")
         out.print(ptable)
 
 

@@ -38,6 +38,7 @@ from . import proto as P
 from .cli_base import DURATION, _client, _run, out
 from .client import Client
 from .client_watch import Watcher
+from .durations import format_ago
 from .states import TaskState
 
 WINDOW = 60.0
@@ -164,17 +165,6 @@ def _ordered(counts: Counter[str], order: list[str]) -> dict[str, int]:
 # ---------------------------------------------------------------------- drawing
 
 
-def _ago(t: float, now: float) -> str:
-    if not t:
-        return "never"
-    d = max(0.0, now - t)
-    if d < 60:
-        return f"{d:.0f}s ago"
-    if d < 3600:
-        return f"{d / 60:.0f}m ago"
-    return f"{d / 3600:.1f}h ago"
-
-
 HEALTH_STYLE = {"up": "green", "degraded": "yellow", "down": "red"}
 
 
@@ -185,7 +175,7 @@ def render(snap: dict[str, Any], url: str, interval: float | None) -> Renderable
     head = Text()
     head.append("tidewater top", style="bold")
     head.append(f"  {url}  ")
-    refreshed = _ago(snap["refreshed_at"], now)
+    refreshed = format_ago(snap["refreshed_at"], now)
     head.append(f"refreshed {refreshed}" + (f" (every {interval:g}s, live events between)"
                                            if interval else ""), style="dim")
     summary = Text(f"Tasks: {tasks['total']} total")
@@ -222,7 +212,7 @@ def render(snap: dict[str, Any], url: str, interval: float | None) -> Renderable
         jobs = ", ".join(f"{k} {v}" for k, v in s["jobs"].items()) or "-"
         sites.add_row(
             s["name"], Text(s["health"] or "?", style=HEALTH_STYLE.get(s["health"], "")),
-            _ago(heard, now), pilots, str(s["busy"]), str(s["free"]), jobs,
+            format_ago(heard, now), pilots, str(s["busy"]), str(s["free"]), jobs,
             str(s["ended_last_minute"].get("JOB_FINISHED", 0)),
             str(s["ended_last_minute"].get("FAILED", 0)), s["reason"])
     return Group(head, summary, minute, Text(""), counts, Text(""), sites)

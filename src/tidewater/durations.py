@@ -121,3 +121,16 @@ def format_duration(seconds: float) -> str:
 def wall_minutes(seconds: float) -> int:
     """Whole minutes a batch scheduler is asked for: ``seconds`` rounded up, at least 1."""
     return max(1, math.ceil(seconds / 60))
+
+
+def format_ago(then: float, now: float) -> str:
+    """How long before ``now`` the time ``then`` was, for people: ``42 s ago``,
+    ``5 min ago``, ``1.5 h ago``; ``never`` for 0 (never heard)."""
+    if not then:
+        return "never"
+    secs = max(0.0, now - then)
+    if secs < 120:
+        return f"{secs:.0f} s ago"
+    if secs < 7200:
+        return f"{secs / 60:.0f} min ago"
+    return f"{secs / 3600:.1f} h ago"

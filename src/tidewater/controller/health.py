@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ..durations import format_ago
+
 UP, DEGRADED, DOWN = "up", "degraded", "down"
 
 
@@ -42,22 +44,13 @@ class Health(NamedTuple):
     reason: str
 
 
-def _ago(then: float, now: float) -> str:
-    secs = max(0.0, now - then)
-    if secs < 120:
-        return f"{secs:.0f} s ago"
-    if secs < 7200:
-        return f"{secs / 60:.0f} min ago"
-    return f"{secs / 3600:.1f} h ago"
-
-
 def _pilots(n: int) -> str:
     return f"{n} pilot{'' if n == 1 else 's'}"
 
 
 def site_health(s: SiteSigns, now: float) -> Health:
     """The site's state and the sentence that explains it."""
-    agent_last = f"; agent last heard {_ago(s.agent_seen, now)}" if s.agent_seen else ""
+    agent_last = f"; agent last heard {format_ago(s.agent_seen, now)}" if s.agent_seen else ""
     away = f", {_pilots(s.pilots_away)} away" if s.pilots_away else ""
     if s.agent_connected:
         if s.pilots:
@@ -68,7 +61,7 @@ def site_health(s: SiteSigns, now: float) -> Health:
             return Health(DEGRADED, f"agent gone{agent_last}; {_pilots(s.pilots)} connected "
                                     f"run tasks but no batch job will be started{away}")
         return Health(UP, f"{_pilots(s.pilots)} connected (no agent){away}")
-    pilot_last = (f"; a pilot last heard {_ago(s.pilot_seen, now)}" if s.pilot_seen else "")
+    pilot_last = (f"; a pilot last heard {format_ago(s.pilot_seen, now)}" if s.pilot_seen else "")
     return Health(DOWN, f"no agent and no pilot connected: tasks will wait{away}{agent_last}"
                         f"{pilot_last}")
 
